@@ -1,0 +1,365 @@
+"""Public projector functions: forward projection FP (paper eq. 1), its exact adjoint (the
+gradient of eq. 2) and the single-image backprojector BP (eq. 7).
+
+All lengths are in mm; see :mod:`xraysyn.geometry` for the frame conventions and
+:mod:`xraysyn.projector.rays` for the exact sampling model shared by every backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from xraysyn.geometry import ConeBeamGeometry, pose_source_position, validate_affine, volume_center
+from xraysyn.projector import cpu_numba
+from xraysyn.projector.rays import RaySet, build_rays, clip_to_box
+from xraysyn.projector.reference import RayMarch, march_adjoint
+
+__all__ = ["forward_project", "forward_project_adjoint", "backproject", "chord_lengths", "BACKENDS"]
+
+BACKENDS = ("auto", "reference", "numba")
+_DEFAULT_BUDGET_MIB = 512.0
+# Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
+_ORTHONORMAL_TOL = 1e-3
+# Approximate bytes of temporaries per voxel in the backprojector (coordinates, pixel positions, chords).
+_BP_BYTES_PER_VOXEL = 256
+
+
+class ProjectorInputError(ValueError):
+    """Raised for malformed projector inputs (shape, dtype, non-finite values, bad geometry)."""
+
+
+# ---------------------------------------------------------------------------------------- validation
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype in (torch.float32, torch.float64):
+        return dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32  # accumulate low-precision volumes in float32
+    raise ProjectorInputError(f"volume dtype must be floating point, got {dtype}")
+
+
+def _check_geometry(geometry) -> None:
+    if not isinstance(geometry, ConeBeamGeometry):
+        raise ProjectorInputError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
+
+
+def _check_spatial_shape(shape) -> tuple[int, int, int]:
+    try:
+        d, h, w = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ProjectorInputError(f"volume spatial shape must be (D, H, W), got {shape!r}") from None
+    if min(d, h, w) < 2:
+        raise ProjectorInputError(
+            f"volume spatial shape must be at least 2 voxels along each axis for trilinear sampling, got {(d, h, w)}"
+        )
+    return d, h, w
+
+
+def _prepare_affines(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
+    a = torch.as_tensor(world_from_voxel, dtype=dtype, device=device)
+    if a.dim() == 2:
+        a = a.unsqueeze(0)
+    if a.dim() != 3 or a.shape[-2:] != (4, 4):
+        raise ProjectorInputError(f"world_from_voxel must have shape (4, 4) or (B, 4, 4), got {tuple(a.shape)}")
+    if a.shape[0] == 1 and batch > 1:
+        a = a.expand(batch, 4, 4)
+    if a.shape[0] != batch:
+        raise ProjectorInputError(f"world_from_voxel has {a.shape[0]} affines for a batch of {batch} volumes")
+    try:
+        validate_affine(a)
+    except ValueError as exc:
+        raise ProjectorInputError(str(exc)) from None
+    return a
+
+
+def _prepare_poses(poses, batch: int, dtype, device) -> torch.Tensor:
+    p = torch.as_tensor(poses, dtype=dtype, device=device)
+    if p.dim() == 2:
+        p = p.unsqueeze(0)
+    if p.dim() != 3 or p.shape[-2:] != (4, 4):
+        raise ProjectorInputError(f"poses must have shape (N, 4, 4), got {tuple(p.shape)}")
+    if p.shape[0] == 0 or p.shape[0] % batch != 0:
+        raise ProjectorInputError(
+            f"poses must hold V views for each of the {batch} volumes (N = B * V), got N = {p.shape[0]}"
+        )
+    if not torch.isfinite(p).all():
+        raise ProjectorInputError("poses contain non-finite values")
+    rot = p[:, :3, :3].detach()
+    eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+    err = (rot @ rot.transpose(-1, -2) - eye).abs().amax()
+    if err > _ORTHONORMAL_TOL:
+        raise ProjectorInputError(f"pose rotation blocks must be orthonormal (max deviation {float(err):.2e})")
+    return p
+
+
+def _prepare_isocenter(isocenter, batch: int, dtype, device):
+    if isocenter is None:
+        return None
+    c = torch.as_tensor(isocenter, dtype=dtype, device=device)
+    if c.dim() == 1:
+        c = c.unsqueeze(0)
+    if c.shape[-1] != 3 or c.dim() != 2 or c.shape[0] not in (1, batch):
+        raise ProjectorInputError(f"isocenter must have shape (3,) or (B, 3), got {tuple(c.shape)}")
+    if not torch.isfinite(c).all():
+        raise ProjectorInputError("isocenter contains non-finite values")
+    return c.expand(batch, 3)
+
+
+def _check_sampling(step_mm, num_samples, memory_budget_mib) -> None:
+    if step_mm is not None and num_samples is not None:
+        raise ProjectorInputError("give either step_mm or num_samples, not both")
+    if step_mm is not None and (not isinstance(step_mm, (int, float)) or not math.isfinite(step_mm) or step_mm <= 0):
+        raise ProjectorInputError(f"step_mm must be a positive number of mm, got {step_mm!r}")
+    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+        raise ProjectorInputError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not isinstance(memory_budget_mib, (int, float)) or not memory_budget_mib > 0:
+        raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
+
+
+def _select_backend(backend: str, device: torch.device, ray_grad: bool):
+    if backend not in BACKENDS:
+        raise ProjectorInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return None
+    if backend == "numba":
+        if device.type != "cpu" or not cpu_numba.available():
+            raise ProjectorInputError("backend 'numba' needs CPU tensors and the numba package")
+        if ray_grad:
+            raise ProjectorInputError("backend 'numba' computes volume gradients only; use 'reference' for pose gradients")
+        return cpu_numba.NumbaBackend
+    if device.type == "cpu" and cpu_numba.available() and not ray_grad:
+        return cpu_numba.NumbaBackend
+    return None
+
+
+def _rays(poses, world_from_voxel, spatial, geometry, step_mm, num_samples, isocenter) -> RaySet:
+    return build_rays(poses, world_from_voxel, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
+                      isocenter=isocenter)
+
+
+# ---------------------------------------------------------------------------------------- FP
+def forward_project(
+    volume: torch.Tensor,
+    world_from_voxel: torch.Tensor,
+    poses: torch.Tensor,
+    geometry: ConeBeamGeometry,
+    *,
+    step_mm: float | None = None,
+    num_samples: int | None = None,
+    isocenter: torch.Tensor | None = None,
+    memory_budget_mib: float = _DEFAULT_BUDGET_MIB,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Cone-beam line integrals of a batch of volumes (paper eq. 1).
+
+    Args:
+        volume: ``(B, C, D, H, W)`` voxel values (any unit ``u``; C channels, e.g. materials).
+        world_from_voxel: ``(B, 4, 4)`` or ``(4, 4)`` affines, voxel index → world mm.
+        poses: ``(B * V, 4, 4)`` ``camera_from_isocenter`` transforms, V views per volume, ordered
+            volume-major; see :meth:`ConeBeamGeometry.poses`.
+        geometry: C-arm (SDD, detector size and pixel spacing).
+        step_mm: sample spacing along rays in mm (default: half the smallest voxel spacing);
+            rounded per ray so the midpoint samples tile the clipped chord exactly.
+        num_samples: alternatively, a fixed number of samples per ray.
+        isocenter: ``(B, 3)`` or ``(3,)`` world mm; default the centre of each volume.
+        memory_budget_mib: bound on the temporaries (rays are processed in chunks).
+        backend: ``"auto"`` (numba on CPU when only the volume needs gradients, else the torch
+            reference), ``"reference"`` or ``"numba"``.
+
+    Returns:
+        ``(B * V, C, rows, cols)`` line integrals in ``u × mm``; 0 for rays that miss the volume.
+        Differentiable: the volume gradient is the exact adjoint of this discrete operator; the
+        reference backend also differentiates with respect to poses, affines and isocenter.
+    """
+    if not isinstance(volume, torch.Tensor) or volume.dim() != 5:
+        shape = tuple(volume.shape) if isinstance(volume, torch.Tensor) else type(volume).__name__
+        raise ProjectorInputError(f"volume must be a tensor of shape (B, C, D, H, W), got {shape}")
+    _check_geometry(geometry)
+    _check_sampling(step_mm, num_samples, memory_budget_mib)
+    b, c = volume.shape[:2]
+    if b == 0 or c == 0:
+        raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
+    spatial = _check_spatial_shape(volume.shape[2:])
+    dtype = _compute_dtype(volume.dtype)
+    if not torch.isfinite(volume).all():
+        raise ProjectorInputError("volume contains non-finite values (NaN or inf)")
+    vol = volume.to(dtype)
+    affines = _prepare_affines(world_from_voxel, b, dtype, volume.device)
+    pose_t = _prepare_poses(poses, b, dtype, volume.device)
+    iso = _prepare_isocenter(isocenter, b, dtype, volume.device)
+    ray_grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
+    )
+    chosen = _select_backend(backend, volume.device, ray_grad)
+    rays = _rays(pose_t, affines, spatial, geometry, step_mm, num_samples, iso)
+    out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
+                         rays.volume_index, float(memory_budget_mib), chosen)
+    rows, cols = geometry.detector_shape
+    return out.permute(0, 2, 1).reshape(out.shape[0], c, rows, cols)
+
+
+def forward_project_adjoint(
+    images: torch.Tensor,
+    world_from_voxel: torch.Tensor,
+    poses: torch.Tensor,
+    geometry: ConeBeamGeometry,
+    volume_shape,
+    *,
+    num_volumes: int | None = None,
+    step_mm: float | None = None,
+    num_samples: int | None = None,
+    isocenter: torch.Tensor | None = None,
+    memory_budget_mib: float = _DEFAULT_BUDGET_MIB,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The exact transpose FPᵀ of :func:`forward_project` (ray-driven backprojection).
+
+    Args:
+        images: ``(B * V, C, rows, cols)`` in ``u × mm`` (the shape FP returns).
+        volume_shape: ``(D, H, W)`` of the volumes.
+        num_volumes: B; default the number of affines given.
+        Other arguments as for :func:`forward_project` (same values give the same rays).
+
+    Returns:
+        ``(B, C, D, H, W)`` volumes with ``<FP v, w> = <v, FPᵀ w>`` for all v, w.
+    """
+    _check_geometry(geometry)
+    _check_sampling(step_mm, num_samples, memory_budget_mib)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ProjectorInputError("images must be a tensor of shape (B * V, C, rows, cols)")
+    if tuple(images.shape[-2:]) != geometry.detector_shape:
+        raise ProjectorInputError(
+            f"images are {tuple(images.shape[-2:])} pixels but the detector is {geometry.detector_shape}"
+        )
+    spatial = _check_spatial_shape(volume_shape)
+    dtype = _compute_dtype(images.dtype)
+    if num_volumes is None:
+        wv = torch.as_tensor(world_from_voxel)
+        num_volumes = 1 if wv.dim() == 2 else wv.shape[0]
+    affines = _prepare_affines(world_from_voxel, num_volumes, dtype, images.device)
+    pose_t = _prepare_poses(poses, num_volumes, dtype, images.device)
+    if pose_t.shape[0] != images.shape[0]:
+        raise ProjectorInputError(f"{images.shape[0]} images but {pose_t.shape[0]} poses")
+    iso = _prepare_isocenter(isocenter, num_volumes, dtype, images.device)
+    chosen = _select_backend(backend, images.device, ray_grad=False)
+    with torch.no_grad():
+        rays = _rays(pose_t, affines, spatial, geometry, step_mm, num_samples, iso)
+    n, c = images.shape[:2]
+    grad = images.to(dtype).reshape(n, c, -1).permute(0, 2, 1).contiguous()
+    adjoint = chosen.adjoint if chosen is not None else march_adjoint
+    return adjoint(grad, (num_volumes, c, *spatial), rays.origin, rays.direction, rays.t_near, rays.delta,
+                   rays.n_samples, rays.volume_index, float(memory_budget_mib))
+
+
+def chord_lengths(
+    world_from_voxel: torch.Tensor,
+    poses: torch.Tensor,
+    geometry: ConeBeamGeometry,
+    volume_shape,
+    *,
+    isocenter: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Length (mm) of each detector pixel's ray inside the volume box, ``(B * V, rows, cols)``."""
+    _check_geometry(geometry)
+    spatial = _check_spatial_shape(volume_shape)
+    wv = torch.as_tensor(world_from_voxel)
+    dtype = wv.dtype if wv.is_floating_point() else torch.float32
+    batch = 1 if wv.dim() == 2 else wv.shape[0]
+    affines = _prepare_affines(wv, batch, dtype, wv.device)
+    pose_t = _prepare_poses(poses, batch, dtype, wv.device)
+    iso = _prepare_isocenter(isocenter, batch, dtype, wv.device)
+    rays = _rays(pose_t, affines, spatial, geometry, None, 1, iso)
+    return rays.length.reshape(pose_t.shape[0], *geometry.detector_shape)
+
+
+# ---------------------------------------------------------------------------------------- BP
+def backproject(
+    images: torch.Tensor,
+    world_from_voxel: torch.Tensor,
+    poses: torch.Tensor,
+    geometry: ConeBeamGeometry,
+    volume_shape,
+    *,
+    isocenter: torch.Tensor | None = None,
+    memory_budget_mib: float = _DEFAULT_BUDGET_MIB,
+) -> torch.Tensor:
+    """Single-image backprojector BP (paper eq. 7), voxel-driven.
+
+    Each voxel centre is projected onto the detector; it takes the bilinearly interpolated image
+    value there divided by ``|l|``, the length (mm) inside the volume box of the ray from the source
+    through that voxel centre. Voxels projecting outside the detector get 0. Hence
+    ``FP(BP(I)) ≈ I`` on every pixel whose ray crosses the volume (exact for images constant
+    along the detector; to interpolation accuracy otherwise).
+
+    Args:
+        images: ``(B, C, rows, cols)`` in ``u × mm`` (one view per volume).
+        world_from_voxel: ``(B, 4, 4)`` or ``(4, 4)`` affines (mm).
+        poses: ``(B, 4, 4)`` ``camera_from_isocenter`` of each image.
+        geometry: the C-arm that took the images.
+        volume_shape: ``(D, H, W)`` of the output volumes.
+        isocenter: ``(B, 3)`` world mm, default each volume's centre.
+
+    Returns:
+        ``(B, C, D, H, W)`` in ``u`` (per mm). Differentiable w.r.t. images and poses.
+    """
+    _check_geometry(geometry)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ProjectorInputError("images must be a tensor of shape (B, C, rows, cols)")
+    if tuple(images.shape[-2:]) != geometry.detector_shape:
+        raise ProjectorInputError(
+            f"images are {tuple(images.shape[-2:])} pixels but the detector is {geometry.detector_shape}"
+        )
+    if not isinstance(memory_budget_mib, (int, float)) or not memory_budget_mib > 0:
+        raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
+    if not torch.isfinite(images).all():
+        raise ProjectorInputError("images contain non-finite values")
+    spatial = _check_spatial_shape(volume_shape)
+    b, c, rows, cols = images.shape
+    dtype = _compute_dtype(images.dtype)
+    dev = images.device
+    affines = _prepare_affines(world_from_voxel, b, dtype, dev)
+    pose_t = _prepare_poses(poses, b, dtype, dev)
+    if pose_t.shape[0] != b:
+        raise ProjectorInputError(f"backproject takes one pose per image: {b} images, {pose_t.shape[0]} poses")
+    iso = _prepare_isocenter(isocenter, b, dtype, dev)
+    if iso is None:
+        iso = volume_center(affines, spatial)
+    imgs = images.to(dtype)
+
+    d, h, w = spatial
+    n_vox = d * h * w
+    chunk = max(1, int(memory_budget_mib * 2**20 // (_BP_BYTES_PER_VOXEL + 8 * c)))
+    voxel_from_world = torch.linalg.inv(affines)
+    source_world = pose_source_position(pose_t) + iso  # (B, 3)
+    source_voxel = (voxel_from_world[:, :3, :3] @ source_world[:, :, None]).squeeze(-1) + voxel_from_world[:, :3, 3]
+    grids = torch.meshgrid(*(torch.arange(s, dtype=dtype, device=dev) for s in spatial), indexing="ij")
+    ijk = torch.stack([g.reshape(-1) for g in grids], dim=-1)  # (n_vox, 3)
+
+    outs = []
+    for bi in range(b):
+        parts = []
+        for start in range(0, n_vox, chunk):
+            idx = ijk[start:start + chunk]
+            world = idx @ affines[bi, :3, :3].T + affines[bi, :3, 3]
+            cam = (world - iso[bi]) @ pose_t[bi, :3, :3].T + pose_t[bi, :3, 3]
+            pix = geometry.camera_to_pixel(cam)  # (M, 2) row, col
+            on_det = ((cam[:, 2] > 0) & (pix[:, 0] >= -0.5) & (pix[:, 0] <= rows - 0.5)
+                      & (pix[:, 1] >= -0.5) & (pix[:, 1] <= cols - 0.5))
+            gy = pix[:, 0] / max(rows - 1, 1) * 2 - 1 if rows > 1 else torch.zeros_like(pix[:, 0])
+            gx = pix[:, 1] / max(cols - 1, 1) * 2 - 1 if cols > 1 else torch.zeros_like(pix[:, 1])
+            grid = torch.stack([gx, gy], dim=-1)[None, :, None, :]
+            vals = F.grid_sample(imgs[bi:bi + 1], grid, mode="bilinear", padding_mode="border",
+                                 align_corners=True)[0, :, :, 0]  # (C, M)
+            # chord of the ray source -> voxel centre, in voxel coordinates, per mm of world path
+            to_vox_world = world - source_world[bi]
+            dist = to_vox_world.norm(dim=-1, keepdim=True)
+            direction = (to_vox_world / dist) @ voxel_from_world[bi, :3, :3].T
+            t_detector = dist[:, 0] * geometry.sdd / cam[:, 2].clamp(min=torch.finfo(dtype).tiny)
+            t_near, t_far = clip_to_box(source_voxel[bi].expand(1, 1, 3), direction[None], spatial, t_detector[None])
+            length = (t_far - t_near)[0]
+            safe = torch.where(length > 0, length, torch.ones_like(length))
+            parts.append(torch.where(on_det & (length > 0), vals / safe, torch.zeros_like(vals)))
+        outs.append(torch.cat(parts, dim=-1).reshape(c, d, h, w))
+    return torch.stack(outs, dim=0)
