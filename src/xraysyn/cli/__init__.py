@@ -16,6 +16,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported for their side effect of adding commands to ``app``.
     from xraysyn.cli import project  # noqa: F401
+    from xraysyn.cli import phantom  # noqa: F401
 
 
 _register()
