@@ -1,0 +1,41 @@
+"""X-ray physics: μ/ρ tables, tube spectra, HU → density, CT2Xray (paper eq. 3-6), DRR mode,
+detector noise and bone suppression by reverse CT2Xray (Algorithm 1).
+
+Units: energies keV, lengths mm, μ 1/mm, ρ g/cm³, μ/ρ cm²/g, thickness maps t_m g/cm².
+"""
+
+from xraysyn.physics.attenuation import attenuate, display_image, log_attenuation
+from xraysyn.physics.ct2xray import (
+    CT2XrayResult,
+    ct2xray,
+    default_drr_energy_keV,
+    drr,
+    material_density_volumes,
+    material_names,
+    material_thicknesses,
+    radiograph_from_thickness,
+)
+from xraysyn.physics.materials import AIR, BONE, DEFAULT_MATERIALS, TISSUE, MaterialTable
+from xraysyn.physics.noise import add_noise
+from xraysyn.physics.spectra import Spectrum, half_value_layer_mm, tabulated_kvp_range, tube_spectrum
+from xraysyn.physics.suppression import BoneSuppressionResult, suppress_bone
+from xraysyn.physics.units import (
+    DEEPDRR_CALIBRATION,
+    HUDensityCalibration,
+    areal_density_from_line_integral,
+    density_to_hu,
+    hu_to_density,
+    hu_to_linear_attenuation,
+    linear_attenuation_per_mm,
+)
+
+__all__ = [
+    "AIR", "BONE", "TISSUE", "DEFAULT_MATERIALS", "MaterialTable",
+    "Spectrum", "tube_spectrum", "tabulated_kvp_range", "half_value_layer_mm",
+    "DEEPDRR_CALIBRATION", "HUDensityCalibration", "hu_to_density", "density_to_hu",
+    "hu_to_linear_attenuation", "linear_attenuation_per_mm", "areal_density_from_line_integral",
+    "attenuate", "log_attenuation", "display_image",
+    "CT2XrayResult", "ct2xray", "drr", "default_drr_energy_keV", "material_density_volumes",
+    "material_names", "material_thicknesses", "radiograph_from_thickness",
+    "add_noise", "BoneSuppressionResult", "suppress_bone",
+]
