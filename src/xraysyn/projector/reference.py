@@ -108,9 +108,13 @@ def _flat_rays(rays_origin, direction, t_near, delta, n_samples, volume_index, s
     return origin, direction.reshape(-1, 3), t_near.reshape(-1), delta.reshape(-1), n_samples.reshape(-1), vol_offset
 
 
-def _chunks(total: int, size: int):
+def _chunks(n_samples: torch.Tensor, size: int):
+    """Slices of ``size`` consecutive rays, skipping chunks where every ray misses the volume."""
+    total = n_samples.shape[0]
     for start in range(0, total, size):
-        yield slice(start, min(start + size, total))
+        sl = slice(start, min(start + size, total))
+        if bool((n_samples[sl] > 0).any()):
+            yield sl
 
 
 def march_forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0):
@@ -124,7 +128,7 @@ def march_forward(volume, origin, direction, t_near, delta, n_samples, volume_in
     if k_max == 0:
         return out.reshape(*t_near.shape, c)
     step = rays_per_chunk(k_max, c, memory_budget_mib)
-    for sl in _chunks(o.shape[0], step):
+    for sl in _chunks(ns, step):
         s = _Samples(o[sl], dvec[sl], tn[sl], dl[sl], ns[sl], off[sl], spatial)
         vals = _interpolate(s.corner_values(vol_flat), s.frac.reshape(-1, 3))
         weight = (dl[sl][:, None] * s.valid).reshape(-1, 1)
@@ -143,7 +147,7 @@ def march_adjoint(grad_out, volume_shape, origin, direction, t_near, delta, n_sa
     k_max = int(ns.max()) if ns.numel() else 0
     if k_max > 0:
         step = rays_per_chunk(k_max, c, memory_budget_mib)
-        for sl in _chunks(o.shape[0], step):
+        for sl in _chunks(ns, step):
             s = _Samples(o[sl], dvec[sl], tn[sl], dl[sl], ns[sl], off[sl], spatial)
             weighted = (g[sl][:, None, :] * (dl[sl][:, None] * s.valid)[..., None]).reshape(-1, c)
             for off_c, w_c in zip(s.offsets, s.corner_weights()):
@@ -167,7 +171,7 @@ def _ray_parameter_grads(grad_out, volume, origin, direction, t_near, delta, n_s
     k_max = int(ns.max()) if ns.numel() else 0
     if k_max > 0:
         step = rays_per_chunk(k_max, c, memory_budget_mib, grad_rays=True)
-        for sl in _chunks(o.shape[0], step):
+        for sl in _chunks(ns, step):
             s = _Samples(o[sl], dvec[sl], tn[sl], dl[sl], ns[sl], off[sl], spatial)
             rc, k = s.valid.shape
             frac = s.frac.reshape(-1, 3)
