@@ -17,6 +17,7 @@ def _register() -> None:
     # Imported for their side effect of adding commands to ``app``.
     from xraysyn.cli import project  # noqa: F401
     from xraysyn.cli import phantom  # noqa: F401
+    from xraysyn.cli import simulate  # noqa: F401
 
 
 _register()
