@@ -19,7 +19,7 @@ from xraysyn.projector.reference import RayMarch, march_adjoint
 
 __all__ = ["forward_project", "forward_project_adjoint", "backproject", "chord_lengths", "BACKENDS"]
 
-BACKENDS = ("auto", "reference", "numba")
+BACKENDS = ("auto", "reference", "numba", "triton")
 _DEFAULT_BUDGET_MIB = 512.0
 # Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
 _ORTHONORMAL_TOL = 1e-3
@@ -118,11 +118,32 @@ def _check_sampling(step_mm, num_samples, memory_budget_mib) -> None:
         raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
 
 
+def _triton_backend():
+    """The Triton GPU backend if it can run here (CUDA tensors, or TRITON_INTERPRET=1 on CPU), else None."""
+    try:
+        from xraysyn.projector import triton_backend
+    except ImportError:
+        return None
+    return triton_backend if triton_backend.available() else None
+
+
 def _select_backend(backend: str, device: torch.device, ray_grad: bool):
     if backend not in BACKENDS:
         raise ProjectorInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
         return None
+    if backend == "triton":
+        module = _triton_backend()
+        if module is None:
+            raise ProjectorInputError("backend 'triton' needs the triton package and a CUDA device "
+                                      "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+        if ray_grad:
+            raise ProjectorInputError("backend 'triton' computes volume gradients only; use 'reference' for pose gradients")
+        return module.TritonBackend
+    if device.type == "cuda" and not ray_grad:
+        module = _triton_backend()
+        if module is not None:
+            return module.TritonBackend
     if backend == "numba":
         if device.type != "cpu" or not cpu_numba.available():
             raise ProjectorInputError("backend 'numba' needs CPU tensors and the numba package")
