@@ -156,3 +156,28 @@ def test_cli_rejects_bad_output_name(tmp_path):
     assert result.exit_code == 2
     assert "nii" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pa_projection_shows_heart_on_the_image_right_and_liver_on_the_left(phantom):
+    """Through the projector's PA view (column 0 = patient's right), anatomy lands where a reader expects."""
+    torch = pytest.importorskip("torch")
+    projector = pytest.importorskip("xraysyn.projector")
+    from xraysyn.geometry import ConeBeamGeometry
+
+    geometry = ConeBeamGeometry(detector_shape=(40, 40), pixel_spacing=(12.0, 12.0))
+    poses = geometry.poses([0.0], [0.0])
+    affine = torch.from_numpy(phantom.world_from_voxel).float()
+
+    def centroid(names):
+        mask = np.isin(phantom.labels, [LABELS[n] for n in names]).astype(np.float32)
+        image = projector.forward_project(torch.from_numpy(mask)[None, None], affine, poses, geometry)[0, 0]
+        rows, cols = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+        return float((image * rows).sum() / image.sum()), float((image * cols).sum() / image.sum())
+
+    spine_row, spine_col = centroid(["vertebrae"])
+    heart_row, heart_col = centroid(["heart"])
+    liver_row, liver_col = centroid(["liver"])
+    lung_row, _ = centroid(["lung_left", "lung_right"])
+    assert heart_col > spine_col + 0.5  # patient's left is on the image right in a PA view
+    assert liver_col < spine_col - 0.5
+    assert liver_row > lung_row  # row 0 is superior

@@ -4,7 +4,7 @@
 with skin/fat/muscle layers, a barrel-shaped rib cage with 12 sloping rib pairs and costal
 cartilage, a sternum, clavicles, scapulae, a thoracic spine (vertebral bodies, discs, canal,
 spinous and transverse processes), two lungs with a branching vessel tree, trachea and main
-bronchi, heart, aorta, mediastinal fat, a two-domed diaphragm with the liver under the right dome
+bronchi, heart, aorta, mediastinal tissue, a two-domed diaphragm with the liver under the right dome
 and a gastric air bubble under the left one. Sizes, shapes, pose and densities vary with the
 seed; the same seed always gives the same arrays.
 
@@ -23,7 +23,8 @@ voxels so that they survive coarse test grids (e.g. 32³).
 Typical HU ranges used (uniformly sampled per phantom) follow standard CT texts — W. A. Kalender,
 *Computed Tomography*, 3rd ed. (2011), ch. 1, and T. M. Buzug, *Computed Tomography* (2008),
 table 1.1: air -1000, lung parenchyma about -850..-750, fat -120..-80, soft tissue / muscle 30..55,
-blood 35..50, liver 50..70, cartilage 80..150, cancellous bone 150..350, cortical bone 800..1400.
+blood 35..50, liver 50..70, cartilage 80..150, mediastinal tissue (a mixture of fat,
+vessels and oesophagus, our choice) -60..20, cancellous bone 150..350, cortical bone 800..1400.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ HU_RANGES: dict[str, tuple[float, float]] = {
     "soft_tissue": (30.0, 55.0),
     "blood": (35.0, 50.0),
     "liver": (50.0, 70.0),
+    "mediastinal": (-60.0, 20.0),
     "cartilage": (80.0, 150.0),
     "disc": (70.0, 100.0),
     "csf": (5.0, 15.0),
@@ -186,7 +188,7 @@ def _sample_params(rng: np.random.Generator, variation: float) -> dict[str, floa
     p["diaphragm_left_z"] = p["diaphragm_right_z"] - jitter(18.0, 8.0)
     p["dome_height"] = jitter(35.0, 8.0)
     p["heart_scale"] = jitter(1.0, 0.12)
-    p["heart_x"] = jitter(-18.0, 8.0)
+    p["heart_x"] = jitter(-30.0, 8.0)  # about two thirds of the heart lie left of the midline
     p["heart_yaw_deg"] = jitter(35.0, 10.0)
     p["mediastinum_half_width"] = jitter(24.0, 4.0)
     p["sternum_top_z"] = p["t1_z"] - jitter(40.0, 8.0)
@@ -468,7 +470,7 @@ def make_chest_phantom(
     tissue_of = {
         "air": "air", "fat": "fat", "muscle": "soft_tissue", "lung_left": "lung", "lung_right": "lung",
         "lung_vessels": "blood", "trachea_bronchi": "air", "heart": "blood", "aorta": "blood",
-        "mediastinum": "fat", "diaphragm": "soft_tissue", "liver": "liver", "abdomen": "soft_tissue",
+        "mediastinum": "mediastinal", "diaphragm": "soft_tissue", "liver": "liver", "abdomen": "soft_tissue",
         "stomach_gas": "air", "vertebrae": "cancellous_bone", "intervertebral_discs": "disc",
         "spinal_canal": "csf", "ribs": "cancellous_bone", "costal_cartilage": "cartilage",
         "sternum": "cancellous_bone", "clavicles": "cancellous_bone", "scapulae": "cancellous_bone",
