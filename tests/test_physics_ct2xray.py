@@ -51,7 +51,8 @@ def test_monochromatic_slab_is_beer_lambert():
 def test_polychromatic_attenuation_matches_float64_sum_and_beam_hardens():
     spectrum = Spectrum(np.array([40.0, 70.0, 100.0]), np.array([0.2, 0.5, 0.3]))
     table = MaterialTable.default()
-    mu = np.stack([table.mass_attenuation(m, spectrum.energies_keV) for m in ("cortical_bone_icrp", "soft_tissue_icrp")])
+    materials = ("cortical_bone_icrp", "soft_tissue_icrp")
+    mu = np.stack([table.mass_attenuation(m, spectrum.energies_keV) for m in materials])
     t_tissue = np.linspace(0.0, 40.0, 41)
     t_bone = 0.1 * t_tissue
     thickness = torch.tensor(np.stack([t_bone, t_tissue])[None, :, None, :], dtype=torch.float64)

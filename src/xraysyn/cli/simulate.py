@@ -46,7 +46,10 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 
     lo, hi = float(array.min()), float(array.max())
-    scaled = np.zeros(array.shape, np.uint8) if hi <= lo else np.round((array - lo) / (hi - lo) * PNG_MAX).astype(np.uint8)
+    if hi <= lo:
+        scaled = np.zeros(array.shape, np.uint8)
+    else:
+        scaled = np.round((array - lo) / (hi - lo) * PNG_MAX).astype(np.uint8)
     _atomic_write(path, lambda tmp: Image.fromarray(scaled, mode="L").save(tmp, format="PNG"))
 
 
@@ -92,16 +95,23 @@ def simulate_command(
                                          "morphology (default 350 HU when no --mask)."),
     azimuth: str = typer.Option("0", "--azimuth", help="Degrees: '0', '-9,0,9' or 'start:stop:count'."),
     elevation: str = typer.Option("0", "--elevation", help="Degrees, one value or as many as --azimuth."),
-    kvp: float = typer.Option(120.0, "--kvp", help="Tube potential (60-140 shipped; others need xraysyn[spectra])."),
-    mode: str = typer.Option("ct2xray", "--mode", help="ct2xray (polychromatic, bone/tissue) or drr (μ at one energy)."),
-    photon_counting: bool = typer.Option(False, "--photon-counting", help="Photon-counting weights (default energy-integrating)."),
-    air_threshold: float = typer.Option(None, "--air-threshold", help="Model HU below this as air (default: air as tissue)."),
-    energy: float = typer.Option(None, "--energy", help="DRR effective energy in keV (default: photon-fluence mean of the --kvp spectrum)."),
-    noise: float = typer.Option(None, "--noise", help="Add Poisson noise for this many unattenuated photons per pixel."),
+    kvp: float = typer.Option(120.0, "--kvp",
+                              help="Tube potential (60-140 shipped; others need xraysyn[spectra])."),
+    mode: str = typer.Option("ct2xray", "--mode",
+                             help="ct2xray (polychromatic, bone/tissue) or drr (μ at one energy)."),
+    photon_counting: bool = typer.Option(False, "--photon-counting",
+                                         help="Photon-counting weights (default energy-integrating)."),
+    air_threshold: float = typer.Option(None, "--air-threshold",
+                                        help="Model HU below this as air (default: air as tissue)."),
+    energy: float = typer.Option(None, "--energy",
+                                 help="DRR effective energy in keV (default: fluence-mean of the --kvp spectrum)."),
+    noise: float = typer.Option(None, "--noise",
+                                help="Add Poisson noise for this many unattenuated photons per pixel."),
     electronic_noise: float = typer.Option(0.0, "--electronic-noise", help="Gaussian read-out noise σ in photons."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     detector: str = typer.Option("256", "--detector", help="Detector pixels 'rows,cols' or one number."),
-    pixel_spacing: str = typer.Option("1.5", "--pixel-spacing", help="Detector pixel size in mm, 'row,col' or one number."),
+    pixel_spacing: str = typer.Option("1.5", "--pixel-spacing",
+                                      help="Detector pixel size in mm, 'row,col' or one number."),
     sdd: float = typer.Option(1200.0, "--sdd", help="Source-detector distance, mm."),
     sid: float = typer.Option(1000.0, "--sid", help="Source-isocenter distance, mm."),
 ) -> None:

@@ -50,7 +50,8 @@ def add_noise(i_atten: torch.Tensor, photons_per_pixel: float, *, electronic_noi
         raise ValueError(f"photons_per_pixel must be a positive finite number of quanta, got {photons_per_pixel!r}")
     if not (isinstance(electronic_noise_photons, (int, float)) and math.isfinite(electronic_noise_photons)
             and electronic_noise_photons >= 0):
-        raise ValueError(f"electronic_noise_photons must be a non-negative finite number, got {electronic_noise_photons!r}")
+        raise ValueError("electronic_noise_photons must be a non-negative finite number, "
+                         f"got {electronic_noise_photons!r}")
     if seed is not None and generator is not None:
         raise ValueError("give either seed or generator, not both")
     clean = i_atten.detach()
