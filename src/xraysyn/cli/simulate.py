@@ -96,7 +96,7 @@ def simulate_command(
     azimuth: str = typer.Option("0", "--azimuth", help="Degrees: '0', '-9,0,9' or 'start:stop:count'."),
     elevation: str = typer.Option("0", "--elevation", help="Degrees, one value or as many as --azimuth."),
     kvp: float = typer.Option(120.0, "--kvp",
-                              help="Tube potential (60-140 shipped; others need xraysyn[spectra])."),
+                              help="Tube potential, kVp (60-140 shipped; others need the spectra extra, spekpy)."),
     mode: str = typer.Option("ct2xray", "--mode",
                              help="ct2xray (polychromatic, bone/tissue) or drr (μ at one energy)."),
     photon_counting: bool = typer.Option(False, "--photon-counting",
