@@ -181,6 +181,8 @@ def test_grayscale_jpeg_and_rgb_with_equal_channels(tmp_path):
     np.testing.assert_allclose(rg.image, gray / 255.0, atol=0.03)  # lossy JPEG
     Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "rgb.png")
     np.testing.assert_allclose(load_radiograph(tmp_path / "rgb.png").image, gray / 255.0, atol=1e-7)
+    Image.fromarray(np.stack([gray, np.full_like(gray, 255)], -1), mode="LA").save(tmp_path / "la.png")
+    np.testing.assert_allclose(load_radiograph(tmp_path / "la.png").image, gray / 255.0, atol=1e-7)
 
 
 def test_image_errors(tmp_path):

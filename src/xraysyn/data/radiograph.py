@@ -84,7 +84,12 @@ def _normalise_min_max(array: np.ndarray, source: str) -> np.ndarray:
 
 
 def _single_channel(array: np.ndarray, source: str) -> np.ndarray:
-    """``(H, W, C)`` grayscale stored as colour -> ``(H, W)``; differing channels -> error."""
+    """``(H, W, C)`` grayscale stored as colour -> ``(H, W)``; differing channels -> error.
+
+    Two channels are gray + alpha (the alpha is ignored); three or four are RGB(A).
+    """
+    if array.shape[-1] <= 2:
+        return array[..., 0]
     colour = array[..., :3]
     if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
         raise RadiographReadError(
