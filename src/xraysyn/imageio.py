@@ -19,6 +19,15 @@ __all__ = ["atomic_write", "save_npy", "save_png", "window_to_uint8", "DISPLAY_P
 DISPLAY_PERCENTILES = (0.5, 99.5)
 
 
+_FILE_MODE = 0o666
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder, atomic on POSIX)."""
     path = Path(path)
@@ -28,6 +37,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, _FILE_MODE & ~_current_umask())  # mkstemp creates 0600; give normal permissions
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,44 +11,20 @@ import typer
 
 from xraysyn.cli import app
 from xraysyn.cli.common import user_errors
+from xraysyn.imageio import atomic_write, save_npy, save_png
 
 MODES = ("ct2xray", "drr")
-PNG_MAX = 255
 AFFINE_ATOL_MM = 1e-3
 """Largest affine difference (mm) accepted between the CT and a mask read from another file."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-
-    _atomic_write(path, write)
+    save_npy(array, path)
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
     """8-bit grayscale PNG, min-max scaled per image (constant images become black)."""
-    from PIL import Image
-
-    lo, hi = float(array.min()), float(array.max())
-    if hi <= lo:
-        scaled = np.zeros(array.shape, np.uint8)
-    else:
-        scaled = np.round((array - lo) / (hi - lo) * PNG_MAX).astype(np.uint8)
-    _atomic_write(path, lambda tmp: Image.fromarray(scaled, mode="L").save(tmp, format="PNG"))
+    save_png(array, path, window=(float(array.min()), float(array.max())))
 
 
 def _pair(text: str, name: str, cast) -> tuple:
@@ -210,5 +184,5 @@ def simulate_command(
             "noise_photons_per_pixel": noise, "electronic_noise_photons": electronic_noise, "seed": seed,
             "views": written,
         }
-        _atomic_write(out / "simulation.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+        atomic_write(out / "simulation.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
         typer.echo(f"wrote {len(written)} view(s) to {out}")
