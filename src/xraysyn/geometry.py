@@ -2,8 +2,8 @@
 
 Conventions (tested in ``tests/test_geometry.py`` and ``tests/test_projector_orientation.py``):
 
-* **World** = patient RAS+ in mm (the NIfTI / nibabel convention): x grows from the patient's left to the patient's **R**ight, y from posterior
-  to **A**nterior, z from inferior to **S**uperior.
+* **World** = patient RAS+ in mm (the NIfTI / nibabel convention): x grows toward the patient's
+  **R**ight, y toward **A**nterior, z toward **S**uperior.
 * **Isocenter frame**: the world translated so that the isocenter is the origin. Poses are
   ``camera_from_isocenter`` rigid transforms ``(N, 4, 4)``; the projector adds the isocenter
   (by default the centre of each volume's bounding box).
@@ -13,7 +13,8 @@ Conventions (tested in ``tests/test_geometry.py`` and ``tests/test_projector_ori
   display), so at azimuth 0 / elevation 0 (a PA view: source posterior, detector anterior) row 0 is
   superior and column 0 is the patient's right.
 * **Azimuth** (degrees) rotates the C-arm about the superior axis (right-hand rule): positive
-  azimuth moves the source from posterior toward the patient's right.
+  azimuth moves the source from posterior toward the patient's right, so points anterior to
+  the isocenter move toward column 0 (and posterior points away from it) as azimuth grows.
   **Elevation** (degrees) tilts it so that positive elevation moves the source toward superior.
 * Voxel index ``(i, j, k)`` addresses ``volume[..., i, j, k]`` of a ``(B, C, D, H, W)`` tensor;
   ``world_from_voxel`` maps homogeneous ``(i, j, k, 1)`` (voxel centres) to world mm, exactly like
