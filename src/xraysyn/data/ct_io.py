@@ -491,6 +491,7 @@ def write_nifti_array(array: np.ndarray, world_from_voxel: np.ndarray, path: str
     os.close(fd)
     try:
         nib.save(image, tmp_name)
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

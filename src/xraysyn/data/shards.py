@@ -116,6 +116,7 @@ def write_shard(
                 meta_json=np.array(meta_json),
                 format_version=np.array(SHARD_FORMAT_VERSION, dtype=np.int64),
             )
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
