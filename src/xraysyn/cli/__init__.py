@@ -18,6 +18,7 @@ def _register() -> None:
     from xraysyn.cli import project  # noqa: F401
     from xraysyn.cli import phantom  # noqa: F401
     from xraysyn.cli import simulate  # noqa: F401
+    from xraysyn.cli import data  # noqa: F401
 
 
 _register()
