@@ -47,7 +47,7 @@ def _synthetic_ct():
 
 
 def test_labels_select_bone_structures_only():
-    hu, labels, truth = _synthetic_ct()
+    _, labels, truth = _synthetic_ct()
     mask = bone_mask_from_labels(labels, STRUCTURES)
     assert mask.dtype == bool
     np.testing.assert_array_equal(mask, truth)

@@ -13,7 +13,14 @@ import torch
 from dicom_series_helper import write_axial_series, write_slice
 from pydicom.uid import generate_uid
 
-from xraysyn.data.ct_io import CTReadError, CTVolume, load_ct, load_volume_tensor, save_nifti, write_nifti_array
+from xraysyn.data.ct_io import (
+    CTReadError,
+    CTVolume,
+    load_ct,
+    load_volume_tensor,
+    save_nifti,
+    write_nifti_array,
+)
 
 AIR_HU = -1000.0
 

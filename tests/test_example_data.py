@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from xraysyn.data.example import EXAMPLE_FILES, ExampleDataError, ExampleFile, fetch_example_data
+from xraysyn.data.example import (
+    EXAMPLE_FILES,
+    ExampleDataError,
+    ExampleFile,
+    fetch_example_data,
+)
 
 CONTENTS = {"ct": b"fake ct bytes", "labels": b"fake labels", "structures": b"id,structure\n1,rib_left_1\n", "radiograph": b"fake dcm"}
 

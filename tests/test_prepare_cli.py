@@ -26,7 +26,7 @@ def _slices(count=8, rows=24, cols=24) -> np.ndarray:
 
 
 def _volume(shape=(20, 20, 12)):
-    i, j, k = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    i, j, _ = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     hu = np.full(shape, AIR_HU, np.float32)
     hu[((i - 10) / 8) ** 2 + ((j - 10) / 7) ** 2 <= 1] = TISSUE_HU
     bone = ((i - 10) ** 2 + (j - 12) ** 2 <= 4)

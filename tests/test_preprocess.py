@@ -74,7 +74,7 @@ def test_body_mask_fills_lungs_and_drops_table():
 
 
 def test_crop_keeps_world_positions_and_removes_table():
-    ct, body, spine = _chest()
+    ct, _, spine = _chest()
     mask = body_mask(ct.hu, ct.world_from_voxel)
     cropped, (spine_cropped,) = crop_to_body(ct, [spine])
     lower = np.argwhere(mask).min(axis=0)
@@ -171,7 +171,7 @@ def test_cube_resampling_keeps_ball_volume_and_centre():
 
 
 def test_preprocess_ct_end_to_end():
-    ct, body, spine = _chest()
+    ct, _, spine = _chest()
     cube, bone = preprocess_ct(ct, size=16)
     assert cube.shape == (16, 16, 16) and bone.shape == (16, 16, 16) and bone.dtype == bool
     assert bone.any() and cube.hu.dtype == np.float32

@@ -54,7 +54,12 @@ def bone_mask_command(
     with user_errors():
         import numpy as np
 
-        from xraysyn.data.bone_mask import BONE_THRESHOLD_HU, bone_mask_from_hu, bone_mask_from_labels, dice
+        from xraysyn.data.bone_mask import (
+            BONE_THRESHOLD_HU,
+            bone_mask_from_hu,
+            bone_mask_from_labels,
+            dice,
+        )
         from xraysyn.data.ct_io import load_ct, write_nifti_array
 
         ct = load_ct(ct_path)

@@ -8,10 +8,32 @@ example data), :mod:`~xraysyn.data.shards` (the shard format, documented there) 
 Phantoms, radiographs and datasets live in their own modules of this package.
 """
 
-from xraysyn.data.bone_mask import bone_mask_from_hu, bone_mask_from_labels, dice, read_structures_table
-from xraysyn.data.ct_io import CTReadError, CTVolume, load_ct, load_volume_tensor, save_nifti, write_nifti_array
-from xraysyn.data.example import ExampleDataError, ExamplePaths, example_paths, fetch_example_data
-from xraysyn.data.preprocess import check_slice_spacing, crop_to_body, preprocess_ct, resample_to_cube
+from xraysyn.data.bone_mask import (
+    bone_mask_from_hu,
+    bone_mask_from_labels,
+    dice,
+    read_structures_table,
+)
+from xraysyn.data.ct_io import (
+    CTReadError,
+    CTVolume,
+    load_ct,
+    load_volume_tensor,
+    save_nifti,
+    write_nifti_array,
+)
+from xraysyn.data.example import (
+    ExampleDataError,
+    ExamplePaths,
+    example_paths,
+    fetch_example_data,
+)
+from xraysyn.data.preprocess import (
+    check_slice_spacing,
+    crop_to_body,
+    preprocess_ct,
+    resample_to_cube,
+)
 from xraysyn.data.shards import CTShard, read_shard, write_shard
 
 __all__ = [

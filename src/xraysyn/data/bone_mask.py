@@ -27,15 +27,15 @@ from scipy import ndimage
 
 __all__ = [
     "BONE_STRUCTURE_PATTERNS",
-    "TISSUE_STRUCTURE_NAMES",
     "BONE_THRESHOLD_HU",
     "CLOSING_RADIUS_MM",
     "MIN_BONE_COMPONENT_MM3",
-    "read_structures_table",
+    "TISSUE_STRUCTURE_NAMES",
     "bone_label_values",
-    "bone_mask_from_labels",
     "bone_mask_from_hu",
+    "bone_mask_from_labels",
     "dice",
+    "read_structures_table",
 ]
 
 #: Structure-name patterns (``fnmatch``, case-insensitive) counted as bone.
@@ -188,7 +188,7 @@ def bone_mask_from_hu(
             mask = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[tuple(slice(p[0], -p[0] or None) for p in pad)]
     mask = ndimage.binary_fill_holes(mask)
     if min_component_mm3 > 0 and mask.any():
-        components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+        components, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
         sizes_mm3 = np.bincount(components.ravel())[1:] * float(np.prod(spacing))
         keep = np.concatenate([[False], sizes_mm3 >= min_component_mm3])
         mask = keep[components]

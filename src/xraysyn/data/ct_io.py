@@ -34,19 +34,19 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "IGNORED_SUFFIXES",
+    "LPS_FROM_RAS",
+    "MIN_SLICES",
+    "SPACING_ATOL_MM",
+    "SPACING_RTOL",
     "CTReadError",
     "CTVolume",
+    "is_dicom_file",
     "load_ct",
     "load_volume_tensor",
     "save_nifti",
-    "write_nifti_array",
-    "is_dicom_file",
     "volume_format",
-    "LPS_FROM_RAS",
-    "SPACING_ATOL_MM",
-    "SPACING_RTOL",
-    "MIN_SLICES",
-    "IGNORED_SUFFIXES",
+    "write_nifti_array",
 ]
 
 #: Diagonal flip between DICOM/ITK LPS+ and NIfTI RAS+ world coordinates (its own inverse).

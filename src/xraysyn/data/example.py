@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "EXAMPLE_FILES",
     "ExampleDataError",
     "ExampleFile",
     "ExamplePaths",
-    "EXAMPLE_FILES",
     "default_cache_dir",
     "example_paths",
     "fetch_example_data",

@@ -28,18 +28,29 @@ from typing import Any
 import numpy as np
 
 from xraysyn.data.bone_mask import bone_mask_from_hu, bone_mask_from_labels
-from xraysyn.data.ct_io import IGNORED_SUFFIXES, CTVolume, is_dicom_file, load_ct, volume_format
-from xraysyn.data.preprocess import DEFAULT_CUBE_SIZE, MAX_SLICE_SPACING_MM, check_slice_spacing, preprocess_ct
+from xraysyn.data.ct_io import (
+    IGNORED_SUFFIXES,
+    CTVolume,
+    is_dicom_file,
+    load_ct,
+    volume_format,
+)
+from xraysyn.data.preprocess import (
+    DEFAULT_CUBE_SIZE,
+    MAX_SLICE_SPACING_MM,
+    check_slice_spacing,
+    preprocess_ct,
+)
 from xraysyn.data.shards import write_shard
 
 __all__ = [
+    "STRUCTURES_TABLE_NAME",
+    "SUMMARY_NAME",
     "CTInput",
     "PrepareReport",
-    "find_ct_inputs",
     "bone_for",
+    "find_ct_inputs",
     "prepare_ct_tree",
-    "SUMMARY_NAME",
-    "STRUCTURES_TABLE_NAME",
 ]
 
 SUMMARY_NAME = "prepare_summary.json"

@@ -30,18 +30,18 @@ from xraysyn.data.ct_io import CTVolume
 
 __all__ = [
     "AIR_HU",
-    "BODY_THRESHOLD_HU",
     "BODY_OPENING_RADIUS_MM",
-    "MAX_SLICE_SPACING_MM",
+    "BODY_THRESHOLD_HU",
     "DEFAULT_CUBE_SIZE",
+    "MAX_SLICE_SPACING_MM",
     "SpacingCheck",
-    "check_slice_spacing",
     "body_mask",
+    "check_slice_spacing",
     "crop_to_body",
-    "resample_to_grid",
     "cube_grid",
-    "resample_to_cube",
     "preprocess_ct",
+    "resample_to_cube",
+    "resample_to_grid",
 ]
 
 #: HU of air (by definition of the Hounsfield scale).

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SHARD_FORMAT_VERSION", "SHARD_SUFFIX", "CTShard", "write_shard", "read_shard"]
+__all__ = ["SHARD_FORMAT_VERSION", "SHARD_SUFFIX", "CTShard", "read_shard", "write_shard"]
 
 SHARD_FORMAT_VERSION = 1
 SHARD_SUFFIX = ".npz"
