@@ -1,0 +1,238 @@
+"""Triton backend of the ray march: fused forward line integrals and their exact adjoint.
+
+Same contract and signatures as :class:`xraysyn.projector.cpu_numba.NumbaBackend` (the sampling
+model of :mod:`xraysyn.projector.rays`); the torch reference in :mod:`xraysyn.projector.reference`
+stays the ground truth (``tests/test_projector_triton.py``). Selected automatically by
+:func:`xraysyn.projector.forward_project` for CUDA tensors when :func:`available` is true, or with
+``backend="triton"``. On a machine without a GPU the kernels run on CPU tensors through Triton's
+interpreter when ``TRITON_INTERPRET=1`` is set before the first use (slow; for tests only).
+
+Memory: no per-sample temporaries; the forward allocates its output ``(N, R, C)``, the adjoint
+one gradient volume, plus a channels-last copy of the volume when ``C > 1`` and the input is
+channels-first (one cache line per trilinear corner instead of ``C``).
+
+Precision: float32 accumulation for float32/float16/bfloat16 volumes (low-precision volumes are
+read as stored and converted in registers; the output is float32), float64 throughout for float64
+inputs.
+
+Importing this module never fails: without ``triton`` :func:`available` returns False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["available", "interpreting", "TritonBackend", "TritonBackendInputError"]
+
+_INT32_LIMIT = 2**31 - 1
+# Rays per program and warps per program when not autotuning (the interpreter, or a forced config).
+_DEFAULT_BLOCK_R = 128
+_DEFAULT_NUM_WARPS = 4
+# Launch configurations tried once per (channels, dtype) on the GPU: (rays per program, warps).
+_TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
+
+
+class TritonBackendInputError(ValueError):
+    """Malformed inputs to the Triton backend (shape, device or size beyond 32-bit indexing)."""
+
+
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available() -> bool:
+    """Triton is importable and can run here: a CUDA device, or the CPU interpreter."""
+    if not _triton_importable():
+        return False
+    return torch.cuda.is_available() or interpreting()
+
+
+_KERNELS = None
+
+
+def _kernels():
+    """The compiled kernel objects (imported on first use so ``TRITON_INTERPRET`` is read then)."""
+    global _KERNELS
+    if _KERNELS is None:
+        import triton
+
+        from xraysyn.projector import triton_kernels as k
+
+        if interpreting():
+            _KERNELS = (k.march_forward_kernel, k.march_adjoint_kernel, False)
+        else:
+            configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
+            fwd = triton.autotune(configs, key=["n_rays", "n_channels"])(k.march_forward_kernel)
+            adj = triton.autotune(configs, key=["n_rays", "n_channels"], reset_to_zero=["grad_ptr"])(
+                k.march_adjoint_kernel)
+            _KERNELS = (fwd, adj, True)
+    return _KERNELS
+
+
+def _accumulator(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_device(*tensors: torch.Tensor) -> torch.device:
+    device = tensors[0].device
+    for t in tensors:
+        if t.device != device:
+            raise TritonBackendInputError(f"all inputs must be on one device, got {device} and {t.device}")
+    if device.type == "cuda":
+        return device
+    if device.type == "cpu" and interpreting():
+        return device
+    raise TritonBackendInputError(
+        f"the Triton backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got device {device}")
+
+
+def _check_rays(origin, direction, t_near, delta, n_samples, volume_index, num_volumes: int) -> tuple[int, int]:
+    if direction.dim() != 3 or direction.shape[-1] != 3:
+        raise TritonBackendInputError(f"direction must have shape (N, R, 3), got {tuple(direction.shape)}")
+    n, r = direction.shape[:2]
+    expected = {"origin": (n, 3), "t_near": (n, r), "delta": (n, r), "n_samples": (n, r), "volume_index": (n,)}
+    for name, t in zip(expected, (origin, t_near, delta, n_samples, volume_index)):
+        if tuple(t.shape) != expected[name]:
+            raise TritonBackendInputError(f"{name} must have shape {expected[name]}, got {tuple(t.shape)}")
+    if n_samples.dtype not in (torch.int32, torch.int64):
+        raise TritonBackendInputError(f"n_samples must be an integer tensor, got {n_samples.dtype}")
+    if n * r * 3 > _INT32_LIMIT:
+        raise TritonBackendInputError(f"{n} views × {r} rays exceed 32-bit indexing; split the views into batches")
+    if n and num_volumes:
+        lo, hi = int(volume_index.min()), int(volume_index.max())
+        if lo < 0 or hi >= num_volumes:
+            raise TritonBackendInputError(f"volume_index must lie in [0, {num_volumes}), got [{lo}, {hi}]")
+    return n, r
+
+
+def _check_volume_size(channels: int, spatial) -> None:
+    d, h, w = (int(s) for s in spatial)
+    if min(d, h, w) < 2:
+        raise TritonBackendInputError(f"volume spatial shape must be at least 2 along each axis, got {(d, h, w)}")
+    if channels * d * h * w > _INT32_LIMIT:
+        raise TritonBackendInputError(
+            f"one volume of {channels} × {d} × {h} × {w} voxels exceeds 32-bit indexing")
+
+
+def _channels_last(volume: torch.Tensor) -> torch.Tensor:
+    """A ``(B, C, D, H, W)`` view whose channel stride is 1 (copy only when needed)."""
+    if volume.shape[1] == 1 or volume.stride(1) == 1:
+        return volume
+    return volume.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
+
+
+def _next_power_of_two(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def _launch(kernel, tuned: bool, grid_views: int, n_rays: int, args, meta):
+    if tuned:
+        kernel[lambda m: (-(-n_rays // m["BLOCK_R"]), grid_views)](*args, **meta)
+    else:
+        block_r = min(_DEFAULT_BLOCK_R, _next_power_of_two(max(n_rays, 1)))
+        kernel[(-(-n_rays // block_r), grid_views)](*args, BLOCK_R=block_r, num_warps=_DEFAULT_NUM_WARPS, **meta)
+
+
+def _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype):
+    origin = origin.detach().to(acc_dtype)
+    direction = direction.detach().to(acc_dtype)
+    t_near = t_near.detach().to(acc_dtype)
+    delta = delta.detach().to(acc_dtype)
+    n_samples = n_samples.detach().to(torch.int32)
+    volume_index = volume_index.detach().to(torch.int64)
+    tensors = (origin, direction, t_near, delta, n_samples, volume_index)
+    strides = (*origin.stride(), *direction.stride(), *t_near.stride(), *delta.stride(), *n_samples.stride())
+    return tensors, strides
+
+
+class TritonBackend:
+    """Forward and adjoint with the signatures of the reference ``march_forward`` / ``march_adjoint``.
+
+    ``MERGE_RUNS`` (class attribute, default True) selects the adjoint that pre-reduces the
+    samples of a ray falling in one cell before its atomic adds; False gives the naive per-sample
+    scatter (same result up to float rounding order), for benchmarks.
+    """
+
+    MERGE_RUNS = True
+
+    @staticmethod
+    def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0):
+        """Line integrals ``(N, R, C)`` in (voxel value × mm) of ``volume (B, C, D, H, W)``.
+
+        ``origin (N, 3)``, ``direction (N, R, 3)``, ``t_near``/``delta (N, R)`` mm, ``n_samples
+        (N, R)`` int, ``volume_index (N,)`` as in :class:`xraysyn.projector.rays.RaySet`.
+        ``memory_budget_mib`` is accepted for signature compatibility: the kernel needs no
+        temporaries beyond its output.
+        """
+        if not isinstance(volume, torch.Tensor) or volume.dim() != 5 or not volume.is_floating_point():
+            raise TritonBackendInputError("volume must be a floating-point tensor of shape (B, C, D, H, W)")
+        device = _check_device(volume, origin, direction, t_near, delta, n_samples, volume_index)
+        b, c = volume.shape[:2]
+        _check_volume_size(c, volume.shape[2:])
+        n, r = _check_rays(origin, direction, t_near, delta, n_samples, volume_index, b)
+        acc_dtype = _acc_torch_dtype(volume.dtype)
+        out = torch.zeros(n, r, c, dtype=acc_dtype, device=device)
+        if n == 0 or r == 0 or c == 0:
+            return out
+        vol = _channels_last(volume.detach())
+        rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
+        fwd, _, tuned = _kernels()
+        args = (vol, out, *rays, r, *vol.shape[2:], c, *vol.stride(), *ray_strides, *out.stride())
+        meta = dict(BLOCK_C=_next_power_of_two(c), ACC=_accumulator(acc_dtype))
+        with _on(device):
+            _launch(fwd, tuned, n, r, args, meta)
+        return out
+
+    @staticmethod
+    def adjoint(grad_out, volume_shape, origin, direction, t_near, delta, n_samples, volume_index,
+                memory_budget_mib=512.0):
+        """Exact transpose of :meth:`forward`: ``grad_out (N, R, C)`` → ``(B, C, D, H, W)``.
+
+        The result is float32 (float64 for float64 ``grad_out``) in channels-last-3d memory
+        format (a permuted view of a ``(B, D, H, W, C)`` buffer; values identical to a contiguous
+        tensor).
+        """
+        if not isinstance(grad_out, torch.Tensor) or grad_out.dim() != 3 or not grad_out.is_floating_point():
+            raise TritonBackendInputError("grad_out must be a floating-point tensor of shape (N, R, C)")
+        try:
+            b, c, d, h, w = (int(s) for s in volume_shape)
+        except (TypeError, ValueError):
+            raise TritonBackendInputError(f"volume_shape must be (B, C, D, H, W), got {volume_shape!r}") from None
+        device = _check_device(grad_out, origin, direction, t_near, delta, n_samples, volume_index)
+        _check_volume_size(c, (d, h, w))
+        n, r = _check_rays(origin, direction, t_near, delta, n_samples, volume_index, b)
+        if tuple(grad_out.shape) != (n, r, c):
+            raise TritonBackendInputError(f"grad_out must have shape {(n, r, c)}, got {tuple(grad_out.shape)}")
+        acc_dtype = _acc_torch_dtype(grad_out.dtype)
+        buffer = torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device)
+        grad = buffer.permute(0, 4, 1, 2, 3)
+        if n == 0 or r == 0:
+            return grad
+        rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
+        _, adj, tuned = _kernels()
+        args = (buffer, grad_out.detach(), *rays, r, d, h, w, c, *grad.stride(), *ray_strides, *grad_out.stride())
+        meta = dict(BLOCK_C=_next_power_of_two(c), ACC=_accumulator(acc_dtype),
+                    MERGE_RUNS=bool(TritonBackend.MERGE_RUNS))
+        with _on(device):
+            _launch(adj, tuned, n, r, args, meta)
+        return grad
+
+
+def _on(device: torch.device):
+    """Make ``device`` the current CUDA device for the launch (a no-op on the CPU interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

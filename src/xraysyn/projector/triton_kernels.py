@@ -1,0 +1,213 @@
+"""Triton kernels of the ray march (forward line integrals and their exact adjoint).
+
+Importing this module needs ``triton``; :mod:`xraysyn.projector.triton_backend` imports it lazily
+and is the only caller. The kernels implement exactly the sampling model of
+:mod:`xraysyn.projector.rays`:
+
+* sample ``s < n_samples`` at ``t = t_near + (s + 0.5) * delta`` mm, position
+  ``p = origin + t * direction`` in voxel index coordinates ``(i, j, k) = (z, y, x)``;
+* ``p`` clamped to ``[0, n - 1]`` per axis, cell ``floor(p)`` clamped to ``n - 2``, trilinear
+  weights from the fractions; each sample contributes ``value * delta``.
+
+Organisation (see ``benchmarks/gpu_kernels.md``):
+
+* grid ``(ceil(R / BLOCK_R), N)``: one program marches ``BLOCK_R`` neighbouring detector pixels of
+  one view, all ``C`` channels at once (a ``(BLOCK_R, BLOCK_C)`` register tile), up to the largest
+  ``n_samples`` of its rays with per-ray masks. Nothing per sample is stored: extra memory is the
+  output only, O(rays).
+* The volume is addressed through its element strides, so channels-first, channels-last (one
+  cache line per trilinear corner for small ``C``) and non-contiguous views all work; fp16/bf16
+  volumes are read as stored and converted to the accumulator type in registers.
+* The adjoint (``MERGE_RUNS=True``) accumulates the 8 trilinear weights of consecutive samples
+  of a ray that fall in the same cell in registers and issues the ``8 * C`` atomic adds only when
+  the ray leaves the cell (and once at the end). This is the same sum, reassociated, so it stays
+  the exact transpose; it removes the atomics of every sample after the first in a cell
+  (≈ half of them at the default half-voxel step). ``MERGE_RUNS=False`` is the naive
+  per-sample scatter, kept for benchmarking and as a second check.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["march_forward_kernel", "march_adjoint_kernel"]
+
+
+@triton.jit
+def _cell(p, size, ACC: tl.constexpr):
+    """Clamp a voxel coordinate to ``[0, size - 1]``; return ``(cell index int32, fraction)``."""
+    upper = (size - 1).to(ACC)
+    pc = tl.minimum(tl.maximum(p, 0.0), upper)
+    idx = tl.minimum(pc.to(tl.int32), size - 2)  # pc >= 0, so truncation is floor
+    return idx, pc - idx.to(ACC)
+
+
+@triton.jit
+def march_forward_kernel(
+    vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
+    n_rays, size_d, size_h, size_w, n_channels,
+    s_vb, s_vc, s_vd, s_vh, s_vw,
+    s_on, s_oa,
+    s_dn, s_dr, s_da,
+    s_tn, s_tr,
+    s_en, s_er,
+    s_nn, s_nr,
+    s_gn, s_gr, s_gc,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """``out[n, r, c] = delta * Σ_s trilinear(volume[volume_index[n], c], p_s)`` for one block of rays."""
+    view = tl.program_id(1)
+    rays = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ray_ok = rays < n_rays
+    chan = tl.arange(0, BLOCK_C)
+    chan_ok = chan < n_channels
+
+    item = tl.load(vidx_ptr + view).to(tl.int64)
+    vol = vol_ptr + item * s_vb
+    oz = tl.load(origin_ptr + view * s_on).to(ACC)
+    oy = tl.load(origin_ptr + view * s_on + s_oa).to(ACC)
+    ox = tl.load(origin_ptr + view * s_on + 2 * s_oa).to(ACC)
+    dir_row = dir_ptr + view * s_dn + rays * s_dr
+    dz = tl.load(dir_row, mask=ray_ok, other=0.0).to(ACC)
+    dy = tl.load(dir_row + s_da, mask=ray_ok, other=0.0).to(ACC)
+    dx = tl.load(dir_row + 2 * s_da, mask=ray_ok, other=0.0).to(ACC)
+    t0 = tl.load(tnear_ptr + view * s_tn + rays * s_tr, mask=ray_ok, other=0.0).to(ACC)
+    dt = tl.load(delta_ptr + view * s_en + rays * s_er, mask=ray_ok, other=0.0).to(ACC)
+    ns = tl.load(nsamp_ptr + view * s_nn + rays * s_nr, mask=ray_ok, other=0)
+    n_max = tl.max(ns, axis=0)
+
+    chan_off = (chan * s_vc)[None, :]
+    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
+    for s in range(0, n_max):
+        t = t0 + (s + 0.5) * dt
+        iz, fz = _cell(oz + t * dz, size_d, ACC)
+        iy, fy = _cell(oy + t * dy, size_h, ACC)
+        ix, fx = _cell(ox + t * dx, size_w, ACC)
+        live = ((s < ns) & ray_ok)[:, None] & chan_ok[None, :]
+        ptr = vol + (iz * s_vd + iy * s_vh + ix * s_vw)[:, None] + chan_off
+        v000 = tl.load(ptr, mask=live, other=0.0).to(ACC)
+        v001 = tl.load(ptr + s_vw, mask=live, other=0.0).to(ACC)
+        v010 = tl.load(ptr + s_vh, mask=live, other=0.0).to(ACC)
+        v011 = tl.load(ptr + s_vh + s_vw, mask=live, other=0.0).to(ACC)
+        v100 = tl.load(ptr + s_vd, mask=live, other=0.0).to(ACC)
+        v101 = tl.load(ptr + s_vd + s_vw, mask=live, other=0.0).to(ACC)
+        v110 = tl.load(ptr + s_vd + s_vh, mask=live, other=0.0).to(ACC)
+        v111 = tl.load(ptr + s_vd + s_vh + s_vw, mask=live, other=0.0).to(ACC)
+        fx2 = fx[:, None]
+        fy2 = fy[:, None]
+        x00 = v000 + (v001 - v000) * fx2
+        x01 = v010 + (v011 - v010) * fx2
+        x10 = v100 + (v101 - v100) * fx2
+        x11 = v110 + (v111 - v110) * fx2
+        y0 = x00 + (x01 - x00) * fy2
+        y1 = x10 + (x11 - x10) * fy2
+        acc += y0 + (y1 - y0) * fz[:, None]
+    acc = acc * dt[:, None]
+    out = out_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=ray_ok[:, None] & chan_ok[None, :])
+
+
+@triton.jit
+def _scatter_cell(grad_ptr, cell, chan_off, g, mask, s_gd, s_gh, s_gw,
+                  w000, w001, w010, w011, w100, w101, w110, w111):
+    """Atomically add ``w_corner * g`` to the 8 corners of ``cell`` (offsets ``(BLOCK_R,)``)."""
+    ptr = grad_ptr + cell[:, None] + chan_off
+    tl.atomic_add(ptr, w000[:, None] * g, mask=mask, sem="relaxed")
+    tl.atomic_add(ptr + s_gw, w001[:, None] * g, mask=mask, sem="relaxed")
+    tl.atomic_add(ptr + s_gh, w010[:, None] * g, mask=mask, sem="relaxed")
+    tl.atomic_add(ptr + s_gh + s_gw, w011[:, None] * g, mask=mask, sem="relaxed")
+    tl.atomic_add(ptr + s_gd, w100[:, None] * g, mask=mask, sem="relaxed")
+    tl.atomic_add(ptr + s_gd + s_gw, w101[:, None] * g, mask=mask, sem="relaxed")
+    tl.atomic_add(ptr + s_gd + s_gh, w110[:, None] * g, mask=mask, sem="relaxed")
+    tl.atomic_add(ptr + s_gd + s_gh + s_gw, w111[:, None] * g, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def march_adjoint_kernel(
+    grad_ptr, gout_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
+    n_rays, size_d, size_h, size_w, n_channels,
+    s_vb, s_vc, s_vd, s_vh, s_vw,
+    s_on, s_oa,
+    s_dn, s_dr, s_da,
+    s_tn, s_tr,
+    s_en, s_er,
+    s_nn, s_nr,
+    s_gn, s_gr, s_gc,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, MERGE_RUNS: tl.constexpr,
+):
+    """Scatter ``gout[n, r, c] * delta * w_corner`` of every sample into ``grad`` (the exact transpose)."""
+    view = tl.program_id(1)
+    rays = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ray_ok = rays < n_rays
+    chan = tl.arange(0, BLOCK_C)
+    chan_ok = chan < n_channels
+
+    item = tl.load(vidx_ptr + view).to(tl.int64)
+    grad = grad_ptr + item * s_vb
+    oz = tl.load(origin_ptr + view * s_on).to(ACC)
+    oy = tl.load(origin_ptr + view * s_on + s_oa).to(ACC)
+    ox = tl.load(origin_ptr + view * s_on + 2 * s_oa).to(ACC)
+    dir_row = dir_ptr + view * s_dn + rays * s_dr
+    dz = tl.load(dir_row, mask=ray_ok, other=0.0).to(ACC)
+    dy = tl.load(dir_row + s_da, mask=ray_ok, other=0.0).to(ACC)
+    dx = tl.load(dir_row + 2 * s_da, mask=ray_ok, other=0.0).to(ACC)
+    t0 = tl.load(tnear_ptr + view * s_tn + rays * s_tr, mask=ray_ok, other=0.0).to(ACC)
+    dt = tl.load(delta_ptr + view * s_en + rays * s_er, mask=ray_ok, other=0.0).to(ACC)
+    ns = tl.load(nsamp_ptr + view * s_nn + rays * s_nr, mask=ray_ok, other=0)
+    n_max = tl.max(ns, axis=0)
+
+    both_ok = ray_ok[:, None] & chan_ok[None, :]
+    g_ptr = gout_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
+    g = tl.load(g_ptr, mask=both_ok, other=0.0).to(ACC) * dt[:, None]  # (BLOCK_R, BLOCK_C)
+    chan_off = (chan * s_vc)[None, :]
+
+    zero = tl.zeros([BLOCK_R], dtype=ACC)
+    a000 = zero
+    a001 = zero
+    a010 = zero
+    a011 = zero
+    a100 = zero
+    a101 = zero
+    a110 = zero
+    a111 = zero
+    prev = tl.full([BLOCK_R], -1, dtype=tl.int32)  # offset of the cell being accumulated, -1 = none
+    for s in range(0, n_max):
+        t = t0 + (s + 0.5) * dt
+        iz, fz = _cell(oz + t * dz, size_d, ACC)
+        iy, fy = _cell(oy + t * dy, size_h, ACC)
+        ix, fx = _cell(ox + t * dx, size_w, ACC)
+        live = (s < ns) & ray_ok
+        gz = 1.0 - fz
+        gy = 1.0 - fy
+        gx = 1.0 - fx
+        w000 = gz * gy * gx
+        w001 = gz * gy * fx
+        w010 = gz * fy * gx
+        w011 = gz * fy * fx
+        w100 = fz * gy * gx
+        w101 = fz * gy * fx
+        w110 = fz * fy * gx
+        w111 = fz * fy * fx
+        cell = iz * s_vd + iy * s_vh + ix * s_vw
+        if MERGE_RUNS:
+            cell = tl.where(live, cell, -1)
+            leaving = cell != prev
+            flush = leaving & (prev >= 0)
+            _scatter_cell(grad, prev, chan_off, g, flush[:, None] & chan_ok[None, :], s_vd, s_vh, s_vw,
+                          a000, a001, a010, a011, a100, a101, a110, a111)
+            a000 = tl.where(leaving, zero, a000) + tl.where(live, w000, zero)
+            a001 = tl.where(leaving, zero, a001) + tl.where(live, w001, zero)
+            a010 = tl.where(leaving, zero, a010) + tl.where(live, w010, zero)
+            a011 = tl.where(leaving, zero, a011) + tl.where(live, w011, zero)
+            a100 = tl.where(leaving, zero, a100) + tl.where(live, w100, zero)
+            a101 = tl.where(leaving, zero, a101) + tl.where(live, w101, zero)
+            a110 = tl.where(leaving, zero, a110) + tl.where(live, w110, zero)
+            a111 = tl.where(leaving, zero, a111) + tl.where(live, w111, zero)
+            prev = cell
+        else:
+            _scatter_cell(grad, cell, chan_off, g, live[:, None] & chan_ok[None, :], s_vd, s_vh, s_vw,
+                          w000, w001, w010, w011, w100, w101, w110, w111)
+    if MERGE_RUNS:
+        _scatter_cell(grad, prev, chan_off, g, (prev >= 0)[:, None] & chan_ok[None, :], s_vd, s_vh, s_vw,
+                      a000, a001, a010, a011, a100, a101, a110, a111)

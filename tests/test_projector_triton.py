@@ -1,0 +1,258 @@
+"""Triton backend of the ray march against the torch reference, closed forms and the adjoint identity.
+
+Without a GPU the kernels run through Triton's CPU interpreter (``TRITON_INTERPRET=1``, set here
+before triton is imported), so sizes are tiny. ``cuda``-marked tests repeat the checks at a
+moderate size on a GPU (run with ``pytest -m cuda`` on the device machine).
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from xraysyn.geometry import ConeBeamGeometry  # noqa: E402
+from xraysyn.projector import build_rays, forward_project, forward_project_adjoint  # noqa: E402
+from xraysyn.projector import triton_backend  # noqa: E402
+from xraysyn.projector.reference import march_adjoint, march_forward  # noqa: E402
+from xraysyn.projector.triton_backend import TritonBackend, TritonBackendInputError  # noqa: E402
+
+from projector_truth import box_chords, pixel_rays  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+RTOL = 1e-4  # the issue's float32 agreement target, relative to the largest value
+needs_interpreter_or_gpu = pytest.mark.skipif(not triton_backend.available(), reason="Triton cannot run here")
+pytestmark = needs_interpreter_or_gpu
+
+
+def _affine(spacing, shear=0.0, origin=(0.0, 0.0, 0.0), dtype=torch.float32):
+    a = torch.eye(4, dtype=dtype)
+    a[0, 0], a[1, 1], a[2, 2] = spacing
+    a[0, 1] = shear
+    a[:3, 3] = torch.tensor(origin, dtype=dtype)
+    return a
+
+
+def _rays(geometry, affines, shape, azimuths, elevations, device=DEVICE, dtype=torch.float32, **sampling):
+    poses = geometry.poses(torch.tensor(azimuths, dtype=dtype), torch.tensor(elevations, dtype=dtype))
+    rays = build_rays(poses.to(device), affines.to(device=device, dtype=dtype), shape, geometry, **sampling)
+    return (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index), rays
+
+
+def _assert_close(actual, expected, rtol=RTOL):
+    actual, expected = actual.detach(), expected.detach()
+    scale = float(expected.abs().max())
+    assert scale > 0, "the test must produce non-zero values"
+    err = float((actual.to(expected.dtype) - expected).abs().max())
+    assert err <= rtol * scale, f"max error {err:.3g} exceeds {rtol:g} × {scale:.3g}"
+
+
+# (batch, views per volume, channels, spatial shape, detector, sampling)
+CASES = [
+    (1, 2, 1, (6, 7, 5), (7, 6), dict(step_mm=1.5)),
+    (2, 2, 3, (5, 6, 7), (5, 9), dict(num_samples=7)),
+    (3, 1, 2, (4, 5, 6), (3, 5), dict(step_mm=2.5)),
+]
+
+
+def _case(case, seed=0):
+    b, v, c, shape, det, sampling = case
+    gen = torch.Generator().manual_seed(seed)
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=det, pixel_spacing=(6.0, 7.0))
+    affines = torch.stack([_affine((4.0 - 0.3 * i, 3.5, 3.0 + 0.5 * i), shear=0.3 * i) for i in range(b)])
+    az = (torch.rand(b * v, generator=gen) * 360 - 180).tolist()
+    el = (torch.rand(b * v, generator=gen) * 60 - 30).tolist()
+    args, rays = _rays(geometry, affines, shape, az, el, **sampling)
+    volume = torch.rand(b, c, *shape, generator=gen).to(DEVICE)
+    return volume, args, rays
+
+
+@pytest.mark.parametrize("case", CASES, ids=["b1c1", "b2c3", "b3c2"])
+def test_forward_matches_reference(case):
+    volume, args, _ = _case(case)
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+
+
+@pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
+@pytest.mark.parametrize("case", CASES[:2], ids=["b1c1", "b2c3"])
+def test_adjoint_matches_reference(case, merge_runs, monkeypatch):
+    volume, args, _ = _case(case, seed=1)
+    grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
+    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", merge_runs)
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+
+
+@pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
+def test_adjoint_identity_float64(merge_runs, monkeypatch):
+    """<FP v, w> = <v, FPᵀ w> to float64 round-off: the adjoint is the exact transpose."""
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(5, 4), pixel_spacing=(7.0, 8.0))
+    affines = torch.stack([_affine((4.0, 3.5, 3.0), shear=0.4, dtype=torch.float64),
+                           _affine((3.0, 3.0, 4.5), dtype=torch.float64)])
+    args, _ = _rays(geometry, affines, (5, 6, 4), [-30.0, 40.0, 80.0, 10.0], [0.0, -15.0, 20.0, 5.0],
+                    dtype=torch.float64, step_mm=1.7)
+    v = torch.rand(2, 2, 5, 6, 4, dtype=torch.float64, device=DEVICE)
+    w = torch.rand(4, 20, 2, dtype=torch.float64, device=DEVICE)
+    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", merge_runs)
+    fp = TritonBackend.forward(v, *args)
+    fpt = TritonBackend.adjoint(w, v.shape, *args)
+    assert fp.dtype == fpt.dtype == torch.float64
+    lhs, rhs = float((fp * w).sum()), float((v * fpt).sum())
+    assert lhs > 0
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+def test_uniform_box_integrates_to_closed_form_chords():
+    """A uniform volume of value 1 integrates to the float64 chord length through its box (independent truth)."""
+    spacing, shape = (5.0, 4.0, 4.5), (6, 7, 5)
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(7, 9), pixel_spacing=10.0)
+    origin = (-12.5, -12.0, -9.0)  # world mm of voxel (0, 0, 0)
+    affine = _affine(spacing, origin=origin)
+    lo = np.array(origin) - 0.5 * np.array(spacing)
+    hi = lo + np.array(shape) * np.array(spacing)
+    iso = (lo + hi) / 2
+    volume = torch.ones(1, 1, *shape, device=DEVICE)
+    for az, el in [(0.0, 0.0), (35.0, -20.0), (100.0, 10.0)]:
+        image = forward_project(volume, affine.to(DEVICE), geometry.poses(az, el).to(DEVICE), geometry,
+                                step_mm=1.3, backend="triton")[0, 0].double().cpu().numpy()
+        source, pixels = pixel_rays(az, el, geometry.sdd, geometry.sid, 7, 9, 10.0, iso)
+        truth = box_chords(source, pixels, lo, hi)
+        assert truth.max() > 20 and (truth == 0).any(), "the detector must see chords and misses"
+        np.testing.assert_allclose(image, truth, rtol=1e-5, atol=1e-4)
+
+
+def test_non_contiguous_inputs():
+    volume, args, _ = _case(CASES[1], seed=2)
+    strided_volume = torch.rand(*volume.shape[:2], volume.shape[2] * 2, *volume.shape[3:], device=DEVICE)[:, :, ::2]
+    channels_last = volume.contiguous(memory_format=torch.channels_last_3d)
+    origin, direction, t_near, delta, n_samples, volume_index = args
+    direction_t = direction.permute(2, 0, 1).contiguous().permute(1, 2, 0)  # same values, other strides
+    t_near_t = t_near.t().contiguous().t()
+    odd_args = (origin, direction_t, t_near_t, delta, n_samples, volume_index)
+    assert not strided_volume.is_contiguous() and not direction_t.is_contiguous()
+    for vol in (strided_volume, channels_last):
+        _assert_close(TritonBackend.forward(vol, *odd_args), march_forward(vol.contiguous(), *args))
+    grad = torch.rand(volume.shape[1], *t_near.shape, device=DEVICE).permute(1, 2, 0)
+    assert not grad.is_contiguous()
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *odd_args),
+                  march_adjoint(grad.contiguous(), volume.shape, *args))
+
+
+def test_rays_that_miss_give_exact_zeros():
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=9.0)
+    affine = _affine((3.0, 3.0, 3.0))[None]
+    args, rays = _rays(geometry, affine, (5, 5, 6), [10.0, 60.0], [5.0, -10.0], step_mm=1.5)
+    assert (rays.n_samples == 0).any() and (rays.n_samples > 0).any()
+    volume = torch.rand(1, 2, 5, 5, 6, device=DEVICE)
+    out = TritonBackend.forward(volume, *args)
+    _assert_close(out, march_forward(volume, *args))
+    assert (out[rays.n_samples == 0] == 0).all()
+    # a view whose every ray misses: zero image, zero gradient
+    far = forward_project(volume, affine.to(DEVICE), geometry.poses(0.0, 0.0).to(DEVICE), geometry,
+                          isocenter=torch.tensor([500.0, 0.0, 0.0], device=DEVICE), backend="triton")
+    assert far.abs().max() == 0
+    adj = forward_project_adjoint(torch.ones(1, 2, 6, 5, device=DEVICE), affine.to(DEVICE),
+                                  geometry.poses(0.0, 0.0).to(DEVICE), geometry, (5, 5, 6),
+                                  isocenter=torch.tensor([500.0, 0.0, 0.0], device=DEVICE), backend="triton")
+    assert adj.abs().max() == 0
+
+
+def test_several_ray_blocks_with_a_partial_tail():
+    """More rays than one program handles (128): every block, including the masked tail, is marched."""
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 17), pixel_spacing=(3.0, 2.0))
+    args, rays = _rays(geometry, _affine((3.0, 3.0, 3.0))[None], (4, 5, 4), [20.0], [10.0], num_samples=3)
+    assert rays.n_samples.shape[1] % 128 != 0 and rays.n_samples.shape[1] > 128
+    volume = torch.rand(1, 1, 4, 5, 4, device=DEVICE)
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    grad = torch.rand(1, rays.n_samples.shape[1], 1, device=DEVICE)
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_volumes_are_read_directly(dtype):
+    volume, args, _ = _case(CASES[2], seed=3)
+    low = volume.to(dtype)
+    out = TritonBackend.forward(low, *args)
+    assert out.dtype == torch.float32
+    _assert_close(out, march_forward(low.float(), *args), rtol=1e-5)
+
+
+def test_public_api_values_and_volume_gradient_match_reference():
+    b, v, c, shape = 2, 2, 2, (5, 6, 4)
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(5, 4), pixel_spacing=(7.0, 8.0))
+    affines = torch.stack([_affine((4.0, 3.5, 3.0), shear=0.4), _affine((3.0, 3.0, 4.5))]).to(DEVICE)
+    poses = geometry.poses(torch.tensor([-30.0, 40.0, 80.0, 10.0]), torch.tensor([0.0, -15.0, 20.0, 5.0])).to(DEVICE)
+    weights = torch.rand(b * v, c, 5, 4, device=DEVICE)
+    grads, images = {}, {}
+    for backend in ("triton", "reference"):
+        vol = torch.rand(b, c, *shape, generator=torch.Generator().manual_seed(4)).to(DEVICE).requires_grad_()
+        images[backend] = forward_project(vol, affines, poses, geometry, num_samples=6, backend=backend)
+        (images[backend] * weights).sum().backward()
+        grads[backend] = vol.grad
+    _assert_close(images["triton"], images["reference"])
+    _assert_close(grads["triton"], grads["reference"])
+    fpt = forward_project_adjoint(weights, affines, poses, geometry, shape, num_samples=6, backend="triton")
+    _assert_close(fpt, grads["reference"])
+
+
+def test_bad_inputs_raise_one_clear_error(monkeypatch):
+    volume, args, _ = _case(CASES[0])
+    origin, direction, t_near, delta, n_samples, volume_index = args
+    with pytest.raises(TritonBackendInputError, match="t_near must have shape"):
+        TritonBackend.forward(volume, origin, direction, t_near[:, :-1], delta, n_samples, volume_index)
+    with pytest.raises(TritonBackendInputError, match="volume_index must lie in"):
+        TritonBackend.forward(volume, origin, direction, t_near, delta, n_samples, volume_index + 5)
+    with pytest.raises(TritonBackendInputError, match="grad_out must have shape"):
+        TritonBackend.adjoint(torch.zeros(1, 1, 1, device=DEVICE), volume.shape, *args)
+    with pytest.raises(TritonBackendInputError, match=r"\(B, C, D, H, W\)"):
+        TritonBackend.forward(volume[0], *args)
+    assert issubclass(TritonBackendInputError, ValueError)
+    if DEVICE.type == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(TritonBackendInputError, match="needs CUDA tensors"):
+            TritonBackend.forward(volume, *args)
+
+
+def test_available_is_false_without_triton(monkeypatch):
+    monkeypatch.setattr(triton_backend, "_triton_importable", lambda: False)
+    assert triton_backend.available() is False
+
+
+# ------------------------------------------------------------------------------------------ GPU
+def _gpu_case(seed=0, b=2, v=3, c=2, shape=(40, 48, 36), det=(61, 67)):
+    gen = torch.Generator().manual_seed(seed)
+    geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=det, pixel_spacing=(3.1, 2.9))
+    affines = torch.stack([_affine((2.0, 1.8, 2.2), shear=0.1 * i) for i in range(b)])
+    az = (torch.rand(b * v, generator=gen) * 360 - 180).tolist()
+    el = (torch.rand(b * v, generator=gen) * 60 - 30).tolist()
+    args, rays = _rays(geometry, affines, shape, az, el, device=torch.device("cuda"), step_mm=0.9)
+    return torch.rand(b, c, *shape, generator=gen).cuda(), args, rays
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("merge_runs", [True, False])
+def test_cuda_forward_and_adjoint_match_reference(merge_runs, monkeypatch):
+    volume, args, rays = _gpu_case()
+    assert (rays.n_samples == 0).any()
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", merge_runs)
+    grad = torch.rand(*rays.t_near.shape, volume.shape[1], device="cuda")
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.forward(volume.half(), *args), march_forward(volume.half().float(), *args), 1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_adjoint_identity_float64_and_auto_selection():
+    from xraysyn.projector.api import _select_backend
+
+    assert _select_backend("auto", torch.device("cuda"), ray_grad=False) is TritonBackend
+    volume, args, rays = _gpu_case(seed=1, b=1, v=2, c=3, shape=(20, 24, 18), det=(33, 31))
+    args64 = tuple(a.double() if a.is_floating_point() else a for a in args)
+    v = volume.double()
+    w = torch.rand(*rays.t_near.shape, 3, dtype=torch.float64, device="cuda")
+    lhs = float((TritonBackend.forward(v, *args64) * w).sum())
+    rhs = float((v * TritonBackend.adjoint(w, v.shape, *args64)).sum())
+    assert abs(lhs - rhs) <= 1e-11 * abs(lhs)
