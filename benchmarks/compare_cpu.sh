@@ -14,7 +14,7 @@ if [ ! -x "$peer_venv/bin/python" ]; then
   "$peer_venv/bin/pip" install -q torch==2.13.0 numpy scipy
   "$peer_venv/bin/pip" install -q --no-deps nanodrr==0.1.7 roma platformdirs jaxtyping wadler_lindig
 fi
-ct=$(.venv/bin/xraysyn data example --print ct)
+ct=$(.venv/bin/xraysyn data example | awk '$1 == "ct" {print $2}')
 vols=$(mktemp -d)
 .venv/bin/python "$bench/prepare_volumes.py" "$ct" "$vols" >/dev/null
 {

@@ -37,3 +37,33 @@ def test_demo_writes_every_output_and_suppression_removes_bone(phantom_files, tm
     # where bone projects, suppression makes the radiograph less attenuating (darker in display)
     assert suppressed[bone > 0.5 * bone.max()].mean() < frontal[bone > 0.5 * bone.max()].mean()
     assert np.allclose(suppressed[bone == 0], frontal[bone == 0], atol=1e-3 * frontal.max())
+
+
+def test_demo_command_uses_example_data(phantom_files, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import xraysyn.data.example as example
+    from xraysyn.cli import app
+
+    ct, labels, structures = phantom_files
+    fake = example.ExamplePaths(ct=ct, labels=labels, structures=structures, radiograph=None)
+    monkeypatch.setattr(example, "fetch_example_data", lambda cache_dir=None, **kw: fake)
+    out = tmp_path / "cli_demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "24", "--detector", "32"])
+    assert res.exit_code == 0, res.output
+    assert (out / "montage.png").is_file() and "Dice" in res.output
+
+
+def test_demo_command_offline_is_one_clear_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import xraysyn.data.example as example
+    from xraysyn.cli import app
+
+    def offline(*args, **kwargs):
+        raise example.ExampleDataError("pip could not reach the package index (are you offline?)")
+
+    monkeypatch.setattr(example, "fetch_example_data", offline)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 1 and "offline" in res.output
+    assert not (tmp_path / "d").exists()

