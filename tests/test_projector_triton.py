@@ -15,13 +15,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from xraysyn.geometry import ConeBeamGeometry  # noqa: E402
-from xraysyn.projector import build_rays, forward_project, forward_project_adjoint  # noqa: E402
-from xraysyn.projector import triton_backend  # noqa: E402
-from xraysyn.projector.reference import march_adjoint, march_forward  # noqa: E402
-from xraysyn.projector.triton_backend import TritonBackend, TritonBackendInputError  # noqa: E402
+from projector_truth import box_chords, pixel_rays
 
-from projector_truth import box_chords, pixel_rays  # noqa: E402
+from xraysyn.geometry import ConeBeamGeometry
+from xraysyn.projector import (
+    build_rays,
+    forward_project,
+    forward_project_adjoint,
+    triton_backend,
+)
+from xraysyn.projector.reference import march_adjoint, march_forward
+from xraysyn.projector.triton_backend import TritonBackend, TritonBackendInputError
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 RTOL = 1e-4  # the float32 agreement target, relative to the largest value
@@ -53,9 +57,9 @@ def _assert_close(actual, expected, rtol=RTOL):
 
 # (batch, views per volume, channels, spatial shape, detector, sampling)
 CASES = [
-    (1, 2, 1, (6, 7, 5), (7, 6), dict(step_mm=1.5)),
-    (2, 2, 3, (5, 6, 7), (5, 9), dict(num_samples=7)),
-    (3, 1, 2, (4, 5, 6), (3, 5), dict(step_mm=2.5)),
+    (1, 2, 1, (6, 7, 5), (7, 6), {"step_mm": 1.5}),
+    (2, 2, 3, (5, 6, 7), (5, 9), {"num_samples": 7}),
+    (3, 1, 2, (4, 5, 6), (3, 5), {"step_mm": 2.5}),
 ]
 
 

@@ -26,7 +26,7 @@ import os
 
 import torch
 
-__all__ = ["available", "interpreting", "TritonBackend", "TritonBackendInputError"]
+__all__ = ["TritonBackend", "TritonBackendInputError", "available", "interpreting"]
 
 _INT32_LIMIT = 2**31 - 1
 # Rays per program and warps per program when not autotuning (the interpreter, or a forced config).
@@ -193,7 +193,7 @@ class TritonBackend:
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         fwd, _, tuned = _kernels()
         args = (vol, out, *rays, r, *vol.shape[2:], c, *vol.stride(), *ray_strides, *out.stride())
-        meta = dict(BLOCK_C=_next_power_of_two(c), ACC=_accumulator(acc_dtype))
+        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype)}
         with _on(device):
             _launch(fwd, tuned, n, r, args, meta)
         return out
@@ -226,8 +226,8 @@ class TritonBackend:
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         _, adj, tuned = _kernels()
         args = (buffer, grad_out.detach(), *rays, r, d, h, w, c, *grad.stride(), *ray_strides, *grad_out.stride())
-        meta = dict(BLOCK_C=_next_power_of_two(c), ACC=_accumulator(acc_dtype),
-                    MERGE_RUNS=bool(TritonBackend.MERGE_RUNS))
+        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype),
+                    "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS)}
         with _on(device):
             _launch(adj, tuned, n, r, args, meta)
         return grad

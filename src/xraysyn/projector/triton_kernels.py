@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["march_forward_kernel", "march_adjoint_kernel"]
+__all__ = ["march_adjoint_kernel", "march_forward_kernel"]
 
 
 @triton.jit
@@ -79,7 +79,7 @@ def march_forward_kernel(
 
     chan_off = (chan * s_vc)[None, :]
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
-    for s in range(0, n_max):
+    for s in range(n_max):
         t = t0 + (s + 0.5) * dt
         iz, fz = _cell(oz + t * dz, size_d, ACC)
         iy, fy = _cell(oy + t * dy, size_h, ACC)
@@ -172,7 +172,7 @@ def march_adjoint_kernel(
     a110 = zero
     a111 = zero
     prev = tl.full([BLOCK_R], -1, dtype=tl.int32)  # offset of the cell being accumulated, -1 = none
-    for s in range(0, n_max):
+    for s in range(n_max):
         t = t0 + (s + 0.5) * dt
         iz, fz = _cell(oz + t * dz, size_d, ACC)
         iy, fy = _cell(oy + t * dy, size_h, ACC)
