@@ -7,42 +7,16 @@ folder and is renamed into place, so a crash never leaves a partial file under t
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from xraysyn.atomic import atomic_write
 
 __all__ = ["atomic_write", "save_npy", "save_png", "window_to_uint8", "DISPLAY_PERCENTILES"]
 
 # Percentiles used to window a float image for display: robust to a few extreme pixels.
 DISPLAY_PERCENTILES = (0.5, 99.5)
-
-
-_FILE_MODE = 0o666
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder, atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.chmod(tmp_path, _FILE_MODE & ~_current_umask())  # mkstemp creates 0600; give normal permissions
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> Path:

