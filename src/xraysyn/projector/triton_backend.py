@@ -136,6 +136,25 @@ def _channels_last(volume: torch.Tensor) -> torch.Tensor:
     return volume.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
 
 
+def _volume_strides(volume: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """``(VEC, strides)`` for the kernels' volume addressing.
+
+    ``VEC = C`` when each voxel's ``C`` channels form one aligned vector (channel stride 1, ``C`` a
+    power of two, every other stride and the start address multiples of ``C``); the batch and
+    spatial strides are then given in units of ``C`` elements, so the kernels can prove alignment
+    and load or add a corner's channels with one vector instruction. Otherwise ``VEC = 1`` and all
+    strides are in elements.
+    """
+    c = volume.shape[1]
+    sb, sc, sd, sh, sw = volume.stride()
+    others = (sb, sd, sh, sw)
+    packed = (c > 1 and c == _next_power_of_two(c) and sc == 1 and all(st % c == 0 for st in others)
+              and volume.data_ptr() % (c * volume.element_size()) == 0)
+    if not packed:
+        return 1, (sb, sc, sd, sh, sw)
+    return c, (sb // c, sc, sd // c, sh // c, sw // c)
+
+
 def _next_power_of_two(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -192,8 +211,9 @@ class TritonBackend:
         vol = _channels_last(volume.detach())
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         fwd, _, tuned = _kernels()
-        args = (vol, out, *rays, r, *vol.shape[2:], c, *vol.stride(), *ray_strides, *out.stride())
-        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype)}
+        vec, vol_strides = _volume_strides(vol)
+        args = (vol, out, *rays, r, *vol.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
+        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec}
         with _on(device):
             _launch(fwd, tuned, n, r, args, meta)
         return out
@@ -225,9 +245,10 @@ class TritonBackend:
             return grad
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         _, adj, tuned = _kernels()
-        args = (buffer, grad_out.detach(), *rays, r, d, h, w, c, *grad.stride(), *ray_strides, *grad_out.stride())
+        vec, grad_strides = _volume_strides(grad)
+        args = (buffer, grad_out.detach(), *rays, r, d, h, w, c, *grad_strides, *ray_strides, *grad_out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype),
-                    "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS)}
+                    "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec}
         with _on(device):
             _launch(adj, tuned, n, r, args, meta)
         return grad

@@ -44,6 +44,17 @@ def _cell(p, size, ACC: tl.constexpr):
 
 
 @triton.jit
+def _gather(vol, offset, chan_off, mask, ACC: tl.constexpr, VEC: tl.constexpr):
+    """Load the ``(BLOCK_R, BLOCK_C)`` channel values at voxel offsets ``(BLOCK_R,)``, converted to ``ACC``.
+
+    Offsets and strides are in units of ``VEC`` elements: with ``VEC = C`` (channels-last, ``C`` a
+    power of two) the element offset ``offset * VEC`` is provably aligned, so the ``C`` channels of
+    a corner load as one vector instruction.
+    """
+    return tl.load(vol + (offset * VEC)[:, None] + chan_off, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
 def march_forward_kernel(
     vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
     n_rays, size_d, size_h, size_w, n_channels,
@@ -54,7 +65,7 @@ def march_forward_kernel(
     s_en, s_er,
     s_nn, s_nr,
     s_gn, s_gr, s_gc,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr,
 ):
     """``out[n, r, c] = delta * Σ_s trilinear(volume[volume_index[n], c], p_s)`` for one block of rays."""
     view = tl.program_id(1)
@@ -64,7 +75,7 @@ def march_forward_kernel(
     chan_ok = chan < n_channels
 
     item = tl.load(vidx_ptr + view).to(tl.int64)
-    vol = vol_ptr + item * s_vb
+    vol = vol_ptr + item * s_vb * VEC
     oz = tl.load(origin_ptr + view * s_on).to(ACC)
     oy = tl.load(origin_ptr + view * s_on + s_oa).to(ACC)
     ox = tl.load(origin_ptr + view * s_on + 2 * s_oa).to(ACC)
@@ -84,16 +95,20 @@ def march_forward_kernel(
         iz, fz = _cell(oz + t * dz, size_d, ACC)
         iy, fy = _cell(oy + t * dy, size_h, ACC)
         ix, fx = _cell(ox + t * dx, size_w, ACC)
-        live = ((s < ns) & ray_ok)[:, None] & chan_ok[None, :]
-        ptr = vol + (iz * s_vd + iy * s_vh + ix * s_vw)[:, None] + chan_off
-        v000 = tl.load(ptr, mask=live, other=0.0).to(ACC)
-        v001 = tl.load(ptr + s_vw, mask=live, other=0.0).to(ACC)
-        v010 = tl.load(ptr + s_vh, mask=live, other=0.0).to(ACC)
-        v011 = tl.load(ptr + s_vh + s_vw, mask=live, other=0.0).to(ACC)
-        v100 = tl.load(ptr + s_vd, mask=live, other=0.0).to(ACC)
-        v101 = tl.load(ptr + s_vd + s_vw, mask=live, other=0.0).to(ACC)
-        v110 = tl.load(ptr + s_vd + s_vh, mask=live, other=0.0).to(ACC)
-        v111 = tl.load(ptr + s_vd + s_vh + s_vw, mask=live, other=0.0).to(ACC)
+        live_ray = (s < ns) & ray_ok
+        if VEC > 1:
+            live = live_ray[:, None]  # BLOCK_C == C: a per-ray mask keeps each corner's vector whole
+        else:
+            live = live_ray[:, None] & chan_ok[None, :]
+        base = iz * s_vd + iy * s_vh + ix * s_vw
+        v000 = _gather(vol, base, chan_off, live, ACC, VEC)
+        v001 = _gather(vol, base + s_vw, chan_off, live, ACC, VEC)
+        v010 = _gather(vol, base + s_vh, chan_off, live, ACC, VEC)
+        v011 = _gather(vol, base + s_vh + s_vw, chan_off, live, ACC, VEC)
+        v100 = _gather(vol, base + s_vd, chan_off, live, ACC, VEC)
+        v101 = _gather(vol, base + s_vd + s_vw, chan_off, live, ACC, VEC)
+        v110 = _gather(vol, base + s_vd + s_vh, chan_off, live, ACC, VEC)
+        v111 = _gather(vol, base + s_vd + s_vh + s_vw, chan_off, live, ACC, VEC)
         fx2 = fx[:, None]
         fy2 = fy[:, None]
         x00 = v000 + (v001 - v000) * fx2
@@ -109,18 +124,23 @@ def march_forward_kernel(
 
 
 @triton.jit
+def _scatter(grad_ptr, offset, chan_off, value, mask, VEC: tl.constexpr):
+    """Atomic add of ``value (BLOCK_R, BLOCK_C)`` at voxel offsets ``(BLOCK_R,)`` in units of ``VEC`` elements."""
+    tl.atomic_add(grad_ptr + (offset * VEC)[:, None] + chan_off, value, mask=mask, sem="relaxed")
+
+
+@triton.jit
 def _scatter_cell(grad_ptr, cell, chan_off, g, mask, s_gd, s_gh, s_gw,
-                  w000, w001, w010, w011, w100, w101, w110, w111):
+                  w000, w001, w010, w011, w100, w101, w110, w111, VEC: tl.constexpr):
     """Atomically add ``w_corner * g`` to the 8 corners of ``cell`` (offsets ``(BLOCK_R,)``)."""
-    ptr = grad_ptr + cell[:, None] + chan_off
-    tl.atomic_add(ptr, w000[:, None] * g, mask=mask, sem="relaxed")
-    tl.atomic_add(ptr + s_gw, w001[:, None] * g, mask=mask, sem="relaxed")
-    tl.atomic_add(ptr + s_gh, w010[:, None] * g, mask=mask, sem="relaxed")
-    tl.atomic_add(ptr + s_gh + s_gw, w011[:, None] * g, mask=mask, sem="relaxed")
-    tl.atomic_add(ptr + s_gd, w100[:, None] * g, mask=mask, sem="relaxed")
-    tl.atomic_add(ptr + s_gd + s_gw, w101[:, None] * g, mask=mask, sem="relaxed")
-    tl.atomic_add(ptr + s_gd + s_gh, w110[:, None] * g, mask=mask, sem="relaxed")
-    tl.atomic_add(ptr + s_gd + s_gh + s_gw, w111[:, None] * g, mask=mask, sem="relaxed")
+    _scatter(grad_ptr, cell, chan_off, w000[:, None] * g, mask, VEC)
+    _scatter(grad_ptr, cell + s_gw, chan_off, w001[:, None] * g, mask, VEC)
+    _scatter(grad_ptr, cell + s_gh, chan_off, w010[:, None] * g, mask, VEC)
+    _scatter(grad_ptr, cell + s_gh + s_gw, chan_off, w011[:, None] * g, mask, VEC)
+    _scatter(grad_ptr, cell + s_gd, chan_off, w100[:, None] * g, mask, VEC)
+    _scatter(grad_ptr, cell + s_gd + s_gw, chan_off, w101[:, None] * g, mask, VEC)
+    _scatter(grad_ptr, cell + s_gd + s_gh, chan_off, w110[:, None] * g, mask, VEC)
+    _scatter(grad_ptr, cell + s_gd + s_gh + s_gw, chan_off, w111[:, None] * g, mask, VEC)
 
 
 @triton.jit
@@ -135,6 +155,7 @@ def march_adjoint_kernel(
     s_nn, s_nr,
     s_gn, s_gr, s_gc,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, MERGE_RUNS: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     """Scatter ``gout[n, r, c] * delta * w_corner`` of every sample into ``grad`` (the exact transpose)."""
     view = tl.program_id(1)
@@ -144,7 +165,7 @@ def march_adjoint_kernel(
     chan_ok = chan < n_channels
 
     item = tl.load(vidx_ptr + view).to(tl.int64)
-    grad = grad_ptr + item * s_vb
+    grad = grad_ptr + item * s_vb * VEC
     oz = tl.load(origin_ptr + view * s_on).to(ACC)
     oy = tl.load(origin_ptr + view * s_on + s_oa).to(ACC)
     ox = tl.load(origin_ptr + view * s_on + 2 * s_oa).to(ACC)
@@ -161,6 +182,10 @@ def march_adjoint_kernel(
     g_ptr = gout_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
     g = tl.load(g_ptr, mask=both_ok, other=0.0).to(ACC) * dt[:, None]  # (BLOCK_R, BLOCK_C)
     chan_off = (chan * s_vc)[None, :]
+    if VEC > 1:
+        chan_mask = tl.full([1, BLOCK_C], 1, tl.int1)  # BLOCK_C == C: a per-ray mask keeps vectors whole
+    else:
+        chan_mask = chan_ok[None, :]
 
     zero = tl.zeros([BLOCK_R], dtype=ACC)
     a000 = zero
@@ -194,8 +219,8 @@ def march_adjoint_kernel(
             cell = tl.where(live, cell, -1)
             leaving = cell != prev
             flush = leaving & (prev >= 0)
-            _scatter_cell(grad, prev, chan_off, g, flush[:, None] & chan_ok[None, :], s_vd, s_vh, s_vw,
-                          a000, a001, a010, a011, a100, a101, a110, a111)
+            _scatter_cell(grad, prev, chan_off, g, flush[:, None] & chan_mask, s_vd, s_vh, s_vw,
+                          a000, a001, a010, a011, a100, a101, a110, a111, VEC)
             a000 = tl.where(leaving, zero, a000) + tl.where(live, w000, zero)
             a001 = tl.where(leaving, zero, a001) + tl.where(live, w001, zero)
             a010 = tl.where(leaving, zero, a010) + tl.where(live, w010, zero)
@@ -206,8 +231,8 @@ def march_adjoint_kernel(
             a111 = tl.where(leaving, zero, a111) + tl.where(live, w111, zero)
             prev = cell
         else:
-            _scatter_cell(grad, cell, chan_off, g, live[:, None] & chan_ok[None, :], s_vd, s_vh, s_vw,
-                          w000, w001, w010, w011, w100, w101, w110, w111)
+            _scatter_cell(grad, cell, chan_off, g, live[:, None] & chan_mask, s_vd, s_vh, s_vw,
+                          w000, w001, w010, w011, w100, w101, w110, w111, VEC)
     if MERGE_RUNS:
-        _scatter_cell(grad, prev, chan_off, g, (prev >= 0)[:, None] & chan_ok[None, :], s_vd, s_vh, s_vw,
-                      a000, a001, a010, a011, a100, a101, a110, a111)
+        _scatter_cell(grad, prev, chan_off, g, (prev >= 0)[:, None] & chan_mask, s_vd, s_vh, s_vw,
+                      a000, a001, a010, a011, a100, a101, a110, a111, VEC)
