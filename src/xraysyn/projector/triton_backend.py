@@ -114,7 +114,7 @@ def _check_rays(origin, direction, t_near, delta, n_samples, volume_index, num_v
     if n * r * 3 > _INT32_LIMIT:
         raise TritonBackendInputError(f"{n} views × {r} rays exceed 32-bit indexing; split the views into batches")
     if n and num_volumes:
-        lo, hi = int(volume_index.min()), int(volume_index.max())
+        lo, hi = (int(x) for x in torch.aminmax(volume_index.detach()))  # one device sync
         if lo < 0 or hi >= num_volumes:
             raise TritonBackendInputError(f"volume_index must lie in [0, {num_volumes}), got [{lo}, {hi}]")
     return n, r
