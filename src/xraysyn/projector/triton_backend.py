@@ -26,12 +26,14 @@ import os
 
 import torch
 
-__all__ = ["TritonBackend", "TritonBackendInputError", "available", "interpreting"]
+__all__ = ["TritonBackend", "TritonBackendInputError", "available", "backproject", "interpreting"]
 
 _INT32_LIMIT = 2**31 - 1
 # Rays per program and warps per program when not autotuning (the interpreter, or a forced config).
 _DEFAULT_BLOCK_R = 128
 _DEFAULT_NUM_WARPS = 4
+# Voxels per program of the backprojection gather kernel.
+_BP_BLOCK_V = 256
 # Launch configurations tried once per (channels, dtype) on the GPU: (rays per program, warps).
 _TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
 
@@ -68,13 +70,13 @@ def _kernels():
         from xraysyn.projector import triton_kernels as k
 
         if interpreting():
-            _KERNELS = (k.march_forward_kernel, k.march_adjoint_kernel, False)
+            _KERNELS = (k.march_forward_kernel, k.march_adjoint_kernel, False, k.backproject_gather_kernel)
         else:
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
             fwd = triton.autotune(configs, key=["n_rays", "n_channels"])(k.march_forward_kernel)
             adj = triton.autotune(configs, key=["n_rays", "n_channels"], reset_to_zero=["grad_ptr"])(
                 k.march_adjoint_kernel)
-            _KERNELS = (fwd, adj, True)
+            _KERNELS = (fwd, adj, True, k.backproject_gather_kernel)
     return _KERNELS
 
 
@@ -210,7 +212,7 @@ class TritonBackend:
             return out
         vol = _channels_last(volume.detach())
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
-        fwd, _, tuned = _kernels()
+        fwd, _, tuned, _ = _kernels()
         vec, vol_strides = _volume_strides(vol)
         args = (vol, out, *rays, r, *vol.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec}
@@ -244,7 +246,7 @@ class TritonBackend:
         if n == 0 or r == 0:
             return grad
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
-        _, adj, tuned = _kernels()
+        _, adj, tuned, _ = _kernels()
         vec, grad_strides = _volume_strides(grad)
         args = (buffer, grad_out.detach(), *rays, r, d, h, w, c, *grad_strides, *ray_strides, *grad_out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype),
@@ -257,3 +259,67 @@ class TritonBackend:
 def _on(device: torch.device):
     """Make ``device`` the current CUDA device for the launch (a no-op on the CPU interpreter)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: torch.Tensor, geometry, volume_shape,
+                isocenter: torch.Tensor | None = None) -> torch.Tensor:
+    """Voxel-driven single-image backprojector BP (paper eq. 7) in one kernel launch, no gradient.
+
+    Same definition as :func:`xraysyn.projector.backproject` (the torch reference, which is also
+    differentiable): each voxel centre is projected onto the detector and takes the bilinear image
+    value there (border-clamped) divided by the chord length (mm) of the source→voxel ray inside
+    the volume box; voxels projecting off the detector get 0.
+
+    Args:
+        images: ``(B, C, rows, cols)`` in ``u × mm`` (any strides; fp16/bf16 read directly).
+        world_from_voxel: ``(B, 4, 4)`` voxel index → world mm affines.
+        poses: ``(B, 4, 4)`` camera_from_isocenter of each image.
+        geometry: the :class:`xraysyn.geometry.ConeBeamGeometry` that took the images.
+        volume_shape: ``(D, H, W)``.
+        isocenter: ``(B, 3)`` world mm; default each volume's centre.
+
+    Returns:
+        ``(B, C, D, H, W)`` in ``u`` per mm, float32 (float64 for float64 images).
+    """
+    from xraysyn.geometry import pose_source_position, volume_center
+
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise TritonBackendInputError("images must be a floating-point tensor of shape (B, C, rows, cols)")
+    b, c, rows, cols = images.shape
+    if (rows, cols) != tuple(geometry.detector_shape):
+        raise TritonBackendInputError(f"images are {(rows, cols)} pixels but the detector is {geometry.detector_shape}")
+    try:
+        d, h, w = (int(s) for s in volume_shape)
+    except (TypeError, ValueError):
+        raise TritonBackendInputError(f"volume_shape must be (D, H, W), got {volume_shape!r}") from None
+    _check_volume_size(c, (d, h, w))
+    device = _check_device(images, world_from_voxel, poses)
+    acc_dtype = _acc_torch_dtype(images.dtype)
+    affines = world_from_voxel.detach().to(acc_dtype)
+    pose = poses.detach().to(acc_dtype)
+    if affines.shape != (b, 4, 4) or pose.shape != (b, 4, 4):
+        raise TritonBackendInputError(f"world_from_voxel and poses must be ({b}, 4, 4), got "
+                                      f"{tuple(affines.shape)} and {tuple(pose.shape)}")
+    iso = volume_center(affines, (d, h, w)) if isocenter is None else isocenter.detach().to(acc_dtype).expand(b, 3)
+    rot = pose[:, :3, :3]
+    cam_lin = rot @ affines[:, :3, :3]
+    cam_off = (rot @ (affines[:, :3, 3] - iso)[..., None]).squeeze(-1) + pose[:, :3, 3]
+    camera_from_voxel = torch.cat([cam_lin, cam_off[..., None]], dim=-1).contiguous()  # (B, 3, 4)
+    voxel_from_world = torch.linalg.inv(affines)
+    source_world = pose_source_position(pose) + iso
+    source_voxel = ((voxel_from_world[:, :3, :3] @ source_world[..., None]).squeeze(-1)
+                    + voxel_from_world[:, :3, 3]).contiguous()
+    source_to_voxel = torch.cat([affines[:, :3, :3], (affines[:, :3, 3] - source_world)[..., None]], dim=-1).contiguous()
+    row0, col0 = geometry.center_pixel
+    row_mm, col_mm = geometry.pixel_spacing
+    tiny = torch.finfo(acc_dtype).tiny ** 0.5  # the same guard as rays.clip_to_box
+    detector = torch.tensor([geometry.sdd, row0, col0, row_mm, col_mm, tiny], dtype=acc_dtype, device=device)
+    out = torch.empty(b, c, d, h, w, dtype=acc_dtype, device=device)
+    n_voxels = d * h * w
+    *_, gather = _kernels()
+    with _on(device):
+        gather[(-(-n_voxels // _BP_BLOCK_V), b)](
+            images.detach(), out, camera_from_voxel, source_to_voxel, source_voxel, detector, n_voxels, d, h, w, c, rows, cols,
+            *images.stride(), out.stride(0), out.stride(1),
+            BLOCK_V=_BP_BLOCK_V, BLOCK_C=_next_power_of_two(c), ACC=_accumulator(acc_dtype), num_warps=4)
+    return out
