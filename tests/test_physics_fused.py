@@ -130,6 +130,18 @@ def test_bad_inputs_raise_one_clear_error(monkeypatch):
             fused_attenuate(t, spectrum, implementation="triton")
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_kernels_compile_for_sm90():
+    """The real compiler (not only the interpreter) accepts the attenuation kernels."""
+    from triton_compile_helper import compile_ptx
+
+    sizes = {"BLOCK_P": 128, "BLOCK_M": 2, "BLOCK_E": 32}
+    specs = [{"module": "xraysyn.physics.fused_kernels", "kernel": name, "constexprs": sizes}
+             for name in ("attenuation_forward_kernel", "attenuation_backward_kernel")]
+    for ptx in compile_ptx(specs):
+        assert "ex2.approx" in ptx  # the exponentials run on the special-function unit
+
+
 @pytest.mark.cuda
 def test_cuda_auto_uses_triton_and_matches_reference():
     spectrum = tube_spectrum(120.0)

@@ -165,15 +165,25 @@ def test_rays_that_miss_give_exact_zeros():
     assert adj.abs().max() == 0
 
 
-def test_several_ray_blocks_with_a_partial_tail():
-    """More rays than one program handles (128): every block, including the masked tail, is marched."""
-    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 17), pixel_spacing=(3.0, 2.0))
+# (RAY_TILE_WIDTH, detector (rows, cols), detector_cols hint): consecutive runs, 2-D tiles with
+# the true width, tiles of a square detector found automatically, and a wrong width hint
+TILINGS = [(0, (9, 17), None), (4, (9, 17), 17), (4, (12, 12), None), (4, (9, 17), 8)]
+
+
+@pytest.mark.parametrize("tiling", TILINGS, ids=["runs", "tiles", "square-auto", "wrong-hint"])
+def test_ray_blocks_and_tiles_cover_every_ray_once(tiling, monkeypatch):
+    """More rays than one program handles, partial tails, 2-D tiles: every ray is marched exactly once."""
+    tile_width, detector, cols_hint = tiling
+    monkeypatch.setattr(TritonBackend, "RAY_TILE_WIDTH", tile_width)
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=detector, pixel_spacing=(3.0, 2.0))
     args, rays = _rays(geometry, _affine((3.0, 3.0, 3.0))[None], (4, 5, 4), [20.0], [10.0], num_samples=3)
-    assert rays.n_samples.shape[1] % 128 != 0 and rays.n_samples.shape[1] > 128
+    n_rays = rays.n_samples.shape[1]
+    assert n_rays > 128 and n_rays % 128 != 0
     volume = torch.rand(1, 1, 4, 5, 4, device=DEVICE)
-    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
-    grad = torch.rand(1, rays.n_samples.shape[1], 1, device=DEVICE)
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.forward(volume, *args, detector_cols=cols_hint), march_forward(volume, *args))
+    grad = torch.rand(1, n_rays, 1, device=DEVICE)
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args, detector_cols=cols_hint),
+                  march_adjoint(grad, volume.shape, *args))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -250,6 +260,39 @@ def test_backproject_gather_central_ray_closed_form():
     central = out[0, :, shape[0] // 2, :, shape[2] // 2].cpu()  # (C, H): the voxels along the beam
     expected = torch.tensor([3.0, 5.0])[:, None] / (shape[1] * spacing[1])
     torch.testing.assert_close(central, expected.expand_as(central), rtol=1e-6, atol=0)
+
+
+# (volume dtype, accumulator, channels, VEC, TILE_W, merge runs) compiled for sm_90 without a GPU
+COMPILE_VARIANTS = [("fp32", "fp32", 2, 2, 16, True), ("fp16", "fp32", 3, 1, 0, False), ("fp64", "fp64", 1, 1, 16, True)]
+
+
+def test_kernels_compile_for_sm90():
+    """The real compiler (not the interpreter) accepts every kernel variant; channel vectors become vector
+    loads and vector atomics, and the adjoint issues its atomics as fire-and-forget reductions."""
+    from triton_compile_helper import compile_ptx
+
+    module = "xraysyn.projector.triton_kernels"
+    ints = {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}
+    aligned = ["vol_ptr", "grad_ptr", "out_ptr", "s_vb", "s_vd", "s_vh"]
+    specs = []
+    for vol_type, acc_type, channels, vec, tile_w, merge in COMPILE_VARIANTS:
+        block_c = 1 << max(0, channels - 1).bit_length()
+        common = {"BLOCK_R": 128, "BLOCK_C": block_c, "ACC": "tl." + {"fp32": "float32", "fp64": "float64"}[acc_type],
+                  "VEC": vec, "TILE_W": tile_w}
+        specs.append({"module": module, "kernel": "march_forward_kernel", "constexprs": common,
+                      "pointer_types": {**ints, "vol_ptr": "*" + vol_type}, "default_pointer": "*" + acc_type,
+                      "aligned": aligned})
+        specs.append({"module": module, "kernel": "march_adjoint_kernel", "constexprs": {**common, "MERGE_RUNS": merge},
+                      "pointer_types": ints, "default_pointer": "*" + acc_type, "aligned": aligned})
+        specs.append({"module": module, "kernel": "backproject_gather_kernel",
+                      "constexprs": {"BLOCK_V": 256, "BLOCK_C": block_c, "ACC": common["ACC"]},
+                      "default_pointer": "*" + acc_type})
+    ptx = compile_ptx(specs)
+    for i, variant in enumerate(COMPILE_VARIANTS):
+        forward, adjoint = ptx[3 * i], ptx[3 * i + 1]
+        assert "red.global" in adjoint and "atom.global" not in adjoint, variant  # reductions, no return values
+        if variant[3] == 2:
+            assert "ld.global.v2" in forward and "red.global.gpu.relaxed.add.v2.f32" in adjoint, variant
 
 
 # ------------------------------------------------------------------------------------------ GPU

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 
 import torch
@@ -161,12 +162,31 @@ def _next_power_of_two(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _launch(kernel, tuned: bool, grid_views: int, n_rays: int, args, meta):
+def _ray_tiling(n_rays: int, detector_cols: int | None) -> tuple[int, int]:
+    """``(width, TILE_W)``: the raster width the kernels tile (0 = no tiling) and the tile width."""
+    tile_w = int(TritonBackend.RAY_TILE_WIDTH)
+    if detector_cols is None:
+        side = math.isqrt(n_rays)  # a square detector is the common case; any width is still correct
+        detector_cols = side if side * side == n_rays else 0
+    if tile_w <= 0 or detector_cols < tile_w:
+        return 0, 0
+    return int(detector_cols), tile_w
+
+
+def _programs(n_rays: int, block_r: int, width: int, tile_w: int) -> int:
+    if tile_w == 0:
+        return -(-n_rays // block_r)
+    rows = -(-n_rays // width)
+    return -(-width // tile_w) * -(-rows // (block_r // tile_w))
+
+
+def _launch(kernel, tuned: bool, grid_views: int, n_rays: int, width: int, tile_w: int, args, meta):
     if tuned:
-        kernel[lambda m: (-(-n_rays // m["BLOCK_R"]), grid_views)](*args, **meta)
+        kernel[lambda m: (_programs(n_rays, m["BLOCK_R"], width, tile_w), grid_views)](*args, **meta)
     else:
-        block_r = min(_DEFAULT_BLOCK_R, _next_power_of_two(max(n_rays, 1)))
-        kernel[(-(-n_rays // block_r), grid_views)](*args, BLOCK_R=block_r, num_warps=_DEFAULT_NUM_WARPS, **meta)
+        block_r = max(min(_DEFAULT_BLOCK_R, _next_power_of_two(max(n_rays, 1))), tile_w)
+        kernel[(_programs(n_rays, block_r, width, tile_w), grid_views)](
+            *args, BLOCK_R=block_r, num_warps=_DEFAULT_NUM_WARPS, **meta)
 
 
 def _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype):
@@ -186,19 +206,25 @@ class TritonBackend:
 
     ``MERGE_RUNS`` (class attribute, default True) selects the adjoint that pre-reduces the
     samples of a ray falling in one cell before its atomic adds; False gives the naive per-sample
-    scatter (same result up to float rounding order), for benchmarks.
+    scatter (same result up to float rounding order), for benchmarks. ``RAY_TILE_WIDTH`` (default
+    16) is the width of the 2-D detector tiles a program marches; 0 marches runs of consecutive
+    rays instead. Neither changes results, only memory locality.
     """
 
     MERGE_RUNS = True
+    RAY_TILE_WIDTH = 16
 
     @staticmethod
-    def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0):
+    def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0,
+                detector_cols=None):
         """Line integrals ``(N, R, C)`` in (voxel value × mm) of ``volume (B, C, D, H, W)``.
 
         ``origin (N, 3)``, ``direction (N, R, 3)``, ``t_near``/``delta (N, R)`` mm, ``n_samples
         (N, R)`` int, ``volume_index (N,)`` as in :class:`xraysyn.projector.rays.RaySet`.
         ``memory_budget_mib`` is accepted for signature compatibility: the kernel needs no
-        temporaries beyond its output.
+        temporaries beyond its output. ``detector_cols`` (optional) is the width of the detector
+        raster the ``R`` rays come from; it only decides how rays are grouped into 2-D tiles for
+        cache locality (default: a square detector when ``R`` is a square).
         """
         if not isinstance(volume, torch.Tensor) or volume.dim() != 5 or not volume.is_floating_point():
             raise TritonBackendInputError("volume must be a floating-point tensor of shape (B, C, D, H, W)")
@@ -214,15 +240,16 @@ class TritonBackend:
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         fwd, _, tuned, _ = _kernels()
         vec, vol_strides = _volume_strides(vol)
-        args = (vol, out, *rays, r, *vol.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
-        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec}
+        width, tile_w = _ray_tiling(r, detector_cols)
+        args = (vol, out, *rays, r, width, *vol.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
+        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w}
         with _on(device):
-            _launch(fwd, tuned, n, r, args, meta)
+            _launch(fwd, tuned, n, r, width, tile_w, args, meta)
         return out
 
     @staticmethod
     def adjoint(grad_out, volume_shape, origin, direction, t_near, delta, n_samples, volume_index,
-                memory_budget_mib=512.0):
+                memory_budget_mib=512.0, detector_cols=None):
         """Exact transpose of :meth:`forward`: ``grad_out (N, R, C)`` → ``(B, C, D, H, W)``.
 
         The result is float32 (float64 for float64 ``grad_out``) in channels-last-3d memory
@@ -248,11 +275,13 @@ class TritonBackend:
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         _, adj, tuned, _ = _kernels()
         vec, grad_strides = _volume_strides(grad)
-        args = (buffer, grad_out.detach(), *rays, r, d, h, w, c, *grad_strides, *ray_strides, *grad_out.stride())
+        width, tile_w = _ray_tiling(r, detector_cols)
+        args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
+                *grad_out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype),
-                    "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec}
+                    "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w}
         with _on(device):
-            _launch(adj, tuned, n, r, args, meta)
+            _launch(adj, tuned, n, r, width, tile_w, args, meta)
         return grad
 
 

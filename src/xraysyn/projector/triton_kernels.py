@@ -11,8 +11,8 @@ and is the only caller. The kernels implement exactly the sampling model of
 
 Organisation (see ``benchmarks/gpu_kernels.md``):
 
-* grid ``(ceil(R / BLOCK_R), N)``: one program marches ``BLOCK_R`` neighbouring detector pixels of
-  one view, all ``C`` channels at once (a ``(BLOCK_R, BLOCK_C)`` register tile), up to the largest
+* grid ``(programs per view, N)``: one program marches ``BLOCK_R`` neighbouring detector pixels of
+  one view (a 2-D tile of the detector when its width is known, else a run of a row), all ``C`` channels at once (a ``(BLOCK_R, BLOCK_C)`` register tile), up to the largest
   ``n_samples`` of its rays with per-ray masks. Nothing per sample is stored: extra memory is the
   output only, O(rays).
 * The volume is addressed through its element strides, so channels-first, channels-last (one
@@ -44,6 +44,30 @@ def _cell(p, size, ACC: tl.constexpr):
 
 
 @triton.jit
+def _ray_block(n_rays, width, BLOCK_R: tl.constexpr, TILE_W: tl.constexpr):
+    """Ray indices ``(BLOCK_R,)`` of this program and their validity mask.
+
+    ``TILE_W = 0``: ``BLOCK_R`` consecutive rays. Otherwise rays are read as a raster of rows of
+    ``width`` (the detector columns) and each program takes a ``(BLOCK_R // TILE_W) × TILE_W``
+    tile of it, so that neighbouring lanes march neighbouring rays in 2-D and share cache lines
+    of the volume. Either way the programs cover each ray index in ``[0, n_rays)`` exactly once.
+    """
+    lane = tl.arange(0, BLOCK_R)
+    if TILE_W == 0:
+        rays = tl.program_id(0) * BLOCK_R + lane
+        ok = rays < n_rays
+    else:
+        tiles_per_row = (width + TILE_W - 1) // TILE_W
+        tile = tl.program_id(0)
+        tile_row = tile // tiles_per_row
+        row = tile_row * (BLOCK_R // TILE_W) + lane // TILE_W
+        col = (tile - tile_row * tiles_per_row) * TILE_W + lane % TILE_W
+        rays = row * width + col
+        ok = (col < width) & (rays < n_rays)
+    return rays, ok
+
+
+@triton.jit
 def _gather(vol, offset, chan_off, mask, ACC: tl.constexpr, VEC: tl.constexpr):
     """Load the ``(BLOCK_R, BLOCK_C)`` channel values at voxel offsets ``(BLOCK_R,)``, converted to ``ACC``.
 
@@ -57,7 +81,7 @@ def _gather(vol, offset, chan_off, mask, ACC: tl.constexpr, VEC: tl.constexpr):
 @triton.jit
 def march_forward_kernel(
     vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
-    n_rays, size_d, size_h, size_w, n_channels,
+    n_rays, width, size_d, size_h, size_w, n_channels,
     s_vb, s_vc, s_vd, s_vh, s_vw,
     s_on, s_oa,
     s_dn, s_dr, s_da,
@@ -65,12 +89,11 @@ def march_forward_kernel(
     s_en, s_er,
     s_nn, s_nr,
     s_gn, s_gr, s_gc,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr, TILE_W: tl.constexpr,
 ):
     """``out[n, r, c] = delta * Σ_s trilinear(volume[volume_index[n], c], p_s)`` for one block of rays."""
     view = tl.program_id(1)
-    rays = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    ray_ok = rays < n_rays
+    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
     chan = tl.arange(0, BLOCK_C)
     chan_ok = chan < n_channels
 
@@ -88,7 +111,10 @@ def march_forward_kernel(
     ns = tl.load(nsamp_ptr + view * s_nn + rays * s_nr, mask=ray_ok, other=0)
     n_max = tl.max(ns, axis=0)
 
-    chan_off = (chan * s_vc)[None, :]
+    if VEC > 1:
+        chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
+    else:
+        chan_off = (chan * s_vc)[None, :]
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
     for s in range(n_max):
         t = t0 + (s + 0.5) * dt
@@ -146,7 +172,7 @@ def _scatter_cell(grad_ptr, cell, chan_off, g, mask, s_gd, s_gh, s_gw,
 @triton.jit
 def march_adjoint_kernel(
     grad_ptr, gout_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
-    n_rays, size_d, size_h, size_w, n_channels,
+    n_rays, width, size_d, size_h, size_w, n_channels,
     s_vb, s_vc, s_vd, s_vh, s_vw,
     s_on, s_oa,
     s_dn, s_dr, s_da,
@@ -155,12 +181,11 @@ def march_adjoint_kernel(
     s_nn, s_nr,
     s_gn, s_gr, s_gc,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, MERGE_RUNS: tl.constexpr,
-    VEC: tl.constexpr,
+    VEC: tl.constexpr, TILE_W: tl.constexpr,
 ):
     """Scatter ``gout[n, r, c] * delta * w_corner`` of every sample into ``grad`` (the exact transpose)."""
     view = tl.program_id(1)
-    rays = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    ray_ok = rays < n_rays
+    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
     chan = tl.arange(0, BLOCK_C)
     chan_ok = chan < n_channels
 
@@ -181,7 +206,10 @@ def march_adjoint_kernel(
     both_ok = ray_ok[:, None] & chan_ok[None, :]
     g_ptr = gout_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
     g = tl.load(g_ptr, mask=both_ok, other=0.0).to(ACC) * dt[:, None]  # (BLOCK_R, BLOCK_C)
-    chan_off = (chan * s_vc)[None, :]
+    if VEC > 1:
+        chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
+    else:
+        chan_off = (chan * s_vc)[None, :]
     if VEC > 1:
         chan_mask = tl.full([1, BLOCK_C], 1, tl.int1)  # BLOCK_C == C: a per-ray mask keeps vectors whole
     else:
