@@ -141,6 +141,18 @@ def _translate_affine(world_from_voxel: np.ndarray, offset_voxels: Sequence[floa
     return world_from_voxel @ shift
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of ``mask`` along each axis (one pass per axis, no coordinate list)."""
+    first, last = [], []
+    for axis in range(mask.ndim):
+        profile = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if profile.size == 0:
+            raise ValueError("the body mask is empty")
+        first.append(profile[0])
+        last.append(profile[-1])
+    return np.array(first), np.array(last)
+
+
 def crop_to_body(
     ct: CTVolume, extra: Sequence[np.ndarray] = (), *, margin_mm: float = 0.0, mask: np.ndarray | None = None
 ) -> tuple[CTVolume, list[np.ndarray]]:
@@ -160,11 +172,11 @@ def crop_to_body(
             raise ValueError(f"extra[{index}] has shape {np.shape(array)}, expected the CT shape {ct.shape}")
     if mask is None:
         mask = body_mask(ct.hu, ct.world_from_voxel)
-    coords = np.argwhere(mask)
+    first, last = _bounding_box(mask)
     spacing = np.array(ct.spacing_mm)
     margin = np.ceil(margin_mm / spacing).astype(int)
-    lower = np.maximum(coords.min(axis=0) - margin, 0)
-    upper = np.minimum(coords.max(axis=0) + 1 + margin, np.array(ct.shape))
+    lower = np.maximum(first - margin, 0)
+    upper = np.minimum(last + 1 + margin, np.array(ct.shape))
     box = tuple(slice(int(a), int(b)) for a, b in zip(lower, upper))
     hu = np.where(mask, ct.hu, np.float32(AIR_HU)).astype(np.float32)[box]
     meta = dict(ct.meta, crop_lower_voxel=[int(v) for v in lower], crop_upper_voxel=[int(v) for v in upper])
