@@ -1,0 +1,134 @@
+"""Kernel-level GPU benchmark of the Triton backend: prints one JSON line per case.
+
+    python benchmarks/gpu_kernels.py                     # W1 and W2 on the GPU
+    python benchmarks/gpu_kernels.py --smoke             # tiny sizes; on a CPU-only machine runs the
+                                                         # kernels through TRITON_INTERPRET=1 (checks the script)
+
+Cases (same volumes sizes, detectors and samples as benchmarks/projector.py's W1/W2, rays built
+once outside the timed region, so these are the kernels alone):
+  march-fwd                forward line integrals, all channels in one march
+  march-adj[merged|naive]  volume adjoint with per-cell run merging / one atomic per sample
+  march-*[tiles|runs]      2-D detector tiles (default) / runs of consecutive rays per program
+  bp-gather / bp-torch     voxel-driven BP (eq. 7): the Triton gather kernel / the torch reference
+  atten-fused / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
+``gsamples_per_s`` counts ray samples (each reads 8 corners × C channels); ``gather_gb_per_s``
+the corner bytes those samples read (an upper bound of the traffic the caches serve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+WORKLOADS = {  # as in benchmarks/projector.py
+    "W1": dict(batch=8, shape=(128, 128, 128), spacing=(2.5, 2.5, 2.6), detector=256, pixel=2.0, samples=256, views=1),
+    "W2": dict(batch=1, shape=(256, 256, 133), spacing=(1.40625, 1.40625, 2.5), detector=512, pixel=1.0, samples=512,
+               views=16),
+    "smoke": dict(batch=2, shape=(12, 10, 8), spacing=(5.0, 6.0, 7.0), detector=16, pixel=6.0, samples=6, views=2),
+}
+CHANNELS = 2  # bone and soft tissue, as in the peers' benchmark
+
+
+def _timer(device: torch.device, reps: int):
+    def run(fn) -> float:
+        fn()  # warm-up (and autotuning on the first call)
+        times = []
+        for _ in range(reps):
+            if device.type == "cuda":
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                stop.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(stop))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    return run
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", default="W1,W2")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (the interpreter on CPU-only machines)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        if not args.smoke:
+            sys.exit("no CUDA device: use --smoke to check the script through Triton's interpreter")
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from xraysyn.geometry import ConeBeamGeometry
+    from xraysyn.physics import attenuate, tube_spectrum
+    from xraysyn.physics.fused import fused_attenuate
+    from xraysyn.projector import backproject, build_rays
+    from xraysyn.projector.triton_backend import TritonBackend
+    from xraysyn.projector.triton_backend import backproject as bp_gather
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    timed = _timer(device, 1 if args.smoke else args.reps)
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu-interpreter"
+    workloads = ["smoke"] if args.smoke else args.workloads.split(",")
+    for name in workloads:
+        spec = WORKLOADS[name]
+        shape, b = spec["shape"], spec["batch"]
+        gen = torch.Generator().manual_seed(0)
+        volume = torch.rand(b, CHANNELS, *shape, generator=gen).to(device)
+        affine = torch.diag(torch.tensor([*spec["spacing"], 1.0]))
+        affine[:3, 3] = -torch.tensor(spec["spacing"]) * (torch.tensor(shape, dtype=torch.float32) - 1) / 2
+        affines = affine.expand(b, 4, 4).to(device)
+        geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(spec["detector"],) * 2,
+                                    pixel_spacing=spec["pixel"])
+        n_views = b * spec["views"]
+        poses = geometry.poses(torch.linspace(-18, 18, n_views)).to(device)
+        rays = build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
+        ray_args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
+        samples = int(rays.n_samples.sum())
+        grad = torch.rand(*rays.t_near.shape, CHANNELS, generator=gen).to(device)
+
+        def emit(case: str, ms: float, counted_samples: int | None = samples) -> None:
+            row = {"case": case, "workload": name, "ms": round(ms, 3), "device": gpu, "torch": torch.__version__}
+            if counted_samples:
+                row["gsamples_per_s"] = round(counted_samples / (ms * 1e-3) / 1e9, 2)
+                row["gather_gb_per_s"] = round(counted_samples * 8 * CHANNELS * 4 / (ms * 1e-3) / 1e9, 1)
+            print(json.dumps(row), flush=True)
+
+        for tile in (16, 0):
+            TritonBackend.RAY_TILE_WIDTH = tile
+            label = "tiles" if tile else "runs"
+            emit(f"march-fwd[{label}]", timed(lambda: TritonBackend.forward(volume, *ray_args)))
+            for merge in (True, False):
+                TritonBackend.MERGE_RUNS = merge
+                emit(f"march-adj[{'merged' if merge else 'naive'},{label}]",
+                     timed(lambda: TritonBackend.adjoint(grad, volume.shape, *ray_args)))
+        TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 16, True
+
+        images = torch.rand(b, CHANNELS, *geometry.detector_shape, generator=gen).to(device)
+        first = poses[:: spec["views"]]
+        emit("bp-gather", timed(lambda: bp_gather(images, affines, first, geometry, shape)), None)
+        emit("bp-torch", timed(lambda: backproject(images, affines, first, geometry, shape)), None)
+
+        spectrum = tube_spectrum(120.0)
+        thickness = (torch.rand(n_views, 2, *geometry.detector_shape, generator=gen) * 30).to(device)
+
+        def attenuation(fn):
+            t = thickness.clone().requires_grad_()
+            i_atten, line = fn(t)
+            (i_atten.sum() + line.sum()).backward()
+
+        emit("atten-fused", timed(lambda: attenuation(lambda t: fused_attenuate(t, spectrum, implementation="auto"
+                                                                                if device.type == "cuda"
+                                                                                else "triton"))), None)
+        emit("atten-torch", timed(lambda: attenuation(lambda t: attenuate(t, spectrum))), None)
+
+
+if __name__ == "__main__":
+    main()
