@@ -26,6 +26,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
@@ -122,6 +123,7 @@ class FusedAttenuation(torch.autograd.Function):
         return i_atten.reshape(shape), line.reshape(shape)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_i, grad_line):
         thickness, mass_attenuation, log_weights, lse = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:

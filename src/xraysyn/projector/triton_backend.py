@@ -104,7 +104,8 @@ def _check_device(*tensors: torch.Tensor) -> torch.device:
         f"the Triton backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got device {device}")
 
 
-def _check_rays(origin, direction, t_near, delta, n_samples, volume_index, num_volumes: int) -> tuple[int, int]:
+def _check_rays(origin, direction, t_near, delta, n_samples, volume_index, num_volumes: int,
+                channels: int) -> tuple[int, int]:
     if direction.dim() != 3 or direction.shape[-1] != 3:
         raise TritonBackendInputError(f"direction must have shape (N, R, 3), got {tuple(direction.shape)}")
     n, r = direction.shape[:2]
@@ -114,8 +115,9 @@ def _check_rays(origin, direction, t_near, delta, n_samples, volume_index, num_v
             raise TritonBackendInputError(f"{name} must have shape {expected[name]}, got {tuple(t.shape)}")
     if n_samples.dtype not in (torch.int32, torch.int64):
         raise TritonBackendInputError(f"n_samples must be an integer tensor, got {n_samples.dtype}")
-    if n * r * 3 > _INT32_LIMIT:
-        raise TritonBackendInputError(f"{n} views × {r} rays exceed 32-bit indexing; split the views into batches")
+    if n * r * max(3, channels) > _INT32_LIMIT:
+        raise TritonBackendInputError(
+            f"{n} views × {r} rays × {channels} channels exceed 32-bit indexing; split the views into batches")
     if n and num_volumes:
         lo, hi = (int(x) for x in torch.aminmax(volume_index.detach()))  # one device sync
         if lo < 0 or hi >= num_volumes:
@@ -231,7 +233,7 @@ class TritonBackend:
         device = _check_device(volume, origin, direction, t_near, delta, n_samples, volume_index)
         b, c = volume.shape[:2]
         _check_volume_size(c, volume.shape[2:])
-        n, r = _check_rays(origin, direction, t_near, delta, n_samples, volume_index, b)
+        n, r = _check_rays(origin, direction, t_near, delta, n_samples, volume_index, b, c)
         acc_dtype = _acc_torch_dtype(volume.dtype)
         out = torch.zeros(n, r, c, dtype=acc_dtype, device=device)
         if n == 0 or r == 0 or c == 0:
@@ -264,7 +266,7 @@ class TritonBackend:
             raise TritonBackendInputError(f"volume_shape must be (B, C, D, H, W), got {volume_shape!r}") from None
         device = _check_device(grad_out, origin, direction, t_near, delta, n_samples, volume_index)
         _check_volume_size(c, (d, h, w))
-        n, r = _check_rays(origin, direction, t_near, delta, n_samples, volume_index, b)
+        n, r = _check_rays(origin, direction, t_near, delta, n_samples, volume_index, b, c)
         if tuple(grad_out.shape) != (n, r, c):
             raise TritonBackendInputError(f"grad_out must have shape {(n, r, c)}, got {tuple(grad_out.shape)}")
         acc_dtype = _acc_torch_dtype(grad_out.dtype)
@@ -322,6 +324,8 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
     except (TypeError, ValueError):
         raise TritonBackendInputError(f"volume_shape must be (D, H, W), got {volume_shape!r}") from None
     _check_volume_size(c, (d, h, w))
+    if images.numel() > _INT32_LIMIT:
+        raise TritonBackendInputError(f"{tuple(images.shape)} images exceed 32-bit indexing; split the batch")
     device = _check_device(images, world_from_voxel, poses)
     acc_dtype = _acc_torch_dtype(images.dtype)
     affines = world_from_voxel.detach().to(acc_dtype)
