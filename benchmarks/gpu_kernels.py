@@ -8,7 +8,7 @@ Cases (same volumes sizes, detectors and samples as benchmarks/projector.py's W1
 once outside the timed region, so these are the kernels alone):
   march-fwd                forward line integrals, all channels in one march
   march-adj[merged|naive]  volume adjoint with per-cell run merging / one atomic per sample
-  march-*[tiles|runs]      2-D detector tiles (default) / runs of consecutive rays per program
+  march-*[tilesW|runs]     2-D detector tiles W pixels wide (8 is the default) / runs of consecutive rays
   bp-gather / bp-torch     voxel-driven BP (eq. 7): the Triton gather kernel / the torch reference
   atten-fused / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
 ``gsamples_per_s`` counts ray samples (each reads 8 corners × C channels); ``gather_gb_per_s``
@@ -101,15 +101,15 @@ def main(argv=None) -> None:
                 row["gather_gb_per_s"] = round(counted_samples * 8 * CHANNELS * 4 / (ms * 1e-3) / 1e9, 1)
             print(json.dumps(row), flush=True)
 
-        for tile in (16, 0):
+        for tile in (8, 16, 0):
             TritonBackend.RAY_TILE_WIDTH = tile
-            label = "tiles" if tile else "runs"
+            label = f"tiles{tile}" if tile else "runs"
             emit(f"march-fwd[{label}]", timed(lambda: TritonBackend.forward(volume, *ray_args)))
             for merge in (True, False):
                 TritonBackend.MERGE_RUNS = merge
                 emit(f"march-adj[{'merged' if merge else 'naive'},{label}]",
                      timed(lambda: TritonBackend.adjoint(grad, volume.shape, *ray_args)))
-        TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 16, True
+        TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
 
         images = torch.rand(b, CHANNELS, *geometry.detector_shape, generator=gen).to(device)
         first = poses[:: spec["views"]]
