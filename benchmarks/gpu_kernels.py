@@ -27,10 +27,12 @@ import time
 import torch
 
 WORKLOADS = {  # as in benchmarks/projector.py
-    "W1": dict(batch=8, shape=(128, 128, 128), spacing=(2.5, 2.5, 2.6), detector=256, pixel=2.0, samples=256, views=1),
-    "W2": dict(batch=1, shape=(256, 256, 133), spacing=(1.40625, 1.40625, 2.5), detector=512, pixel=1.0, samples=512,
-               views=16),
-    "smoke": dict(batch=2, shape=(12, 10, 8), spacing=(5.0, 6.0, 7.0), detector=16, pixel=6.0, samples=6, views=2),
+    "W1": {"batch": 8, "shape": (128, 128, 128), "spacing": (2.5, 2.5, 2.6), "detector": 256, "pixel": 2.0,
+           "samples": 256, "views": 1},
+    "W2": {"batch": 1, "shape": (256, 256, 133), "spacing": (1.40625, 1.40625, 2.5), "detector": 512, "pixel": 1.0,
+           "samples": 512, "views": 16},
+    "smoke": {"batch": 2, "shape": (12, 10, 8), "spacing": (5.0, 6.0, 7.0), "detector": 16, "pixel": 6.0,
+              "samples": 6, "views": 2},
 }
 CHANNELS = 2  # bone and soft tissue, as in the peers' benchmark
 
@@ -56,6 +58,72 @@ def _timer(device: torch.device, reps: int):
     return run
 
 
+def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
+    """Time every case of one workload and print its JSON lines."""
+    from xraysyn.geometry import ConeBeamGeometry
+    from xraysyn.physics import attenuate, tube_spectrum
+    from xraysyn.physics.fused import fused_attenuate
+    from xraysyn.projector import backproject, build_rays
+    from xraysyn.projector.triton_backend import TritonBackend
+    from xraysyn.projector.triton_backend import backproject as bp_gather
+
+    spec = WORKLOADS[name]
+    shape, b = spec["shape"], spec["batch"]
+    gen = torch.Generator().manual_seed(0)
+    volume = torch.rand(b, CHANNELS, *shape, generator=gen).to(device)
+    affine = torch.diag(torch.tensor([*spec["spacing"], 1.0]))
+    affine[:3, 3] = -torch.tensor(spec["spacing"]) * (torch.tensor(shape, dtype=torch.float32) - 1) / 2
+    affines = affine.expand(b, 4, 4).to(device)
+    geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(spec["detector"],) * 2,
+                                pixel_spacing=spec["pixel"])
+    n_views = b * spec["views"]
+    poses = geometry.poses(torch.linspace(-18, 18, n_views)).to(device)
+    rays = build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
+    ray_args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
+    samples = int(rays.n_samples.sum())
+    grad = torch.rand(*rays.t_near.shape, CHANNELS, generator=gen).to(device)
+
+    def emit(case: str, ms: float, counted_samples: int | None = samples) -> None:
+        row = {"case": case, "workload": name, "ms": round(ms, 3), "device": gpu, "torch": torch.__version__}
+        if counted_samples:
+            row["gsamples_per_s"] = round(counted_samples / (ms * 1e-3) / 1e9, 2)
+            row["gather_gb_per_s"] = round(counted_samples * 8 * CHANNELS * 4 / (ms * 1e-3) / 1e9, 1)
+        print(json.dumps(row), flush=True)
+
+    def forward():
+        return TritonBackend.forward(volume, *ray_args)
+
+    def adjoint():
+        return TritonBackend.adjoint(grad, volume.shape, *ray_args)
+
+    for tile in (8, 16, 0):
+        TritonBackend.RAY_TILE_WIDTH = tile
+        label = f"tiles{tile}" if tile else "runs"
+        emit(f"march-fwd[{label}]", timed(forward))
+        for merge in (True, False):
+            TritonBackend.MERGE_RUNS = merge
+            emit(f"march-adj[{'merged' if merge else 'naive'},{label}]", timed(adjoint))
+    TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
+
+    images = torch.rand(b, CHANNELS, *geometry.detector_shape, generator=gen).to(device)
+    first = poses[:: spec["views"]]
+    emit("bp-gather", timed(lambda: bp_gather(images, affines, first, geometry, shape)), None)
+    emit("bp-torch", timed(lambda: backproject(images, affines, first, geometry, shape)), None)
+
+    spectrum = tube_spectrum(120.0)
+    thickness = (torch.rand(n_views, 2, *geometry.detector_shape, generator=gen) * 30).to(device)
+    implementation = "auto" if device.type == "cuda" else "triton"
+
+    def attenuation(fn):
+        t = thickness.clone().requires_grad_()
+        i_atten, line = fn(t)
+        (i_atten.sum() + line.sum()).backward()
+
+    emit("atten-fused", timed(lambda: attenuation(lambda t: fused_attenuate(t, spectrum,
+                                                                            implementation=implementation))), None)
+    emit("atten-torch", timed(lambda: attenuation(lambda t: attenuate(t, spectrum))), None)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="W1,W2")
@@ -66,68 +134,11 @@ def main(argv=None) -> None:
         if not args.smoke:
             sys.exit("no CUDA device: use --smoke to check the script through Triton's interpreter")
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from xraysyn.geometry import ConeBeamGeometry
-    from xraysyn.physics import attenuate, tube_spectrum
-    from xraysyn.physics.fused import fused_attenuate
-    from xraysyn.projector import backproject, build_rays
-    from xraysyn.projector.triton_backend import TritonBackend
-    from xraysyn.projector.triton_backend import backproject as bp_gather
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     timed = _timer(device, 1 if args.smoke else args.reps)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu-interpreter"
-    workloads = ["smoke"] if args.smoke else args.workloads.split(",")
-    for name in workloads:
-        spec = WORKLOADS[name]
-        shape, b = spec["shape"], spec["batch"]
-        gen = torch.Generator().manual_seed(0)
-        volume = torch.rand(b, CHANNELS, *shape, generator=gen).to(device)
-        affine = torch.diag(torch.tensor([*spec["spacing"], 1.0]))
-        affine[:3, 3] = -torch.tensor(spec["spacing"]) * (torch.tensor(shape, dtype=torch.float32) - 1) / 2
-        affines = affine.expand(b, 4, 4).to(device)
-        geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(spec["detector"],) * 2,
-                                    pixel_spacing=spec["pixel"])
-        n_views = b * spec["views"]
-        poses = geometry.poses(torch.linspace(-18, 18, n_views)).to(device)
-        rays = build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
-        ray_args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
-        samples = int(rays.n_samples.sum())
-        grad = torch.rand(*rays.t_near.shape, CHANNELS, generator=gen).to(device)
-
-        def emit(case: str, ms: float, counted_samples: int | None = samples) -> None:
-            row = {"case": case, "workload": name, "ms": round(ms, 3), "device": gpu, "torch": torch.__version__}
-            if counted_samples:
-                row["gsamples_per_s"] = round(counted_samples / (ms * 1e-3) / 1e9, 2)
-                row["gather_gb_per_s"] = round(counted_samples * 8 * CHANNELS * 4 / (ms * 1e-3) / 1e9, 1)
-            print(json.dumps(row), flush=True)
-
-        for tile in (8, 16, 0):
-            TritonBackend.RAY_TILE_WIDTH = tile
-            label = f"tiles{tile}" if tile else "runs"
-            emit(f"march-fwd[{label}]", timed(lambda: TritonBackend.forward(volume, *ray_args)))
-            for merge in (True, False):
-                TritonBackend.MERGE_RUNS = merge
-                emit(f"march-adj[{'merged' if merge else 'naive'},{label}]",
-                     timed(lambda: TritonBackend.adjoint(grad, volume.shape, *ray_args)))
-        TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
-
-        images = torch.rand(b, CHANNELS, *geometry.detector_shape, generator=gen).to(device)
-        first = poses[:: spec["views"]]
-        emit("bp-gather", timed(lambda: bp_gather(images, affines, first, geometry, shape)), None)
-        emit("bp-torch", timed(lambda: backproject(images, affines, first, geometry, shape)), None)
-
-        spectrum = tube_spectrum(120.0)
-        thickness = (torch.rand(n_views, 2, *geometry.detector_shape, generator=gen) * 30).to(device)
-
-        def attenuation(fn):
-            t = thickness.clone().requires_grad_()
-            i_atten, line = fn(t)
-            (i_atten.sum() + line.sum()).backward()
-
-        emit("atten-fused", timed(lambda: attenuation(lambda t: fused_attenuate(t, spectrum, implementation="auto"
-                                                                                if device.type == "cuda"
-                                                                                else "triton"))), None)
-        emit("atten-torch", timed(lambda: attenuation(lambda t: attenuate(t, spectrum))), None)
+    for name in ["smoke"] if args.smoke else args.workloads.split(","):
+        run_workload(name, device, timed, gpu)
 
 
 if __name__ == "__main__":
