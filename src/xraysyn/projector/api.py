@@ -305,6 +305,7 @@ def backproject(
     *,
     isocenter: torch.Tensor | None = None,
     memory_budget_mib: float = _DEFAULT_BUDGET_MIB,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Single-image backprojector BP (paper eq. 7), voxel-driven.
 
@@ -321,9 +322,12 @@ def backproject(
         geometry: the C-arm that took the images.
         volume_shape: ``(D, H, W)`` of the output volumes.
         isocenter: ``(B, 3)`` world mm, default each volume's centre.
+        memory_budget_mib: bound on the temporaries of the torch implementation (voxel chunks).
+        backend: ``"auto"`` (the Triton gather kernel for CUDA tensors when no gradient is
+            needed, else the differentiable torch implementation), ``"reference"`` or ``"triton"``.
 
     Returns:
-        ``(B, C, D, H, W)`` in ``u`` (per mm). Differentiable w.r.t. images and poses.
+        ``(B, C, D, H, W)`` in ``u`` (per mm). Differentiable w.r.t. images and poses (torch path).
     """
     _check_geometry(geometry)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -345,6 +349,17 @@ def backproject(
     if pose_t.shape[0] != b:
         raise ProjectorInputError(f"backproject takes one pose per image: {b} images, {pose_t.shape[0]} poses")
     iso = _prepare_isocenter(isocenter, b, dtype, dev)
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (images, pose_t, affines, iso))
+    if backend not in ("auto", "reference", "triton"):
+        raise ProjectorInputError(f"backproject backend must be 'auto', 'reference' or 'triton', got {backend!r}")
+    if backend == "triton" or (backend == "auto" and dev.type == "cuda" and not needs_grad):
+        module = _triton_backend()
+        if module is not None and not needs_grad:
+            return module.backproject(images, affines, pose_t, geometry, spatial, isocenter=iso)
+        if backend == "triton":
+            raise ProjectorInputError("backproject backend 'triton' needs triton on a CUDA device (or "
+                                      "TRITON_INTERPRET=1) and inputs that do not require gradients")
     if iso is None:
         iso = volume_center(affines, spatial)
     imgs = images.to(dtype)
