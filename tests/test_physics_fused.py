@@ -153,3 +153,16 @@ def test_cuda_auto_uses_triton_and_matches_reference():
     line_ref.sum().backward()
     torch.testing.assert_close(line.double(), line_ref.detach(), rtol=2e-6, atol=0)
     torch.testing.assert_close(t.grad.double(), t_ref.grad, rtol=2e-5, atol=2e-5 * float(t_ref.grad.abs().max()))
+
+
+@pytest.mark.cuda
+def test_attenuate_routes_cuda_float32_to_the_fused_kernel():
+    from xraysyn.physics.attenuation import attenuate, log_attenuation
+
+    thickness = (torch.rand(2, 2, 33, 17, device="cuda") * 20).requires_grad_(True)
+    spectrum = tube_spectrum(120.0)
+    i_fused, line_fused = attenuate(thickness, spectrum)
+    log_ref = log_attenuation(thickness.double(), spectrum)
+    torch.testing.assert_close(line_fused.double(), -log_ref, rtol=1e-5, atol=1e-5)
+    line_fused.sum().backward()
+    assert torch.isfinite(thickness.grad).all()

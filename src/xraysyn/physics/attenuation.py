@@ -82,7 +82,17 @@ def attenuate(thickness: torch.Tensor, spectrum: Spectrum, **kwargs) -> tuple[to
         ``(i_atten, line_integral)``: ``i_atten = Σ_E w(E) exp(−Σ_m μ/ρ(m,E) t_m)`` in [0, 1]
         (relative to the unattenuated beam) and ``line_integral = −log i_atten`` (dimensionless).
         Keyword arguments as for :func:`log_attenuation`.
+
+    On CUDA, float32/half thickness maps go through the one-pass fused kernel
+    (:func:`xraysyn.physics.fused.fused_attenuate`, same values, O(pixels) backward memory).
     """
+    mass_attenuation = kwargs.get("mass_attenuation")
+    if (isinstance(thickness, torch.Tensor) and thickness.is_cuda and thickness.dtype != torch.float64
+            and "energy_chunk" not in kwargs
+            and not (isinstance(mass_attenuation, torch.Tensor) and mass_attenuation.requires_grad)):
+        from xraysyn.physics.fused import fused_attenuate
+
+        return fused_attenuate(thickness, spectrum, **kwargs)
     log_i = log_attenuation(thickness, spectrum, **kwargs)
     return torch.exp(log_i), -log_i
 
