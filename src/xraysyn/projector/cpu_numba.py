@@ -43,6 +43,21 @@ if numba is not None:
             i = size - 2
         return i, p - i
 
+    @njit(inline="always")
+    def _ray(origin, direction, t_near, delta, v, r):
+        # origin (voxel index coords), per-mm direction, entry distance and sample spacing of ray (v, r)
+        return (origin[v, 0], origin[v, 1], origin[v, 2], direction[v, r, 0], direction[v, r, 1],
+                direction[v, r, 2], t_near[v, r], delta[v, r])
+
+    @njit(inline="always")
+    def _sample(oz, oy, ox, dz, dy, dx, t0, dt, s, dd, hh, ww):
+        # cell index and fractions of midpoint sample s (the contract of rays.py)
+        t = t0 + (s + 0.5) * dt
+        iz, fz = _cell(oz + t * dz, dd)
+        iy, fy = _cell(oy + t * dy, hh)
+        ix, fx = _cell(ox + t * dx, ww)
+        return iz, iy, ix, fz, fy, fx
+
     @njit(parallel=True, cache=True, fastmath=False)
     def _forward_kernel(vol, origin, direction, t_near, delta, n_samples, volume_index, out):
         n_views, n_rays = t_near.shape
@@ -54,17 +69,11 @@ if numba is not None:
             if ns == 0:
                 continue
             b = volume_index[v]
-            oz, oy, ox = origin[v, 0], origin[v, 1], origin[v, 2]
-            dz, dy, dx = direction[v, r, 0], direction[v, r, 1], direction[v, r, 2]
-            t0 = t_near[v, r]
-            dt = delta[v, r]
+            oz, oy, ox, dz, dy, dx, t0, dt = _ray(origin, direction, t_near, delta, v, r)
             for c in range(cc):
                 out[v, r, c] = 0.0
             for s in range(ns):
-                t = t0 + (s + 0.5) * dt
-                iz, fz = _cell(oz + t * dz, dd)
-                iy, fy = _cell(oy + t * dy, hh)
-                ix, fx = _cell(ox + t * dx, ww)
+                iz, iy, ix, fz, fy, fx = _sample(oz, oy, ox, dz, dy, dx, t0, dt, s, dd, hh, ww)
                 gz, gy, gx = 1.0 - fz, 1.0 - fy, 1.0 - fx
                 w000 = gz * gy * gx
                 w001 = gz * gy * fx
@@ -94,15 +103,9 @@ if numba is not None:
             if ns == 0:
                 continue
             b = volume_index[v]
-            oz, oy, ox = origin[v, 0], origin[v, 1], origin[v, 2]
-            dz, dy, dx = direction[v, r, 0], direction[v, r, 1], direction[v, r, 2]
-            t0 = t_near[v, r]
-            dt = delta[v, r]
+            oz, oy, ox, dz, dy, dx, t0, dt = _ray(origin, direction, t_near, delta, v, r)
             for s in range(ns):
-                t = t0 + (s + 0.5) * dt
-                iz, fz = _cell(oz + t * dz, dd)
-                iy, fy = _cell(oy + t * dy, hh)
-                ix, fx = _cell(ox + t * dx, ww)
+                iz, iy, ix, fz, fy, fx = _sample(oz, oy, ox, dz, dy, dx, t0, dt, s, dd, hh, ww)
                 gz, gy, gx = 1.0 - fz, 1.0 - fy, 1.0 - fx
                 for c in range(cc):
                     g = grad[v, r, c] * dt
