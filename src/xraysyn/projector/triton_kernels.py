@@ -68,6 +68,23 @@ def _ray_block(n_rays, width, BLOCK_R: tl.constexpr, TILE_W: tl.constexpr):
 
 
 @triton.jit
+def _load_rays(origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
+               s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC: tl.constexpr):
+    """Source (voxel coords), per-mm directions, entry distances, steps and sample counts of a ray block."""
+    oz = tl.load(origin_ptr + view * s_on).to(ACC)
+    oy = tl.load(origin_ptr + view * s_on + s_oa).to(ACC)
+    ox = tl.load(origin_ptr + view * s_on + 2 * s_oa).to(ACC)
+    dir_row = dir_ptr + view * s_dn + rays * s_dr
+    dz = tl.load(dir_row, mask=ray_ok, other=0.0).to(ACC)
+    dy = tl.load(dir_row + s_da, mask=ray_ok, other=0.0).to(ACC)
+    dx = tl.load(dir_row + 2 * s_da, mask=ray_ok, other=0.0).to(ACC)
+    t0 = tl.load(tnear_ptr + view * s_tn + rays * s_tr, mask=ray_ok, other=0.0).to(ACC)
+    dt = tl.load(delta_ptr + view * s_en + rays * s_er, mask=ray_ok, other=0.0).to(ACC)
+    ns = tl.load(nsamp_ptr + view * s_nn + rays * s_nr, mask=ray_ok, other=0)
+    return oz, oy, ox, dz, dy, dx, t0, dt, ns
+
+
+@triton.jit
 def _gather(vol, offset, chan_off, mask, ACC: tl.constexpr, VEC: tl.constexpr):
     """Load the ``(BLOCK_R, BLOCK_C)`` channel values at voxel offsets ``(BLOCK_R,)``, converted to ``ACC``.
 
@@ -99,16 +116,9 @@ def march_forward_kernel(
 
     item = tl.load(vidx_ptr + view).to(tl.int64)
     vol = vol_ptr + item * s_vb * VEC
-    oz = tl.load(origin_ptr + view * s_on).to(ACC)
-    oy = tl.load(origin_ptr + view * s_on + s_oa).to(ACC)
-    ox = tl.load(origin_ptr + view * s_on + 2 * s_oa).to(ACC)
-    dir_row = dir_ptr + view * s_dn + rays * s_dr
-    dz = tl.load(dir_row, mask=ray_ok, other=0.0).to(ACC)
-    dy = tl.load(dir_row + s_da, mask=ray_ok, other=0.0).to(ACC)
-    dx = tl.load(dir_row + 2 * s_da, mask=ray_ok, other=0.0).to(ACC)
-    t0 = tl.load(tnear_ptr + view * s_tn + rays * s_tr, mask=ray_ok, other=0.0).to(ACC)
-    dt = tl.load(delta_ptr + view * s_en + rays * s_er, mask=ray_ok, other=0.0).to(ACC)
-    ns = tl.load(nsamp_ptr + view * s_nn + rays * s_nr, mask=ray_ok, other=0)
+    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
+        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
+        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
     n_max = tl.max(ns, axis=0)
 
     if VEC > 1:
@@ -191,16 +201,9 @@ def march_adjoint_kernel(
 
     item = tl.load(vidx_ptr + view).to(tl.int64)
     grad = grad_ptr + item * s_vb * VEC
-    oz = tl.load(origin_ptr + view * s_on).to(ACC)
-    oy = tl.load(origin_ptr + view * s_on + s_oa).to(ACC)
-    ox = tl.load(origin_ptr + view * s_on + 2 * s_oa).to(ACC)
-    dir_row = dir_ptr + view * s_dn + rays * s_dr
-    dz = tl.load(dir_row, mask=ray_ok, other=0.0).to(ACC)
-    dy = tl.load(dir_row + s_da, mask=ray_ok, other=0.0).to(ACC)
-    dx = tl.load(dir_row + 2 * s_da, mask=ray_ok, other=0.0).to(ACC)
-    t0 = tl.load(tnear_ptr + view * s_tn + rays * s_tr, mask=ray_ok, other=0.0).to(ACC)
-    dt = tl.load(delta_ptr + view * s_en + rays * s_er, mask=ray_ok, other=0.0).to(ACC)
-    ns = tl.load(nsamp_ptr + view * s_nn + rays * s_nr, mask=ray_ok, other=0)
+    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
+        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
+        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
     n_max = tl.max(ns, axis=0)
 
     both_ok = ray_ok[:, None] & chan_ok[None, :]
