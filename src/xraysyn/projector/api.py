@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from xraysyn.geometry import ConeBeamGeometry, pose_source_position, validate_affine, volume_center
 from xraysyn.projector import cpu_numba
-from xraysyn.projector.rays import RaySet, build_rays, clip_to_box
+from xraysyn.projector.rays import build_rays, clip_to_box
 from xraysyn.projector.reference import RayMarch, march_adjoint
 
 __all__ = ["forward_project", "forward_project_adjoint", "backproject", "chord_lengths", "BACKENDS"]
@@ -155,11 +155,6 @@ def _select_backend(backend: str, device: torch.device, ray_grad: bool):
     return None
 
 
-def _rays(poses, world_from_voxel, spatial, geometry, step_mm, num_samples, isocenter) -> RaySet:
-    return build_rays(poses, world_from_voxel, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
-                      isocenter=isocenter)
-
-
 # ---------------------------------------------------------------------------------------- FP
 def forward_project(
     volume: torch.Tensor,
@@ -214,7 +209,7 @@ def forward_project(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
     chosen = _select_backend(backend, volume.device, ray_grad)
-    rays = _rays(pose_t, affines, spatial, geometry, step_mm, num_samples, iso)
+    rays = build_rays(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
     out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
                          rays.volume_index, float(memory_budget_mib), chosen)
     rows, cols = geometry.detector_shape
@@ -266,7 +261,7 @@ def forward_project_adjoint(
     iso = _prepare_isocenter(isocenter, num_volumes, dtype, images.device)
     chosen = _select_backend(backend, images.device, ray_grad=False)
     with torch.no_grad():
-        rays = _rays(pose_t, affines, spatial, geometry, step_mm, num_samples, iso)
+        rays = build_rays(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
     n, c = images.shape[:2]
     grad = images.to(dtype).reshape(n, c, -1).permute(0, 2, 1).contiguous()
     adjoint = chosen.adjoint if chosen is not None else march_adjoint
@@ -291,7 +286,7 @@ def chord_lengths(
     affines = _prepare_affines(wv, batch, dtype, wv.device)
     pose_t = _prepare_poses(poses, batch, dtype, wv.device)
     iso = _prepare_isocenter(isocenter, batch, dtype, wv.device)
-    rays = _rays(pose_t, affines, spatial, geometry, None, 1, iso)
+    rays = build_rays(pose_t, affines, spatial, geometry, num_samples=1, isocenter=iso)
     return rays.length.reshape(pose_t.shape[0], *geometry.detector_shape)
 
 
