@@ -135,7 +135,7 @@ def test_kernels_compile_for_sm90():
     """The real compiler (not only the interpreter) accepts the attenuation kernels."""
     from triton_compile_helper import compile_ptx
 
-    sizes = {"BLOCK_P": 128, "BLOCK_M": 2, "BLOCK_E": 32}
+    sizes = {"BLOCK_P": 128, "N_MAT": 2, "BLOCK_E": 32, "N_CHUNKS": 4}
     specs = [{"module": "xraysyn.physics.fused_kernels", "kernel": name, "constexprs": sizes}
              for name in ("attenuation_forward_kernel", "attenuation_backward_kernel")]
     for ptx in compile_ptx(specs):
@@ -151,7 +151,7 @@ def test_cuda_auto_uses_triton_and_matches_reference():
     t_ref = t.detach().double().requires_grad_()
     _, line_ref = attenuate(t_ref, spectrum)
     line_ref.sum().backward()
-    torch.testing.assert_close(line.double(), line_ref.detach(), rtol=2e-6, atol=0)
+    torch.testing.assert_close(line.double(), line_ref.detach(), rtol=1e-5, atol=0)
     torch.testing.assert_close(t.grad.double(), t_ref.grad, rtol=2e-5, atol=2e-5 * float(t_ref.grad.abs().max()))
 
 

@@ -63,8 +63,9 @@ def _kernels():
     return _KERNELS
 
 
-def _next_power_of_two(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
+def _energy_chunks(n_energies: int) -> int:
+    """Chunks of ``_BLOCK_ENERGIES`` the kernels unroll to cover ``n_energies`` energies."""
+    return max(1, -(-int(n_energies) // _BLOCK_ENERGIES))
 
 
 # ----------------------------------------------------------------------------------------- torch path
@@ -109,9 +110,9 @@ class FusedAttenuation(torch.autograd.Function):
             fwd, _ = _kernels()
             grid = (-(-(n * per_image) // _BLOCK_PIXELS),)
             with _on(t.device):
-                fwd[grid](t, mu, log_w, lse, i_atten, line, n * per_image, per_image, m, mu.shape[1],
-                          *t.stride(), *mu.stride(), BLOCK_P=_BLOCK_PIXELS, BLOCK_M=_next_power_of_two(m),
-                          BLOCK_E=_BLOCK_ENERGIES)
+                fwd[grid](t, mu, log_w, lse, i_atten, line, n * per_image, per_image, mu.shape[1],
+                          *t.stride(), *mu.stride(), N_MAT=m, BLOCK_P=_BLOCK_PIXELS, BLOCK_E=_BLOCK_ENERGIES,
+                          N_CHUNKS=_energy_chunks(mu.shape[1]))
             i_atten, line, lse = (x.to(thickness.dtype) for x in (i_atten, line, lse))
         else:
             t_flat = thickness.detach().permute(0, 2, 3, 1).reshape(-1, m)
@@ -143,8 +144,9 @@ class FusedAttenuation(torch.autograd.Function):
             with _on(t.device):
                 bwd[grid](t, mu, log_weights.detach().float().contiguous(), lse.float().contiguous(),
                           grad_i.float().contiguous(), grad_line.float().contiguous(), grad_t, n * per_image,
-                          per_image, m, mu.shape[1], *t.stride(), *mu.stride(), *grad_t.stride(),
-                          BLOCK_P=_BLOCK_PIXELS, BLOCK_M=_next_power_of_two(m), BLOCK_E=_BLOCK_ENERGIES)
+                          per_image, mu.shape[1], *t.stride(), *mu.stride(), *grad_t.stride(),
+                          N_MAT=m, BLOCK_P=_BLOCK_PIXELS, BLOCK_E=_BLOCK_ENERGIES,
+                          N_CHUNKS=_energy_chunks(mu.shape[1]))
             return grad_t.reshape(n, m, rows, cols).to(thickness.dtype), None, None, None
         t_flat = thickness.detach().permute(0, 2, 3, 1).reshape(-1, m)
         mean_mu = _torch_mean_mu(t_flat, mass_attenuation.to(t_flat.dtype), log_weights.to(t_flat.dtype), lse)
