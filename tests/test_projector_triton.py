@@ -214,6 +214,32 @@ def test_public_api_values_and_volume_gradient_match_reference():
     _assert_close(fpt, grads["reference"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sampling", [{}, {"num_samples": 11}, {"step_mm": 1.7}])
+def test_one_launch_ray_setup_matches_build_rays(dtype, sampling):
+    """``triton_backend.build_rays`` (the kernel the public API uses on the GPU) equals the torch
+    ``build_rays`` contract: same directions, entries, steps, chords and sample counts, with rays that
+    miss the box (a wide detector, an off-centre isocenter) and sheared, translated affines."""
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 13), pixel_spacing=(6.0, 7.0),
+                                principal_point=(3.6, 7.2))
+    affines = torch.stack([_affine((3.0, 2.5, 3.5), dtype=dtype),
+                           _affine((2.0, 2.2, 2.4), shear=0.3, origin=(5.0, -3.0, 2.0), dtype=dtype)])
+    poses = geometry.poses(torch.tensor([0.0, 35.0, -50.0, 95.0], dtype=dtype),
+                           torch.tensor([5.0, -10.0, 20.0, 0.0], dtype=dtype))
+    iso = torch.tensor([[4.0, -6.0, 3.0], [0.0, 0.0, 0.0]], dtype=dtype)
+    shape = (10, 12, 9)
+    args = (poses.to(DEVICE), affines.to(DEVICE), shape, geometry)
+    expected = build_rays(*args, isocenter=iso.to(DEVICE), **sampling)
+    actual = triton_backend.build_rays(*args, isocenter=iso.to(DEVICE), **sampling)
+    hits = expected.n_samples > 0
+    assert 0.2 < float(hits.float().mean()) < 0.95, "the geometry must have rays that hit and rays that miss"
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for name in ("origin", "direction", "t_near", "delta", "length"):
+        _assert_close(getattr(actual, name), getattr(expected, name), rtol=tol)
+    assert torch.equal(actual.n_samples, expected.n_samples)
+    assert torch.equal(actual.volume_index, expected.volume_index)
+
+
 def test_bad_inputs_raise_one_clear_error(monkeypatch):
     volume, args, _ = _case(CASES[0])
     origin, direction, t_near, delta, n_samples, volume_index = args

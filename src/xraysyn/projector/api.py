@@ -209,7 +209,10 @@ def forward_project(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
     chosen = _select_backend(backend, volume.device, ray_grad)
-    rays = build_rays(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
+    ray_builder = build_rays
+    if chosen is not None and chosen.__name__ == "TritonBackend":  # no ray gradients: one-launch ray set-up
+        ray_builder = _triton_backend().build_rays
+    rays = ray_builder(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
     out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
                          rays.volume_index, float(memory_budget_mib), chosen)
     rows, cols = geometry.detector_shape

@@ -27,7 +27,7 @@ import os
 
 import torch
 
-__all__ = ["TritonBackend", "TritonBackendInputError", "available", "backproject", "interpreting"]
+__all__ = ["TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
 
 _INT32_LIMIT = 2**31 - 1
 # Rays per program and warps per program when not autotuning (the interpreter, or a forced config).
@@ -35,6 +35,8 @@ _DEFAULT_BLOCK_R = 128
 _DEFAULT_NUM_WARPS = 4
 # Voxels per program of the backprojection gather kernel.
 _BP_BLOCK_V = 256
+# Rays per program of the ray set-up kernel.
+_SETUP_BLOCK_R = 256
 # Launch configurations tried once per (channels, dtype) on the GPU: (rays per program, warps).
 _TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
 
@@ -71,13 +73,14 @@ def _kernels():
         from xraysyn.projector import triton_kernels as k
 
         if interpreting():
-            _KERNELS = (k.march_forward_kernel, k.march_adjoint_kernel, False, k.backproject_gather_kernel)
+            _KERNELS = (k.march_forward_kernel, k.march_adjoint_kernel, False, k.backproject_gather_kernel,
+                        k.ray_setup_kernel)
         else:
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
             fwd = triton.autotune(configs, key=["n_rays", "n_channels"])(k.march_forward_kernel)
             adj = triton.autotune(configs, key=["n_rays", "n_channels"], reset_to_zero=["grad_ptr"])(
                 k.march_adjoint_kernel)
-            _KERNELS = (fwd, adj, True, k.backproject_gather_kernel)
+            _KERNELS = (fwd, adj, True, k.backproject_gather_kernel, k.ray_setup_kernel)
     return _KERNELS
 
 
@@ -241,7 +244,7 @@ class TritonBackend:
             return out
         vol = _channels_last(volume.detach())
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
-        fwd, _, tuned, _ = _kernels()
+        fwd, _, tuned, *_ = _kernels()
         vec, vol_strides = _volume_strides(vol)
         width, tile_w = _ray_tiling(r, detector_cols)
         args = (vol, out, *rays, r, width, *vol.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
@@ -276,7 +279,7 @@ class TritonBackend:
         if n == 0 or r == 0:
             return grad
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
-        _, adj, tuned, _ = _kernels()
+        _, adj, tuned, *_ = _kernels()
         vec, grad_strides = _volume_strides(grad)
         width, tile_w = _ray_tiling(r, detector_cols)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
@@ -350,10 +353,70 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
     detector = torch.tensor([geometry.sdd, row0, col0, row_mm, col_mm, tiny], dtype=acc_dtype, device=device)
     out = torch.empty(b, c, d, h, w, dtype=acc_dtype, device=device)
     n_voxels = d * h * w
-    *_, gather = _kernels()
+    gather = _kernels()[3]
     with _on(device):
         gather[(-(-n_voxels // _BP_BLOCK_V), b)](
             images.detach(), out, camera_from_voxel, source_to_voxel, source_voxel, detector, n_voxels, d, h, w, c, rows, cols,
             *images.stride(), out.stride(0), out.stride(1),
             BLOCK_V=_BP_BLOCK_V, BLOCK_C=_next_power_of_two(c), ACC=_accumulator(acc_dtype), num_warps=4)
     return out
+
+
+def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shape, geometry, *,
+               step_mm: float | None = None, num_samples: int | None = None,
+               isocenter: torch.Tensor | None = None):
+    """:func:`xraysyn.projector.rays.build_rays` in one kernel launch (no gradients).
+
+    Same arguments, same :class:`~xraysyn.projector.rays.RaySet` (the contract of every backend).
+    The few numbers per view (source in voxel coordinates, camera-to-voxel direction map) are
+    computed on the host in float64 from the small pose/affine tensors; the kernel then builds,
+    clips and counts the samples of every ray of every view. This replaces a few hundred small
+    torch operations (launch-bound on a GPU) by one launch. ``n_samples`` follows the same rule
+    (``ceil(length / step_mm − 1e-6)``); where ``length / step_mm`` lies within float rounding of
+    that threshold the two implementations may count one sample apart.
+    """
+    from xraysyn.geometry import pose_source_position, volume_center
+    from xraysyn.projector.rays import RaySet
+
+    device = poses.device
+    _check_device(poses, world_from_voxel)
+    acc_dtype = _acc_torch_dtype(poses.dtype)
+    n_views, n_vol = poses.shape[0], world_from_voxel.shape[0]
+    d, h, w = (int(s) for s in spatial_shape)
+    rows, cols = geometry.detector_shape
+    n_rays = rows * cols
+    if n_views * n_rays * 3 > _INT32_LIMIT:
+        raise TritonBackendInputError(f"{n_views} views × {n_rays} rays exceed 32-bit indexing; split the views")
+    host = torch.float64
+    pose = poses.detach().to("cpu", host)
+    affines = world_from_voxel.detach().to("cpu", host)
+    iso = (volume_center(affines, (d, h, w)) if isocenter is None
+           else isocenter.detach().to("cpu", host).expand(n_vol, 3))
+    views_per_volume = n_views // n_vol
+    volume_index = torch.arange(n_vol).repeat_interleave(views_per_volume)
+    if step_mm is None and num_samples is None:
+        step_mm = float(affines[:, :3, :3].norm(dim=-2).min()) / 2.0
+    voxel_from_world = torch.linalg.inv(affines)[volume_index]
+    lin = voxel_from_world[:, :3, :3]
+    source_world = pose_source_position(pose) + iso[volume_index]
+    origin = (lin @ source_world[..., None]).squeeze(-1) + voxel_from_world[:, :3, 3]  # (N, 3) voxel coords
+    camera_to_voxel = lin @ pose[:, :3, :3].transpose(-1, -2)  # (N, 3, 3): camera unit vector → voxel per mm
+    row0, col0 = geometry.center_pixel
+    row_mm, col_mm = geometry.pixel_spacing
+    tiny = torch.finfo(acc_dtype).tiny ** 0.5  # the same guard as rays.clip_to_box
+    detector = torch.tensor([geometry.sdd, row0, col0, row_mm, col_mm, tiny, step_mm or 1.0], dtype=host)
+    per_view = torch.cat([origin, camera_to_voxel.reshape(n_views, 9)], dim=1)  # (N, 12)
+    params = torch.cat([detector, per_view.reshape(-1)]).to(device=device, dtype=acc_dtype)
+    direction = torch.empty(n_views, n_rays, 3, dtype=acc_dtype, device=device)
+    t_near = torch.empty(n_views, n_rays, dtype=acc_dtype, device=device)
+    delta = torch.empty_like(t_near)
+    length = torch.empty_like(t_near)
+    n_samples = torch.empty(n_views, n_rays, dtype=torch.int32, device=device)
+    setup = _kernels()[4]
+    with _on(device):
+        setup[(-(-n_rays // _SETUP_BLOCK_R), n_views)](
+            params, direction, t_near, delta, length, n_samples, n_rays, cols, d, h, w, int(num_samples or 0),
+            BLOCK_R=_SETUP_BLOCK_R, ACC=_accumulator(acc_dtype), FIXED_SAMPLES=num_samples is not None, num_warps=4)
+    origin_dev = params[7:].view(n_views, 12)[:, :3]
+    return RaySet(origin=origin_dev, direction=direction, t_near=t_near, delta=delta, n_samples=n_samples,
+                  volume_index=volume_index.to(device), length=length)
