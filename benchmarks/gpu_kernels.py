@@ -28,13 +28,13 @@ import torch
 
 WORKLOADS = {  # as in benchmarks/projector.py
     "W1": {"batch": 8, "shape": (128, 128, 128), "spacing": (2.5, 2.5, 2.6), "detector": 256, "pixel": 2.0,
-           "samples": 256, "views": 1},
+           "samples": 256, "views": 1, "channels": 2},
     "W2": {"batch": 1, "shape": (256, 256, 133), "spacing": (1.40625, 1.40625, 2.5), "detector": 512, "pixel": 1.0,
-           "samples": 512, "views": 16},
+           "samples": 512, "views": 16, "channels": 1},
     "smoke": {"batch": 2, "shape": (12, 10, 8), "spacing": (5.0, 6.0, 7.0), "detector": 16, "pixel": 6.0,
-              "samples": 6, "views": 2},
+              "samples": 6, "views": 2, "channels": 2},
 }
-CHANNELS = 2  # bone and soft tissue, as in the peers' benchmark
+# channels: bone and soft tissue for W1, the attenuation alone for W2, as in the peers' benchmark
 
 
 def _timer(device: torch.device, reps: int):
@@ -68,9 +68,9 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     from xraysyn.projector.triton_backend import backproject as bp_gather
 
     spec = WORKLOADS[name]
-    shape, b = spec["shape"], spec["batch"]
+    shape, b, channels = spec["shape"], spec["batch"], spec["channels"]
     gen = torch.Generator().manual_seed(0)
-    volume = torch.rand(b, CHANNELS, *shape, generator=gen).to(device)
+    volume = torch.rand(b, channels, *shape, generator=gen).to(device)
     affine = torch.diag(torch.tensor([*spec["spacing"], 1.0]))
     affine[:3, 3] = -torch.tensor(spec["spacing"]) * (torch.tensor(shape, dtype=torch.float32) - 1) / 2
     affines = affine.expand(b, 4, 4).to(device)
@@ -81,13 +81,13 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     rays = build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
     ray_args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
     samples = int(rays.n_samples.sum())
-    grad = torch.rand(*rays.t_near.shape, CHANNELS, generator=gen).to(device)
+    grad = torch.rand(*rays.t_near.shape, channels, generator=gen).to(device)
 
     def emit(case: str, ms: float, counted_samples: int | None = samples) -> None:
         row = {"case": case, "workload": name, "ms": round(ms, 3), "device": gpu, "torch": torch.__version__}
         if counted_samples:
             row["gsamples_per_s"] = round(counted_samples / (ms * 1e-3) / 1e9, 2)
-            row["gather_gb_per_s"] = round(counted_samples * 8 * CHANNELS * 4 / (ms * 1e-3) / 1e9, 1)
+            row["gather_gb_per_s"] = round(counted_samples * 8 * channels * 4 / (ms * 1e-3) / 1e9, 1)
         print(json.dumps(row), flush=True)
 
     def forward():
@@ -105,7 +105,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
             emit(f"march-adj[{'merged' if merge else 'naive'},{label}]", timed(adjoint))
     TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
 
-    images = torch.rand(b, CHANNELS, *geometry.detector_shape, generator=gen).to(device)
+    images = torch.rand(b, channels, *geometry.detector_shape, generator=gen).to(device)
     first = poses[:: spec["views"]]
     emit("bp-gather", timed(lambda: bp_gather(images, affines, first, geometry, shape)), None)
     emit("bp-torch", timed(lambda: backproject(images, affines, first, geometry, shape)), None)

@@ -5,7 +5,7 @@
 Workloads (the same as ../shared/bench/peers_*.py, so peer numbers compare one to one):
   W1      8 different 128^3 volumes x 2 material channels, 256^2 detector (2.0 mm pixels),
           256 samples/ray, one view each (azimuth -18..18), fwd and fwd+bwd (volume gradient)
-  W2      one 256x256x133 CT, 16 views, 512^2 detector (1.0 mm), 512 samples/ray
+  W2      one 256x256x133 CT (one channel, mu), 16 views, 512^2 detector (1.0 mm), 512 samples/ray
   W1-cpu  4 different 64^3 volumes x 2 channels, 128^2 detector (4.0 mm), 128 samples/ray
 Each case is also run through a naive baseline that materialises every sample point and calls
 ``grid_sample`` once (same rays, same sampling), in the same process; ``ratio_vs_naive`` is
@@ -33,9 +33,11 @@ from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import build_rays, forward_project
 
 WORKLOADS = {
-    "W1": dict(batch=8, size=128, spacing=(2.5, 2.5, 2.6), detector=256, pixel=2.0, samples=256, views=1),
-    "W2": dict(batch=1, size=None, spacing=(1.40625, 1.40625, 2.5), detector=512, pixel=1.0, samples=512, views=16),
-    "W1-cpu": dict(batch=4, size=64, spacing=(5.0, 5.0, 5.2), detector=128, pixel=4.0, samples=128, views=1),
+    "W1": dict(batch=8, size=128, spacing=(2.5, 2.5, 2.6), detector=256, pixel=2.0, samples=256, views=1, channels=2),
+    "W2": dict(batch=1, size=None, spacing=(1.40625, 1.40625, 2.5), detector=512, pixel=1.0, samples=512, views=16,
+               channels=1),
+    "W1-cpu": dict(batch=4, size=64, spacing=(5.0, 5.0, 5.2), detector=128, pixel=4.0, samples=128, views=1,
+                   channels=2),
 }
 MU_WATER_PER_MM = 0.02  # the peers' benchmark conversion: mu = 0.02 * (1 + HU / 1000) per mm
 BONE_HU = 200.0  # the peers' benchmark material split
@@ -60,8 +62,11 @@ def load_hu(workload: str, volumes_dir: str | None) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(make_chest_phantom(shape=shape, spacing_mm=spacing, seed=0).hu), "phantom"
 
 
-def materials(hu: torch.Tensor) -> torch.Tensor:
+def materials(hu: torch.Tensor, channels: int = 2) -> torch.Tensor:
+    """``(channels, X, Y, Z)`` 1/mm: bone and other tissue (2), or the attenuation alone (1), as the peers' script."""
     mu = (MU_WATER_PER_MM * (1 + hu.clamp(min=-1000) / 1000)).clamp(min=0)
+    if channels == 1:
+        return mu[None]
     bone = (hu > BONE_HU).float()
     return torch.stack([mu * bone, mu * (1 - bone)])
 
@@ -69,7 +74,7 @@ def materials(hu: torch.Tensor) -> torch.Tensor:
 def setup(workload: str, device: str, volumes_dir: str | None):
     spec = WORKLOADS[workload]
     hu, source = load_hu(workload, volumes_dir)
-    vols = torch.stack([materials(hu + 5.0 * b) for b in range(spec["batch"])]).to(device)
+    vols = torch.stack([materials(hu + 5.0 * b, spec["channels"]) for b in range(spec["batch"])]).to(device)
     shape = vols.shape[2:]
     affine = torch.diag(torch.tensor([*spec["spacing"], 1.0]))
     affine[:3, 3] = -torch.tensor(spec["spacing"]) * (torch.tensor(shape, dtype=torch.float32) - 1) / 2

@@ -83,6 +83,16 @@ def test_forward_matches_reference(case):
     _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
 
 
+@pytest.mark.parametrize("unroll", [2, 4])
+def test_unrolled_forward_matches_reference(unroll, monkeypatch):
+    """Several samples per loop iteration (an autotuned option on the GPU): rays whose sample counts are
+    not multiples of the unroll factor still stop at their last sample."""
+    volume, args, _ = _case(CASES[1], seed=2)
+    assert bool((args[4] % unroll != 0).any()), "the case must have sample counts that are not multiples"
+    monkeypatch.setattr(TritonBackend, "FORWARD_UNROLL", unroll)
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+
+
 @pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
 @pytest.mark.parametrize("case", CASES[:2], ids=["b1c1", "b2c3"])
 def test_adjoint_matches_reference(case, merge_runs, monkeypatch):
@@ -306,7 +316,7 @@ def test_kernels_compile_for_sm90():
         block_c = 1 << max(0, channels - 1).bit_length()
         common = {"BLOCK_R": 128, "BLOCK_C": block_c, "ACC": "tl." + {"fp32": "float32", "fp64": "float64"}[acc_type],
                   "VEC": vec, "TILE_W": tile_w}
-        specs.append({"module": module, "kernel": "march_forward_kernel", "constexprs": common,
+        specs.append({"module": module, "kernel": "march_forward_kernel", "constexprs": {**common, "UNROLL": 2},
                       "pointer_types": {**ints, "vol_ptr": "*" + vol_type}, "default_pointer": "*" + acc_type,
                       "aligned": aligned})
         specs.append({"module": module, "kernel": "march_adjoint_kernel", "constexprs": {**common, "MERGE_RUNS": merge},

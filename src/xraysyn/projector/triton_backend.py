@@ -37,8 +37,10 @@ _DEFAULT_NUM_WARPS = 4
 _BP_BLOCK_V = 256
 # Rays per program of the ray set-up kernel.
 _SETUP_BLOCK_R = 256
-# Launch configurations tried once per (channels, dtype) on the GPU: (rays per program, warps).
+# Launch configurations tried once per (rays, channels) on the GPU: (rays per program, warps), and for
+# the forward march also the samples per loop iteration (1, 2 or 4: more gathers in flight per thread).
 _TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
+_FORWARD_TUNING_CONFIGS = ((64, 2, 1), (128, 4, 1), (256, 8, 1), (64, 2, 2), (128, 4, 2), (256, 8, 2), (128, 4, 4))
 
 
 class TritonBackendInputError(ValueError):
@@ -77,7 +79,8 @@ def _kernels():
                         k.ray_setup_kernel)
         else:
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
-            fwd = triton.autotune(configs, key=["n_rays", "n_channels"])(k.march_forward_kernel)
+            fwd_configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
+            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels"])(k.march_forward_kernel)
             adj = triton.autotune(configs, key=["n_rays", "n_channels"], reset_to_zero=["grad_ptr"])(
                 k.march_adjoint_kernel)
             _KERNELS = (fwd, adj, True, k.backproject_gather_kernel, k.ray_setup_kernel)
@@ -214,11 +217,15 @@ class TritonBackend:
     scatter (same result up to float rounding order), for benchmarks. ``RAY_TILE_WIDTH`` (default
     8, so a 32-lane warp covers a 4 × 8 patch of pixels whose samples share cache sectors whatever
     the view direction) is the width of the 2-D detector tiles a program marches; 0 marches runs
-    of consecutive rays instead. Neither changes results, only memory locality.
+    of consecutive rays instead. Neither changes results, only memory locality. On the GPU the
+    launch configuration (rays per program, warps, samples per forward loop iteration) is
+    autotuned once per (rays, channels).
     """
 
     MERGE_RUNS = True
     RAY_TILE_WIDTH = 8
+    # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
+    FORWARD_UNROLL = 1
 
     @staticmethod
     def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0,
@@ -249,6 +256,8 @@ class TritonBackend:
         width, tile_w = _ray_tiling(r, detector_cols)
         args = (vol, out, *rays, r, width, *vol.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w}
+        if not tuned:
+            meta["UNROLL"] = int(TritonBackend.FORWARD_UNROLL)
         with _on(device):
             _launch(fwd, tuned, n, r, width, tile_w, args, meta)
         return out
