@@ -8,7 +8,9 @@ Cases (same volumes sizes, detectors and samples as benchmarks/projector.py's W1
 once outside the timed region, so these are the kernels alone):
   march-fwd                forward line integrals, all channels in one march
   march-adj[merged|naive]  volume adjoint with per-cell run merging / one atomic per sample
-  march-*[tilesW|runs]     2-D detector tiles W pixels wide (8 is the default) / runs of consecutive rays
+  march-*[tiles8|runs]     2-D detector tiles 8 pixels wide (the default) / runs of consecutive rays
+  march-fwd[bf16 volume]   the forward march reading a bfloat16 copy of the volume (float32 accumulation)
+  ray-setup[triton|torch]  the rays of every view: the one-launch kernel / the torch build_rays
   bp-gather / bp-torch     voxel-driven BP (eq. 7): the Triton gather kernel / the torch reference
   atten-fused / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
 ``gsamples_per_s`` counts ray samples (each reads 8 corners × C channels); ``gather_gb_per_s``
@@ -34,6 +36,7 @@ WORKLOADS = {  # as in benchmarks/projector.py
     "smoke": {"batch": 2, "shape": (12, 10, 8), "spacing": (5.0, 6.0, 7.0), "detector": 16, "pixel": 6.0,
               "samples": 6, "views": 2, "channels": 2},
 }
+TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide (the default) and runs of consecutive rays
 # channels: bone and soft tissue for W1, the attenuation alone for W2, as in the peers' benchmark
 
 
@@ -66,6 +69,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     from xraysyn.projector import backproject, build_rays
     from xraysyn.projector.triton_backend import TritonBackend
     from xraysyn.projector.triton_backend import backproject as bp_gather
+    from xraysyn.projector.triton_backend import build_rays as triton_build_rays
 
     spec = WORKLOADS[name]
     shape, b, channels = spec["shape"], spec["batch"], spec["channels"]
@@ -96,7 +100,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     def adjoint():
         return TritonBackend.adjoint(grad, volume.shape, *ray_args)
 
-    for tile in (8, 16, 0):
+    for tile in TILE_WIDTHS:
         TritonBackend.RAY_TILE_WIDTH = tile
         label = f"tiles{tile}" if tile else "runs"
         emit(f"march-fwd[{label}]", timed(forward))
@@ -104,6 +108,11 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
             TritonBackend.MERGE_RUNS = merge
             emit(f"march-adj[{'merged' if merge else 'naive'},{label}]", timed(adjoint))
     TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
+    half = volume.to(torch.bfloat16)
+    emit("march-fwd[bf16 volume]", timed(lambda: TritonBackend.forward(half, *ray_args)))
+    sampling = {"num_samples": spec["samples"]}
+    emit("ray-setup[triton]", timed(lambda: triton_build_rays(poses, affines, shape, geometry, **sampling)), None)
+    emit("ray-setup[torch]", timed(lambda: build_rays(poses, affines, shape, geometry, **sampling)), None)
 
     images = torch.rand(b, channels, *geometry.detector_shape, generator=gen).to(device)
     first = poses[:: spec["views"]]

@@ -57,6 +57,12 @@ def _check_spatial_shape(shape) -> tuple[int, int, int]:
     return d, h, w
 
 
+def _on_host(small: torch.Tensor) -> torch.Tensor:
+    """A detached CPU copy of a small tensor (poses, affines): its checks then cost one transfer
+    instead of several tiny GPU launches and synchronisations."""
+    return small.detach().cpu()
+
+
 def _prepare_affines(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
     a = torch.as_tensor(world_from_voxel, dtype=dtype, device=device)
     if a.dim() == 2:
@@ -68,7 +74,7 @@ def _prepare_affines(world_from_voxel, batch: int, dtype, device) -> torch.Tenso
     if a.shape[0] != batch:
         raise ProjectorInputError(f"world_from_voxel has {a.shape[0]} affines for a batch of {batch} volumes")
     try:
-        validate_affine(a)
+        validate_affine(_on_host(a))
     except ValueError as exc:
         raise ProjectorInputError(str(exc)) from None
     return a
@@ -84,9 +90,10 @@ def _prepare_poses(poses, batch: int, dtype, device) -> torch.Tensor:
         raise ProjectorInputError(
             f"poses must hold V views for each of the {batch} volumes (N = B * V), got N = {p.shape[0]}"
         )
-    if not torch.isfinite(p).all():
+    host = _on_host(p)
+    if not torch.isfinite(host).all():
         raise ProjectorInputError("poses contain non-finite values")
-    rot = p[:, :3, :3].detach()
+    rot = host[:, :3, :3]
     eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
     err = (rot @ rot.transpose(-1, -2) - eye).abs().amax()
     if err > _ORTHONORMAL_TOL:
@@ -102,7 +109,7 @@ def _prepare_isocenter(isocenter, batch: int, dtype, device):
         c = c.unsqueeze(0)
     if c.shape[-1] != 3 or c.dim() != 2 or c.shape[0] not in (1, batch):
         raise ProjectorInputError(f"isocenter must have shape (3,) or (B, 3), got {tuple(c.shape)}")
-    if not torch.isfinite(c).all():
+    if not torch.isfinite(_on_host(c)).all():
         raise ProjectorInputError("isocenter contains non-finite values")
     return c.expand(batch, 3)
 
