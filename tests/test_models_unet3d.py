@@ -113,8 +113,8 @@ def test_spatial_size_must_be_divisible():
         model(torch.zeros(1, 2, 16, 16, 16))
 
 
-@pytest.mark.parametrize("kwargs", [dict(widths=()), dict(widths=(8, 0)), dict(norm="group"),
-                                    dict(in_channels=0), dict(negative_slope=-1.0)])
+@pytest.mark.parametrize("kwargs", [{"widths": ()}, {"widths": (8, 0)}, {"norm": "group"},
+                                    {"in_channels": 0}, {"negative_slope": -1.0}])
 def test_bad_config_is_one_value_error(kwargs):
     with pytest.raises(ValueError):
         PriorNetConfig(**kwargs)

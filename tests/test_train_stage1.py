@@ -84,10 +84,10 @@ def test_config_geometry_covers_field_of_view():
     assert config.adam_betas == (0.5, 0.9) and config.learning_rate == 1e-4 and config.max_angle_deg == 18.0
 
 
-@pytest.mark.parametrize("kwargs, word", [(dict(projector_backend="numba"), "projector_backend"),
-                                          (dict(num_samples=8, step_mm=1.0), "at most one"),
-                                          (dict(model_preset="big"), "preset"),
-                                          (dict(max_angle_deg=95.0), "max_angle_deg")])
+@pytest.mark.parametrize("kwargs, word", [({"projector_backend": "numba"}, "projector_backend"),
+                                          ({"num_samples": 8, "step_mm": 1.0}, "at most one"),
+                                          ({"model_preset": "big"}, "preset"),
+                                          ({"max_angle_deg": 95.0}, "max_angle_deg")])
 def test_config_errors(kwargs, word):
     with pytest.raises(ValueError, match=word):
         Stage1Config(**kwargs)

@@ -10,6 +10,13 @@ from xraysyn.models.normalization import (
 from xraysyn.models.unet3d import NORMS, PriorNet3D, PriorNetConfig, PriorNetInputError
 
 __all__ = [
-    "AIR_HU", "DENSE_BONE_HU", "HUScale", "mask_probability_from_tanh", "mask_tanh_from_probability",
-    "NORMS", "PriorNet3D", "PriorNetConfig", "PriorNetInputError",
+    "AIR_HU",
+    "DENSE_BONE_HU",
+    "NORMS",
+    "HUScale",
+    "PriorNet3D",
+    "PriorNetConfig",
+    "PriorNetInputError",
+    "mask_probability_from_tanh",
+    "mask_tanh_from_probability",
 ]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["NORMS", "PriorNetConfig", "PriorNet3D", "PriorNetInputError"]
+__all__ = ["NORMS", "PriorNet3D", "PriorNetConfig", "PriorNetInputError"]
 
 #: Normalisation layers a :class:`PriorNetConfig` can name.
 NORMS = ("batch", "instance", "none")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Stage1LossWeights", "ct_loss", "mask_loss", "xray_view_loss", "stage1_generator_loss"]
+__all__ = ["Stage1LossWeights", "ct_loss", "mask_loss", "stage1_generator_loss", "xray_view_loss"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Stage1LossWeights:
 
 def _check_pair(prediction: torch.Tensor, target: torch.Tensor, name: str) -> None:
     if not isinstance(prediction, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise ValueError(f"{name}: prediction and target must be tensors")
+        raise ValueError(f"{name}: prediction and target must be tensors")  # noqa: TRY004 (project convention: ValueError)
     if prediction.shape != target.shape:
         raise ValueError(f"{name}: prediction shape {tuple(prediction.shape)} differs from target shape "
                          f"{tuple(target.shape)}")
@@ -92,5 +92,5 @@ def stage1_generator_loss(weights: Stage1LossWeights, *, ct: torch.Tensor, mask:
                           xray_t: torch.Tensor, xray_t_prime: torch.Tensor) -> torch.Tensor:
     """L_G of eq. 9 (scalar) from the already computed terms (scalars)."""
     if not isinstance(weights, Stage1LossWeights):
-        raise ValueError(f"weights must be a Stage1LossWeights, got {type(weights).__name__}")
+        raise ValueError(f"weights must be a Stage1LossWeights, got {type(weights).__name__}")  # noqa: TRY004 (project convention: ValueError)
     return weights.ct * ct + weights.mask * mask + weights.xray * (xray_t + xray_t_prime)

@@ -30,9 +30,21 @@ import torch
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.models.normalization import HUScale, mask_probability_from_tanh
 from xraysyn.models.unet3d import PriorNet3D, PriorNetConfig
-from xraysyn.physics import CT2XrayResult, MaterialTable, ct2xray, default_drr_energy_keV, linear_attenuation_per_mm
+from xraysyn.physics import (
+    CT2XrayResult,
+    MaterialTable,
+    ct2xray,
+    default_drr_energy_keV,
+    linear_attenuation_per_mm,
+)
 from xraysyn.projector import backproject
-from xraysyn.train.losses import Stage1LossWeights, ct_loss, mask_loss, stage1_generator_loss, xray_view_loss
+from xraysyn.train.losses import (
+    Stage1LossWeights,
+    ct_loss,
+    mask_loss,
+    stage1_generator_loss,
+    xray_view_loss,
+)
 
 __all__ = [
     "PAPER_MAX_ANGLE_DEG",
@@ -45,6 +57,7 @@ __all__ = [
     "reference_attenuation_per_mm",
     "sample_view_angles",
     "simulate_targets",
+    "split_views",
     "stage1_step",
 ]
 
@@ -116,9 +129,9 @@ class Stage1Config:
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         object.__setattr__(self, "adam_betas", betas)
         if not isinstance(self.loss_weights, Stage1LossWeights):
-            raise ValueError(f"loss_weights must be a Stage1LossWeights, got {type(self.loss_weights).__name__}")
+            raise ValueError(f"loss_weights must be a Stage1LossWeights, got {type(self.loss_weights).__name__}")  # noqa: TRY004 (project convention: ValueError)
         if not isinstance(self.hu_scale, HUScale):
-            raise ValueError(f"hu_scale must be a HUScale, got {type(self.hu_scale).__name__}")
+            raise ValueError(f"hu_scale must be a HUScale, got {type(self.hu_scale).__name__}")  # noqa: TRY004 (project convention: ValueError)
         self.geometry()  # validates sdd/sid
 
     def geometry(self) -> ConeBeamGeometry:
