@@ -11,6 +11,8 @@ once outside the timed region, so these are the kernels alone):
   march-*[tiles8|runs]     2-D detector tiles 8 pixels wide (the default) / runs of consecutive rays
   march-fwd[bf16 volume]   the forward march reading a bfloat16 copy of the volume (float32 accumulation)
   ray-setup[triton|torch]  the rays of every view: the one-launch kernel / the torch build_rays
+  gather-only              the forward's access pattern with no interpolation arithmetic (8 corner loads
+                           per sample, summed): the gather throughput limit the forward is compared to
   bp-gather / bp-torch     voxel-driven BP (eq. 7): the Triton gather kernel / the torch reference
   atten-fused / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
 ``gsamples_per_s`` counts ray samples (each reads 8 corners × C channels); ``gather_gb_per_s``
@@ -38,6 +40,28 @@ WORKLOADS = {  # as in benchmarks/projector.py
 }
 TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide (the default) and runs of consecutive rays
 # channels: bone and soft tissue for W1, the attenuation alone for W2, as in the peers' benchmark
+
+
+def _gather_limit(volume, rays, detector_cols: int, timed) -> tuple[float, dict]:
+    """Best time (ms) of the gather-only kernel over a few launch configurations, and that configuration."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gather_only_kernel import gather_only_kernel as kernel
+
+    b, c, d, h, w = volume.shape
+    vol = volume.permute(0, 2, 3, 4, 1).contiguous()  # channels-last, as the backend marches it
+    n, r = rays.t_near.shape
+    out = torch.empty(n, r, c, device=volume.device)
+    args = (vol, out, rays.origin.contiguous(), rays.direction.contiguous(), rays.t_near.contiguous(),
+            rays.delta.contiguous(), rays.n_samples.to(torch.int32).contiguous(), rays.volume_index, r,
+            detector_cols, d, h, w, d * h * w, h * w, w, 1)
+    best = (float("inf"), {})
+    for block_r, warps in ((64, 2), (128, 4), (256, 8)):
+        tile_w = 8
+        grid = (-(-detector_cols // tile_w) * -(-(r // detector_cols) // (block_r // tile_w)), n)
+        ms = timed(lambda: kernel[grid](*args, BLOCK_R=block_r, C=c, TILE_W=tile_w, num_warps=warps))
+        if ms < best[0]:
+            best = (ms, {"BLOCK_R": block_r, "num_warps": warps})
+    return best
 
 
 def _timer(device: torch.device, reps: int):
@@ -108,6 +132,9 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
             TritonBackend.MERGE_RUNS = merge
             emit(f"march-adj[{'merged' if merge else 'naive'},{label}]", timed(adjoint))
     TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
+    if device.type == "cuda" and channels & (channels - 1) == 0:
+        limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed)
+        emit(f"gather-only[{config['BLOCK_R']}x{config['num_warps']}]", limit_ms)
     half = volume.to(torch.bfloat16)
     emit("march-fwd[bf16 volume]", timed(lambda: TritonBackend.forward(half, *ray_args)))
     sampling = {"num_samples": spec["samples"]}

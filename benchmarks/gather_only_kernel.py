@@ -1,0 +1,44 @@
+"""A reference kernel with the forward march's memory access pattern and none of its arithmetic.
+
+Same rays, same program-to-ray mapping and 2-D detector tiles, same 8 corner loads per sample
+(channels-last vectors) as ``xraysyn.projector.triton_kernels.march_forward_kernel``, but the corners
+are summed without trilinear weights. Its samples/s is the gather throughput this access pattern can
+reach on the GPU: the "limit" ``benchmarks/gpu_kernels.py`` compares the forward march to.
+Imported lazily (after ``TRITON_INTERPRET`` is decided), like the library's own kernels.
+"""
+
+import triton
+import triton.language as tl
+
+from xraysyn.projector.triton_kernels import _cell, _gather, _load_rays, _ray_block
+
+
+@triton.jit
+def gather_only_kernel(vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
+                       n_rays, width, size_d, size_h, size_w, s_vb, s_vd, s_vh, s_vw,
+                       BLOCK_R: tl.constexpr, C: tl.constexpr, TILE_W: tl.constexpr):
+    """``out[n, r, c] = Σ_s Σ_corners volume[c, corner(p_s)]`` for contiguous ray tensors."""
+    view = tl.program_id(1)
+    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
+    chan = tl.arange(0, C)[None, :]
+    vol = vol_ptr + tl.load(vidx_ptr + view).to(tl.int64) * s_vb * C
+    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
+        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
+        3, 1, n_rays * 3, 3, 1, n_rays, 1, n_rays, 1, n_rays, 1, tl.float32)
+    acc = tl.zeros([BLOCK_R, C], dtype=tl.float32)
+    for s in range(tl.max(ns, axis=0)):
+        t = t0 + (s + 0.5) * dt
+        iz, _fz = _cell(oz + t * dz, size_d, tl.float32)
+        iy, _fy = _cell(oy + t * dy, size_h, tl.float32)
+        ix, _fx = _cell(ox + t * dx, size_w, tl.float32)
+        live = ((s < ns) & ray_ok)[:, None]
+        base = iz * s_vd + iy * s_vh + ix * s_vw
+        acc += _gather(vol, base, chan, live, tl.float32, C)
+        acc += _gather(vol, base + s_vw, chan, live, tl.float32, C)
+        acc += _gather(vol, base + s_vh, chan, live, tl.float32, C)
+        acc += _gather(vol, base + s_vh + s_vw, chan, live, tl.float32, C)
+        acc += _gather(vol, base + s_vd, chan, live, tl.float32, C)
+        acc += _gather(vol, base + s_vd + s_vw, chan, live, tl.float32, C)
+        acc += _gather(vol, base + s_vd + s_vh, chan, live, tl.float32, C)
+        acc += _gather(vol, base + s_vd + s_vh + s_vw, chan, live, tl.float32, C)
+    tl.store(out_ptr + (view * n_rays + rays)[:, None] * C + chan, acc, mask=ray_ok[:, None])

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One GPU-machine session, everything in the same run so the ratios are honest:
+# the cuda-marked tests, the Triton kernel timings, the projector API (xraysyn vs naive baseline)
+# and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
+#
+#   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests kernels api peers step
+#
+# Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
+#   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
+#   .gpu/vols/   ct128.npy / ct256.npy from ../shared/bench/prepare_volumes.py (the example chest CT)
+#   .gpu/bench/  copies of ../shared/bench/peers_gpu.py and its torchio stub
+set -u
+OUT=${OUT:-/tmp/xraysyn-gpu}
+mkdir -p "$OUT"
+stages=${*:-tests api peers kernels step}
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
+export PYTHONPATH=$PWD/src:/tmp/site
+python3 - <<'PY' | tee "$OUT/env.json"
+import json, torch, triton
+p = torch.cuda.get_device_properties(0)
+print(json.dumps(dict(gpu=p.name, sms=p.multi_processor_count, l2_mib=getattr(p, "L2_cache_size", 0) / 2**20,
+                      torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda)))
+PY
+for stage in $stages; do
+  start=$(date +%s)
+  case $stage in
+    tests)   timeout 150 python3 -m pytest -q -p no:cacheprovider -m "cuda or not cuda" \
+               tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_ct2xray.py \
+               tests/test_projector_behaviour.py > "$OUT/tests.log" 2>&1; tail -5 "$OUT/tests.log" ;;
+    kernels) timeout 90 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
+    api)     { timeout 50 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+                 --impls naive-grid_sample,xraysyn --reps 10
+               timeout 50 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls xraysyn --reps 10; } 2>&1 | tee "$OUT/api.jsonl" ;;
+    peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \
+               timeout 80 python3 .gpu/bench/peers_gpu.py nanodrr flashdrr 2>&1 | tee "$OUT/peers.jsonl" ;;
+    step)    [ -f benchmarks/train_step.py ] && timeout 150 python3 benchmarks/train_step.py --device cuda 2>&1 | tee "$OUT/step.jsonl" ;;
+  esac
+  echo "stage $stage: $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
+done
