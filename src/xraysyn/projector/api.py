@@ -134,6 +134,14 @@ def _triton_backend():
     return triton_backend if triton_backend.available() else None
 
 
+def _ray_builder(chosen):
+    """``build_rays`` of the chosen backend: the Triton backend (used only without ray gradients) sets
+    up all rays in one kernel launch; the others use the differentiable torch ``build_rays``."""
+    if chosen is not None and chosen.__name__ == "TritonBackend":
+        return _triton_backend().build_rays
+    return build_rays
+
+
 def _select_backend(backend: str, device: torch.device, ray_grad: bool):
     if backend not in BACKENDS:
         raise ProjectorInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -216,10 +224,7 @@ def forward_project(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
     chosen = _select_backend(backend, volume.device, ray_grad)
-    ray_builder = build_rays
-    if chosen is not None and chosen.__name__ == "TritonBackend":  # no ray gradients: one-launch ray set-up
-        ray_builder = _triton_backend().build_rays
-    rays = ray_builder(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
+    rays = _ray_builder(chosen)(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
     out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
                          rays.volume_index, float(memory_budget_mib), chosen)
     rows, cols = geometry.detector_shape
@@ -271,7 +276,8 @@ def forward_project_adjoint(
     iso = _prepare_isocenter(isocenter, num_volumes, dtype, images.device)
     chosen = _select_backend(backend, images.device, ray_grad=False)
     with torch.no_grad():
-        rays = build_rays(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
+        rays = _ray_builder(chosen)(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
+                                    isocenter=iso)
     n, c = images.shape[:2]
     grad = images.to(dtype).reshape(n, c, -1).permute(0, 2, 1).contiguous()
     adjoint = chosen.adjoint if chosen is not None else march_adjoint
