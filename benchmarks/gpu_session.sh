@@ -3,7 +3,8 @@
 # the cuda-marked tests, the Triton kernel timings, the projector API (xraysyn vs naive baseline)
 # and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
 #
-#   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests kernels api peers step
+#   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests, the kernels'
+#                                                                   files only) api peers kernels step
 #
 # Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
@@ -28,6 +29,9 @@ for stage in $stages; do
     tests)   timeout 150 python3 -m pytest -q -p no:cacheprovider -m "cuda or not cuda" \
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_ct2xray.py \
                tests/test_projector_behaviour.py > "$OUT/tests.log" 2>&1; tail -5 "$OUT/tests.log" ;;
+    gputests) timeout 100 python3 -m pytest -q -p no:cacheprovider -m "cuda or not cuda" \
+               tests/test_projector_triton.py tests/test_physics_fused.py > "$OUT/tests.log" 2>&1
+             tail -5 "$OUT/tests.log" ;;
     kernels) timeout 90 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
     api)     { timeout 50 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls naive-grid_sample,xraysyn --reps 10
