@@ -128,3 +128,18 @@ def test_empty_detector_and_sdd_le_sid_rejected_by_geometry():
         ConeBeamGeometry(detector_shape=(0, 0))
     with pytest.raises(ValueError, match="larger than sid"):
         ConeBeamGeometry(sdd=500.0, sid=1000.0)
+
+
+def test_numba_backend_keeps_torch_thread_count():
+    """numba's OpenMP layer shares torch's thread pool setting; a projection must not change it."""
+    pytest.importorskip("numba")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 6), pixel_spacing=5.0)
+        volume = torch.rand(1, 1, 6, 6, 6, requires_grad=True)
+        forward_project(volume, torch.eye(4), geometry.poses(torch.tensor([10.0])), geometry,
+                        backend="numba").sum().backward()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -11,6 +11,8 @@ Selected automatically for CPU tensors when numba is importable; the torch refer
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import numpy as np
@@ -134,6 +136,22 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """Restore torch's intra-op thread count after a parallel numba kernel.
+
+    With numba's OpenMP threading layer, a parallel region sets the OpenMP thread count that torch
+    shares (same libgomp), so without this a user's ``torch.set_num_threads(n)`` silently changes
+    after the first projection.
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 class NumbaBackend:
     """Forward and adjoint with the signatures of the reference ``march_forward`` / ``march_adjoint``."""
 
@@ -141,9 +159,10 @@ class NumbaBackend:
     def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0):
         vol = volume.detach().permute(0, 2, 3, 4, 1).contiguous()  # channels last: one cache line per corner
         out = torch.zeros(*t_near.shape, volume.shape[1], dtype=volume.dtype)
-        _forward_kernel(vol.numpy(), _np(origin.to(volume.dtype)), _np(direction.to(volume.dtype)),
-                        _np(t_near.to(volume.dtype)), _np(delta.to(volume.dtype)), _np(n_samples),
-                        _np(volume_index), out.numpy())
+        with _torch_threads_kept():
+            _forward_kernel(vol.numpy(), _np(origin.to(volume.dtype)), _np(direction.to(volume.dtype)),
+                            _np(t_near.to(volume.dtype)), _np(delta.to(volume.dtype)), _np(n_samples),
+                            _np(volume_index), out.numpy())
         return out
 
     @staticmethod
@@ -162,6 +181,7 @@ class NumbaBackend:
             _adjoint_rays(*args, acc[0], 0, total)
             summed = acc[0]
         else:
-            _adjoint_kernel_private(*args, acc)
+            with _torch_threads_kept():
+                _adjoint_kernel_private(*args, acc)
             summed = acc.sum(axis=0)
         return torch.from_numpy(np.ascontiguousarray(summed)).permute(0, 4, 1, 2, 3).contiguous()
