@@ -57,6 +57,14 @@ def _check_spatial_shape(shape) -> tuple[int, int, int]:
     return d, h, w
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or ±inf in ``t``: one min/max reduction (NaN propagates), no full-size temporary."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def _on_host(small: torch.Tensor) -> torch.Tensor:
     """A detached CPU copy of a small tensor (poses, affines): its checks then cost one transfer
     instead of several tiny GPU launches and synchronisations."""
@@ -214,7 +222,7 @@ def forward_project(
         raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
     spatial = _check_spatial_shape(volume.shape[2:])
     dtype = _compute_dtype(volume.dtype)
-    if not torch.isfinite(volume).all():
+    if not _all_finite(volume):
         raise ProjectorInputError("volume contains non-finite values (NaN or inf)")
     vol = volume.to(dtype)
     affines = _prepare_affines(world_from_voxel, b, dtype, volume.device)
@@ -349,7 +357,7 @@ def backproject(
         )
     if not isinstance(memory_budget_mib, (int, float)) or not memory_budget_mib > 0:
         raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
-    if not torch.isfinite(images).all():
+    if not _all_finite(images):
         raise ProjectorInputError("images contain non-finite values")
     spatial = _check_spatial_shape(volume_shape)
     b, c, rows, cols = images.shape
