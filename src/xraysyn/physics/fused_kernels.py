@@ -5,7 +5,7 @@ handles ``BLOCK_P`` pixels (flattened over images and detector positions), unrol
 materials and the ``N_CHUNKS`` chunks of ``BLOCK_E`` energies (both compile-time), and keeps an
 online log-sum-exp (forward) or an accumulated softmax-weighted μ/ρ (backward) per pixel. Every
 tile is two-dimensional ``(BLOCK_P, BLOCK_E)``: a three-dimensional ``(P, M, E)`` formulation
-passed Triton's interpreter but gave wrong sums when compiled by Triton 3.6 on an H200. Float32
+passed Triton's interpreter but gave wrong values when compiled by Triton 3.6 on an H200. Float32
 throughout.
 """
 
