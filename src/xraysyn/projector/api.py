@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -98,12 +99,11 @@ def _prepare_poses(poses, batch: int, dtype, device) -> torch.Tensor:
         raise ProjectorInputError(
             f"poses must hold V views for each of the {batch} volumes (N = B * V), got N = {p.shape[0]}"
         )
-    host = _on_host(p)
-    if not torch.isfinite(host).all():
+    host = _on_host(p).to(torch.float64).numpy()
+    if not np.isfinite(host).all():
         raise ProjectorInputError("poses contain non-finite values")
     rot = host[:, :3, :3]
-    eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-    err = (rot @ rot.transpose(-1, -2) - eye).abs().amax()
+    err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max()
     if err > _ORTHONORMAL_TOL:
         raise ProjectorInputError(f"pose rotation blocks must be orthonormal (max deviation {float(err):.2e})")
     return p
@@ -117,7 +117,7 @@ def _prepare_isocenter(isocenter, batch: int, dtype, device):
         c = c.unsqueeze(0)
     if c.shape[-1] != 3 or c.dim() != 2 or c.shape[0] not in (1, batch):
         raise ProjectorInputError(f"isocenter must have shape (3,) or (B, 3), got {tuple(c.shape)}")
-    if not torch.isfinite(_on_host(c)).all():
+    if not np.isfinite(_on_host(c).to(torch.float64).numpy()).all():
         raise ProjectorInputError("isocenter contains non-finite values")
     return c.expand(batch, 3)
 
