@@ -257,6 +257,36 @@ def test_one_launch_ray_setup_matches_build_rays(dtype, sampling):
     assert getattr(actual.volume_index, "_xraysyn_index_bound") == 2  # lets the march skip its device check
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_public_api_passes_low_precision_volumes_to_the_kernels(dtype, monkeypatch):
+    """``forward_project(..., backend="triton")`` hands fp16/bf16 volumes to the kernels as stored: the
+    line integrals equal those of the upcast volume (float32 output) and the gradient, in the volume's
+    dtype, is the float32 adjoint rounded once."""
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(7, 9), pixel_spacing=6.0)
+    affine = _affine((3.0, 2.5, 3.5)).to(DEVICE)
+    poses = geometry.poses(torch.tensor([0.0, 40.0]), torch.tensor([5.0, -15.0])).to(DEVICE)
+    low = torch.rand(2, 2, 9, 10, 8, device=DEVICE).to(dtype).requires_grad_(True)
+    upcast = low.detach().float().requires_grad_(True)
+    weights = torch.rand(2, 2, 7, 9, device=DEVICE)
+    seen = []
+    kernel_forward = TritonBackend.forward
+
+    def spy(volume, *args, **kwargs):
+        seen.append(volume.dtype)
+        return kernel_forward(volume, *args, **kwargs)
+
+    monkeypatch.setattr(TritonBackend, "forward", staticmethod(spy))
+    out_low = forward_project(low, affine, poses, geometry, backend="triton")
+    assert seen == [dtype], "the kernels must receive the volume as stored, not an upcast copy"
+    out_ref = forward_project(upcast, affine, poses, geometry, backend="reference")
+    assert out_low.dtype == torch.float32
+    _assert_close(out_low, out_ref)
+    (out_low * weights).sum().backward()
+    (out_ref * weights).sum().backward()
+    assert low.grad.dtype == dtype
+    _assert_close(low.grad.float(), upcast.grad.to(dtype).float(), rtol=1e-2)
+
+
 def test_bad_inputs_raise_one_clear_error(monkeypatch):
     volume, args, _ = _case(CASES[0])
     origin, direction, t_near, delta, n_samples, volume_index = args

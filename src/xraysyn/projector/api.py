@@ -224,7 +224,6 @@ def forward_project(
     dtype = _compute_dtype(volume.dtype)
     if not _all_finite(volume):
         raise ProjectorInputError("volume contains non-finite values (NaN or inf)")
-    vol = volume.to(dtype)
     affines = _prepare_affines(world_from_voxel, b, dtype, volume.device)
     pose_t = _prepare_poses(poses, b, dtype, volume.device)
     iso = _prepare_isocenter(isocenter, b, dtype, volume.device)
@@ -232,6 +231,10 @@ def forward_project(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
     chosen = _select_backend(backend, volume.device, ray_grad)
+    # the Triton kernels read fp16/bf16 volumes as stored (half the bytes to gather) and accumulate in
+    # float32; the other backends get a float32 copy
+    reads_low_precision = chosen is not None and chosen.__name__ == "TritonBackend"
+    vol = volume if reads_low_precision and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
     rays = _ray_builder(chosen)(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
     out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
                          rays.volume_index, float(memory_budget_mib), chosen)

@@ -214,7 +214,7 @@ class RayMarch(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             adjoint_fn = ctx.backend.adjoint if ctx.backend is not None else march_adjoint
             g_vol = adjoint_fn(grad_out, volume.shape, origin, direction, t_near, delta, n_samples, volume_index,
-                               ctx.memory_budget_mib)
+                               ctx.memory_budget_mib).to(volume.dtype)  # fp16/bf16 volumes: float32 adjoint, cast
         if any(ctx.needs_input_grad[1:5]):
             g_o, g_d, g_tn, g_dl = _ray_parameter_grads(grad_out, volume, origin, direction, t_near, delta,
                                                         n_samples, volume_index, ctx.memory_budget_mib)
