@@ -9,6 +9,8 @@ once outside the timed region, so these are the kernels alone):
   march-fwd                forward line integrals, all channels in one march
   march-adj[merged|naive]  volume adjoint with per-cell run merging / one atomic per sample
   march-*[tiles8|runs]     2-D detector tiles 8 pixels wide (the default) / runs of consecutive rays
+  march-adj[...,packedP]   the adjoint into packed corner slots (P = 2: x pairs, 4: x and y pairs in one
+                           16-byte vector atomic), summed into the gradient afterwards (included)
   march-fwd[bf16 volume]   the forward march reading a bfloat16 copy of the volume (float32 accumulation)
   ray-setup[triton|torch]  the rays of every view: the one-launch kernel / the torch build_rays
   gather-only              the forward's access pattern with no interpolation arithmetic (8 corner loads
@@ -132,6 +134,11 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
             TritonBackend.MERGE_RUNS = merge
             emit(f"march-adj[{'merged' if merge else 'naive'},{label}]", timed(adjoint))
     TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
+    for pack in (2, 4):
+        if channels * pack <= 4:
+            TritonBackend.ADJOINT_PACK = pack
+            emit(f"march-adj[merged,tiles8,packed{pack}]", timed(adjoint))
+    TritonBackend.ADJOINT_PACK = 1
     if device.type == "cuda" and channels & (channels - 1) == 0:
         limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed)
         emit(f"gather-only[{config['BLOCK_R']}x{config['num_warps']}]", limit_ms)

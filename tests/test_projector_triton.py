@@ -102,6 +102,27 @@ def test_adjoint_matches_reference(case, merge_runs, monkeypatch):
     _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
 
 
+@pytest.mark.parametrize("pack", [2, 4])
+@pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["b1c1", "b3c2"])
+def test_packed_adjoint_matches_reference(case, merge_runs, pack, monkeypatch):
+    """The packed adjoint (x / y neighbours of a corner in one vector atomic, slots summed afterwards)
+    gives the reference adjoint, faces and clamped samples included; C · pack is capped at 4 floats."""
+    from xraysyn.projector.triton_backend import _adjoint_pack
+
+    volume, args, _ = _case(case, seed=3)
+    channels = volume.shape[1]
+    grad = torch.rand(*args[2].shape, channels, device=DEVICE)
+    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", merge_runs)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", pack)
+    assert _adjoint_pack(channels, torch.float32) == min(pack, 4 // channels) > 1
+    result = TritonBackend.adjoint(grad, volume.shape, *args)
+    expected = march_adjoint(grad, volume.shape, *args)
+    assert bool((expected[..., -1, :] != 0).any()) and bool((expected[..., :, -1] != 0).any()), \
+        "the rays must reach the last row and column, where the packed slots of the neighbours land"
+    _assert_close(result, expected)
+
+
 @pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
 def test_adjoint_identity_float64(merge_runs, monkeypatch):
     """<FP v, w> = <v, FPᵀ w> to float64 round-off: the adjoint is the exact transpose."""
@@ -336,8 +357,10 @@ def test_backproject_gather_central_ray_closed_form():
     torch.testing.assert_close(central, expected.expand_as(central), rtol=1e-6, atol=0)
 
 
-# (volume dtype, accumulator, channels, VEC, TILE_W, merge runs) compiled for sm_90 without a GPU
-COMPILE_VARIANTS = [("fp32", "fp32", 2, 2, 16, True), ("fp16", "fp32", 3, 1, 0, False), ("fp64", "fp64", 1, 1, 16, True)]
+# (volume dtype, accumulator, channels, VEC, TILE_W, merge runs, adjoint PACK) compiled for sm_90 without a GPU
+COMPILE_VARIANTS = [("fp32", "fp32", 2, 2, 16, True, 1), ("fp16", "fp32", 3, 1, 0, False, 1),
+                    ("fp64", "fp64", 1, 1, 16, True, 1), ("fp32", "fp32", 2, 2, 8, True, 2),
+                    ("fp32", "fp32", 1, 1, 8, True, 4)]
 
 
 def test_kernels_compile_for_sm90():
@@ -349,14 +372,16 @@ def test_kernels_compile_for_sm90():
     ints = {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}
     aligned = ["vol_ptr", "grad_ptr", "out_ptr", "s_vb", "s_vd", "s_vh"]
     specs = []
-    for vol_type, acc_type, channels, vec, tile_w, merge in COMPILE_VARIANTS:
+    for vol_type, acc_type, channels, vec, tile_w, merge, pack in COMPILE_VARIANTS:
         block_c = 1 << max(0, channels - 1).bit_length()
         common = {"BLOCK_R": 128, "BLOCK_C": block_c, "ACC": "tl." + {"fp32": "float32", "fp64": "float64"}[acc_type],
                   "VEC": vec, "TILE_W": tile_w}
         specs.append({"module": module, "kernel": "march_forward_kernel", "constexprs": {**common, "UNROLL": 2},
                       "pointer_types": {**ints, "vol_ptr": "*" + vol_type}, "default_pointer": "*" + acc_type,
                       "aligned": aligned})
-        specs.append({"module": module, "kernel": "march_adjoint_kernel", "constexprs": {**common, "MERGE_RUNS": merge},
+        adjoint_vec = vec if pack == 1 else channels * pack
+        specs.append({"module": module, "kernel": "march_adjoint_kernel",
+                      "constexprs": {**common, "VEC": adjoint_vec, "MERGE_RUNS": merge, "PACK": pack},
                       "pointer_types": ints, "default_pointer": "*" + acc_type, "aligned": aligned})
         specs.append({"module": module, "kernel": "backproject_gather_kernel",
                       "constexprs": {"BLOCK_V": 256, "BLOCK_C": block_c, "ACC": common["ACC"]},
@@ -369,7 +394,14 @@ def test_kernels_compile_for_sm90():
         atomics = re.findall(r"\b(?:red|atom)\.global\.[\w.]+", adjoint)
         assert atomics and all(".gpu.relaxed.add." in a for a in atomics), (variant, set(atomics))
         if variant[3] == 2:
-            assert "ld.global.v2" in forward and all(a.endswith(".v2.f32") for a in atomics), (variant, set(atomics))
+            assert "ld.global.v2" in forward, variant
+        if variant[6] == 1 and variant[3] == 2:
+            assert all(a.endswith(".v2.f32") for a in atomics), (variant, set(atomics))
+        if variant[6] > 1:  # packed adjoint: 16-byte vector atomics, 8 / PACK per cell flush
+            assert all(a.endswith(".v4.f32") for a in atomics), (variant, set(atomics))
+            plain = ptx[3 * COMPILE_VARIANTS.index(("fp32", "fp32", 2, 2, 16, True, 1)) + 1]
+            plain_count = len(re.findall(r"\b(?:red|atom)\.global\.", plain))
+            assert len(atomics) * variant[6] == plain_count, (variant, len(atomics), plain_count)
 
 
 # ------------------------------------------------------------------------------------------ GPU
@@ -393,6 +425,15 @@ def test_cuda_forward_and_adjoint_match_reference(merge_runs, monkeypatch):
     grad = torch.rand(*rays.t_near.shape, volume.shape[1], device="cuda")
     _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
     _assert_close(TritonBackend.forward(volume.half(), *args), march_forward(volume.half().float(), *args), 1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels, pack", [(2, 2), (1, 2), (1, 4)])
+def test_cuda_packed_adjoint_matches_reference(channels, pack, monkeypatch):
+    volume, args, rays = _gpu_case(seed=4, c=channels)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", pack)
+    grad = torch.rand(*rays.t_near.shape, channels, device="cuda")
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
 
 
 @pytest.mark.cuda

@@ -39,6 +39,8 @@ _DEFAULT_BLOCK_R = 128
 _DEFAULT_NUM_WARPS = 4
 # Voxels per program of the backprojection gather kernel.
 _BP_BLOCK_V = 256
+# Widest float32 vector atomic (16 bytes, sm_90) the packed adjoint builds.
+_PACKED_VECTOR_FLOATS = 4
 # Rays per program of the ray set-up kernel.
 _SETUP_BLOCK_R = 256
 # Launch configurations tried once per (rays, channels) on the GPU: (rays per program, warps), and for
@@ -229,6 +231,12 @@ class TritonBackend:
 
     MERGE_RUNS = True
     RAY_TILE_WIDTH = 8
+    # Corner slots per voxel and channel of the adjoint's atomics: 1 = scatter into the gradient
+    # volume (8 atomics per cell, the measured default); 2 or 4 = a packed buffer taking the x (and
+    # y) neighbours of a corner in the same vector atomic (4 or 2 per cell), summed up afterwards.
+    # Same values; fewer atomic requests, more memory (C · pack floats per voxel); float32 only, and
+    # capped so that C · pack <= 4 floats. Not yet timed on a GPU.
+    ADJOINT_PACK = 1
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
     FORWARD_UNROLL = 1
 
@@ -290,21 +298,51 @@ class TritonBackend:
         if tuple(grad_out.shape) != (n, r, c):
             raise TritonBackendInputError(f"grad_out must have shape {(n, r, c)}, got {tuple(grad_out.shape)}")
         acc_dtype = _acc_torch_dtype(grad_out.dtype)
-        buffer = torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device)
-        grad = buffer.permute(0, 4, 1, 2, 3)
         if n == 0 or r == 0:
-            return grad
+            return torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device).permute(0, 4, 1, 2, 3)
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         _, adj, tuned, *_ = _kernels()
-        vec, grad_strides = _volume_strides(grad)
         width, tile_w = _ray_tiling(r, detector_cols)
+        pack = _adjoint_pack(c, acc_dtype)
+        if pack > 1:  # packed corner slots: (B, D, H, W, C · pack), strides in voxels
+            buffer = torch.zeros(b, d, h, w, c * pack, dtype=acc_dtype, device=device)
+            vec, grad_strides = c * pack, (d * h * w, 1, h * w, w, 1)
+        else:
+            buffer = torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device)
+            vec, grad_strides = _volume_strides(buffer.permute(0, 4, 1, 2, 3))
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype),
-                    "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w}
+                "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w, "PACK": pack}
         with _on(device):
             _launch(adj, tuned, n, r, width, tile_w, args, meta)
-        return grad
+        if pack > 1:
+            buffer = _unpack_corner_slots(buffer.view(b, d, h, w, c, pack))
+        return buffer.permute(0, 4, 1, 2, 3)
+
+
+def _adjoint_pack(channels: int, acc_dtype: torch.dtype) -> int:
+    """Corner slots per channel of the packed adjoint (1 = plain scatter); see ``ADJOINT_PACK``."""
+    want = int(TritonBackend.ADJOINT_PACK)
+    if want not in (1, 2, 4):
+        raise TritonBackendInputError(f"TritonBackend.ADJOINT_PACK must be 1, 2 or 4, got {want!r}")
+    if want == 1 or acc_dtype != torch.float32 or channels & (channels - 1):
+        return 1
+    while want > 1 and channels * want > _PACKED_VECTOR_FLOATS:
+        want //= 2
+    return want
+
+
+def _unpack_corner_slots(packed: torch.Tensor) -> torch.Tensor:
+    """``(B, D, H, W, C, P)`` packed slots → ``(B, D, H, W, C)`` gradient: slot ``2 · yo + xo`` of voxel
+    ``(z, y, x)`` belongs to voxel ``(z, y + yo, x + xo)``."""
+    pack = packed.shape[-1]
+    grad = packed[..., 0].clone()
+    grad[:, :, :, 1:] += packed[:, :, :, :-1, :, 1]
+    if pack == 4:
+        grad[:, :, 1:, :] += packed[:, :, :-1, :, :, 2]
+        grad[:, :, 1:, 1:] += packed[:, :, :-1, :-1, :, 3]
+    return grad
 
 
 def _on(device: torch.device):
