@@ -221,6 +221,19 @@ def _scatter_cell_packed(grad_ptr, cell, kk, gk, mask, s_gd, s_gh,
 
 
 @triton.jit
+def _add_cell(grad, cell, rows, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+              w000, w001, w010, w011, w100, w101, w110, w111,
+              VEC: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr):
+    """Add the weighted gradient of one cell per ray (rows where ``rows`` is true), plain or packed."""
+    if PACK > 1:
+        _scatter_cell_packed(grad, cell, kk, gk, rows[:, None] & slot_mask, s_vd, s_vh,
+                             w000, w001, w010, w011, w100, w101, w110, w111, PACK, K)
+    else:
+        _scatter_cell(grad, cell, chan_off, g, rows[:, None] & chan_mask, s_vd, s_vh, s_vw,
+                      w000, w001, w010, w011, w100, w101, w110, w111, VEC)
+
+
+@triton.jit
 def march_adjoint_kernel(
     grad_ptr, gout_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
     n_rays, width, size_d, size_h, size_w, n_channels,
@@ -264,10 +277,12 @@ def march_adjoint_kernel(
     else:
         chan_mask = chan_ok[None, :]
     kk = tl.arange(0, BLOCK_C * PACK)  # packed slots: channel kk // PACK
+    slot_mask = tl.full([1, BLOCK_C * PACK], 1, tl.int1)
     if PACK > 1:
         gk = tl.load(gout_ptr + view * s_gn + (rays * s_gr)[:, None] + ((kk // PACK) * s_gc)[None, :],
                      mask=ray_ok[:, None], other=0.0).to(ACC) * dt[:, None]  # (BLOCK_R, K)
-        slot_mask = tl.full([1, BLOCK_C * PACK], 1, tl.int1)
+    else:
+        gk = g
 
     zero = tl.zeros([BLOCK_R], dtype=ACC)
     a000 = zero
@@ -301,12 +316,8 @@ def march_adjoint_kernel(
             cell = tl.where(live, cell, -1)
             leaving = cell != prev
             flush = leaving & (prev >= 0)
-            if PACK > 1:
-                _scatter_cell_packed(grad, prev, kk, gk, flush[:, None] & slot_mask, s_vd, s_vh,
-                                     a000, a001, a010, a011, a100, a101, a110, a111, PACK, BLOCK_C * PACK)
-            else:
-                _scatter_cell(grad, prev, chan_off, g, flush[:, None] & chan_mask, s_vd, s_vh, s_vw,
-                              a000, a001, a010, a011, a100, a101, a110, a111, VEC)
+            _add_cell(grad, prev, flush, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+                      a000, a001, a010, a011, a100, a101, a110, a111, VEC, PACK, BLOCK_C * PACK)
             a000 = tl.where(leaving, zero, a000) + tl.where(live, w000, zero)
             a001 = tl.where(leaving, zero, a001) + tl.where(live, w001, zero)
             a010 = tl.where(leaving, zero, a010) + tl.where(live, w010, zero)
@@ -317,19 +328,11 @@ def march_adjoint_kernel(
             a111 = tl.where(leaving, zero, a111) + tl.where(live, w111, zero)
             prev = cell
         else:
-            if PACK > 1:
-                _scatter_cell_packed(grad, cell, kk, gk, live[:, None] & slot_mask, s_vd, s_vh,
-                                     w000, w001, w010, w011, w100, w101, w110, w111, PACK, BLOCK_C * PACK)
-            else:
-                _scatter_cell(grad, cell, chan_off, g, live[:, None] & chan_mask, s_vd, s_vh, s_vw,
-                              w000, w001, w010, w011, w100, w101, w110, w111, VEC)
+            _add_cell(grad, cell, live, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+                      w000, w001, w010, w011, w100, w101, w110, w111, VEC, PACK, BLOCK_C * PACK)
     if MERGE_RUNS:
-        if PACK > 1:
-            _scatter_cell_packed(grad, prev, kk, gk, (prev >= 0)[:, None] & slot_mask, s_vd, s_vh,
-                                 a000, a001, a010, a011, a100, a101, a110, a111, PACK, BLOCK_C * PACK)
-        else:
-            _scatter_cell(grad, prev, chan_off, g, (prev >= 0)[:, None] & chan_mask, s_vd, s_vh, s_vw,
-                          a000, a001, a010, a011, a100, a101, a110, a111, VEC)
+        _add_cell(grad, prev, prev >= 0, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+                  a000, a001, a010, a011, a100, a101, a110, a111, VEC, PACK, BLOCK_C * PACK)
 
 
 @triton.jit
@@ -339,6 +342,13 @@ def _slab(o, d, size, tiny):
     t1 = (-0.5 - o) / safe
     t2 = (size.to(o.dtype) - 0.5 - o) / safe
     return tl.minimum(t1, t2), tl.maximum(t1, t2)
+
+
+@triton.jit
+def _detector(ptr, ACC: tl.constexpr):
+    """``(sdd mm, principal row, principal col, row spacing mm, col spacing mm, tiny)`` stored at ``ptr``."""
+    return (tl.load(ptr + 0).to(ACC), tl.load(ptr + 1).to(ACC), tl.load(ptr + 2).to(ACC),
+            tl.load(ptr + 3).to(ACC), tl.load(ptr + 4).to(ACC), tl.load(ptr + 5).to(ACC))
 
 
 @triton.jit
@@ -358,12 +368,7 @@ def backproject_gather_kernel(
     ``(sdd mm, principal row, principal col, row spacing mm, col spacing mm, tiny)`` where ``tiny``
     replaces near-zero direction components exactly as in :func:`xraysyn.projector.rays.clip_to_box`.
     """
-    sdd = tl.load(geo_ptr + 0).to(ACC)
-    row0 = tl.load(geo_ptr + 1).to(ACC)
-    col0 = tl.load(geo_ptr + 2).to(ACC)
-    row_mm = tl.load(geo_ptr + 3).to(ACC)
-    col_mm = tl.load(geo_ptr + 4).to(ACC)
-    tiny = tl.load(geo_ptr + 5).to(ACC)
+    sdd, row0, col0, row_mm, col_mm, tiny = _detector(geo_ptr, ACC)
     item = tl.program_id(1)
     vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     vox_ok = vox < n_voxels
@@ -454,12 +459,7 @@ def ray_setup_kernel(
     view = tl.program_id(1)
     rays = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = rays < n_rays
-    sdd = tl.load(param_ptr + 0).to(ACC)
-    row0 = tl.load(param_ptr + 1).to(ACC)
-    col0 = tl.load(param_ptr + 2).to(ACC)
-    row_mm = tl.load(param_ptr + 3).to(ACC)
-    col_mm = tl.load(param_ptr + 4).to(ACC)
-    tiny = tl.load(param_ptr + 5).to(ACC)
+    sdd, row0, col0, row_mm, col_mm, tiny = _detector(param_ptr, ACC)
     step = tl.load(param_ptr + 6).to(ACC)
     row = rays // cols
     col = rays - row * cols
