@@ -143,11 +143,15 @@ def _triton_backend():
 
 
 def _ray_builder(chosen):
-    """``build_rays`` of the chosen backend: the Triton backend (used only without ray gradients) sets
-    up all rays in one kernel launch; the others use the differentiable torch ``build_rays``."""
-    if chosen is not None and chosen.__name__ == "TritonBackend":
-        return _triton_backend().build_rays
-    return build_rays
+    """``build_rays`` of the chosen backend where it has its own (the Triton backend, used only without
+    ray gradients, sets up all rays in one launch), else the differentiable torch ``build_rays``."""
+    return getattr(chosen, "build_rays", build_rays)
+
+
+def _prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device):
+    """Validated ``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None)`` in ``dtype`` on ``device``."""
+    return (_prepare_affines(world_from_voxel, batch, dtype, device), _prepare_poses(poses, batch, dtype, device),
+            _prepare_isocenter(isocenter, batch, dtype, device))
 
 
 def _select_backend(backend: str, device: torch.device, ray_grad: bool):
@@ -224,17 +228,15 @@ def forward_project(
     dtype = _compute_dtype(volume.dtype)
     if not _all_finite(volume):
         raise ProjectorInputError("volume contains non-finite values (NaN or inf)")
-    affines = _prepare_affines(world_from_voxel, b, dtype, volume.device)
-    pose_t = _prepare_poses(poses, b, dtype, volume.device)
-    iso = _prepare_isocenter(isocenter, b, dtype, volume.device)
+    affines, pose_t, iso = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, volume.device)
     ray_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
     chosen = _select_backend(backend, volume.device, ray_grad)
     # the Triton kernels read fp16/bf16 volumes as stored (half the bytes to gather) and accumulate in
     # float32; the other backends get a float32 copy
-    reads_low_precision = chosen is not None and chosen.__name__ == "TritonBackend"
-    vol = volume if reads_low_precision and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
+    low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
+    vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
     rays = _ray_builder(chosen)(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
     out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
                          rays.volume_index, float(memory_budget_mib), chosen)
@@ -280,11 +282,9 @@ def forward_project_adjoint(
     if num_volumes is None:
         wv = torch.as_tensor(world_from_voxel)
         num_volumes = 1 if wv.dim() == 2 else wv.shape[0]
-    affines = _prepare_affines(world_from_voxel, num_volumes, dtype, images.device)
-    pose_t = _prepare_poses(poses, num_volumes, dtype, images.device)
+    affines, pose_t, iso = _prepare_frames(world_from_voxel, poses, isocenter, num_volumes, dtype, images.device)
     if pose_t.shape[0] != images.shape[0]:
         raise ProjectorInputError(f"{images.shape[0]} images but {pose_t.shape[0]} poses")
-    iso = _prepare_isocenter(isocenter, num_volumes, dtype, images.device)
     chosen = _select_backend(backend, images.device, ray_grad=False)
     with torch.no_grad():
         rays = _ray_builder(chosen)(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
@@ -310,9 +310,7 @@ def chord_lengths(
     wv = torch.as_tensor(world_from_voxel)
     dtype = wv.dtype if wv.is_floating_point() else torch.float32
     batch = 1 if wv.dim() == 2 else wv.shape[0]
-    affines = _prepare_affines(wv, batch, dtype, wv.device)
-    pose_t = _prepare_poses(poses, batch, dtype, wv.device)
-    iso = _prepare_isocenter(isocenter, batch, dtype, wv.device)
+    affines, pose_t, iso = _prepare_frames(wv, poses, isocenter, batch, dtype, wv.device)
     rays = build_rays(pose_t, affines, spatial, geometry, num_samples=1, isocenter=iso)
     return rays.length.reshape(pose_t.shape[0], *geometry.detector_shape)
 
@@ -366,11 +364,9 @@ def backproject(
     b, c, rows, cols = images.shape
     dtype = _compute_dtype(images.dtype)
     dev = images.device
-    affines = _prepare_affines(world_from_voxel, b, dtype, dev)
-    pose_t = _prepare_poses(poses, b, dtype, dev)
+    affines, pose_t, iso = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, dev)
     if pose_t.shape[0] != b:
         raise ProjectorInputError(f"backproject takes one pose per image: {b} images, {pose_t.shape[0]} poses")
-    iso = _prepare_isocenter(isocenter, b, dtype, dev)
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (images, pose_t, affines, iso))
     if backend not in ("auto", "reference", "triton"):

@@ -46,6 +46,13 @@ if numba is not None:
         return i, p - i
 
     @njit(inline="always")
+    def _corner_weights(fz, fy, fx):
+        # the 8 trilinear weights w[dz dy dx] of a cell's corners
+        gz, gy, gx = 1.0 - fz, 1.0 - fy, 1.0 - fx
+        return (gz * gy * gx, gz * gy * fx, gz * fy * gx, gz * fy * fx,
+                fz * gy * gx, fz * gy * fx, fz * fy * gx, fz * fy * fx)
+
+    @njit(inline="always")
     def _ray(origin, direction, t_near, delta, v, r):
         # origin (voxel index coords), per-mm direction, entry distance and sample spacing of ray (v, r)
         return (origin[v, 0], origin[v, 1], origin[v, 2], direction[v, r, 0], direction[v, r, 1],
@@ -76,15 +83,7 @@ if numba is not None:
                 out[v, r, c] = 0.0
             for s in range(ns):
                 iz, iy, ix, fz, fy, fx = _sample(oz, oy, ox, dz, dy, dx, t0, dt, s, dd, hh, ww)
-                gz, gy, gx = 1.0 - fz, 1.0 - fy, 1.0 - fx
-                w000 = gz * gy * gx
-                w001 = gz * gy * fx
-                w010 = gz * fy * gx
-                w011 = gz * fy * fx
-                w100 = fz * gy * gx
-                w101 = fz * gy * fx
-                w110 = fz * fy * gx
-                w111 = fz * fy * fx
+                w000, w001, w010, w011, w100, w101, w110, w111 = _corner_weights(fz, fy, fx)
                 for c in range(cc):
                     val = (w000 * vol[b, iz, iy, ix, c] + w001 * vol[b, iz, iy, ix + 1, c]
                            + w010 * vol[b, iz, iy + 1, ix, c] + w011 * vol[b, iz, iy + 1, ix + 1, c]
@@ -108,17 +107,17 @@ if numba is not None:
             oz, oy, ox, dz, dy, dx, t0, dt = _ray(origin, direction, t_near, delta, v, r)
             for s in range(ns):
                 iz, iy, ix, fz, fy, fx = _sample(oz, oy, ox, dz, dy, dx, t0, dt, s, dd, hh, ww)
-                gz, gy, gx = 1.0 - fz, 1.0 - fy, 1.0 - fx
+                w000, w001, w010, w011, w100, w101, w110, w111 = _corner_weights(fz, fy, fx)
                 for c in range(cc):
                     g = grad[v, r, c] * dt
-                    acc[b, iz, iy, ix, c] += gz * gy * gx * g
-                    acc[b, iz, iy, ix + 1, c] += gz * gy * fx * g
-                    acc[b, iz, iy + 1, ix, c] += gz * fy * gx * g
-                    acc[b, iz, iy + 1, ix + 1, c] += gz * fy * fx * g
-                    acc[b, iz + 1, iy, ix, c] += fz * gy * gx * g
-                    acc[b, iz + 1, iy, ix + 1, c] += fz * gy * fx * g
-                    acc[b, iz + 1, iy + 1, ix, c] += fz * fy * gx * g
-                    acc[b, iz + 1, iy + 1, ix + 1, c] += fz * fy * fx * g
+                    acc[b, iz, iy, ix, c] += w000 * g
+                    acc[b, iz, iy, ix + 1, c] += w001 * g
+                    acc[b, iz, iy + 1, ix, c] += w010 * g
+                    acc[b, iz, iy + 1, ix + 1, c] += w011 * g
+                    acc[b, iz + 1, iy, ix, c] += w100 * g
+                    acc[b, iz + 1, iy, ix + 1, c] += w101 * g
+                    acc[b, iz + 1, iy + 1, ix, c] += w110 * g
+                    acc[b, iz + 1, iy + 1, ix + 1, c] += w111 * g
 
     @njit(parallel=True, cache=True, fastmath=False)
     def _adjoint_kernel_private(grad, origin, direction, t_near, delta, n_samples, volume_index, acc_per_thread):

@@ -239,6 +239,13 @@ class TritonBackend:
     ADJOINT_PACK = 1
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
     FORWARD_UNROLL = 1
+    # The kernels read fp16/bf16 volumes as stored (float32 accumulation): no upcast copy needed.
+    READS_LOW_PRECISION = True
+
+    @staticmethod
+    def build_rays(*args, **kwargs):
+        """This backend's ray set-up: the one-launch kernel, :func:`build_rays` of this module."""
+        return build_rays(*args, **kwargs)
 
     @staticmethod
     def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0,

@@ -221,6 +221,16 @@ def _scatter_cell_packed(grad_ptr, cell, kk, gk, mask, s_gd, s_gh,
 
 
 @triton.jit
+def _corner_weights(fz, fy, fx):
+    """The 8 trilinear weights ``w[dz dy dx]`` of a cell's corners for fractions ``(fz, fy, fx)``."""
+    gz = 1.0 - fz
+    gy = 1.0 - fy
+    gx = 1.0 - fx
+    return (gz * gy * gx, gz * gy * fx, gz * fy * gx, gz * fy * fx,
+            fz * gy * gx, fz * gy * fx, fz * fy * gx, fz * fy * fx)
+
+
+@triton.jit
 def _add_cell(grad, cell, rows, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
               w000, w001, w010, w011, w100, w101, w110, w111,
               VEC: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr):
@@ -270,11 +280,9 @@ def march_adjoint_kernel(
     g = tl.load(g_ptr, mask=both_ok, other=0.0).to(ACC) * dt[:, None]  # (BLOCK_R, BLOCK_C)
     if VEC > 1:
         chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
-    else:
-        chan_off = (chan * s_vc)[None, :]
-    if VEC > 1:
         chan_mask = tl.full([1, BLOCK_C], 1, tl.int1)  # BLOCK_C == C: a per-ray mask keeps vectors whole
     else:
+        chan_off = (chan * s_vc)[None, :]
         chan_mask = chan_ok[None, :]
     kk = tl.arange(0, BLOCK_C * PACK)  # packed slots: channel kk // PACK
     slot_mask = tl.full([1, BLOCK_C * PACK], 1, tl.int1)
@@ -300,17 +308,7 @@ def march_adjoint_kernel(
         iy, fy = _cell(oy + t * dy, size_h, ACC)
         ix, fx = _cell(ox + t * dx, size_w, ACC)
         live = (s < ns) & ray_ok
-        gz = 1.0 - fz
-        gy = 1.0 - fy
-        gx = 1.0 - fx
-        w000 = gz * gy * gx
-        w001 = gz * gy * fx
-        w010 = gz * fy * gx
-        w011 = gz * fy * fx
-        w100 = fz * gy * gx
-        w101 = fz * gy * fx
-        w110 = fz * fy * gx
-        w111 = fz * fy * fx
+        w000, w001, w010, w011, w100, w101, w110, w111 = _corner_weights(fz, fy, fx)
         cell = iz * s_vd + iy * s_vh + ix * s_vw
         if MERGE_RUNS:
             cell = tl.where(live, cell, -1)
