@@ -42,3 +42,32 @@ def gather_only_kernel(vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_p
         acc += _gather(vol, base + s_vd + s_vh, chan, live, tl.float32, C)
         acc += _gather(vol, base + s_vd + s_vh + s_vw, chan, live, tl.float32, C)
     tl.store(out_ptr + (view * n_rays + rays)[:, None] * C + chan, acc, mask=ray_ok[:, None])
+
+
+@triton.jit
+def gather_only_packed_kernel(vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
+                              n_rays, width, size_d, size_h, size_w, s_vb, s_vd, s_vh,
+                              BLOCK_R: tl.constexpr, K: tl.constexpr, PACK: tl.constexpr, TILE_W: tl.constexpr):
+    """The packed-corner forward's accesses (``8 / PACK`` vector loads of ``K`` values per sample), summed
+    without weights: the gather limit of ``march_forward_kernel`` with ``PACK > 1``."""
+    view = tl.program_id(1)
+    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
+    kk = tl.arange(0, K)[None, :]
+    vol = vol_ptr + tl.load(vidx_ptr + view).to(tl.int64) * s_vb * K
+    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
+        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
+        3, 1, n_rays * 3, 3, 1, n_rays, 1, n_rays, 1, n_rays, 1, tl.float32)
+    acc = tl.zeros([BLOCK_R, K], dtype=tl.float32)
+    for s in range(tl.max(ns, axis=0)):
+        t = t0 + (s + 0.5) * dt
+        iz, _fz = _cell(oz + t * dz, size_d, tl.float32)
+        iy, _fy = _cell(oy + t * dy, size_h, tl.float32)
+        ix, _fx = _cell(ox + t * dx, size_w, tl.float32)
+        live = ((s < ns) & ray_ok)[:, None]
+        cell = ((iz * s_vd + iy * s_vh + ix) * K)[:, None] + kk
+        acc += tl.load(vol + cell, mask=live, other=0.0)
+        acc += tl.load(vol + cell + s_vd * K, mask=live, other=0.0)
+        if PACK == 2:
+            acc += tl.load(vol + cell + s_vh * K, mask=live, other=0.0)
+            acc += tl.load(vol + cell + (s_vd + s_vh) * K, mask=live, other=0.0)
+    tl.store(out_ptr + (view * n_rays + rays)[:, None] * K + kk, acc, mask=ray_ok[:, None])

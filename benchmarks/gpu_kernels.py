@@ -12,6 +12,10 @@ once outside the timed region, so these are the kernels alone):
   march-adj[...,packedP]   the adjoint into packed corner slots (P = 2: x pairs, 4: x and y pairs in one
                            16-byte vector atomic), summed into the gradient afterwards (included)
   march-fwd[bf16 volume]   the forward march reading a bfloat16 copy of the volume (float32 accumulation)
+  march-fwd[...,packedP]   the forward reading packed corners (P = 2: x pairs, 4: x and y pairs stored with
+                           each voxel: 8 / P vector loads per sample); the packing is included and
+  pack-corners[P]          timed alone too
+  gather-only[packedP,..]  the packed forward's accesses without arithmetic
   ray-setup[triton|torch]  the rays of every view: the one-launch kernel / the torch build_rays
   gather-only              the forward's access pattern with no interpolation arithmetic (8 corner loads
                            per sample, summed): the gather throughput limit the forward is compared to
@@ -44,23 +48,36 @@ TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide (the default) and runs of cons
 # channels: bone and soft tissue for W1, the attenuation alone for W2, as in the peers' benchmark
 
 
-def _gather_limit(volume, rays, detector_cols: int, timed) -> tuple[float, dict]:
-    """Best time (ms) of the gather-only kernel over a few launch configurations, and that configuration."""
+def _gather_limit(volume, rays, detector_cols: int, timed, pack: int = 1) -> tuple[float, dict]:
+    """Best time (ms) of the gather-only kernel over a few launch configurations, and that configuration;
+    ``pack > 1``: the packed-corner layout's accesses (``8 / pack`` vector loads per sample)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from gather_only_kernel import gather_only_kernel as kernel
+    from gather_only_kernel import gather_only_kernel, gather_only_packed_kernel
+
+    from xraysyn.projector.triton_backend import _pack_corners
 
     b, c, d, h, w = volume.shape
-    vol = volume.permute(0, 2, 3, 4, 1).contiguous()  # channels-last, as the backend marches it
     n, r = rays.t_near.shape
-    out = torch.empty(n, r, c, device=volume.device)
-    args = (vol, out, rays.origin.contiguous(), rays.direction.contiguous(), rays.t_near.contiguous(),
-            rays.delta.contiguous(), rays.n_samples.to(torch.int32).contiguous(), rays.volume_index, r,
-            detector_cols, d, h, w, d * h * w, h * w, w, 1)
+    ray_args = (rays.origin.contiguous(), rays.direction.contiguous(), rays.t_near.contiguous(),
+                rays.delta.contiguous(), rays.n_samples.to(torch.int32).contiguous(), rays.volume_index, r,
+                detector_cols, d, h, w)
+    if pack > 1:
+        vol = _pack_corners(volume, pack)
+        out = torch.empty(n, r, c * pack, device=volume.device)
+        args = (vol, out, *ray_args, d * h * w, h * w, w)
+        meta = {"K": c * pack, "PACK": pack}
+        kernel = gather_only_packed_kernel
+    else:
+        vol = volume.permute(0, 2, 3, 4, 1).contiguous()  # channels-last, as the backend marches it
+        out = torch.empty(n, r, c, device=volume.device)
+        args = (vol, out, *ray_args, d * h * w, h * w, w, 1)
+        meta = {"C": c}
+        kernel = gather_only_kernel
     best = (float("inf"), {})
     for block_r, warps in ((64, 2), (128, 4), (256, 8)):
         tile_w = 8
         grid = (-(-detector_cols // tile_w) * -(-(r // detector_cols) // (block_r // tile_w)), n)
-        ms = timed(lambda: kernel[grid](*args, BLOCK_R=block_r, C=c, TILE_W=tile_w, num_warps=warps))
+        ms = timed(lambda: kernel[grid](*args, BLOCK_R=block_r, TILE_W=tile_w, num_warps=warps, **meta))
         if ms < best[0]:
             best = (ms, {"BLOCK_R": block_r, "num_warps": warps})
     return best
@@ -93,7 +110,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     from xraysyn.physics import attenuate, tube_spectrum
     from xraysyn.physics.fused import fused_attenuate
     from xraysyn.projector import backproject, build_rays
-    from xraysyn.projector.triton_backend import TritonBackend
+    from xraysyn.projector.triton_backend import TritonBackend, _pack_corners
     from xraysyn.projector.triton_backend import backproject as bp_gather
     from xraysyn.projector.triton_backend import build_rays as triton_build_rays
 
@@ -139,10 +156,23 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
             TritonBackend.ADJOINT_PACK = pack
             emit(f"march-adj[merged,tiles8,packed{pack}]", timed(adjoint))
     TritonBackend.ADJOINT_PACK = 1
+    half = volume.to(torch.bfloat16)
+    for pack in (2, 4):
+        if channels * pack <= 4:
+            TritonBackend.FORWARD_PACK = pack
+            emit(f"march-fwd[tiles8,packed{pack}]", timed(forward))
+            emit(f"pack-corners[{pack}]", timed(lambda: _pack_corners(volume, pack)), None)
+        if channels * pack <= 8:
+            TritonBackend.FORWARD_PACK = pack
+            emit(f"march-fwd[bf16 volume,packed{pack}]", timed(lambda: TritonBackend.forward(half, *ray_args)))
+    TritonBackend.FORWARD_PACK = 1
     if device.type == "cuda" and channels & (channels - 1) == 0:
         limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed)
         emit(f"gather-only[{config['BLOCK_R']}x{config['num_warps']}]", limit_ms)
-    half = volume.to(torch.bfloat16)
+        for pack in (2, 4):
+            if channels * pack <= 4:
+                limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed, pack)
+                emit(f"gather-only[packed{pack},{config['BLOCK_R']}x{config['num_warps']}]", limit_ms)
     emit("march-fwd[bf16 volume]", timed(lambda: TritonBackend.forward(half, *ray_args)))
     sampling = {"num_samples": spec["samples"]}
     emit("ray-setup[triton]", timed(lambda: triton_build_rays(poses, affines, shape, geometry, **sampling)), None)

@@ -123,6 +123,49 @@ def test_packed_adjoint_matches_reference(case, merge_runs, pack, monkeypatch):
     _assert_close(result, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("pack", [2, 4])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["b1c1", "b3c2"])
+def test_packed_forward_matches_reference(case, pack, dtype, monkeypatch):
+    """The forward reading the packed corner layout (x / y neighbours of each voxel stored with it, one
+    vector load for several corners) gives the reference line integrals, clamped faces included;
+    C · pack is capped at 16 bytes, and the unrolled march stops at each ray's last sample."""
+    from xraysyn.projector.triton_backend import _forward_pack
+
+    volume, args, _ = _case(case, seed=4)
+    volume = volume.to(dtype)
+    channels = volume.shape[1]
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
+    monkeypatch.setattr(TritonBackend, "FORWARD_UNROLL", 2)
+    expected_pack = min(pack, 16 // (channels * volume.element_size()))
+    assert _forward_pack(volume, 512.0) == expected_pack > 1
+    expected = march_forward(volume.float(), *args)
+    _assert_close(TritonBackend.forward(volume, *args), expected, 1e-4 if dtype == torch.float32 else 1e-3)
+
+
+def test_pack_corners_layout_and_budget(monkeypatch):
+    """Slot ``c · pack + 2 · yo + xo`` of voxel (z, y, x) holds channel c of voxel (z, y + yo, x + xo);
+    a packed copy larger than the memory budget is not made (the plain march is used)."""
+    from xraysyn.projector.triton_backend import _forward_pack, _pack_corners
+
+    volume = torch.arange(2 * 2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 2, 3, 4, 5)
+    packed = _pack_corners(volume[:, :1], 4).reshape(2, 3, 4, 5, 1, 4)
+    for yo in (0, 1):
+        for xo in (0, 1):
+            torch.testing.assert_close(packed[:, :, :3, :4, 0, 2 * yo + xo], volume[:, 0, :, yo:3 + yo, xo:4 + xo],
+                                       rtol=0, atol=0)
+    packed2 = _pack_corners(volume, 2).reshape(2, 3, 4, 5, 2, 2)
+    torch.testing.assert_close(packed2[..., 1], volume.permute(0, 2, 3, 4, 1).roll(-1, 3)[:, :, :, :].where(
+        torch.arange(5).view(1, 1, 1, 5, 1) < 4, volume.permute(0, 2, 3, 4, 1)), rtol=0, atol=0)
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 4)
+    assert _forward_pack(volume[:, :1], 512.0) == 4
+    assert _forward_pack(volume[:, :1], volume[:, :1].numel() * 4 * 4 / 2**20 * 0.99) == 1
+    assert _forward_pack(torch.zeros(1, 3, 2, 2, 2), 512.0) == 1  # 3 channels: not a power of two
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 3)
+    with pytest.raises(TritonBackendInputError, match="FORWARD_PACK"):
+        _forward_pack(volume, 512.0)
+
+
 @pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
 def test_adjoint_identity_float64(merge_runs, monkeypatch):
     """<FP v, w> = <v, FPᵀ w> to float64 round-off: the adjoint is the exact transpose."""
@@ -357,7 +400,9 @@ def test_backproject_gather_central_ray_closed_form():
     torch.testing.assert_close(central, expected.expand_as(central), rtol=1e-6, atol=0)
 
 
-# (volume dtype, accumulator, channels, VEC, TILE_W, merge runs, adjoint PACK) compiled for sm_90 without a GPU
+# (volume dtype, accumulator, channels, VEC, TILE_W, merge runs, PACK of the forward and the adjoint) compiled
+# for sm_90 without a GPU; the forward with FORWARD_UNROLL samples per loop iteration
+FORWARD_UNROLL = 2
 COMPILE_VARIANTS = [("fp32", "fp32", 2, 2, 16, True, 1), ("fp16", "fp32", 3, 1, 0, False, 1),
                     ("fp64", "fp64", 1, 1, 16, True, 1), ("fp32", "fp32", 2, 2, 8, True, 2),
                     ("fp32", "fp32", 1, 1, 8, True, 4)]
@@ -376,10 +421,11 @@ def test_kernels_compile_for_sm90():
         block_c = 1 << max(0, channels - 1).bit_length()
         common = {"BLOCK_R": 128, "BLOCK_C": block_c, "ACC": "tl." + {"fp32": "float32", "fp64": "float64"}[acc_type],
                   "VEC": vec, "TILE_W": tile_w}
-        specs.append({"module": module, "kernel": "march_forward_kernel", "constexprs": {**common, "UNROLL": 2},
+        adjoint_vec = vec if pack == 1 else channels * pack
+        specs.append({"module": module, "kernel": "march_forward_kernel",
+                      "constexprs": {**common, "VEC": adjoint_vec, "UNROLL": FORWARD_UNROLL, "PACK": pack},
                       "pointer_types": {**ints, "vol_ptr": "*" + vol_type}, "default_pointer": "*" + acc_type,
                       "aligned": aligned})
-        adjoint_vec = vec if pack == 1 else channels * pack
         specs.append({"module": module, "kernel": "march_adjoint_kernel",
                       "constexprs": {**common, "VEC": adjoint_vec, "MERGE_RUNS": merge, "PACK": pack},
                       "pointer_types": ints, "default_pointer": "*" + acc_type, "aligned": aligned})
@@ -393,10 +439,13 @@ def test_kernels_compile_for_sm90():
         # atom with an unused result (which ptxas lowers to the same RED instruction)
         atomics = re.findall(r"\b(?:red|atom)\.global\.[\w.]+", adjoint)
         assert atomics and all(".gpu.relaxed.add." in a for a in atomics), (variant, set(atomics))
-        if variant[3] == 2:
+        if variant[3] == 2 and variant[6] == 1:
             assert "ld.global.v2" in forward, variant
         if variant[6] == 1 and variant[3] == 2:
             assert all(a.endswith(".v2.f32") for a in atomics), (variant, set(atomics))
+        if variant[6] > 1:  # packed forward: 8 / PACK 16-byte vector loads per sample
+            loads = re.findall(r"ld\.global\.v4\.b32", forward)
+            assert len(loads) == FORWARD_UNROLL * 8 // variant[6], (variant, len(loads))
         if variant[6] > 1:  # packed adjoint: 16-byte vector atomics, 8 / PACK per cell flush
             assert all(a.endswith(".v4.f32") for a in atomics), (variant, set(atomics))
             plain = ptx[3 * COMPILE_VARIANTS.index(("fp32", "fp32", 2, 2, 16, True, 1)) + 1]
@@ -434,6 +483,15 @@ def test_cuda_packed_adjoint_matches_reference(channels, pack, monkeypatch):
     monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", pack)
     grad = torch.rand(*rays.t_near.shape, channels, device="cuda")
     _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels, pack", [(2, 2), (1, 2), (1, 4)])
+def test_cuda_packed_forward_matches_reference(channels, pack, monkeypatch):
+    volume, args, rays = _gpu_case(seed=5, c=channels)
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    _assert_close(TritonBackend.forward(volume.bfloat16(), *args), march_forward(volume.bfloat16().float(), *args))
 
 
 @pytest.mark.cuda

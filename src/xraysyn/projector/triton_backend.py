@@ -86,7 +86,7 @@ def _kernels():
         else:
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
             fwd_configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
-            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels"])(k.march_forward_kernel)
+            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "PACK"])(k.march_forward_kernel)
             adj = triton.autotune(configs, key=["n_rays", "n_channels"], reset_to_zero=["grad_ptr"])(
                 k.march_adjoint_kernel)
             _KERNELS = (fwd, adj, True, k.backproject_gather_kernel, k.ray_setup_kernel)
@@ -237,6 +237,12 @@ class TritonBackend:
     # Same values; fewer atomic requests, more memory (C · pack floats per voxel); float32 only, and
     # capped so that C · pack <= 4 floats. Not yet timed on a GPU.
     ADJOINT_PACK = 1
+    # Corner slots per voxel and channel of the volume the forward march reads: 1 = the volume itself
+    # (8 loads per sample, the measured default); 2 or 4 = a packed copy holding each voxel's x (and y)
+    # neighbours too (see _pack_corners), read with 4 or 2 vector loads per sample. Same values; PACK
+    # times the volume's memory (used only within memory_budget_mib); C · pack capped at 16 bytes.
+    # Not yet timed on a GPU.
+    FORWARD_PACK = 1
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
     FORWARD_UNROLL = 1
     # The kernels read fp16/bf16 volumes as stored (float32 accumulation): no upcast copy needed.
@@ -271,13 +277,20 @@ class TritonBackend:
         # channel-major memory, (N, R, C) view: the kernel writes every (ray, channel) through the
         # strides, and the image layout (N, C, rows, cols) the API returns is then a free view
         out = torch.empty(n, c, r, dtype=acc_dtype, device=device).permute(0, 2, 1)
-        vol = _channels_last(volume.detach())
+        pack = _forward_pack(volume, memory_budget_mib)
+        if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
+            d, h, w = volume.shape[2:]
+            vol = _pack_corners(volume.detach(), pack)
+            vec, vol_strides = c * pack, (d * h * w, 1, h * w, w, 1)
+        else:
+            vol = _channels_last(volume.detach())
+            vec, vol_strides = _volume_strides(vol)
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         fwd, _, tuned, *_ = _kernels()
-        vec, vol_strides = _volume_strides(vol)
         width, tile_w = _ray_tiling(r, detector_cols)
-        args = (vol, out, *rays, r, width, *vol.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
-        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w}
+        args = (vol, out, *rays, r, width, *volume.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
+        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
+                "PACK": pack}
         if not tuned:
             meta["UNROLL"] = int(TritonBackend.FORWARD_UNROLL)
         with _on(device):
@@ -338,6 +351,44 @@ def _adjoint_pack(channels: int, acc_dtype: torch.dtype) -> int:
     while want > 1 and channels * want > _PACKED_VECTOR_FLOATS:
         want //= 2
     return want
+
+
+def _forward_pack(volume: torch.Tensor, memory_budget_mib: float) -> int:
+    """Corner slots per channel of the volume the forward march reads (1 = the volume itself); see
+    ``FORWARD_PACK``. Lowered until ``C · pack`` values fit one 16-byte vector load, and 1 when ``C`` is
+    not a power of two or the packed copy would exceed ``memory_budget_mib``."""
+    want = int(TritonBackend.FORWARD_PACK)
+    if want not in (1, 2, 4):
+        raise TritonBackendInputError(f"TritonBackend.FORWARD_PACK must be 1, 2 or 4, got {want!r}")
+    channels, item = volume.shape[1], volume.element_size()
+    if want == 1 or channels & (channels - 1):
+        return 1
+    while want > 1 and channels * want * item > 4 * _PACKED_VECTOR_FLOATS:
+        want //= 2
+    packed_bytes = volume.numel() * want * item
+    if want == 1 or packed_bytes > memory_budget_mib * 2**20 or volume[0].numel() * want > _INT32_LIMIT:
+        return 1
+    return want
+
+
+def _pack_corners(volume: torch.Tensor, pack: int) -> torch.Tensor:
+    """``(B, C, D, H, W)`` → ``(B, D, H, W, C · pack)`` with slot ``c · pack + 2 · yo + xo`` of voxel
+    ``(z, y, x)`` = channel ``c`` of voxel ``(z, y + yo, x + xo)`` (``pack`` 2: x neighbours, 4: x and y).
+
+    The transpose of :func:`_unpack_corner_slots` on every slot the kernels read: a cell's base voxel is
+    at most ``n - 2`` along each axis, so the neighbours exist; the last row / column (never a base)
+    repeats its own values.
+    """
+    b, c, d, h, w = volume.shape
+    src = volume.permute(0, 2, 3, 4, 1)  # (B, D, H, W, C) view
+    packed = volume.new_empty(b, d, h, w, c, pack)
+    packed[..., 0] = src
+    packed[:, :, :, :-1, :, 1] = src[:, :, :, 1:]
+    packed[:, :, :, -1, :, 1] = src[:, :, :, -1]
+    if pack == 4:
+        packed[:, :, :-1, :, :, 2:] = packed[:, :, 1:, :, :, :2]
+        packed[:, :, -1, :, :, 2:] = packed[:, :, -1, :, :, :2]
+    return packed.view(b, d, h, w, c * pack)
 
 
 def _unpack_corner_slots(packed: torch.Tensor) -> torch.Tensor:

@@ -129,6 +129,52 @@ def _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, 
 
 
 @triton.jit
+def _corner_tiles(kk, PACK: tl.constexpr):
+    """Which neighbour ``(yo, xo)`` each packed slot ``kk`` holds, as ``(1, K)`` rows (``yo = 0`` for ``PACK = 2``)."""
+    xo = (kk % 2)[None, :]
+    if PACK == 4:
+        yo = ((kk // 2) % 2)[None, :]
+    else:
+        yo = tl.zeros_like(xo)
+    return yo, xo
+
+
+@triton.jit
+def _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s, size_d, size_h, size_w,
+                   s_vd, s_vh, ACC: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr):
+    """Weighted corner values ``(BLOCK_R, K)`` of sample ``s`` from the packed volume (see ``triton_backend._pack_corners``).
+
+    Each voxel of the packed volume holds ``K = C · PACK`` values: slot ``c · PACK + 2 · yo + xo`` is
+    channel ``c`` of the neighbour ``(z, y + yo, x + xo)``. A sample reads its cell with ``8 / PACK``
+    vector loads of ``K`` values (``PACK = 4``: two, the near and far ``z`` planes) instead of 8; the
+    slots of one channel are summed once per ray, after the march.
+    """
+    t = t0 + (s + 0.5) * dt
+    iz, fz = _cell(oz + t * dz, size_d, ACC)
+    iy, fy = _cell(oy + t * dy, size_h, ACC)
+    ix, fx = _cell(ox + t * dx, size_w, ACC)
+    live = ((s < ns) & ray_ok)[:, None]
+    yo, xo = _corner_tiles(kk, PACK)
+    wx = tl.where(xo == 0, 1.0 - fx[:, None], fx[:, None])
+    gz = (1.0 - fz)[:, None]
+    fz2 = fz[:, None]
+    cell = ((iz * s_vd + iy * s_vh + ix) * K)[:, None] + kk[None, :]
+    if PACK == 4:
+        wyx = tl.where(yo == 0, 1.0 - fy[:, None], fy[:, None]) * wx
+        near = tl.load(vol + cell, mask=live, other=0.0).to(ACC)
+        far = tl.load(vol + cell + s_vd * K, mask=live, other=0.0).to(ACC)
+        return wyx * (gz * near + fz2 * far)
+    else:
+        gy = (1.0 - fy)[:, None]
+        fy2 = fy[:, None]
+        q00 = tl.load(vol + cell, mask=live, other=0.0).to(ACC)
+        q01 = tl.load(vol + cell + s_vh * K, mask=live, other=0.0).to(ACC)
+        q10 = tl.load(vol + cell + s_vd * K, mask=live, other=0.0).to(ACC)
+        q11 = tl.load(vol + cell + (s_vd + s_vh) * K, mask=live, other=0.0).to(ACC)
+        return wx * (gz * (gy * q00 + fy2 * q01) + fz2 * (gy * q10 + fy2 * q11))
+
+
+@triton.jit
 def march_forward_kernel(
     vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
     n_rays, width, size_d, size_h, size_w, n_channels,
@@ -140,9 +186,14 @@ def march_forward_kernel(
     s_nn, s_nr,
     s_gn, s_gr, s_gc,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr, TILE_W: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, PACK: tl.constexpr = 1,
 ):
-    """``out[n, r, c] = delta * Σ_s trilinear(volume[volume_index[n], c], p_s)`` for one block of rays."""
+    """``out[n, r, c] = delta * Σ_s trilinear(volume[volume_index[n], c], p_s)`` for one block of rays.
+
+    ``PACK = 1``: ``vol_ptr`` is the volume (any strides; ``VEC`` as in :func:`_gather`). ``PACK = 2`` or
+    ``4``: it is the packed ``(B, D, H, W, C · PACK)`` layout of :func:`_sample_packed` (``BLOCK_C == C``,
+    ``VEC = C · PACK``, strides in voxels), read with ``8 / PACK`` vector loads per sample.
+    """
     view = tl.program_id(1)
     rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
     chan = tl.arange(0, BLOCK_C)
@@ -159,11 +210,20 @@ def march_forward_kernel(
         chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
     else:
         chan_off = (chan * s_vc)[None, :]
-    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
-    for s0 in range(0, n_max, UNROLL):  # UNROLL samples per iteration: more independent gathers in flight
-        for u in tl.static_range(UNROLL):
-            acc += _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, s0 + u,
-                           size_d, size_h, size_w, s_vd, s_vh, s_vw, ACC, VEC)
+    if PACK > 1:
+        kk = tl.arange(0, BLOCK_C * PACK)
+        slots = tl.zeros([BLOCK_R, BLOCK_C * PACK], dtype=ACC)
+        for s0 in range(0, n_max, UNROLL):
+            for u in tl.static_range(UNROLL):
+                slots += _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s0 + u,
+                                        size_d, size_h, size_w, s_vd, s_vh, ACC, PACK, BLOCK_C * PACK)
+        acc = tl.sum(tl.reshape(slots, [BLOCK_R, BLOCK_C, PACK]), axis=2)
+    else:
+        acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
+        for s0 in range(0, n_max, UNROLL):  # UNROLL samples per iteration: more independent gathers in flight
+            for u in tl.static_range(UNROLL):
+                acc += _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, s0 + u,
+                               size_d, size_h, size_w, s_vd, s_vh, s_vw, ACC, VEC)
     acc = acc * dt[:, None]
     out = out_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=ray_ok[:, None] & chan_ok[None, :])
@@ -199,7 +259,7 @@ def _scatter_cell_packed(grad_ptr, cell, kk, gk, mask, s_gd, s_gh,
     (``PACK = 2``: x pairs only, ``yo = 0``; ``PACK = 4``: x and y pairs). The host adds the slots
     up afterwards; every product ``w · g`` is the same as in the plain scatter.
     """
-    xo = (kk % 2)[None, :]
+    yo, xo = _corner_tiles(kk, PACK)
     if PACK == 2:
         off = (cell * K)[:, None] + kk[None, :]
         tl.atomic_add(grad_ptr + off, tl.where(xo == 0, w000[:, None], w001[:, None]) * gk, mask=mask, sem="relaxed")
@@ -210,7 +270,6 @@ def _scatter_cell_packed(grad_ptr, cell, kk, gk, mask, s_gd, s_gh,
         tl.atomic_add(grad_ptr + off + (s_gd + s_gh) * K, tl.where(xo == 0, w110[:, None], w111[:, None]) * gk,
                       mask=mask, sem="relaxed")
     else:
-        yo = ((kk // 2) % 2)[None, :]
         off = (cell * K)[:, None] + kk[None, :]
         near = tl.where(yo == 0, tl.where(xo == 0, w000[:, None], w001[:, None]),
                         tl.where(xo == 0, w010[:, None], w011[:, None]))
