@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.projector import ProjectorInputError, forward_project
+from xraysyn.projector import ProjectorInputError, backproject, forward_project
 
 GEOM = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(48, 48), pixel_spacing=2.0)
 N = 32
@@ -117,6 +117,10 @@ def test_reference_chunks_keep_temporaries_under_the_budget(monkeypatch):
     (lambda: forward_project(torch.rand(1, 1, 4, 4, 4), AFFINE, GEOM.poses(0.0), "geometry"), "ConeBeamGeometry"),
     (lambda: forward_project(torch.rand(1, 1, 4, 4, 4), AFFINE, GEOM.poses(0.0), GEOM, backend="cuda"), "backend"),
     (lambda: forward_project(torch.rand(1, 1, 4, 4, 4).long(), AFFINE, GEOM.poses(0.0), GEOM), "floating"),
+    (lambda: forward_project(torch.rand(1, 1, 4, 4, 4), AFFINE, GEOM.poses(0.0), GEOM,
+                             isocenter=torch.tensor([0.0, float("inf"), 0.0])), "isocenter"),
+    (lambda: backproject(torch.full((1, 1, *GEOM.detector_shape), float("inf")), AFFINE, GEOM.poses(0.0), GEOM,
+                         (4, 4, 4)), "images contain non-finite"),
 ])
 def test_bad_input_raises_one_clear_error(call, match):
     with pytest.raises(ProjectorInputError, match=match):

@@ -351,6 +351,34 @@ def test_public_api_passes_low_precision_volumes_to_the_kernels(dtype, monkeypat
     _assert_close(low.grad.float(), upcast.grad.to(dtype).float(), rtol=1e-2)
 
 
+def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
+    """Validation and the Triton ray set-up (and BP) share one float64 host copy of poses, affines,
+    isocenter and the volume's extrema: one device→host transfer (a GPU synchronisation) per call."""
+    from xraysyn.projector import api
+
+    transfers, given = [], []
+    to_host = api._to_host
+    host_frames = triton_backend._host_frames
+    monkeypatch.setattr(api, "_to_host", lambda tensors: transfers.append(len(tensors)) or to_host(tensors))
+    monkeypatch.setattr(triton_backend, "_host_frames",
+                        lambda *args: given.append(args[-1]) or host_frames(*args))
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(5, 6), pixel_spacing=6.0)
+    affines = torch.stack([_affine((4.0, 3.5, 3.0)), _affine((3.0, 3.5, 4.0), shear=0.2)]).to(DEVICE)
+    poses = geometry.poses(torch.tensor([10.0, -40.0]), torch.tensor([0.0, 15.0])).to(DEVICE)
+    iso = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 3.0]], device=DEVICE)
+    volume = torch.rand(2, 2, 5, 6, 4, device=DEVICE)
+    out = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="triton")
+    assert transfers == [5] and len(given) == 1 and given[0] is not None  # poses, affines, iso, min, max
+    expected = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="reference")
+    _assert_close(out, expected)
+    transfers.clear()
+    given.clear()
+    images = torch.rand(2, 2, 5, 6, device=DEVICE)
+    bp = backproject(images, affines, poses, geometry, (5, 6, 4), isocenter=iso, backend="triton")
+    assert transfers == [5] and len(given) == 1 and given[0] is not None
+    _assert_close(bp, backproject(images, affines, poses, geometry, (5, 6, 4), isocenter=iso, backend="reference"))
+
+
 def test_bad_inputs_raise_one_clear_error(monkeypatch):
     volume, args, _ = _case(CASES[0])
     origin, direction, t_near, delta, n_samples, volume_index = args

@@ -230,15 +230,19 @@ _AFFINE_LAST_ROW_RTOL = 1e-5
 _AFFINE_LAST_ROW_ATOL = 1e-8
 
 
-def validate_affine(world_from_voxel: torch.Tensor, name: str = "world_from_voxel") -> None:
-    """Check that ``(B, 4, 4)`` affines are finite, invertible and have a ``[0, 0, 0, 1]`` last row.
+def validate_affine(world_from_voxel: torch.Tensor | np.ndarray, name: str = "world_from_voxel") -> None:
+    """Check that ``(B, 4, 4)`` affines (a tensor, or a numpy host copy) are finite, invertible and have
+    a ``[0, 0, 0, 1]`` last row.
 
     The checks run in float64 numpy on a host copy (the affines are tiny): one transfer for GPU
     tensors instead of several launches and synchronisations.
     """
-    if world_from_voxel.dim() != 3 or world_from_voxel.shape[-2:] != (4, 4):
+    if world_from_voxel.ndim != 3 or tuple(world_from_voxel.shape[-2:]) != (4, 4):
         raise ValueError(f"{name} must have shape (B, 4, 4), got {tuple(world_from_voxel.shape)}")
-    a = world_from_voxel.detach().to("cpu", torch.float64).numpy()
+    if isinstance(world_from_voxel, np.ndarray):
+        a = world_from_voxel.astype(np.float64, copy=False)
+    else:
+        a = world_from_voxel.detach().to("cpu", torch.float64).numpy()
     if not np.isfinite(a).all():
         raise ValueError(f"{name} contains non-finite values")
     last = a[:, 3, :]

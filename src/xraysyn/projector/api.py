@@ -8,6 +8,7 @@ All lengths are in mm; see :mod:`xraysyn.geometry` for the frame conventions and
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,21 +59,29 @@ def _check_spatial_shape(shape) -> tuple[int, int, int]:
     return d, h, w
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """No NaN or ±inf in ``t``: one min/max reduction (NaN propagates), no full-size temporary."""
-    if t.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(t.detach())
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+class HostFrames(NamedTuple):
+    """float64 numpy copies of the validated frames: ``poses (N, 4, 4)``, ``affines (B, 4, 4)``,
+    ``isocenter (B, 3)`` or None. The Triton ray set-up reads them instead of copying the device tensors
+    back again (each copy from a GPU is a synchronisation)."""
+
+    poses: np.ndarray
+    affines: np.ndarray
+    isocenter: np.ndarray | None
 
 
-def _on_host(small: torch.Tensor) -> torch.Tensor:
-    """A detached CPU copy of a small tensor (poses, affines): its checks then cost one transfer
-    instead of several tiny GPU launches and synchronisations."""
-    return small.detach().cpu()
+def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors."""
+    if not tensors:
+        return []
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start:start + t.numel()].reshape(tuple(t.shape)))
+        start += t.numel()
+    return out
 
 
-def _prepare_affines(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
+def _affines_tensor(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
     a = torch.as_tensor(world_from_voxel, dtype=dtype, device=device)
     if a.dim() == 2:
         a = a.unsqueeze(0)
@@ -82,14 +91,10 @@ def _prepare_affines(world_from_voxel, batch: int, dtype, device) -> torch.Tenso
         a = a.expand(batch, 4, 4)
     if a.shape[0] != batch:
         raise ProjectorInputError(f"world_from_voxel has {a.shape[0]} affines for a batch of {batch} volumes")
-    try:
-        validate_affine(_on_host(a))
-    except ValueError as exc:
-        raise ProjectorInputError(str(exc)) from None
     return a
 
 
-def _prepare_poses(poses, batch: int, dtype, device) -> torch.Tensor:
+def _poses_tensor(poses, batch: int, dtype, device) -> torch.Tensor:
     p = torch.as_tensor(poses, dtype=dtype, device=device)
     if p.dim() == 2:
         p = p.unsqueeze(0)
@@ -99,17 +104,10 @@ def _prepare_poses(poses, batch: int, dtype, device) -> torch.Tensor:
         raise ProjectorInputError(
             f"poses must hold V views for each of the {batch} volumes (N = B * V), got N = {p.shape[0]}"
         )
-    host = _on_host(p).to(torch.float64).numpy()
-    if not np.isfinite(host).all():
-        raise ProjectorInputError("poses contain non-finite values")
-    rot = host[:, :3, :3]
-    err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max()
-    if err > _ORTHONORMAL_TOL:
-        raise ProjectorInputError(f"pose rotation blocks must be orthonormal (max deviation {float(err):.2e})")
     return p
 
 
-def _prepare_isocenter(isocenter, batch: int, dtype, device):
+def _isocenter_tensor(isocenter, batch: int, dtype, device):
     if isocenter is None:
         return None
     c = torch.as_tensor(isocenter, dtype=dtype, device=device)
@@ -117,9 +115,43 @@ def _prepare_isocenter(isocenter, batch: int, dtype, device):
         c = c.unsqueeze(0)
     if c.shape[-1] != 3 or c.dim() != 2 or c.shape[0] not in (1, batch):
         raise ProjectorInputError(f"isocenter must have shape (3,) or (B, 3), got {tuple(c.shape)}")
-    if not np.isfinite(_on_host(c).to(torch.float64).numpy()).all():
-        raise ProjectorInputError("isocenter contains non-finite values")
     return c.expand(batch, 3)
+
+
+def _check_poses_host(host: np.ndarray) -> None:
+    if not np.isfinite(host).all():
+        raise ProjectorInputError("poses contain non-finite values")
+    rot = host[:, :3, :3]
+    err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max()
+    if err > _ORTHONORMAL_TOL:
+        raise ProjectorInputError(f"pose rotation blocks must be orthonormal (max deviation {float(err):.2e})")
+
+
+def _prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device, values=None,
+                    values_error="volume contains non-finite values (NaN or inf)"):
+    """Validated ``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None, HostFrames)`` in ``dtype``
+    on ``device``.
+
+    ``values`` (optional, the volume or images being projected) is checked for NaN/inf too. All host-side
+    checks read one float64 copy of the small tensors plus the extrema of ``values``: one device→host
+    transfer in total.
+    """
+    affines = _affines_tensor(world_from_voxel, batch, dtype, device)
+    pose_t = _poses_tensor(poses, batch, dtype, device)
+    iso = _isocenter_tensor(isocenter, batch, dtype, device)
+    small = [pose_t, affines] + ([iso] if iso is not None else [])
+    extrema = list(torch.aminmax(values.detach().reshape(-1))) if values is not None and values.numel() else []
+    host = _to_host(small + [e.reshape(1) for e in extrema])
+    if extrema and not np.isfinite(np.concatenate(host[len(small):])).all():
+        raise ProjectorInputError(values_error)
+    try:
+        validate_affine(host[1])
+    except ValueError as exc:
+        raise ProjectorInputError(str(exc)) from None
+    _check_poses_host(host[0])
+    if iso is not None and not np.isfinite(host[2]).all():
+        raise ProjectorInputError("isocenter contains non-finite values")
+    return affines, pose_t, iso, HostFrames(host[0], host[1], host[2] if iso is not None else None)
 
 
 def _check_sampling(step_mm, num_samples, memory_budget_mib) -> None:
@@ -142,16 +174,14 @@ def _triton_backend():
     return triton_backend if triton_backend.available() else None
 
 
-def _ray_builder(chosen):
-    """``build_rays`` of the chosen backend where it has its own (the Triton backend, used only without
-    ray gradients, sets up all rays in one launch), else the differentiable torch ``build_rays``."""
-    return getattr(chosen, "build_rays", build_rays)
-
-
-def _prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device):
-    """Validated ``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None)`` in ``dtype`` on ``device``."""
-    return (_prepare_affines(world_from_voxel, batch, dtype, device), _prepare_poses(poses, batch, dtype, device),
-            _prepare_isocenter(isocenter, batch, dtype, device))
+def _build_rays(chosen, host: HostFrames, *args, **kwargs):
+    """Rays from the chosen backend's own ``build_rays`` where it has one (the Triton backend, used only
+    without ray gradients, sets up all rays in one launch from the host copies of the frames), else the
+    differentiable torch :func:`build_rays`."""
+    own = getattr(chosen, "build_rays", None)
+    if own is not None:
+        return own(*args, host_frames=host, **kwargs)
+    return build_rays(*args, **kwargs)
 
 
 def _select_backend(backend: str, device: torch.device, ray_grad: bool):
@@ -226,9 +256,8 @@ def forward_project(
         raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
     spatial = _check_spatial_shape(volume.shape[2:])
     dtype = _compute_dtype(volume.dtype)
-    if not _all_finite(volume):
-        raise ProjectorInputError("volume contains non-finite values (NaN or inf)")
-    affines, pose_t, iso = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, volume.device)
+    affines, pose_t, iso, host = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, volume.device,
+                                                 values=volume)
     ray_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
@@ -237,7 +266,8 @@ def forward_project(
     # float32; the other backends get a float32 copy
     low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
     vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
-    rays = _ray_builder(chosen)(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples, isocenter=iso)
+    rays = _build_rays(chosen, host, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
+                       isocenter=iso)
     out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
                          rays.volume_index, float(memory_budget_mib), chosen)
     rows, cols = geometry.detector_shape
@@ -282,13 +312,14 @@ def forward_project_adjoint(
     if num_volumes is None:
         wv = torch.as_tensor(world_from_voxel)
         num_volumes = 1 if wv.dim() == 2 else wv.shape[0]
-    affines, pose_t, iso = _prepare_frames(world_from_voxel, poses, isocenter, num_volumes, dtype, images.device)
+    affines, pose_t, iso, host = _prepare_frames(world_from_voxel, poses, isocenter, num_volumes, dtype,
+                                                 images.device)
     if pose_t.shape[0] != images.shape[0]:
         raise ProjectorInputError(f"{images.shape[0]} images but {pose_t.shape[0]} poses")
     chosen = _select_backend(backend, images.device, ray_grad=False)
     with torch.no_grad():
-        rays = _ray_builder(chosen)(pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
-                                    isocenter=iso)
+        rays = _build_rays(chosen, host, pose_t, affines, spatial, geometry, step_mm=step_mm,
+                           num_samples=num_samples, isocenter=iso)
     n, c = images.shape[:2]
     grad = images.to(dtype).reshape(n, c, -1).permute(0, 2, 1).contiguous()
     adjoint = chosen.adjoint if chosen is not None else march_adjoint
@@ -310,7 +341,7 @@ def chord_lengths(
     wv = torch.as_tensor(world_from_voxel)
     dtype = wv.dtype if wv.is_floating_point() else torch.float32
     batch = 1 if wv.dim() == 2 else wv.shape[0]
-    affines, pose_t, iso = _prepare_frames(wv, poses, isocenter, batch, dtype, wv.device)
+    affines, pose_t, iso, _ = _prepare_frames(wv, poses, isocenter, batch, dtype, wv.device)
     rays = build_rays(pose_t, affines, spatial, geometry, num_samples=1, isocenter=iso)
     return rays.length.reshape(pose_t.shape[0], *geometry.detector_shape)
 
@@ -358,13 +389,12 @@ def backproject(
         )
     if not isinstance(memory_budget_mib, (int, float)) or not memory_budget_mib > 0:
         raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
-    if not _all_finite(images):
-        raise ProjectorInputError("images contain non-finite values")
     spatial = _check_spatial_shape(volume_shape)
     b, c, rows, cols = images.shape
     dtype = _compute_dtype(images.dtype)
     dev = images.device
-    affines, pose_t, iso = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, dev)
+    affines, pose_t, iso, host = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, dev, values=images,
+                                                 values_error="images contain non-finite values (NaN or inf)")
     if pose_t.shape[0] != b:
         raise ProjectorInputError(f"backproject takes one pose per image: {b} images, {pose_t.shape[0]} poses")
     needs_grad = torch.is_grad_enabled() and any(
@@ -374,7 +404,7 @@ def backproject(
     if backend == "triton" or (backend == "auto" and dev.type == "cuda" and not needs_grad):
         module = _triton_backend()
         if module is not None and not needs_grad:
-            return module.backproject(images, affines, pose_t, geometry, spatial, isocenter=iso)
+            return module.backproject(images, affines, pose_t, geometry, spatial, isocenter=iso, host_frames=host)
         if backend == "triton":
             raise ProjectorInputError("backproject backend 'triton' needs triton on a CUDA device (or "
                                       "TRITON_INTERPRET=1) and inputs that do not require gradients")

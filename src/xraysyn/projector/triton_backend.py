@@ -250,7 +250,8 @@ class TritonBackend:
 
     @staticmethod
     def build_rays(*args, **kwargs):
-        """This backend's ray set-up: the one-launch kernel, :func:`build_rays` of this module."""
+        """This backend's ray set-up: the one-launch kernel, :func:`build_rays` of this module (which also
+        takes ``host_frames``)."""
         return build_rays(*args, **kwargs)
 
     @staticmethod
@@ -409,7 +410,7 @@ def _on(device: torch.device):
 
 
 def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: torch.Tensor, geometry, volume_shape,
-                isocenter: torch.Tensor | None = None) -> torch.Tensor:
+                isocenter: torch.Tensor | None = None, host_frames=None) -> torch.Tensor:
     """Voxel-driven single-image backprojector BP (paper eq. 7) in one kernel launch, no gradient.
 
     Same definition as :func:`xraysyn.projector.backproject` (the torch reference, which is also
@@ -424,12 +425,12 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
         geometry: the :class:`xraysyn.geometry.ConeBeamGeometry` that took the images.
         volume_shape: ``(D, H, W)``.
         isocenter: ``(B, 3)`` world mm; default each volume's centre.
+        host_frames: optional float64 numpy copies ``(poses, affines, isocenter or None)`` of the three
+            tensors above (see :func:`build_rays`); otherwise they are copied from the device here.
 
     Returns:
         ``(B, C, D, H, W)`` in ``u`` per mm, float32 (float64 for float64 images).
     """
-    from xraysyn.geometry import pose_source_position, volume_center
-
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise TritonBackendInputError("images must be a floating-point tensor of shape (B, C, rows, cols)")
     b, c, rows, cols = images.shape
@@ -444,39 +445,59 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
         raise TritonBackendInputError(f"{tuple(images.shape)} images exceed 32-bit indexing; split the batch")
     device = _check_device(images, world_from_voxel, poses)
     acc_dtype = _acc_torch_dtype(images.dtype)
-    affines = world_from_voxel.detach().to(acc_dtype)
-    pose = poses.detach().to(acc_dtype)
-    if affines.shape != (b, 4, 4) or pose.shape != (b, 4, 4):
+    if tuple(world_from_voxel.shape) != (b, 4, 4) or tuple(poses.shape) != (b, 4, 4):
         raise TritonBackendInputError(f"world_from_voxel and poses must be ({b}, 4, 4), got "
-                                      f"{tuple(affines.shape)} and {tuple(pose.shape)}")
-    iso = volume_center(affines, (d, h, w)) if isocenter is None else isocenter.detach().to(acc_dtype).expand(b, 3)
+                                      f"{tuple(world_from_voxel.shape)} and {tuple(poses.shape)}")
+    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames)
+    if iso is None:
+        iso = (affines @ np.array([(d - 1) / 2, (h - 1) / 2, (w - 1) / 2, 1.0]))[:, :3]
+    iso = np.broadcast_to(iso, (b, 3))
+    # per item, in float64 on the host: camera_from_voxel (3, 4), the world vector source→voxel as a
+    # (3, 4) map of the voxel index, and the source in voxel index coordinates (3,)
     rot = pose[:, :3, :3]
     cam_lin = rot @ affines[:, :3, :3]
-    cam_off = (rot @ (affines[:, :3, 3] - iso)[..., None]).squeeze(-1) + pose[:, :3, 3]
-    camera_from_voxel = torch.cat([cam_lin, cam_off[..., None]], dim=-1).contiguous()  # (B, 3, 4)
-    voxel_from_world = torch.linalg.inv(affines)
-    source_world = pose_source_position(pose) + iso
-    source_voxel = ((voxel_from_world[:, :3, :3] @ source_world[..., None]).squeeze(-1)
-                    + voxel_from_world[:, :3, 3]).contiguous()
-    source_to_voxel = torch.cat([affines[:, :3, :3], (affines[:, :3, 3] - source_world)[..., None]], dim=-1).contiguous()
+    cam_off = (rot @ (affines[:, :3, 3] - iso)[..., None])[..., 0] + pose[:, :3, 3]
+    source_world = -(np.swapaxes(rot, -1, -2) @ pose[:, :3, 3:])[..., 0] + iso
+    voxel_from_world = np.linalg.inv(affines)
+    source_voxel = (voxel_from_world[:, :3, :3] @ source_world[..., None])[..., 0] + voxel_from_world[:, :3, 3]
+    source_to_voxel = np.concatenate([affines[:, :3, :3], (affines[:, :3, 3] - source_world)[..., None]], -1)
     row0, col0 = geometry.center_pixel
     row_mm, col_mm = geometry.pixel_spacing
     tiny = torch.finfo(acc_dtype).tiny ** 0.5  # the same guard as rays.clip_to_box
-    detector = torch.tensor([geometry.sdd, row0, col0, row_mm, col_mm, tiny], dtype=acc_dtype, device=device)
+    host = np.concatenate([[geometry.sdd, row0, col0, row_mm, col_mm, tiny],
+                           np.concatenate([cam_lin, cam_off[..., None]], -1).ravel(), source_to_voxel.ravel(),
+                           source_voxel.ravel()])
+    params = torch.from_numpy(host).to(device=device, dtype=acc_dtype)  # one host→device copy
+    detector, camera_from_voxel = params[:6], params[6:6 + 12 * b]
+    rel, src = params[6 + 12 * b:6 + 24 * b], params[6 + 24 * b:]
     out = torch.empty(b, c, d, h, w, dtype=acc_dtype, device=device)
     n_voxels = d * h * w
     gather = _kernels()[3]
     with _on(device):
         gather[(-(-n_voxels // _BP_BLOCK_V), b)](
-            images.detach(), out, camera_from_voxel, source_to_voxel, source_voxel, detector, n_voxels, d, h, w, c, rows, cols,
+            images.detach(), out, camera_from_voxel, rel, src, detector, n_voxels, d, h, w, c, rows, cols,
             *images.stride(), out.stride(0), out.stride(1),
             BLOCK_V=_BP_BLOCK_V, BLOCK_C=_next_power_of_two(c), ACC=_accumulator(acc_dtype), num_warps=4)
     return out
 
 
+def _host_frames(poses, world_from_voxel, isocenter, host_frames):
+    """float64 numpy ``(poses, affines, isocenter or None)``: the given host copies, else copied here."""
+    if host_frames is not None:
+        pose, affines, iso = host_frames
+    else:
+        pose = poses.detach().to("cpu", torch.float64).numpy()
+        affines = world_from_voxel.detach().to("cpu", torch.float64).numpy()
+        iso = None if isocenter is None else isocenter.detach().to("cpu", torch.float64).numpy()
+    if pose.shape != tuple(poses.shape) or affines.shape != tuple(world_from_voxel.shape):
+        raise TritonBackendInputError(f"host frames {pose.shape} / {affines.shape} do not match poses "
+                                      f"{tuple(poses.shape)} / affines {tuple(world_from_voxel.shape)}")
+    return pose, affines, iso
+
+
 def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shape, geometry, *,
                step_mm: float | None = None, num_samples: int | None = None,
-               isocenter: torch.Tensor | None = None):
+               isocenter: torch.Tensor | None = None, host_frames=None):
     """:func:`xraysyn.projector.rays.build_rays` in one kernel launch (no gradients).
 
     Same arguments, same :class:`~xraysyn.projector.rays.RaySet` (the contract of every backend).
@@ -486,6 +507,10 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     torch operations (launch-bound on a GPU) by one launch. ``n_samples`` follows the same rule
     (``ceil(length / step_mm − 1e-6)``); where ``length / step_mm`` lies within float rounding of
     that threshold the two implementations may count one sample apart.
+
+    ``host_frames`` (optional): float64 numpy copies ``(poses, affines, isocenter or None)`` of the same
+    three tensors (:class:`xraysyn.projector.api.HostFrames`, made while validating them), which saves
+    copying them back from the GPU again.
     """
     from xraysyn.projector.rays import RaySet
 
@@ -499,13 +524,12 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     if n_views * n_rays * 3 > _INT32_LIMIT:
         raise TritonBackendInputError(f"{n_views} views × {n_rays} rays exceed 32-bit indexing; split the views")
     # per-view numbers in float64 numpy: a handful of 4 x 4 operations, each ~1 µs (torch pays ~10 µs a call)
-    pose = poses.detach().to("cpu", torch.float64).numpy()
-    affines = world_from_voxel.detach().to("cpu", torch.float64).numpy()
-    if isocenter is None:
+    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames)
+    if iso is None:
         centre = np.array([(d - 1) / 2, (h - 1) / 2, (w - 1) / 2, 1.0])
         iso = (affines @ centre)[:, :3]
     else:
-        iso = np.broadcast_to(isocenter.detach().to("cpu", torch.float64).numpy(), (n_vol, 3))
+        iso = np.broadcast_to(iso, (n_vol, 3))
     volume_index = np.repeat(np.arange(n_vol), n_views // n_vol)
     if step_mm is None and num_samples is None:
         step_mm = float(np.linalg.norm(affines[:, :3, :3], axis=-2).min()) / 2.0
