@@ -118,7 +118,11 @@ def timed(fn, device, reps, warm=1):
 def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volumes_dir: str | None) -> dict:
     vols, affine, poses, geom, spec, source = setup(workload, device, volumes_dir)
     samples = spec["samples"]
-    backend = {"xraysyn": "auto", "xraysyn-reference": "reference"}.get(impl)
+    backend = {"xraysyn": "auto", "xraysyn-packed": "auto", "xraysyn-reference": "reference"}.get(impl)
+    if impl == "xraysyn-packed":  # the packed-corner forward and adjoint (the widest packing C allows)
+        from xraysyn.projector.triton_backend import TritonBackend
+
+        TritonBackend.FORWARD_PACK = TritonBackend.ADJOINT_PACK = 4
 
     def project(v):
         if impl == "naive-grid_sample":
@@ -148,6 +152,8 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     with torch.no_grad():
         check = float(project(vols).double().mean())
+    if impl == "xraysyn-packed":
+        TritonBackend.FORWARD_PACK = TritonBackend.ADJOINT_PACK = 1
     n_rays = poses.shape[0] * geom.rows * geom.cols
     return dict(impl=impl, workload=workload, mode=mode, device=device, ms=round(ms, 2),
                 gsamples_per_s=round(n_rays * samples / (ms * 1e-3) / 1e9, 3), peak_mib=round(peak, 1),
@@ -159,7 +165,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workloads", default=None, help="comma list; default W1-cpu on CPU, W1,W2 on CUDA")
     parser.add_argument("--impls", default="naive-grid_sample,xraysyn",
-                        help="comma list of naive-grid_sample, xraysyn (auto backend), xraysyn-reference")
+                        help="comma list of naive-grid_sample, xraysyn (auto backend), xraysyn-reference, "
+                             "xraysyn-packed (GPU: the packed-corner forward and adjoint)")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and numba)")

@@ -148,15 +148,20 @@ def test_pack_corners_layout_and_budget(monkeypatch):
     a packed copy larger than the memory budget is not made (the plain march is used)."""
     from xraysyn.projector.triton_backend import _forward_pack, _pack_corners
 
-    volume = torch.arange(2 * 2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 2, 3, 4, 5)
+    volume = torch.arange(2 * 2 * 3 * 4 * 5, dtype=torch.float32, device=DEVICE).reshape(2, 2, 3, 4, 5)
     packed = _pack_corners(volume[:, :1], 4).reshape(2, 3, 4, 5, 1, 4)
     for yo in (0, 1):
         for xo in (0, 1):
             torch.testing.assert_close(packed[:, :, :3, :4, 0, 2 * yo + xo], volume[:, 0, :, yo:3 + yo, xo:4 + xo],
                                        rtol=0, atol=0)
     packed2 = _pack_corners(volume, 2).reshape(2, 3, 4, 5, 2, 2)
-    torch.testing.assert_close(packed2[..., 1], volume.permute(0, 2, 3, 4, 1).roll(-1, 3)[:, :, :, :].where(
-        torch.arange(5).view(1, 1, 1, 5, 1) < 4, volume.permute(0, 2, 3, 4, 1)), rtol=0, atol=0)
+    channels_last = volume.permute(0, 2, 3, 4, 1)
+    torch.testing.assert_close(packed2[..., 0], channels_last, rtol=0, atol=0)
+    torch.testing.assert_close(packed2[..., 1], channels_last.roll(-1, 3).where(
+        torch.arange(5, device=DEVICE).view(1, 1, 1, 5, 1) < 4, channels_last), rtol=0, atol=0)
+    strided = torch.rand(2, 7, 3, 4, 10, device=DEVICE)[:, 1:5:2, :, :, ::2]  # any strides
+    torch.testing.assert_close(_pack_corners(strided, 2).reshape(2, 3, 4, 5, 2, 2)[..., 0],
+                               strided.permute(0, 2, 3, 4, 1), rtol=0, atol=0)
     monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 4)
     assert _forward_pack(volume[:, :1], 512.0) == 4
     assert _forward_pack(volume[:, :1], volume[:, :1].numel() * 4 * 4 / 2**20 * 0.99) == 1
@@ -460,7 +465,12 @@ def test_kernels_compile_for_sm90():
         specs.append({"module": module, "kernel": "backproject_gather_kernel",
                       "constexprs": {"BLOCK_V": 256, "BLOCK_C": block_c, "ACC": common["ACC"]},
                       "default_pointer": "*" + acc_type})
-    ptx = compile_ptx(specs)
+    pack_specs = [{"module": module, "kernel": "pack_corners_kernel", "default_pointer": "*" + vol_type,
+                   "constexprs": {"BLOCK_V": 256, "PACK": pack, "K": channels * pack}, "aligned": ["dst_ptr"]}
+                  for vol_type, _, channels, _, _, _, pack in COMPILE_VARIANTS if pack > 1]
+    ptx = compile_ptx(specs + pack_specs)
+    for pack_ptx in ptx[len(specs):]:  # each voxel's slots in one 16-byte vector store
+        assert "st.global.v4.b32" in pack_ptx
     for i, variant in enumerate(COMPILE_VARIANTS):
         forward, adjoint = ptx[3 * i], ptx[3 * i + 1]
         # relaxed, GPU-scoped atomics: Triton >= 3.7 emits them as fire-and-forget reductions (red), 3.6 as

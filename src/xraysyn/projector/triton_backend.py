@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ _DEFAULT_NUM_WARPS = 4
 _BP_BLOCK_V = 256
 # Widest float32 vector atomic (16 bytes, sm_90) the packed adjoint builds.
 _PACKED_VECTOR_FLOATS = 4
+# Voxels per program of the corner-packing kernel.
+_PACK_BLOCK_V = 256
 # Rays per program of the ray set-up kernel.
 _SETUP_BLOCK_R = 256
 # Launch configurations tried once per (rays, channels) on the GPU: (rays per program, warps), and for
@@ -69,10 +72,21 @@ def available() -> bool:
     return torch.cuda.is_available() or interpreting()
 
 
-_KERNELS = None
+class _Kernels(NamedTuple):
+    """The kernel objects this backend launches; ``tuned``: the march kernels are autotuned (the GPU)."""
+
+    forward: object
+    adjoint: object
+    tuned: bool
+    backproject: object
+    ray_setup: object
+    pack_corners: object
 
 
-def _kernels():
+_KERNELS: _Kernels | None = None
+
+
+def _kernels() -> _Kernels:
     """The compiled kernel objects (imported on first use so ``TRITON_INTERPRET`` is read then)."""
     global _KERNELS
     if _KERNELS is None:
@@ -81,15 +95,15 @@ def _kernels():
         from xraysyn.projector import triton_kernels as k
 
         if interpreting():
-            _KERNELS = (k.march_forward_kernel, k.march_adjoint_kernel, False, k.backproject_gather_kernel,
-                        k.ray_setup_kernel)
+            fwd, adj, tuned = k.march_forward_kernel, k.march_adjoint_kernel, False
         else:
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
             fwd_configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
             fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "PACK"])(k.march_forward_kernel)
             adj = triton.autotune(configs, key=["n_rays", "n_channels"], reset_to_zero=["grad_ptr"])(
                 k.march_adjoint_kernel)
-            _KERNELS = (fwd, adj, True, k.backproject_gather_kernel, k.ray_setup_kernel)
+            tuned = True
+        _KERNELS = _Kernels(fwd, adj, tuned, k.backproject_gather_kernel, k.ray_setup_kernel, k.pack_corners_kernel)
     return _KERNELS
 
 
@@ -287,7 +301,8 @@ class TritonBackend:
             vol = _channels_last(volume.detach())
             vec, vol_strides = _volume_strides(vol)
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
-        fwd, _, tuned, *_ = _kernels()
+        kernels = _kernels()
+        fwd, tuned = kernels.forward, kernels.tuned
         width, tile_w = _ray_tiling(r, detector_cols)
         args = (vol, out, *rays, r, width, *volume.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
@@ -322,7 +337,8 @@ class TritonBackend:
         if n == 0 or r == 0:
             return torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device).permute(0, 4, 1, 2, 3)
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
-        _, adj, tuned, *_ = _kernels()
+        kernels = _kernels()
+        adj, tuned = kernels.adjoint, kernels.tuned
         width, tile_w = _ray_tiling(r, detector_cols)
         pack = _adjoint_pack(c, acc_dtype)
         if pack > 1:  # packed corner slots: (B, D, H, W, C · pack), strides in voxels
@@ -373,23 +389,22 @@ def _forward_pack(volume: torch.Tensor, memory_budget_mib: float) -> int:
 
 
 def _pack_corners(volume: torch.Tensor, pack: int) -> torch.Tensor:
-    """``(B, C, D, H, W)`` → ``(B, D, H, W, C · pack)`` with slot ``c · pack + 2 · yo + xo`` of voxel
-    ``(z, y, x)`` = channel ``c`` of voxel ``(z, y + yo, x + xo)`` (``pack`` 2: x neighbours, 4: x and y).
+    """``(B, C, D, H, W)`` (any strides) → ``(B, D, H, W, C · pack)`` with slot ``c · pack + 2 · yo + xo`` of
+    voxel ``(z, y, x)`` = channel ``c`` of voxel ``(z, y + yo, x + xo)`` (``pack`` 2: x neighbours, 4: x
+    and y), in one kernel pass.
 
     The transpose of :func:`_unpack_corner_slots` on every slot the kernels read: a cell's base voxel is
     at most ``n - 2`` along each axis, so the neighbours exist; the last row / column (never a base)
     repeats its own values.
     """
     b, c, d, h, w = volume.shape
-    src = volume.permute(0, 2, 3, 4, 1)  # (B, D, H, W, C) view
-    packed = volume.new_empty(b, d, h, w, c, pack)
-    packed[..., 0] = src
-    packed[:, :, :, :-1, :, 1] = src[:, :, :, 1:]
-    packed[:, :, :, -1, :, 1] = src[:, :, :, -1]
-    if pack == 4:
-        packed[:, :, :-1, :, :, 2:] = packed[:, :, 1:, :, :, :2]
-        packed[:, :, -1, :, :, 2:] = packed[:, :, -1, :, :, :2]
-    return packed.view(b, d, h, w, c * pack)
+    packed = torch.empty(b, d, h, w, c * pack, dtype=volume.dtype, device=volume.device)
+    n_voxels = d * h * w
+    with _on(volume.device):
+        _kernels().pack_corners[(-(-n_voxels // _PACK_BLOCK_V), b)](
+            volume, packed, n_voxels, h, w, *volume.stride(), BLOCK_V=_PACK_BLOCK_V, PACK=pack, K=c * pack,
+            num_warps=4)
+    return packed
 
 
 def _unpack_corner_slots(packed: torch.Tensor) -> torch.Tensor:
@@ -472,7 +487,7 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
     rel, src = params[6 + 12 * b:6 + 24 * b], params[6 + 24 * b:]
     out = torch.empty(b, c, d, h, w, dtype=acc_dtype, device=device)
     n_voxels = d * h * w
-    gather = _kernels()[3]
+    gather = _kernels().backproject
     with _on(device):
         gather[(-(-n_voxels // _BP_BLOCK_V), b)](
             images.detach(), out, camera_from_voxel, rel, src, detector, n_voxels, d, h, w, c, rows, cols,
@@ -550,7 +565,7 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     delta = torch.empty_like(t_near)
     length = torch.empty_like(t_near)
     n_samples = torch.empty(n_views, n_rays, dtype=torch.int32, device=device)
-    setup = _kernels()[4]
+    setup = _kernels().ray_setup
     with _on(device):
         setup[(-(-n_rays // _SETUP_BLOCK_R), n_views)](
             params, direction, t_near, delta, length, n_samples, n_rays, cols, d, h, w, int(num_samples or 0),

@@ -31,7 +31,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["backproject_gather_kernel", "march_adjoint_kernel", "march_forward_kernel", "ray_setup_kernel"]
+__all__ = ["backproject_gather_kernel", "march_adjoint_kernel", "march_forward_kernel", "pack_corners_kernel",
+           "ray_setup_kernel"]
 
 
 @triton.jit
@@ -554,3 +555,28 @@ def ray_setup_kernel(
     tl.store(delta_ptr + flat, delta, mask=ok)
     tl.store(length_ptr + flat, length, mask=ok)
     tl.store(nsamp_ptr + flat, n.to(tl.int32), mask=ok)
+
+
+@triton.jit
+def pack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, s_b, s_c, s_d, s_h, s_w,
+                        BLOCK_V: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr):
+    """The packed-corner layout of :func:`_sample_packed` in one pass: ``dst (B, D, H, W, K)``, slot
+    ``c · PACK + 2 · yo + xo`` of voxel ``(z, y, x)`` = ``src[b, c, z, y + yo, x + xo]`` (indices clamped to
+    the last row / column, which is never a cell's base). ``src`` has any strides (in elements); each
+    voxel's ``K`` slots are written as one vector store."""
+    item = tl.program_id(1).to(tl.int64)
+    vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    ok = vox < n_voxels
+    plane = size_h * size_w
+    z = vox // plane
+    rest = vox - z * plane
+    y = rest // size_w
+    x = rest - y * size_w
+    kk = tl.arange(0, K)
+    yo, xo = _corner_tiles(kk, PACK)
+    yy = tl.minimum(y[:, None] + yo, size_h - 1)
+    xx = tl.minimum(x[:, None] + xo, size_w - 1)
+    src = src_ptr + item * s_b + ((kk // PACK) * s_c)[None, :] + (z * s_d)[:, None] + yy * s_h + xx * s_w
+    values = tl.load(src, mask=ok[:, None], other=0.0)
+    dst = dst_ptr + (item * n_voxels + vox)[:, None] * K + kk[None, :]
+    tl.store(dst, values, mask=ok[:, None])
