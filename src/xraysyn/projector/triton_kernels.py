@@ -176,6 +176,32 @@ def _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s, size_
 
 
 @triton.jit
+def _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h, size_w,
+               s_vc, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+               VEC: tl.constexpr, UNROLL: tl.constexpr, PACK: tl.constexpr):
+    """Line integrals ``(BLOCK_R, BLOCK_C)`` (voxel value × mm) of a block of rays through one volume ``vol``."""
+    if VEC > 1 and PACK == 1:
+        chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
+    else:
+        chan_off = (chan * s_vc)[None, :]
+    if PACK > 1:
+        kk = tl.arange(0, BLOCK_C * PACK)
+        slots = tl.zeros([BLOCK_R, BLOCK_C * PACK], dtype=ACC)
+        for s0 in range(0, n_max, UNROLL):
+            for u in tl.static_range(UNROLL):
+                slots += _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s0 + u,
+                                        size_d, size_h, size_w, s_vd, s_vh, ACC, PACK, BLOCK_C * PACK)
+        acc = tl.sum(tl.reshape(slots, [BLOCK_R, BLOCK_C, PACK]), axis=2)
+    else:
+        acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
+        for s0 in range(0, n_max, UNROLL):  # UNROLL samples per iteration: more independent gathers in flight
+            for u in tl.static_range(UNROLL):
+                acc += _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, s0 + u,
+                               size_d, size_h, size_w, s_vd, s_vh, s_vw, ACC, VEC)
+    return acc * dt[:, None]
+
+
+@triton.jit
 def march_forward_kernel(
     vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
     n_rays, width, size_d, size_h, size_w, n_channels,
@@ -207,25 +233,8 @@ def march_forward_kernel(
         s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
     n_max = tl.max(ns, axis=0)
 
-    if VEC > 1:
-        chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
-    else:
-        chan_off = (chan * s_vc)[None, :]
-    if PACK > 1:
-        kk = tl.arange(0, BLOCK_C * PACK)
-        slots = tl.zeros([BLOCK_R, BLOCK_C * PACK], dtype=ACC)
-        for s0 in range(0, n_max, UNROLL):
-            for u in tl.static_range(UNROLL):
-                slots += _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s0 + u,
-                                        size_d, size_h, size_w, s_vd, s_vh, ACC, PACK, BLOCK_C * PACK)
-        acc = tl.sum(tl.reshape(slots, [BLOCK_R, BLOCK_C, PACK]), axis=2)
-    else:
-        acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
-        for s0 in range(0, n_max, UNROLL):  # UNROLL samples per iteration: more independent gathers in flight
-            for u in tl.static_range(UNROLL):
-                acc += _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, s0 + u,
-                               size_d, size_h, size_w, s_vd, s_vh, s_vw, ACC, VEC)
-    acc = acc * dt[:, None]
+    acc = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h, size_w,
+                     s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK)
     out = out_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=ray_ok[:, None] & chan_ok[None, :])
 
@@ -335,23 +344,36 @@ def march_adjoint_kernel(
         s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
     n_max = tl.max(ns, axis=0)
 
-    both_ok = ray_ok[:, None] & chan_ok[None, :]
-    g_ptr = gout_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
-    g = tl.load(g_ptr, mask=both_ok, other=0.0).to(ACC) * dt[:, None]  # (BLOCK_R, BLOCK_C)
-    if VEC > 1:
+    g_ptr = gout_ptr + view * s_gn + (rays * s_gr)[:, None]
+    g = tl.load(g_ptr + (chan * s_gc)[None, :], mask=ray_ok[:, None] & chan_ok[None, :], other=0.0).to(ACC)
+    kk = tl.arange(0, BLOCK_C * PACK)  # packed slots: channel kk // PACK
+    if PACK > 1:
+        gk = tl.load(g_ptr + ((kk // PACK) * s_gc)[None, :], mask=ray_ok[:, None], other=0.0).to(ACC)  # (BLOCK_R, K)
+    else:
+        gk = g
+    _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
+                  size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, MERGE_RUNS, VEC, PACK)
+
+
+@triton.jit
+def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
+                  size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+                  MERGE_RUNS: tl.constexpr, VEC: tl.constexpr, PACK: tl.constexpr):
+    """Scatter ``g · delta · w_corner`` of every sample of a block of rays into one gradient volume ``grad``.
+
+    ``g (BLOCK_R, BLOCK_C)``: the gradient of each ray's line integrals; ``gk (BLOCK_R, C · PACK)``: the
+    same per packed slot (``gk[:, k] = g[:, k // PACK]``; equal to ``g`` for ``PACK = 1``).
+    """
+    g = g * dt[:, None]
+    gk = gk * dt[:, None]
+    if VEC > 1 and PACK == 1:
         chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
         chan_mask = tl.full([1, BLOCK_C], 1, tl.int1)  # BLOCK_C == C: a per-ray mask keeps vectors whole
     else:
         chan_off = (chan * s_vc)[None, :]
         chan_mask = chan_ok[None, :]
-    kk = tl.arange(0, BLOCK_C * PACK)  # packed slots: channel kk // PACK
+    kk = tl.arange(0, BLOCK_C * PACK)
     slot_mask = tl.full([1, BLOCK_C * PACK], 1, tl.int1)
-    if PACK > 1:
-        gk = tl.load(gout_ptr + view * s_gn + (rays * s_gr)[:, None] + ((kk // PACK) * s_gc)[None, :],
-                     mask=ray_ok[:, None], other=0.0).to(ACC) * dt[:, None]  # (BLOCK_R, K)
-    else:
-        gk = g
-
     zero = tl.zeros([BLOCK_R], dtype=ACC)
     a000 = zero
     a001 = zero
