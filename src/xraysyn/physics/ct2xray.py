@@ -147,12 +147,20 @@ def ct2xray(ct_hu: torch.Tensor, bone_mask: torch.Tensor, world_from_voxel, pose
         table: μ/ρ table (default the shipped one).
         **projector_kwargs: forwarded to the projector (``step_mm``, ``num_samples``, ...).
 
+    Where the projector runs its Triton backend (CUDA), projection and attenuation are one fused kernel
+    each way (:func:`xraysyn.physics.fused_ct2xray.project_and_attenuate`); elsewhere the steps run apart.
+
     Returns:
         :class:`CT2XrayResult` with ``(B·V, ...)`` tensors on the input's device and dtype.
     """
-    thickness = material_thicknesses(ct_hu, bone_mask, world_from_voxel, poses, geometry, calibration=calibration,
-                                     air_threshold_hu=air_threshold_hu, **projector_kwargs)
-    return radiograph_from_thickness(thickness, spectrum, materials=material_names(air_threshold_hu), table=table)
+    from xraysyn.physics.fused_ct2xray import project_and_attenuate
+
+    densities = material_density_volumes(ct_hu, bone_mask, calibration=calibration, air_threshold_hu=air_threshold_hu)
+    spectrum = spectrum if spectrum is not None else tube_spectrum(DEFAULT_KVP)
+    materials = material_names(air_threshold_hu)
+    thickness, i_atten, line_integral = project_and_attenuate(densities, world_from_voxel, poses, geometry, spectrum,
+                                                              materials=materials, table=table, **projector_kwargs)
+    return CT2XrayResult(display_image(i_atten), i_atten, line_integral, thickness, tuple(materials))
 
 
 @functools.lru_cache(maxsize=1)

@@ -213,6 +213,41 @@ def _select_backend(backend: str, device: torch.device, ray_grad: bool):
 
 
 # ---------------------------------------------------------------------------------------- FP
+def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeBeamGeometry, *,
+                  step_mm: float | None = None, num_samples: int | None = None, isocenter=None,
+                  memory_budget_mib: float = _DEFAULT_BUDGET_MIB, backend: str = "auto"):
+    """Validate the inputs of :func:`forward_project` and set up its rays.
+
+    Returns ``(volume, rays, backend)``: the volume as the chosen backend reads it (float32/float64, or
+    fp16/bf16 as stored for a backend that reads those), the :class:`~xraysyn.projector.rays.RaySet`
+    and the backend class (None for the torch reference). Shared by :func:`forward_project` and the
+    fused projection + attenuation of :mod:`xraysyn.physics.fused_ct2xray`.
+    """
+    if not isinstance(volume, torch.Tensor) or volume.dim() != 5:
+        shape = tuple(volume.shape) if isinstance(volume, torch.Tensor) else type(volume).__name__
+        raise ProjectorInputError(f"volume must be a tensor of shape (B, C, D, H, W), got {shape}")
+    _check_geometry(geometry)
+    _check_sampling(step_mm, num_samples, memory_budget_mib)
+    b, c = volume.shape[:2]
+    if b == 0 or c == 0:
+        raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
+    spatial = _check_spatial_shape(volume.shape[2:])
+    dtype = _compute_dtype(volume.dtype)
+    affines, pose_t, iso, host = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, volume.device,
+                                                 values=volume)
+    ray_grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
+    )
+    chosen = _select_backend(backend, volume.device, ray_grad)
+    # the Triton kernels read fp16/bf16 volumes as stored (half the bytes to gather) and accumulate in
+    # float32; the other backends get a float32 copy
+    low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
+    vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
+    rays = _build_rays(chosen, host, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
+                       isocenter=iso)
+    return vol, rays, chosen
+
+
 def forward_project(
     volume: torch.Tensor,
     world_from_voxel: torch.Tensor,
@@ -246,28 +281,10 @@ def forward_project(
         Differentiable: the volume gradient is the exact adjoint of this discrete operator; the
         reference backend also differentiates with respect to poses, affines and isocenter.
     """
-    if not isinstance(volume, torch.Tensor) or volume.dim() != 5:
-        shape = tuple(volume.shape) if isinstance(volume, torch.Tensor) else type(volume).__name__
-        raise ProjectorInputError(f"volume must be a tensor of shape (B, C, D, H, W), got {shape}")
-    _check_geometry(geometry)
-    _check_sampling(step_mm, num_samples, memory_budget_mib)
-    b, c = volume.shape[:2]
-    if b == 0 or c == 0:
-        raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
-    spatial = _check_spatial_shape(volume.shape[2:])
-    dtype = _compute_dtype(volume.dtype)
-    affines, pose_t, iso, host = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, volume.device,
-                                                 values=volume)
-    ray_grad = torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
-    )
-    chosen = _select_backend(backend, volume.device, ray_grad)
-    # the Triton kernels read fp16/bf16 volumes as stored (half the bytes to gather) and accumulate in
-    # float32; the other backends get a float32 copy
-    low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
-    vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
-    rays = _build_rays(chosen, host, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
-                       isocenter=iso)
+    vol, rays, chosen = prepare_march(volume, world_from_voxel, poses, geometry, step_mm=step_mm,
+                                      num_samples=num_samples, isocenter=isocenter,
+                                      memory_budget_mib=memory_budget_mib, backend=backend)
+    c = volume.shape[1]
     out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
                          rays.volume_index, float(memory_budget_mib), chosen)
     rows, cols = geometry.detector_shape

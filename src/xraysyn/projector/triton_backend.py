@@ -292,14 +292,7 @@ class TritonBackend:
         # channel-major memory, (N, R, C) view: the kernel writes every (ray, channel) through the
         # strides, and the image layout (N, C, rows, cols) the API returns is then a free view
         out = torch.empty(n, c, r, dtype=acc_dtype, device=device).permute(0, 2, 1)
-        pack = _forward_pack(volume, memory_budget_mib)
-        if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
-            d, h, w = volume.shape[2:]
-            vol = _pack_corners(volume.detach(), pack)
-            vec, vol_strides = c * pack, (d * h * w, 1, h * w, w, 1)
-        else:
-            vol = _channels_last(volume.detach())
-            vec, vol_strides = _volume_strides(vol)
+        vol, vec, vol_strides, pack = _marched_volume(volume, memory_budget_mib)
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         kernels = _kernels()
         fwd, tuned = kernels.forward, kernels.tuned
@@ -340,22 +333,47 @@ class TritonBackend:
         kernels = _kernels()
         adj, tuned = kernels.adjoint, kernels.tuned
         width, tile_w = _ray_tiling(r, detector_cols)
-        pack = _adjoint_pack(c, acc_dtype)
-        if pack > 1:  # packed corner slots: (B, D, H, W, C · pack), strides in voxels
-            buffer = torch.zeros(b, d, h, w, c * pack, dtype=acc_dtype, device=device)
-            vec, grad_strides = c * pack, (d * h * w, 1, h * w, w, 1)
-        else:
-            buffer = torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device)
-            vec, grad_strides = _volume_strides(buffer.permute(0, 4, 1, 2, 3))
+        buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype),
                 "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w, "PACK": pack}
         with _on(device):
             _launch(adj, tuned, n, r, width, tile_w, args, meta)
-        if pack > 1:
-            buffer = _unpack_corner_slots(buffer.view(b, d, h, w, c, pack))
-        return buffer.permute(0, 4, 1, 2, 3)
+        return _finish_gradient(buffer, (b, c, d, h, w), pack)
+
+
+def _marched_volume(volume: torch.Tensor, memory_budget_mib: float):
+    """``(tensor, VEC, strides, PACK)`` the forward march kernels read for ``volume (B, C, D, H, W)``: the
+    packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a channels-last view."""
+    pack = _forward_pack(volume, memory_budget_mib)
+    if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
+        d, h, w = volume.shape[2:]
+        return _pack_corners(volume.detach(), pack), volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack
+    vol = _channels_last(volume.detach())
+    vec, strides = _volume_strides(vol)
+    return vol, vec, strides, 1
+
+
+def _gradient_buffer(volume_shape, acc_dtype: torch.dtype, device: torch.device):
+    """``(zeroed buffer, VEC, strides, PACK)`` the adjoint kernels scatter into for a ``(B, C, D, H, W)``
+    volume: packed corner slots when ``ADJOINT_PACK`` applies, else the channels-last gradient."""
+    b, c, d, h, w = volume_shape
+    pack = _adjoint_pack(c, acc_dtype)
+    if pack > 1:  # packed corner slots: (B, D, H, W, C · pack), strides in voxels
+        buffer = torch.zeros(b, d, h, w, c * pack, dtype=acc_dtype, device=device)
+        return buffer, c * pack, (d * h * w, 1, h * w, w, 1), pack
+    buffer = torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device)
+    vec, strides = _volume_strides(buffer.permute(0, 4, 1, 2, 3))
+    return buffer, vec, strides, 1
+
+
+def _finish_gradient(buffer: torch.Tensor, volume_shape, pack: int) -> torch.Tensor:
+    """The ``(B, C, D, H, W)`` gradient (channels-last memory) from the adjoint's scatter buffer."""
+    b, c, d, h, w = volume_shape
+    if pack > 1:
+        buffer = _unpack_corner_slots(buffer.view(b, d, h, w, c, pack))
+    return buffer.permute(0, 4, 1, 2, 3)
 
 
 def _adjoint_pack(channels: int, acc_dtype: torch.dtype) -> int:
