@@ -21,6 +21,8 @@ once outside the timed region, so these are the kernels alone):
                            per sample, summed): the gather throughput limit the forward is compared to
   bp-gather / bp-torch     voxel-driven BP (eq. 7): the Triton gather kernel / the torch reference
   atten-fused / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
+  ct2xray[...]             projection + attenuation, forward + backward (two channels): the spectral sum
+                           fused into the march kernels / the march then the separate attenuation kernel
 ``gsamples_per_s`` counts ray samples (each reads 8 corners × C channels); ``gather_gb_per_s``
 the corner bytes those samples read (an upper bound of the traffic the caches serve).
 """
@@ -195,6 +197,21 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     emit("atten-fused", timed(lambda: attenuation(lambda t: fused_attenuate(t, spectrum,
                                                                             implementation=implementation))), None)
     emit("atten-torch", timed(lambda: attenuation(lambda t: attenuate(t, spectrum))), None)
+
+    if channels == 2:  # CT2Xray of bone / tissue densities, forward + backward through I and −log I
+        from xraysyn.physics.fused_ct2xray import project_and_attenuate
+
+        densities = volume * 50.0  # g/cm³ from the random 0..1 values: a visibly attenuating body
+
+        def ct2xray_step(fused: bool):
+            leaf = densities.detach().requires_grad_(True)
+            _, i_atten, line = project_and_attenuate(leaf, affines, poses, geometry, spectrum, fused=fused,
+                                                     backend="auto" if device.type == "cuda" else "triton",
+                                                     num_samples=spec["samples"])
+            (i_atten.sum() + line.sum()).backward()
+
+        emit("ct2xray[fused march]", timed(lambda: ct2xray_step(True)))
+        emit("ct2xray[march + atten-fused]", timed(lambda: ct2xray_step(False)))
 
 
 def main(argv=None) -> None:

@@ -28,11 +28,13 @@ for stage in $stages; do
   case $stage in
     tests)   timeout 150 python3 -m pytest -q -p no:cacheprovider -m "cuda or not cuda" \
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_ct2xray.py \
-               tests/test_projector_behaviour.py > "$OUT/tests.log" 2>&1; tail -5 "$OUT/tests.log" ;;
-    gputests) timeout 100 python3 -m pytest -q -p no:cacheprovider -m "cuda or not cuda" \
-               tests/test_projector_triton.py tests/test_physics_fused.py > "$OUT/tests.log" 2>&1
+               tests/test_physics_fused_ct2xray.py tests/test_projector_behaviour.py > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
-    kernels) timeout 90 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
+    gputests) timeout 150 python3 -m pytest -q -p no:cacheprovider -m "cuda or not cuda" \
+               tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_fused_ct2xray.py \
+               > "$OUT/tests.log" 2>&1
+             tail -5 "$OUT/tests.log" ;;
+    kernels) timeout 150 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
     api)     { timeout 60 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls naive-grid_sample,xraysyn,xraysyn-packed --reps 10
                timeout 60 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \

@@ -24,6 +24,6 @@ def test_gpu_kernel_benchmark_smoke_runs_every_case():
     cases = {row["case"] for row in rows}
     expected = {"march-fwd[tiles8]", "march-adj[merged,tiles8]", "march-adj[merged,tiles8,packed2]",
                 "march-fwd[tiles8,packed2]", "pack-corners[2]", "march-fwd[bf16 volume,packed4]", "ray-setup[triton]",
-                "bp-gather", "atten-fused"}
+                "bp-gather", "atten-fused", "ct2xray[fused march]", "ct2xray[march + atten-fused]"}
     assert expected <= cases, expected - cases
     assert all(row["ms"] > 0 for row in rows)
