@@ -15,6 +15,7 @@ from xraysyn.physics.ct2xray import (
     material_thicknesses,
     radiograph_from_thickness,
 )
+from xraysyn.physics.fused_ct2xray import project_and_attenuate
 from xraysyn.physics.materials import AIR, BONE, DEFAULT_MATERIALS, TISSUE, MaterialTable
 from xraysyn.physics.noise import add_noise
 from xraysyn.physics.spectra import Spectrum, half_value_layer_mm, tabulated_kvp_range, tube_spectrum
@@ -36,6 +37,6 @@ __all__ = [
     "hu_to_linear_attenuation", "linear_attenuation_per_mm", "areal_density_from_line_integral",
     "attenuate", "log_attenuation", "display_image",
     "CT2XrayResult", "ct2xray", "drr", "default_drr_energy_keV", "material_density_volumes",
-    "material_names", "material_thicknesses", "radiograph_from_thickness",
+    "material_names", "material_thicknesses", "radiograph_from_thickness", "project_and_attenuate",
     "add_noise", "BoneSuppressionResult", "suppress_bone",
 ]
