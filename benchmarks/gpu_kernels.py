@@ -7,7 +7,8 @@
 Cases (same volumes sizes, detectors and samples as benchmarks/projector.py's W1/W2, rays built
 once outside the timed region, so these are the kernels alone):
   march-fwd                forward line integrals, all channels in one march
-  march-adj[merged|naive]  volume adjoint with per-cell run merging / one atomic per sample
+  march-adj[merged+carry|merged|naive]  volume adjoint: per-cell run merging that also carries the corners a
+                           ray's next cell shares (the default) / run merging alone / one atomic per sample
   march-*[tiles8|runs]     2-D detector tiles 8 pixels wide (the default) / runs of consecutive rays
   march-adj[...,packedP]   the adjoint into packed corner slots (P = 2: x pairs, 4: x and y pairs in one
                            16-byte vector atomic), summed into the gradient afterwards (included)
@@ -149,15 +150,17 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
         TritonBackend.RAY_TILE_WIDTH = tile
         label = f"tiles{tile}" if tile else "runs"
         emit(f"march-fwd[{label}]", timed(forward))
-        for merge in (True, False):
-            TritonBackend.MERGE_RUNS = merge
-            emit(f"march-adj[{'merged' if merge else 'naive'},{label}]", timed(adjoint))
+        for scheme, merge, carry in (("merged+carry", True, True), ("merged", True, False), ("naive", False, False)):
+            TritonBackend.MERGE_RUNS, TritonBackend.CARRY_CORNERS = merge, carry
+            emit(f"march-adj[{scheme},{label}]", timed(adjoint))
     TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
     for pack in (2, 4):
         if channels * pack <= 4:
             TritonBackend.ADJOINT_PACK = pack
-            emit(f"march-adj[merged,tiles8,packed{pack}]", timed(adjoint))
-    TritonBackend.ADJOINT_PACK = 1
+            for scheme, carry in (("merged+carry", True), ("merged", False)):
+                TritonBackend.CARRY_CORNERS = carry
+                emit(f"march-adj[{scheme},tiles8,packed{pack}]", timed(adjoint))
+    TritonBackend.ADJOINT_PACK, TritonBackend.CARRY_CORNERS = 1, True
     half = volume.to(torch.bfloat16)
     for pack in (2, 4):
         if channels * pack <= 4:

@@ -22,8 +22,27 @@ def test_gpu_kernel_benchmark_smoke_runs_every_case():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     cases = {row["case"] for row in rows}
-    expected = {"march-fwd[tiles8]", "march-adj[merged,tiles8]", "march-adj[merged,tiles8,packed2]",
+    expected = {"march-fwd[tiles8]", "march-adj[merged,tiles8]", "march-adj[merged+carry,tiles8]",
+                "march-adj[merged,tiles8,packed2]", "march-adj[merged+carry,tiles8,packed2]",
                 "march-fwd[tiles8,packed2]", "pack-corners[2]", "march-fwd[bf16 volume,packed4]", "ray-setup[triton]",
                 "bp-gather", "atten-fused", "ct2xray[fused march]", "ct2xray[march + atten-fused]"}
     assert expected <= cases, expected - cases
     assert all(row["ms"] > 0 for row in rows)
+
+
+def test_adjoint_atomic_count_on_a_hand_counted_path():
+    """One ray through cells (0,0,0) → (0,0,0) → (0,1,0) → (1,1,1): 4 samples, 3 runs; the y step shares 4
+    corners, the (z, x) step 2; packed groups are kept only when all their corners are."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import torch
+    from adjoint_atomics import count
+
+    cells = torch.tensor([[0, 0, 0], [0, 0, 0], [0, 1, 0], [1, 1, 1]])[None]
+    live = torch.ones(1, 4, dtype=torch.bool)
+    result = count(cells, live)
+    assert result["per-sample"] == 32
+    assert result["merged"] == 24 and result["merged+carry"] == 4 + 6 + 8
+    assert result["packed2"] == 12 and result["packed2+carry"] == 2 + 4 + 4
+    assert result["packed4"] == 6 and result["packed4+carry"] == 6
+    dead_tail = torch.tensor([[True, True, False, False]])
+    assert count(cells, dead_tail)["merged"] == 8  # the ray ends in its first cell: one flush

@@ -132,7 +132,7 @@ def test_fused_kernels_compile_for_sm90():
         specs.append({"module": module, "kernel": "march_attenuate_kernel", "constexprs": {**common, "UNROLL": 2},
                       "pointer_types": ints, "aligned": ["vol_ptr"]})
         specs.append({"module": module, "kernel": "march_attenuate_adjoint_kernel",
-                      "constexprs": {**common, "MERGE_RUNS": True, "HAS_GRAD_THICK": channels != 1},
+                      "constexprs": {**common, "MERGE_RUNS": True, "HAS_GRAD_THICK": channels != 1, "CARRY": True},
                       "pointer_types": ints, "aligned": ["grad_ptr"]})
     for ptx in compile_ptx(specs):
         assert ".entry" in ptx

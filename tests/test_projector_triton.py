@@ -93,19 +93,48 @@ def test_unrolled_forward_matches_reference(unroll, monkeypatch):
     _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
 
 
-@pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
+# adjoint schemes: (MERGE_RUNS, CARRY_CORNERS)
+SCHEMES = {"per-sample": (False, False), "merged": (True, False), "merged+carry": (True, True)}
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
 @pytest.mark.parametrize("case", CASES[:2], ids=["b1c1", "b2c3"])
-def test_adjoint_matches_reference(case, merge_runs, monkeypatch):
+def test_adjoint_matches_reference(case, scheme, monkeypatch):
     volume, args, _ = _case(case, seed=1)
     grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
-    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", merge_runs)
+    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", SCHEMES[scheme][0])
+    monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", SCHEMES[scheme][1])
     _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
 
 
+def test_carried_corners_cover_every_kind_of_cell_step(monkeypatch):
+    """Rays marched at a quarter-voxel step through an oblique geometry: consecutive samples stay in a cell,
+    step along one, two or three axes (forwards and backwards) and jump cells; the adjoint that carries shared
+    corners across steps still equals the reference."""
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
+    affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
+    args, rays = _rays(geometry, affines, (7, 6, 8), [37.0, -128.0], [21.0, -33.0], step_mm=1.0)
+    origin, direction, t_near, delta, n_samples, _ = args
+    k = torch.arange(int(n_samples.max()), device=DEVICE, dtype=torch.float32)
+    pos = origin[:, None, None, :] + (t_near[..., None] + (k + 0.5) * delta[..., None])[..., None] * direction[:, :, None, :]
+    size = torch.tensor((7, 6, 8), device=DEVICE, dtype=torch.float32)
+    cells = torch.minimum(pos.clamp(min=0).minimum(size - 1).floor(), size - 2)
+    steps = (cells[:, :, 1:] - cells[:, :, :-1]).abs()
+    live = (k[1:] < n_samples[..., None])
+    axes_moved = ((steps > 0).sum(-1))[live]
+    assert {0, 1, 2}.issubset(set(axes_moved.tolist())), "the rays must stay, and step along one and two axes"
+    volume = torch.rand(1, 2, 7, 6, 8, device=DEVICE)
+    grad = torch.rand(*t_near.shape, 2, device=DEVICE)
+    for pack in (1, 2):
+        monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", pack)
+        monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", True)
+        _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+
+
 @pytest.mark.parametrize("pack", [2, 4])
-@pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
+@pytest.mark.parametrize("scheme", list(SCHEMES))
 @pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["b1c1", "b3c2"])
-def test_packed_adjoint_matches_reference(case, merge_runs, pack, monkeypatch):
+def test_packed_adjoint_matches_reference(case, scheme, pack, monkeypatch):
     """The packed adjoint (x / y neighbours of a corner in one vector atomic, slots summed afterwards)
     gives the reference adjoint, faces and clamped samples included; C · pack is capped at 4 floats."""
     from xraysyn.projector.triton_backend import _adjoint_pack
@@ -113,7 +142,8 @@ def test_packed_adjoint_matches_reference(case, merge_runs, pack, monkeypatch):
     volume, args, _ = _case(case, seed=3)
     channels = volume.shape[1]
     grad = torch.rand(*args[2].shape, channels, device=DEVICE)
-    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", merge_runs)
+    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", SCHEMES[scheme][0])
+    monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", SCHEMES[scheme][1])
     monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", pack)
     assert _adjoint_pack(channels, torch.float32) == min(pack, 4 // channels) > 1
     result = TritonBackend.adjoint(grad, volume.shape, *args)
@@ -171,8 +201,8 @@ def test_pack_corners_layout_and_budget(monkeypatch):
         _forward_pack(volume, 512.0)
 
 
-@pytest.mark.parametrize("merge_runs", [True, False], ids=["merged", "per-sample"])
-def test_adjoint_identity_float64(merge_runs, monkeypatch):
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_adjoint_identity_float64(scheme, monkeypatch):
     """<FP v, w> = <v, FPᵀ w> to float64 round-off: the adjoint is the exact transpose."""
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(5, 4), pixel_spacing=(7.0, 8.0))
     affines = torch.stack([_affine((4.0, 3.5, 3.0), shear=0.4, dtype=torch.float64),
@@ -181,7 +211,8 @@ def test_adjoint_identity_float64(merge_runs, monkeypatch):
                     dtype=torch.float64, step_mm=1.7)
     v = torch.rand(2, 2, 5, 6, 4, dtype=torch.float64, device=DEVICE)
     w = torch.rand(4, 20, 2, dtype=torch.float64, device=DEVICE)
-    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", merge_runs)
+    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", SCHEMES[scheme][0])
+    monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", SCHEMES[scheme][1])
     fp = TritonBackend.forward(v, *args)
     fpt = TritonBackend.adjoint(w, v.shape, *args)
     assert fp.dtype == fpt.dtype == torch.float64
@@ -478,7 +509,7 @@ def test_kernels_compile_for_sm90():
                       "pointer_types": {**ints, "vol_ptr": "*" + vol_type}, "default_pointer": "*" + acc_type,
                       "aligned": aligned})
         specs.append({"module": module, "kernel": "march_adjoint_kernel",
-                      "constexprs": {**common, "VEC": adjoint_vec, "MERGE_RUNS": merge, "PACK": pack},
+                      "constexprs": {**common, "VEC": adjoint_vec, "MERGE_RUNS": merge, "PACK": pack, "CARRY": merge},
                       "pointer_types": ints, "default_pointer": "*" + acc_type, "aligned": aligned})
         specs.append({"module": module, "kernel": "backproject_gather_kernel",
                       "constexprs": {"BLOCK_V": 256, "BLOCK_C": block_c, "ACC": common["ACC"]},

@@ -130,7 +130,8 @@ class ProjectAttenuate(torch.autograd.Function):
             meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32),
                     "MERGE_RUNS": bool(tb.TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w, "PACK": pack,
                     "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES, "N_CHUNKS": _energy_chunks(mu.shape[1]),
-                    "HAS_GRAD_THICK": has_direct}
+                    "HAS_GRAD_THICK": has_direct,
+                    "CARRY": bool(tb.TritonBackend.MERGE_RUNS and tb.TritonBackend.CARRY_CORNERS)}
             with tb._on(device):
                 tb._launch(adj, tuned, n, r, width, tile_w, args, meta)
         grad = tb._finish_gradient(buffer, ctx.volume_shape, pack).to(ctx.volume_dtype)

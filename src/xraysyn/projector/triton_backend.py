@@ -244,6 +244,11 @@ class TritonBackend:
     """
 
     MERGE_RUNS = True
+    # With MERGE_RUNS: when a ray steps into a neighbouring cell, the corners both cells share (4 of 8 for
+    # a step along one axis) keep accumulating in registers instead of being flushed. Same sum,
+    # reassociated; on the W1 / W2 geometries it removes 47 % of the merged adjoint's atomics (exact count,
+    # benchmarks/adjoint_atomics.py), and the measured adjoint time has been proportional to its atomics.
+    CARRY_CORNERS = True
     RAY_TILE_WIDTH = 8
     # Corner slots per voxel and channel of the adjoint's atomics: 1 = scatter into the gradient
     # volume (8 atomics per cell, the measured default); 2 or 4 = a packed buffer taking the x (and
@@ -337,7 +342,8 @@ class TritonBackend:
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype),
-                "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w, "PACK": pack}
+                "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w, "PACK": pack,
+                "CARRY": bool(TritonBackend.MERGE_RUNS and TritonBackend.CARRY_CORNERS)}
         with _on(device):
             _launch(adj, tuned, n, r, width, tile_w, args, meta)
         return _finish_gradient(buffer, (b, c, d, h, w), pack)

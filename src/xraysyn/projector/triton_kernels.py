@@ -246,47 +246,54 @@ def _scatter(grad_ptr, offset, chan_off, value, mask, VEC: tl.constexpr):
 
 
 @triton.jit
-def _scatter_cell(grad_ptr, cell, chan_off, g, mask, s_gd, s_gh, s_gw,
-                  w000, w001, w010, w011, w100, w101, w110, w111, VEC: tl.constexpr):
-    """Atomically add ``w_corner * g`` to the 8 corners of ``cell`` (offsets ``(BLOCK_R,)``)."""
-    _scatter(grad_ptr, cell, chan_off, w000[:, None] * g, mask, VEC)
-    _scatter(grad_ptr, cell + s_gw, chan_off, w001[:, None] * g, mask, VEC)
-    _scatter(grad_ptr, cell + s_gh, chan_off, w010[:, None] * g, mask, VEC)
-    _scatter(grad_ptr, cell + s_gh + s_gw, chan_off, w011[:, None] * g, mask, VEC)
-    _scatter(grad_ptr, cell + s_gd, chan_off, w100[:, None] * g, mask, VEC)
-    _scatter(grad_ptr, cell + s_gd + s_gw, chan_off, w101[:, None] * g, mask, VEC)
-    _scatter(grad_ptr, cell + s_gd + s_gh, chan_off, w110[:, None] * g, mask, VEC)
-    _scatter(grad_ptr, cell + s_gd + s_gh + s_gw, chan_off, w111[:, None] * g, mask, VEC)
+def _scatter_cell(grad_ptr, cell, chan_off, g, chan_mask, s_gd, s_gh, s_gw,
+                  w000, w001, w010, w011, w100, w101, w110, w111,
+                  m000, m001, m010, m011, m100, m101, m110, m111, VEC: tl.constexpr):
+    """Atomically add ``w_corner * g`` to the 8 corners of ``cell`` (offsets ``(BLOCK_R,)``); corner ``abc``
+    only for the rays where its mask ``m_abc (BLOCK_R,)`` is true (no memory request for the others)."""
+    _scatter(grad_ptr, cell, chan_off, w000[:, None] * g, m000[:, None] & chan_mask, VEC)
+    _scatter(grad_ptr, cell + s_gw, chan_off, w001[:, None] * g, m001[:, None] & chan_mask, VEC)
+    _scatter(grad_ptr, cell + s_gh, chan_off, w010[:, None] * g, m010[:, None] & chan_mask, VEC)
+    _scatter(grad_ptr, cell + s_gh + s_gw, chan_off, w011[:, None] * g, m011[:, None] & chan_mask, VEC)
+    _scatter(grad_ptr, cell + s_gd, chan_off, w100[:, None] * g, m100[:, None] & chan_mask, VEC)
+    _scatter(grad_ptr, cell + s_gd + s_gw, chan_off, w101[:, None] * g, m101[:, None] & chan_mask, VEC)
+    _scatter(grad_ptr, cell + s_gd + s_gh, chan_off, w110[:, None] * g, m110[:, None] & chan_mask, VEC)
+    _scatter(grad_ptr, cell + s_gd + s_gh + s_gw, chan_off, w111[:, None] * g, m111[:, None] & chan_mask, VEC)
 
 
 @triton.jit
-def _scatter_cell_packed(grad_ptr, cell, kk, gk, mask, s_gd, s_gh,
-                         w000, w001, w010, w011, w100, w101, w110, w111, PACK: tl.constexpr, K: tl.constexpr):
+def _scatter_cell_packed(grad_ptr, cell, kk, gk, slot_mask, s_gd, s_gh,
+                         w000, w001, w010, w011, w100, w101, w110, w111,
+                         m000, m001, m010, m011, m100, m101, m110, m111, PACK: tl.constexpr, K: tl.constexpr):
     """Add the 8 corner contributions of ``cell`` with ``8 / PACK`` vector atomics of ``K`` floats.
 
     Packed gradient layout ``(B, D, H, W, K)``, ``K = C · PACK``, slot ``k = c · PACK + 2 · yo + xo``
     of voxel ``(z, y, x)`` holds what cells based at ``(z, y, x)`` give to voxel ``(z, y + yo, x + xo)``
     (``PACK = 2``: x pairs only, ``yo = 0``; ``PACK = 4``: x and y pairs). The host adds the slots
-    up afterwards; every product ``w · g`` is the same as in the plain scatter.
+    up afterwards; every product ``w · g`` is the same as in the plain scatter. A vector goes out for
+    a ray when any of its corners' masks is true (the caller zeroes the weights of the others).
     """
     yo, xo = _corner_tiles(kk, PACK)
     if PACK == 2:
         off = (cell * K)[:, None] + kk[None, :]
-        tl.atomic_add(grad_ptr + off, tl.where(xo == 0, w000[:, None], w001[:, None]) * gk, mask=mask, sem="relaxed")
-        tl.atomic_add(grad_ptr + off + s_gh * K, tl.where(xo == 0, w010[:, None], w011[:, None]) * gk, mask=mask,
-                      sem="relaxed")
-        tl.atomic_add(grad_ptr + off + s_gd * K, tl.where(xo == 0, w100[:, None], w101[:, None]) * gk, mask=mask,
-                      sem="relaxed")
+        tl.atomic_add(grad_ptr + off, tl.where(xo == 0, w000[:, None], w001[:, None]) * gk,
+                      mask=(m000 | m001)[:, None] & slot_mask, sem="relaxed")
+        tl.atomic_add(grad_ptr + off + s_gh * K, tl.where(xo == 0, w010[:, None], w011[:, None]) * gk,
+                      mask=(m010 | m011)[:, None] & slot_mask, sem="relaxed")
+        tl.atomic_add(grad_ptr + off + s_gd * K, tl.where(xo == 0, w100[:, None], w101[:, None]) * gk,
+                      mask=(m100 | m101)[:, None] & slot_mask, sem="relaxed")
         tl.atomic_add(grad_ptr + off + (s_gd + s_gh) * K, tl.where(xo == 0, w110[:, None], w111[:, None]) * gk,
-                      mask=mask, sem="relaxed")
+                      mask=(m110 | m111)[:, None] & slot_mask, sem="relaxed")
     else:
         off = (cell * K)[:, None] + kk[None, :]
         near = tl.where(yo == 0, tl.where(xo == 0, w000[:, None], w001[:, None]),
                         tl.where(xo == 0, w010[:, None], w011[:, None]))
         far = tl.where(yo == 0, tl.where(xo == 0, w100[:, None], w101[:, None]),
                        tl.where(xo == 0, w110[:, None], w111[:, None]))
-        tl.atomic_add(grad_ptr + off, near * gk, mask=mask, sem="relaxed")
-        tl.atomic_add(grad_ptr + off + s_gd * K, far * gk, mask=mask, sem="relaxed")
+        tl.atomic_add(grad_ptr + off, near * gk, mask=(m000 | m001 | m010 | m011)[:, None] & slot_mask,
+                      sem="relaxed")
+        tl.atomic_add(grad_ptr + off + s_gd * K, far * gk, mask=(m100 | m101 | m110 | m111)[:, None] & slot_mask,
+                      sem="relaxed")
 
 
 @triton.jit
@@ -300,16 +307,33 @@ def _corner_weights(fz, fy, fx):
 
 
 @triton.jit
-def _add_cell(grad, cell, rows, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+def _add_cell(grad, cell, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
               w000, w001, w010, w011, w100, w101, w110, w111,
+              m000, m001, m010, m011, m100, m101, m110, m111,
               VEC: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr):
-    """Add the weighted gradient of one cell per ray (rows where ``rows`` is true), plain or packed."""
+    """Add the weighted gradient of one cell per ray, corner ``abc`` where ``m_abc`` is true; plain or packed."""
     if PACK > 1:
-        _scatter_cell_packed(grad, cell, kk, gk, rows[:, None] & slot_mask, s_vd, s_vh,
-                             w000, w001, w010, w011, w100, w101, w110, w111, PACK, K)
+        _scatter_cell_packed(grad, cell, kk, gk, slot_mask, s_vd, s_vh,
+                             w000, w001, w010, w011, w100, w101, w110, w111,
+                             m000, m001, m010, m011, m100, m101, m110, m111, PACK, K)
     else:
-        _scatter_cell(grad, cell, chan_off, g, rows[:, None] & chan_mask, s_vd, s_vh, s_vw,
-                      w000, w001, w010, w011, w100, w101, w110, w111, VEC)
+        _scatter_cell(grad, cell, chan_off, g, chan_mask, s_vd, s_vh, s_vw,
+                      w000, w001, w010, w011, w100, w101, w110, w111,
+                      m000, m001, m010, m011, m100, m101, m110, m111, VEC)
+
+
+@triton.jit
+def _kept(step, can):
+    """Whether a cell's corners 0 and 1 along one axis are also corners of the next cell, ``step`` cells on."""
+    return can & ((step == 0) | (step == -1)), can & ((step == 0) | (step == 1))
+
+
+@triton.jit
+def _carry(lo, hi, step, zero):
+    """Accumulators of corners 0 / 1 along one axis once the cell moved ``step`` cells: a shared corner keeps
+    its sum (corner 1 becomes corner 0 for ``step = 1`` and vice versa), the others restart from zero."""
+    return (tl.where(step == 0, lo, tl.where(step == 1, hi, zero)),
+            tl.where(step == 0, hi, tl.where(step == -1, lo, zero)))
 
 
 @triton.jit
@@ -324,7 +348,7 @@ def march_adjoint_kernel(
     s_nn, s_nr,
     s_gn, s_gr, s_gc,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, MERGE_RUNS: tl.constexpr,
-    VEC: tl.constexpr, TILE_W: tl.constexpr, PACK: tl.constexpr,
+    VEC: tl.constexpr, TILE_W: tl.constexpr, PACK: tl.constexpr, CARRY: tl.constexpr = False,
 ):
     """Scatter ``gout[n, r, c] * delta * w_corner`` of every sample into ``grad`` (the exact transpose).
 
@@ -352,13 +376,13 @@ def march_adjoint_kernel(
     else:
         gk = g
     _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
-                  size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, MERGE_RUNS, VEC, PACK)
+                  size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, MERGE_RUNS, VEC, PACK, CARRY)
 
 
 @triton.jit
 def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
                   size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
-                  MERGE_RUNS: tl.constexpr, VEC: tl.constexpr, PACK: tl.constexpr):
+                  MERGE_RUNS: tl.constexpr, VEC: tl.constexpr, PACK: tl.constexpr, CARRY: tl.constexpr):
     """Scatter ``g · delta · w_corner`` of every sample of a block of rays into one gradient volume ``grad``.
 
     ``g (BLOCK_R, BLOCK_C)``: the gradient of each ray's line integrals; ``gk (BLOCK_R, C · PACK)``: the
@@ -384,6 +408,9 @@ def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok
     a110 = zero
     a111 = zero
     prev = tl.full([BLOCK_R], -1, dtype=tl.int32)  # offset of the cell being accumulated, -1 = none
+    pz = tl.zeros([BLOCK_R], dtype=tl.int32)  # its index along each axis (CARRY)
+    py = tl.zeros([BLOCK_R], dtype=tl.int32)
+    px = tl.zeros([BLOCK_R], dtype=tl.int32)
     for s in range(n_max):
         t = t0 + (s + 0.5) * dt
         iz, fz = _cell(oz + t * dz, size_d, ACC)
@@ -396,23 +423,75 @@ def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok
             cell = tl.where(live, cell, -1)
             leaving = cell != prev
             flush = leaving & (prev >= 0)
-            _add_cell(grad, prev, flush, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
-                      a000, a001, a010, a011, a100, a101, a110, a111, VEC, PACK, BLOCK_C * PACK)
-            a000 = tl.where(leaving, zero, a000) + tl.where(live, w000, zero)
-            a001 = tl.where(leaving, zero, a001) + tl.where(live, w001, zero)
-            a010 = tl.where(leaving, zero, a010) + tl.where(live, w010, zero)
-            a011 = tl.where(leaving, zero, a011) + tl.where(live, w011, zero)
-            a100 = tl.where(leaving, zero, a100) + tl.where(live, w100, zero)
-            a101 = tl.where(leaving, zero, a101) + tl.where(live, w101, zero)
-            a110 = tl.where(leaving, zero, a110) + tl.where(live, w110, zero)
-            a111 = tl.where(leaving, zero, a111) + tl.where(live, w111, zero)
+            if CARRY:
+                # corners the next cell shares (a step along one axis shares 4 of 8) keep accumulating in
+                # registers; only the others are flushed
+                can = flush & live
+                kz0, kz1 = _kept(iz - pz, can)
+                ky0, ky1 = _kept(iy - py, can)
+                kx0, kx1 = _kept(ix - px, can)
+                m000 = flush & ~(kz0 & ky0 & kx0)
+                m001 = flush & ~(kz0 & ky0 & kx1)
+                m010 = flush & ~(kz0 & ky1 & kx0)
+                m011 = flush & ~(kz0 & ky1 & kx1)
+                m100 = flush & ~(kz1 & ky0 & kx0)
+                m101 = flush & ~(kz1 & ky0 & kx1)
+                m110 = flush & ~(kz1 & ky1 & kx0)
+                m111 = flush & ~(kz1 & ky1 & kx1)
+                _add_cell(grad, prev, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+                          tl.where(m000, a000, zero), tl.where(m001, a001, zero), tl.where(m010, a010, zero),
+                          tl.where(m011, a011, zero), tl.where(m100, a100, zero), tl.where(m101, a101, zero),
+                          tl.where(m110, a110, zero), tl.where(m111, a111, zero),
+                          m000, m001, m010, m011, m100, m101, m110, m111, VEC, PACK, BLOCK_C * PACK)
+                # cells moved per axis: 0 while in the same cell, 2 (nothing shared) after the first or last sample
+                step_z = tl.where(leaving, tl.where(can, iz - pz, 2), 0)
+                step_y = tl.where(leaving, tl.where(can, iy - py, 2), 0)
+                step_x = tl.where(leaving, tl.where(can, ix - px, 2), 0)
+                a000, a100 = _carry(a000, a100, step_z, zero)
+                a001, a101 = _carry(a001, a101, step_z, zero)
+                a010, a110 = _carry(a010, a110, step_z, zero)
+                a011, a111 = _carry(a011, a111, step_z, zero)
+                a000, a010 = _carry(a000, a010, step_y, zero)
+                a001, a011 = _carry(a001, a011, step_y, zero)
+                a100, a110 = _carry(a100, a110, step_y, zero)
+                a101, a111 = _carry(a101, a111, step_y, zero)
+                a000, a001 = _carry(a000, a001, step_x, zero)
+                a010, a011 = _carry(a010, a011, step_x, zero)
+                a100, a101 = _carry(a100, a101, step_x, zero)
+                a110, a111 = _carry(a110, a111, step_x, zero)
+                a000 += tl.where(live, w000, zero)
+                a001 += tl.where(live, w001, zero)
+                a010 += tl.where(live, w010, zero)
+                a011 += tl.where(live, w011, zero)
+                a100 += tl.where(live, w100, zero)
+                a101 += tl.where(live, w101, zero)
+                a110 += tl.where(live, w110, zero)
+                a111 += tl.where(live, w111, zero)
+                pz = iz
+                py = iy
+                px = ix
+            else:
+                _add_cell(grad, prev, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+                          a000, a001, a010, a011, a100, a101, a110, a111,
+                          flush, flush, flush, flush, flush, flush, flush, flush, VEC, PACK, BLOCK_C * PACK)
+                a000 = tl.where(leaving, zero, a000) + tl.where(live, w000, zero)
+                a001 = tl.where(leaving, zero, a001) + tl.where(live, w001, zero)
+                a010 = tl.where(leaving, zero, a010) + tl.where(live, w010, zero)
+                a011 = tl.where(leaving, zero, a011) + tl.where(live, w011, zero)
+                a100 = tl.where(leaving, zero, a100) + tl.where(live, w100, zero)
+                a101 = tl.where(leaving, zero, a101) + tl.where(live, w101, zero)
+                a110 = tl.where(leaving, zero, a110) + tl.where(live, w110, zero)
+                a111 = tl.where(leaving, zero, a111) + tl.where(live, w111, zero)
             prev = cell
         else:
-            _add_cell(grad, cell, live, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
-                      w000, w001, w010, w011, w100, w101, w110, w111, VEC, PACK, BLOCK_C * PACK)
+            _add_cell(grad, cell, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+                      w000, w001, w010, w011, w100, w101, w110, w111,
+                      live, live, live, live, live, live, live, live, VEC, PACK, BLOCK_C * PACK)
     if MERGE_RUNS:
-        _add_cell(grad, prev, prev >= 0, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
-                  a000, a001, a010, a011, a100, a101, a110, a111, VEC, PACK, BLOCK_C * PACK)
+        last = prev >= 0
+        _add_cell(grad, prev, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+                  a000, a001, a010, a011, a100, a101, a110, a111,
+                  last, last, last, last, last, last, last, last, VEC, PACK, BLOCK_C * PACK)
 
 
 @triton.jit
