@@ -13,6 +13,7 @@ once outside the timed region, so these are the kernels alone):
   march-adj[...,packedP]   the adjoint into packed corner slots (P = 2: x pairs, 4: x and y pairs in one
                            16-byte vector atomic), summed into the gradient afterwards (included)
   march-fwd[bf16 volume]   the forward march reading a bfloat16 copy of the volume (float32 accumulation)
+  march-fwd[tiles8,reuse]  the forward keeping each ray's cell corners across samples (loads only new corners)
   march-fwd[...,packedP]   the forward reading packed corners (P = 2: x pairs, 4: x and y pairs stored with
                            each voxel: 8 / P vector loads per sample); the packing is included and
   pack-corners[P]          timed alone too
@@ -154,6 +155,9 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
             TritonBackend.MERGE_RUNS, TritonBackend.CARRY_CORNERS = merge, carry
             emit(f"march-adj[{scheme},{label}]", timed(adjoint))
     TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
+    TritonBackend.REUSE_CORNERS = True
+    emit("march-fwd[tiles8,reuse]", timed(forward))
+    TritonBackend.REUSE_CORNERS = False
     for pack in (2, 4):
         if channels * pack <= 4:
             TritonBackend.ADJOINT_PACK = pack

@@ -35,10 +35,12 @@ for stage in $stages; do
                > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
     kernels) timeout 150 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
-    api)     { timeout 60 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
-                 --impls naive-grid_sample,xraysyn,xraysyn-packed --reps 10
-               timeout 60 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
-                 --impls xraysyn,xraysyn-packed --reps 10; } 2>&1 | tee "$OUT/api.jsonl" ;;
+    api)     { timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+                 --impls naive-grid_sample,xraysyn,xraysyn-nocarry,xraysyn-reuse,xraysyn-packed,xraysyn-reuse-packedadj \
+                 --reps 10
+               timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls xraysyn,xraysyn-nocarry,xraysyn-reuse,xraysyn-packed,xraysyn-reuse-packedadj --reps 10
+             } 2>&1 | tee "$OUT/api.jsonl" ;;
     peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \
                timeout 80 python3 .gpu/bench/peers_gpu.py nanodrr flashdrr 2>&1 | tee "$OUT/peers.jsonl" ;;
     step)    [ -f benchmarks/train_step.py ] && timeout 150 python3 benchmarks/train_step.py --device cuda 2>&1 | tee "$OUT/step.jsonl" ;;

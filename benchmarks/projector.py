@@ -40,6 +40,13 @@ WORKLOADS = {
     "W1-cpu": dict(batch=4, size=64, spacing=(5.0, 5.0, 5.2), detector=128, pixel=4.0, samples=128, views=1,
                    channels=2),
 }
+# GPU variants of the Triton backend (class attributes of TritonBackend) the benchmark can compare in one run
+TRITON_VARIANTS = {
+    "xraysyn-packed": {"FORWARD_PACK": 4, "ADJOINT_PACK": 4},  # packed corners, the widest C allows
+    "xraysyn-reuse": {"REUSE_CORNERS": True},  # forward keeps cell corners across samples
+    "xraysyn-reuse-packedadj": {"REUSE_CORNERS": True, "ADJOINT_PACK": 4},  # reuse forward, packed adjoint
+    "xraysyn-nocarry": {"CARRY_CORNERS": False},  # the adjoint as measured on 2026-11-26
+}
 MU_WATER_PER_MM = 0.02  # the peers' benchmark conversion: mu = 0.02 * (1 + HU / 1000) per mm
 BONE_HU = 200.0  # the peers' benchmark material split
 
@@ -118,11 +125,14 @@ def timed(fn, device, reps, warm=1):
 def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volumes_dir: str | None) -> dict:
     vols, affine, poses, geom, spec, source = setup(workload, device, volumes_dir)
     samples = spec["samples"]
-    backend = {"xraysyn": "auto", "xraysyn-packed": "auto", "xraysyn-reference": "reference"}.get(impl)
-    if impl == "xraysyn-packed":  # the packed-corner forward and adjoint (the widest packing C allows)
+    backend = "reference" if impl == "xraysyn-reference" else "auto" if impl.startswith("xraysyn") else None
+    overrides = TRITON_VARIANTS.get(impl, {})
+    if overrides:
         from xraysyn.projector.triton_backend import TritonBackend
 
-        TritonBackend.FORWARD_PACK = TritonBackend.ADJOINT_PACK = 4
+        saved = {name: getattr(TritonBackend, name) for name in overrides}
+        for name, value in overrides.items():
+            setattr(TritonBackend, name, value)
 
     def project(v):
         if impl == "naive-grid_sample":
@@ -152,8 +162,8 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     with torch.no_grad():
         check = float(project(vols).double().mean())
-    if impl == "xraysyn-packed":
-        TritonBackend.FORWARD_PACK = TritonBackend.ADJOINT_PACK = 1
+    for name, value in (saved.items() if overrides else ()):
+        setattr(TritonBackend, name, value)
     n_rays = poses.shape[0] * geom.rows * geom.cols
     return dict(impl=impl, workload=workload, mode=mode, device=device, ms=round(ms, 2),
                 gsamples_per_s=round(n_rays * samples / (ms * 1e-3) / 1e9, 3), peak_mib=round(peak, 1),
@@ -165,8 +175,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workloads", default=None, help="comma list; default W1-cpu on CPU, W1,W2 on CUDA")
     parser.add_argument("--impls", default="naive-grid_sample,xraysyn",
-                        help="comma list of naive-grid_sample, xraysyn (auto backend), xraysyn-reference, "
-                             "xraysyn-packed (GPU: the packed-corner forward and adjoint)")
+                        help="comma list of naive-grid_sample, xraysyn (auto backend), xraysyn-reference, and "
+                             "the GPU variants " + ", ".join(TRITON_VARIANTS))
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and numba)")

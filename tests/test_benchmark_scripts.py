@@ -22,7 +22,7 @@ def test_gpu_kernel_benchmark_smoke_runs_every_case():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     cases = {row["case"] for row in rows}
-    expected = {"march-fwd[tiles8]", "march-adj[merged,tiles8]", "march-adj[merged+carry,tiles8]",
+    expected = {"march-fwd[tiles8]", "march-fwd[tiles8,reuse]", "march-adj[merged,tiles8]", "march-adj[merged+carry,tiles8]",
                 "march-adj[merged,tiles8,packed2]", "march-adj[merged+carry,tiles8,packed2]",
                 "march-fwd[tiles8,packed2]", "pack-corners[2]", "march-fwd[bf16 volume,packed4]", "ray-setup[triton]",
                 "bp-gather", "atten-fused", "ct2xray[fused march]", "ct2xray[march + atten-fused]"}

@@ -54,13 +54,16 @@ def _assert_close(actual, expected, rtol=1e-4):
     assert err <= rtol * scale, f"max error {err:.3g} exceeds {rtol:g} × {scale:.3g}"
 
 
-@pytest.mark.parametrize("forward_pack, adjoint_pack", [(1, 1), (2, 2), (4, 4)])
+@pytest.mark.parametrize("layout", ["plain", "reuse+carry", "packed2", "packed4"])
 @pytest.mark.parametrize("materials", [(BONE, TISSUE), (BONE, TISSUE, AIR), (TISSUE,)], ids=["2mat", "3mat", "1mat"])
-def test_fused_maps_and_gradients_match_separate_steps(materials, forward_pack, adjoint_pack, monkeypatch):
+def test_fused_maps_and_gradients_match_separate_steps(materials, layout, monkeypatch):
+    forward_pack = adjoint_pack = {"packed2": 2, "packed4": 4}.get(layout, 1)
     if forward_pack > 1 and len(materials) == 3:
         pytest.skip("three channels are not packed (not a power of two)")
     monkeypatch.setattr(TritonBackend, "FORWARD_PACK", forward_pack)
     monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", adjoint_pack)
+    monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", layout == "reuse+carry")
+    monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", layout == "reuse+carry")
     densities, affine, poses = _setup(materials, seed=len(materials) + forward_pack)
     n = poses.shape[0]
     gen = torch.Generator().manual_seed(7)
@@ -129,7 +132,8 @@ def test_fused_kernels_compile_for_sm90():
         block_c = 1 << max(0, channels - 1).bit_length()
         common = {"BLOCK_R": 128, "BLOCK_C": block_c, "ACC": "tl.float32", "VEC": vec, "TILE_W": 8, "PACK": pack,
                   "N_MAT": channels, "BLOCK_E": 32, "N_CHUNKS": 4}
-        specs.append({"module": module, "kernel": "march_attenuate_kernel", "constexprs": {**common, "UNROLL": 2},
+        specs.append({"module": module, "kernel": "march_attenuate_kernel",
+                      "constexprs": {**common, "UNROLL": 2, "REUSE": pack == 1},
                       "pointer_types": ints, "aligned": ["vol_ptr"]})
         specs.append({"module": module, "kernel": "march_attenuate_adjoint_kernel",
                       "constexprs": {**common, "MERGE_RUNS": True, "HAS_GRAD_THICK": channels != 1, "CARRY": True},

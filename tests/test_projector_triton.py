@@ -153,6 +153,30 @@ def test_packed_adjoint_matches_reference(case, scheme, pack, monkeypatch):
     _assert_close(result, expected)
 
 
+@pytest.mark.parametrize("unroll", [1, 2])
+@pytest.mark.parametrize("case", CASES, ids=["b1c1", "b2c3", "b3c2"])
+def test_forward_reusing_corners_equals_the_plain_march(case, unroll, monkeypatch):
+    """Keeping each ray's cell corners in registers (loading only those a new cell does not share) gives the
+    same values as loading 8 corners per sample: bit for bit on the interpreter, and the reference's."""
+    volume, args, _ = _case(case, seed=6)
+    monkeypatch.setattr(TritonBackend, "FORWARD_UNROLL", unroll)
+    plain = TritonBackend.forward(volume, *args)
+    monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", True)
+    reusing = TritonBackend.forward(volume, *args)
+    if not torch.cuda.is_available():
+        torch.testing.assert_close(reusing, plain, rtol=0, atol=0)
+    _assert_close(reusing, march_forward(volume, *args))
+
+
+def test_forward_reusing_corners_over_every_kind_of_cell_step(monkeypatch):
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
+    affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
+    args, _ = _rays(geometry, affines, (7, 6, 8), [37.0, -128.0], [21.0, -33.0], step_mm=1.0)
+    volume = torch.rand(1, 2, 7, 6, 8, device=DEVICE).half()
+    monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", True)
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume.float(), *args), 1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("pack", [2, 4])
 @pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["b1c1", "b3c2"])
@@ -505,7 +529,8 @@ def test_kernels_compile_for_sm90():
                   "VEC": vec, "TILE_W": tile_w}
         adjoint_vec = vec if pack == 1 else channels * pack
         specs.append({"module": module, "kernel": "march_forward_kernel",
-                      "constexprs": {**common, "VEC": adjoint_vec, "UNROLL": FORWARD_UNROLL, "PACK": pack},
+                      "constexprs": {**common, "VEC": adjoint_vec, "UNROLL": FORWARD_UNROLL, "PACK": pack,
+                                     "REUSE": merge},
                       "pointer_types": {**ints, "vol_ptr": "*" + vol_type}, "default_pointer": "*" + acc_type,
                       "aligned": aligned})
         specs.append({"module": module, "kernel": "march_adjoint_kernel",
@@ -579,6 +604,16 @@ def test_cuda_packed_forward_matches_reference(channels, pack, monkeypatch):
     monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
     _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
     _assert_close(TritonBackend.forward(volume.bfloat16(), *args), march_forward(volume.bfloat16().float(), *args))
+
+
+@pytest.mark.cuda
+def test_cuda_forward_reusing_corners_matches_reference(monkeypatch):
+    volume, args, _ = _gpu_case(seed=6)
+    monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", True)
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", False)
+    grad = torch.rand(*args[2].shape, volume.shape[1], device="cuda")
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
 
 
 @pytest.mark.cuda

@@ -49,7 +49,7 @@ def _kernels():
             fwd_configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w)
                            for r, w, u in tb._FORWARD_TUNING_CONFIGS]
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in tb._TUNING_CONFIGS]
-            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "n_energies", "PACK"])(
+            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "n_energies", "PACK", "REUSE"])(
                 k.march_attenuate_kernel)
             adj = triton.autotune(configs, key=["n_rays", "n_channels", "n_energies"], reset_to_zero=["grad_ptr"])(
                 k.march_attenuate_adjoint_kernel)
@@ -87,7 +87,7 @@ class ProjectAttenuate(torch.autograd.Function):
                 1.0 / MM_PER_CM, *vol_strides, *ray_strides, *thick.stride(), *mu.stride())
         meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
                 "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
-                "N_CHUNKS": _energy_chunks(mu.shape[1])}
+                "N_CHUNKS": _energy_chunks(mu.shape[1]), "REUSE": bool(tb.TritonBackend.REUSE_CORNERS)}
         if not tuned:
             meta["UNROLL"] = int(tb.TritonBackend.FORWARD_UNROLL)
         if n and r:

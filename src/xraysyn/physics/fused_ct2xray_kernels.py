@@ -59,6 +59,7 @@ def march_attenuate_kernel(
     s_mm, s_me,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr, TILE_W: tl.constexpr,
     UNROLL: tl.constexpr, PACK: tl.constexpr, N_MAT: tl.constexpr, BLOCK_E: tl.constexpr, N_CHUNKS: tl.constexpr,
+    REUSE: tl.constexpr = False,
 ):
     """Per ray: thicknesses ``t[n, r, m] = scale · ∫ density_m`` (g/cm²) and ``L``, ``I_atten``, ``−L`` ``(N, R)``."""
     view = tl.program_id(1)
@@ -72,7 +73,7 @@ def march_attenuate_kernel(
         s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
     n_max = tl.max(ns, axis=0)
     integral = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
-                          size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK)
+                          size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK, REUSE)
     thick = integral.to(tl.float32) * scale
     run_max = tl.full([BLOCK_R], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_R], tl.float32)

@@ -99,7 +99,7 @@ def _kernels() -> _Kernels:
         else:
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
             fwd_configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
-            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "PACK"])(k.march_forward_kernel)
+            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "PACK", "REUSE"])(k.march_forward_kernel)
             adj = triton.autotune(configs, key=["n_rays", "n_channels"], reset_to_zero=["grad_ptr"])(
                 k.march_adjoint_kernel)
             tuned = True
@@ -262,6 +262,11 @@ class TritonBackend:
     # times the volume's memory (used only within memory_budget_mib); C · pack capped at 16 bytes.
     # Not yet timed on a GPU.
     FORWARD_PACK = 1
+    # Forward march (unpacked layout): keep each ray's cell corners in registers across samples and load only
+    # those a new cell does not share (on the W1 / W2 geometries 21 % of the corner loads of 8 per sample, by
+    # the same count as benchmarks/adjoint_atomics.py's merged+carry). Same values; fewer memory requests,
+    # more registers and arithmetic per sample. Not yet timed on a GPU, so off by default.
+    REUSE_CORNERS = False
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
     FORWARD_UNROLL = 1
     # The kernels read fp16/bf16 volumes as stored (float32 accumulation): no upcast copy needed.
@@ -304,7 +309,7 @@ class TritonBackend:
         width, tile_w = _ray_tiling(r, detector_cols)
         args = (vol, out, *rays, r, width, *volume.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
-                "PACK": pack}
+                "PACK": pack, "REUSE": bool(TritonBackend.REUSE_CORNERS)}
         if not tuned:
             meta["UNROLL"] = int(TritonBackend.FORWARD_UNROLL)
         with _on(device):

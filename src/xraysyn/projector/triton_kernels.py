@@ -118,6 +118,12 @@ def _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, 
     v101 = _gather(vol, base + s_vd + s_vw, chan_off, live, ACC, VEC)
     v110 = _gather(vol, base + s_vd + s_vh, chan_off, live, ACC, VEC)
     v111 = _gather(vol, base + s_vd + s_vh + s_vw, chan_off, live, ACC, VEC)
+    return _trilinear(v000, v001, v010, v011, v100, v101, v110, v111, fz, fy, fx)
+
+
+@triton.jit
+def _trilinear(v000, v001, v010, v011, v100, v101, v110, v111, fz, fy, fx):
+    """Trilinear interpolation ``(BLOCK_R, BLOCK_C)`` of a cell's corner values at fractions ``(BLOCK_R,)``."""
     fx2 = fx[:, None]
     fy2 = fy[:, None]
     x00 = v000 + (v001 - v000) * fx2
@@ -127,6 +133,104 @@ def _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, 
     y0 = x00 + (x01 - x00) * fy2
     y1 = x10 + (x11 - x10) * fy2
     return y0 + (y1 - y0) * fz[:, None]
+
+
+@triton.jit
+def _reload(vol, offset, need, old, chan_off, chan_ok, ACC: tl.constexpr, VEC: tl.constexpr):
+    """Corner values at voxel ``offset`` for the rays where ``need`` is true (only those issue a load); ``old``
+    for the others."""
+    if VEC > 1:
+        mask = need[:, None]
+    else:
+        mask = need[:, None] & chan_ok[None, :]
+    return tl.where(need[:, None], _gather(vol, offset, chan_off, mask, ACC, VEC), old)
+
+
+@triton.jit
+def _kept(step, can):
+    """Whether a cell's corners 0 and 1 along one axis are also corners of the next cell, ``step`` cells on."""
+    return can & ((step == 0) | (step == -1)), can & ((step == 0) | (step == 1))
+
+
+@triton.jit
+def _available(step, can):
+    """Whether the next cell's corners 0 and 1 along one axis were corners of the previous cell (``step`` away)."""
+    return can & ((step == 0) | (step == 1)), can & ((step == 0) | (step == -1))
+
+
+@triton.jit
+def _carry(lo, hi, step, zero):
+    """Accumulators of corners 0 / 1 along one axis once the cell moved ``step`` cells: a shared corner keeps
+    its sum (corner 1 becomes corner 0 for ``step = 1`` and vice versa), the others restart from zero."""
+    return (tl.where(step == 0, lo, tl.where(step == 1, hi, zero)),
+            tl.where(step == 0, hi, tl.where(step == -1, lo, zero)))
+
+
+@triton.jit
+def _integrate_reusing(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan_ok, chan_off, size_d, size_h,
+                       size_w, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+                       VEC: tl.constexpr, UNROLL: tl.constexpr):
+    """Line integrals of a block of rays keeping each ray's current cell corners in registers: a sample in the
+    same cell as the previous one loads nothing, a step into a neighbouring cell loads only the corners it
+    does not share (4 of 8 for a step along one axis). Same values and arithmetic as :func:`_sample`."""
+    zero = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
+    v000 = zero
+    v001 = zero
+    v010 = zero
+    v011 = zero
+    v100 = zero
+    v101 = zero
+    v110 = zero
+    v111 = zero
+    acc = zero
+    prev = tl.full([BLOCK_R], -1, dtype=tl.int32)  # offset of the cell whose corners are held, -1 = none
+    pz = tl.zeros([BLOCK_R], dtype=tl.int32)
+    py = tl.zeros([BLOCK_R], dtype=tl.int32)
+    px = tl.zeros([BLOCK_R], dtype=tl.int32)
+    for s0 in range(0, n_max, UNROLL):
+        for u in tl.static_range(UNROLL):
+            t = t0 + (s0 + u + 0.5) * dt
+            iz, fz = _cell(oz + t * dz, size_d, ACC)
+            iy, fy = _cell(oy + t * dy, size_h, ACC)
+            ix, fx = _cell(ox + t * dx, size_w, ACC)
+            live = (s0 + u < ns) & ray_ok
+            cell = iz * s_vd + iy * s_vh + ix * s_vw
+            changed = live & (cell != prev)
+            can = changed & (prev >= 0)
+            kz0, kz1 = _available(iz - pz, can)
+            ky0, ky1 = _available(iy - py, can)
+            kx0, kx1 = _available(ix - px, can)
+            step_z = tl.where(changed, tl.where(can, iz - pz, 2), 0)[:, None]
+            step_y = tl.where(changed, tl.where(can, iy - py, 2), 0)[:, None]
+            step_x = tl.where(changed, tl.where(can, ix - px, 2), 0)[:, None]
+            v000, v100 = _carry(v000, v100, step_z, zero)
+            v001, v101 = _carry(v001, v101, step_z, zero)
+            v010, v110 = _carry(v010, v110, step_z, zero)
+            v011, v111 = _carry(v011, v111, step_z, zero)
+            v000, v010 = _carry(v000, v010, step_y, zero)
+            v001, v011 = _carry(v001, v011, step_y, zero)
+            v100, v110 = _carry(v100, v110, step_y, zero)
+            v101, v111 = _carry(v101, v111, step_y, zero)
+            v000, v001 = _carry(v000, v001, step_x, zero)
+            v010, v011 = _carry(v010, v011, step_x, zero)
+            v100, v101 = _carry(v100, v101, step_x, zero)
+            v110, v111 = _carry(v110, v111, step_x, zero)
+            v000 = _reload(vol, cell, changed & ~(kz0 & ky0 & kx0), v000, chan_off, chan_ok, ACC, VEC)
+            v001 = _reload(vol, cell + s_vw, changed & ~(kz0 & ky0 & kx1), v001, chan_off, chan_ok, ACC, VEC)
+            v010 = _reload(vol, cell + s_vh, changed & ~(kz0 & ky1 & kx0), v010, chan_off, chan_ok, ACC, VEC)
+            v011 = _reload(vol, cell + s_vh + s_vw, changed & ~(kz0 & ky1 & kx1), v011, chan_off, chan_ok, ACC, VEC)
+            v100 = _reload(vol, cell + s_vd, changed & ~(kz1 & ky0 & kx0), v100, chan_off, chan_ok, ACC, VEC)
+            v101 = _reload(vol, cell + s_vd + s_vw, changed & ~(kz1 & ky0 & kx1), v101, chan_off, chan_ok, ACC, VEC)
+            v110 = _reload(vol, cell + s_vd + s_vh, changed & ~(kz1 & ky1 & kx0), v110, chan_off, chan_ok, ACC, VEC)
+            v111 = _reload(vol, cell + s_vd + s_vh + s_vw, changed & ~(kz1 & ky1 & kx1), v111, chan_off, chan_ok,
+                           ACC, VEC)
+            value = _trilinear(v000, v001, v010, v011, v100, v101, v110, v111, fz, fy, fx)
+            acc += tl.where(live[:, None], value, zero)
+            prev = tl.where(live, cell, prev)
+            pz = tl.where(live, iz, pz)
+            py = tl.where(live, iy, py)
+            px = tl.where(live, ix, px)
+    return acc
 
 
 @triton.jit
@@ -178,8 +282,9 @@ def _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s, size_
 @triton.jit
 def _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h, size_w,
                s_vc, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
-               VEC: tl.constexpr, UNROLL: tl.constexpr, PACK: tl.constexpr):
-    """Line integrals ``(BLOCK_R, BLOCK_C)`` (voxel value × mm) of a block of rays through one volume ``vol``."""
+               VEC: tl.constexpr, UNROLL: tl.constexpr, PACK: tl.constexpr, REUSE: tl.constexpr):
+    """Line integrals ``(BLOCK_R, BLOCK_C)`` (voxel value × mm) of a block of rays through one volume ``vol``:
+    the packed layout (``PACK > 1``), corners kept across samples (``REUSE``) or 8 loads per sample."""
     if VEC > 1 and PACK == 1:
         chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
     else:
@@ -192,6 +297,9 @@ def _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, cha
                 slots += _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s0 + u,
                                         size_d, size_h, size_w, s_vd, s_vh, ACC, PACK, BLOCK_C * PACK)
         acc = tl.sum(tl.reshape(slots, [BLOCK_R, BLOCK_C, PACK]), axis=2)
+    elif REUSE:
+        acc = _integrate_reusing(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan_ok, chan_off, size_d,
+                                 size_h, size_w, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL)
     else:
         acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
         for s0 in range(0, n_max, UNROLL):  # UNROLL samples per iteration: more independent gathers in flight
@@ -213,7 +321,7 @@ def march_forward_kernel(
     s_nn, s_nr,
     s_gn, s_gr, s_gc,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr, TILE_W: tl.constexpr,
-    UNROLL: tl.constexpr, PACK: tl.constexpr = 1,
+    UNROLL: tl.constexpr, PACK: tl.constexpr = 1, REUSE: tl.constexpr = False,
 ):
     """``out[n, r, c] = delta * Σ_s trilinear(volume[volume_index[n], c], p_s)`` for one block of rays.
 
@@ -234,7 +342,7 @@ def march_forward_kernel(
     n_max = tl.max(ns, axis=0)
 
     acc = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h, size_w,
-                     s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK)
+                     s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK, REUSE)
     out = out_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=ray_ok[:, None] & chan_ok[None, :])
 
@@ -320,20 +428,6 @@ def _add_cell(grad, cell, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh,
         _scatter_cell(grad, cell, chan_off, g, chan_mask, s_vd, s_vh, s_vw,
                       w000, w001, w010, w011, w100, w101, w110, w111,
                       m000, m001, m010, m011, m100, m101, m110, m111, VEC)
-
-
-@triton.jit
-def _kept(step, can):
-    """Whether a cell's corners 0 and 1 along one axis are also corners of the next cell, ``step`` cells on."""
-    return can & ((step == 0) | (step == -1)), can & ((step == 0) | (step == 1))
-
-
-@triton.jit
-def _carry(lo, hi, step, zero):
-    """Accumulators of corners 0 / 1 along one axis once the cell moved ``step`` cells: a shared corner keeps
-    its sum (corner 1 becomes corner 0 for ``step = 1`` and vice versa), the others restart from zero."""
-    return (tl.where(step == 0, lo, tl.where(step == 1, hi, zero)),
-            tl.where(step == 0, hi, tl.where(step == -1, lo, zero)))
 
 
 @triton.jit
