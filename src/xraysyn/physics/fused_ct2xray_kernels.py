@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from xraysyn.projector.triton_kernels import _integrate, _load_rays, _ray_block, _scatter_rays
+from xraysyn.projector.triton_kernels import _integrate, _program_rays, _scatter_rays
 
 __all__ = ["march_attenuate_adjoint_kernel", "march_attenuate_kernel"]
 
@@ -62,16 +62,9 @@ def march_attenuate_kernel(
     REUSE: tl.constexpr = False,
 ):
     """Per ray: thicknesses ``t[n, r, m] = scale · ∫ density_m`` (g/cm²) and ``L``, ``I_atten``, ``−L`` ``(N, R)``."""
-    view = tl.program_id(1)
-    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
-    chan = tl.arange(0, BLOCK_C)
-    chan_ok = chan < n_channels
-    item = tl.load(vidx_ptr + view).to(tl.int64)
-    vol = vol_ptr + item * s_vb * VEC
-    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
-        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
-        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
-    n_max = tl.max(ns, axis=0)
+    view, rays, ray_ok, chan, chan_ok, vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _program_rays(
+        vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels, s_vb,
+        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, BLOCK_R, BLOCK_C, ACC, VEC, TILE_W)
     integral = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
                           size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK, REUSE)
     thick = integral.to(tl.float32) * scale
@@ -115,16 +108,9 @@ def march_attenuate_adjoint_kernel(
     ``gi``/``gl`` ``(N, R)``: gradients w.r.t. ``I_atten`` and ``line_integral``; ``gt`` ``(N, R, C)`` (same
     strides as ``t``, only read when ``HAS_GRAD_THICK``): the direct gradient w.r.t. the thicknesses.
     """
-    view = tl.program_id(1)
-    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
-    chan = tl.arange(0, BLOCK_C)
-    chan_ok = chan < n_channels
-    item = tl.load(vidx_ptr + view).to(tl.int64)
-    grad = grad_ptr + item * s_vb * VEC
-    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
-        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
-        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
-    n_max = tl.max(ns, axis=0)
+    view, rays, ray_ok, chan, chan_ok, grad, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _program_rays(
+        grad_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels, s_vb,
+        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, BLOCK_R, BLOCK_C, ACC, VEC, TILE_W)
 
     both_ok = ray_ok[:, None] & chan_ok[None, :]
     per_ray = view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]

@@ -86,6 +86,35 @@ def _load_rays(origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays,
 
 
 @triton.jit
+def _program_rays(base_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels,
+                  s_vb, s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr,
+                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr,
+                  TILE_W: tl.constexpr):
+    """What every march kernel starts with: this program's view, rays and channels, the pointer to its
+    item's volume (or gradient) and the rays' parameters, and the largest sample count among them."""
+    view = tl.program_id(1)
+    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
+    chan = tl.arange(0, BLOCK_C)
+    chan_ok = chan < n_channels
+    item = tl.load(vidx_ptr + view).to(tl.int64)
+    base = base_ptr + item * s_vb * VEC
+    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
+        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
+        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
+    return view, rays, ray_ok, chan, chan_ok, base, oz, oy, ox, dz, dy, dx, t0, dt, ns, tl.max(ns, axis=0)
+
+
+@triton.jit
+def _voxel_indices(vox, size_h, size_w):
+    """``(z, y, x)`` of flat voxel indices of a ``(D, H, W)`` grid."""
+    plane = size_h * size_w
+    z = vox // plane
+    rest = vox - z * plane
+    y = rest // size_w
+    return z, y, rest - y * size_w
+
+
+@triton.jit
 def _gather(vol, offset, chan_off, mask, ACC: tl.constexpr, VEC: tl.constexpr):
     """Load the ``(BLOCK_R, BLOCK_C)`` channel values at voxel offsets ``(BLOCK_R,)``, converted to ``ACC``.
 
@@ -329,17 +358,9 @@ def march_forward_kernel(
     ``4``: it is the packed ``(B, D, H, W, C · PACK)`` layout of :func:`_sample_packed` (``BLOCK_C == C``,
     ``VEC = C · PACK``, strides in voxels), read with ``8 / PACK`` vector loads per sample.
     """
-    view = tl.program_id(1)
-    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
-    chan = tl.arange(0, BLOCK_C)
-    chan_ok = chan < n_channels
-
-    item = tl.load(vidx_ptr + view).to(tl.int64)
-    vol = vol_ptr + item * s_vb * VEC
-    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
-        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
-        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
-    n_max = tl.max(ns, axis=0)
+    view, rays, ray_ok, chan, chan_ok, vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _program_rays(
+        vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels, s_vb,
+        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, BLOCK_R, BLOCK_C, ACC, VEC, TILE_W)
 
     acc = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h, size_w,
                      s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK, REUSE)
@@ -450,17 +471,9 @@ def march_adjoint_kernel(
     layout of :func:`_scatter_cell_packed` (``VEC = K = C · PACK`` elements per voxel), which needs
     4 or 2 vector atomics per cell instead of 8.
     """
-    view = tl.program_id(1)
-    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
-    chan = tl.arange(0, BLOCK_C)
-    chan_ok = chan < n_channels
-
-    item = tl.load(vidx_ptr + view).to(tl.int64)
-    grad = grad_ptr + item * s_vb * VEC
-    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
-        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
-        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, ACC)
-    n_max = tl.max(ns, axis=0)
+    view, rays, ray_ok, chan, chan_ok, grad, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _program_rays(
+        grad_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels, s_vb,
+        s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, BLOCK_R, BLOCK_C, ACC, VEC, TILE_W)
 
     g_ptr = gout_ptr + view * s_gn + (rays * s_gr)[:, None]
     g = tl.load(g_ptr + (chan * s_gc)[None, :], mask=ray_ok[:, None] & chan_ok[None, :], other=0.0).to(ACC)
@@ -625,11 +638,7 @@ def backproject_gather_kernel(
     item = tl.program_id(1)
     vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     vox_ok = vox < n_voxels
-    plane = size_h * size_w
-    i = vox // plane
-    rest = vox - i * plane
-    j = rest // size_w
-    k = rest - j * size_w
+    i, j, k = _voxel_indices(vox, size_h, size_w)
     fi = i.to(ACC)
     fj = j.to(ACC)
     fk = k.to(ACC)
@@ -762,11 +771,7 @@ def pack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, s_b, s_c, s_
     item = tl.program_id(1).to(tl.int64)
     vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     ok = vox < n_voxels
-    plane = size_h * size_w
-    z = vox // plane
-    rest = vox - z * plane
-    y = rest // size_w
-    x = rest - y * size_w
+    z, y, x = _voxel_indices(vox, size_h, size_w)
     kk = tl.arange(0, K)
     yo, xo = _corner_tiles(kk, PACK)
     yy = tl.minimum(y[:, None] + yo, size_h - 1)
