@@ -96,3 +96,4 @@ def test_gather_only_kernels_compile_for_sm90(monkeypatch):
     plain, pack2, pack4 = compile_ptx(specs)
     assert plain.count("ld.global.v2.b32") == 8
     assert pack2.count("ld.global.v4.b32") == 4 and pack4.count("ld.global.v4.b32") == 2
+

@@ -654,3 +654,16 @@ def test_public_backproject_routes_to_the_triton_gather():
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ProjectorInputError, match="gradients"):
         backproject(images.requires_grad_(True), affine, poses, geom, (5, 6, 4), backend="triton")
+
+
+def test_gpu_autotuners_build_with_valid_keys():
+    """The GPU (non-interpreter) kernel objects build: autotuning keys and reset names are kernel arguments
+    (Triton >= 3.7 checks this when the autotuner is made; older versions would silently never re-tune)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("from xraysyn.projector import triton_backend as tb; from xraysyn.physics import fused_ct2xray as f; "
+            "k = tb._kernels(); g = f._kernels(); assert k.tuned and g[2]; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

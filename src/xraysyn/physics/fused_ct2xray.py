@@ -51,7 +51,8 @@ def _kernels():
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in tb._TUNING_CONFIGS]
             fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "n_energies", "PACK", "REUSE"])(
                 k.march_attenuate_kernel)
-            adj = triton.autotune(configs, key=["n_rays", "n_channels", "n_energies"], reset_to_zero=["grad_ptr"])(
+            adj = triton.autotune(configs, key=["n_rays", "n_channels", "n_energies", "PACK", "CARRY"],
+                                  reset_to_zero=["grad_ptr"])(
                 k.march_attenuate_adjoint_kernel)
             _KERNELS = (fwd, adj, True)
     return _KERNELS

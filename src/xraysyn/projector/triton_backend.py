@@ -100,7 +100,8 @@ def _kernels() -> _Kernels:
             configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
             fwd_configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
             fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "PACK", "REUSE"])(k.march_forward_kernel)
-            adj = triton.autotune(configs, key=["n_rays", "n_channels"], reset_to_zero=["grad_ptr"])(
+            adj = triton.autotune(configs, key=["n_rays", "n_channels", "PACK", "MERGE_RUNS", "CARRY"],
+                                  reset_to_zero=["grad_ptr"])(
                 k.march_adjoint_kernel)
             tuned = True
         _KERNELS = _Kernels(fwd, adj, tuned, k.backproject_gather_kernel, k.ray_setup_kernel, k.pack_corners_kernel)
