@@ -152,9 +152,9 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
         spectrum: energies (keV) and normalised weights.
         materials: names of the density channels in the μ/ρ ``table`` (default bone, tissue).
         table: μ/ρ table (default the shipped one).
-        fused: True forces the fused Triton kernels (an error where they cannot run), False the unfused
-            composition; default (None) fused exactly where the projector would choose its Triton backend
-            and the volumes are not float64.
+        fused: True forces the fused Triton kernels (an error where they cannot run), False the separate
+            steps; default (None) fused exactly where the projector chooses its Triton backend and the
+            volumes are not float64.
         **projector_kwargs: ``step_mm``, ``num_samples``, ``isocenter``, ``memory_budget_mib``, ``backend``
             as for :func:`xraysyn.projector.forward_project`.
 
@@ -162,7 +162,7 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
         ``(thickness (B·V, M, rows, cols) g/cm², i_atten (B·V, 1, rows, cols) in [0, 1], line_integral
         (B·V, 1, rows, cols) dimensionless)``; differentiable w.r.t. ``densities`` (both paths).
     """
-    from xraysyn.projector.api import prepare_march
+    from xraysyn.projector.api import march_prepared, prepare_march
     from xraysyn.projector.triton_backend import TritonBackend
 
     if isinstance(materials, str) or not isinstance(densities, torch.Tensor) or densities.dim() != 5 \
@@ -172,15 +172,16 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
                          f"got {shape}")
     if not isinstance(spectrum, Spectrum):
         raise ValueError(f"spectrum must be a Spectrum, got {type(spectrum).__name__}")
-    if fused is False or (fused is None and densities.dtype == torch.float64):
-        return _unfused(densities, world_from_voxel, poses, geometry, spectrum, materials, table, projector_kwargs)
     memory_budget_mib = projector_kwargs.get("memory_budget_mib", 512.0)
     vol, rays, chosen = prepare_march(densities, world_from_voxel, poses, geometry, **projector_kwargs)
-    if chosen is not TritonBackend or densities.dtype == torch.float64:
-        if fused:
-            raise ValueError("fused=True needs the projector's Triton backend (CUDA tensors, or TRITON_INTERPRET=1 "
-                             "with backend='triton'), no pose gradients and float32/fp16/bf16 densities")
-        return _unfused(densities, world_from_voxel, poses, geometry, spectrum, materials, table, projector_kwargs)
+    can_fuse = chosen is TritonBackend and densities.dtype != torch.float64
+    if fused and not can_fuse:
+        raise ValueError("fused=True needs the projector's Triton backend (CUDA tensors, or TRITON_INTERPRET=1 "
+                         "with backend='triton'), no pose gradients and float32/fp16/bf16 densities")
+    if fused is False or not can_fuse:  # the separate steps: projector, thickness units, attenuation
+        thickness = areal_density_from_line_integral(march_prepared(vol, rays, chosen, geometry, memory_budget_mib))
+        i_atten, line = attenuate(thickness, spectrum, materials=tuple(materials), table=table)
+        return thickness, i_atten, line
     table = table or MaterialTable.default()
     mu = table.attenuation_matrix(tuple(materials), spectrum.energies_keV, dtype=torch.float32,
                                   device=densities.device)
@@ -193,12 +194,3 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
     return (thick.permute(0, 2, 1).reshape(n, len(materials), rows, cols), i_atten.view(n, 1, rows, cols),
             line.view(n, 1, rows, cols))
 
-
-def _unfused(densities, world_from_voxel, poses, geometry, spectrum, materials, table, projector_kwargs):
-    """The same maps from the separate steps: projector, thickness units, :func:`attenuate`."""
-    from xraysyn.projector import forward_project
-
-    thickness = areal_density_from_line_integral(
-        forward_project(densities, world_from_voxel, poses, geometry, **projector_kwargs))
-    i_atten, line = attenuate(thickness, spectrum, materials=tuple(materials), table=table)
-    return thickness, i_atten, line

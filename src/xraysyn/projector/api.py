@@ -284,11 +284,16 @@ def forward_project(
     vol, rays, chosen = prepare_march(volume, world_from_voxel, poses, geometry, step_mm=step_mm,
                                       num_samples=num_samples, isocenter=isocenter,
                                       memory_budget_mib=memory_budget_mib, backend=backend)
-    c = volume.shape[1]
-    out = RayMarch.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
-                         rays.volume_index, float(memory_budget_mib), chosen)
+    return march_prepared(vol, rays, chosen, geometry, memory_budget_mib)
+
+
+def march_prepared(volume: torch.Tensor, rays, backend, geometry: ConeBeamGeometry,
+                   memory_budget_mib: float = _DEFAULT_BUDGET_MIB) -> torch.Tensor:
+    """:func:`forward_project` on what :func:`prepare_march` returned: ``(B * V, C, rows, cols)``."""
+    out = RayMarch.apply(volume, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
+                         rays.volume_index, float(memory_budget_mib), backend)
     rows, cols = geometry.detector_shape
-    return out.permute(0, 2, 1).reshape(out.shape[0], c, rows, cols)
+    return out.permute(0, 2, 1).reshape(out.shape[0], volume.shape[1], rows, cols)
 
 
 def forward_project_adjoint(
