@@ -14,6 +14,7 @@ once outside the timed region, so these are the kernels alone):
                            16-byte vector atomic), summed into the gradient afterwards (included)
   march-fwd[bf16 volume]   the forward march reading a bfloat16 copy of the volume (float32 accumulation)
   march-fwd[tiles8,reuse]  the forward keeping each ray's cell corners across samples (loads only new corners)
+  march-fwd[...,in place]  reading the channels-first volume through its strides instead of a channels-last copy
   march-fwd[...,packedP]   the forward reading packed corners (P = 2: x pairs, 4: x and y pairs stored with
                            each voxel: 8 / P vector loads per sample); the packing is included and
   pack-corners[P]          timed alone too
@@ -157,6 +158,12 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
     TritonBackend.REUSE_CORNERS = True
     emit("march-fwd[tiles8,reuse]", timed(forward))
+    if channels > 1:  # the volume here is channels-first: march it in place, without the channels-last copy
+        TritonBackend.COPY_CHANNELS_LAST = False
+        emit("march-fwd[tiles8,reuse,in place]", timed(forward))
+        TritonBackend.REUSE_CORNERS = False
+        emit("march-fwd[tiles8,in place]", timed(forward))
+        TritonBackend.COPY_CHANNELS_LAST = True
     TritonBackend.REUSE_CORNERS = False
     for pack in (2, 4):
         if channels * pack <= 4:

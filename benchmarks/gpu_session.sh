@@ -36,7 +36,7 @@ for stage in $stages; do
              tail -5 "$OUT/tests.log" ;;
     kernels) timeout 150 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
     api)     { timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
-                 --impls naive-grid_sample,xraysyn,xraysyn-nocarry,xraysyn-reuse,xraysyn-packed,xraysyn-reuse-packedadj \
+                 --impls naive-grid_sample,xraysyn,xraysyn-nocarry,xraysyn-reuse,xraysyn-reuse-nocopy,xraysyn-packed,xraysyn-reuse-packedadj \
                  --reps 10
                timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls xraysyn,xraysyn-nocarry,xraysyn-reuse,xraysyn-packed,xraysyn-reuse-packedadj --reps 10

@@ -45,6 +45,7 @@ TRITON_VARIANTS = {
     "xraysyn-packed": {"FORWARD_PACK": 4, "ADJOINT_PACK": 4},  # packed corners, the widest C allows
     "xraysyn-reuse": {"REUSE_CORNERS": True},  # forward keeps cell corners across samples
     "xraysyn-reuse-packedadj": {"REUSE_CORNERS": True, "ADJOINT_PACK": 4},  # reuse forward, packed adjoint
+    "xraysyn-reuse-nocopy": {"REUSE_CORNERS": True, "COPY_CHANNELS_LAST": False},  # no channels-last copy
     "xraysyn-nocarry": {"CARRY_CORNERS": False},  # the adjoint as measured on 2026-11-26
 }
 MU_WATER_PER_MM = 0.02  # the peers' benchmark conversion: mu = 0.02 * (1 + HU / 1000) per mm

@@ -168,6 +168,17 @@ def test_forward_reusing_corners_equals_the_plain_march(case, unroll, monkeypatc
     _assert_close(reusing, march_forward(volume, *args))
 
 
+def test_forward_reads_channels_first_volumes_in_place(monkeypatch):
+    """Without the channels-last copy the kernels read a channels-first volume through its strides (C loads per
+    corner), plain and reusing corners: same values."""
+    volume, args, _ = _case(CASES[2], seed=8)
+    expected = march_forward(volume, *args)
+    monkeypatch.setattr(TritonBackend, "COPY_CHANNELS_LAST", False)
+    for reuse in (False, True):
+        monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", reuse)
+        _assert_close(TritonBackend.forward(volume, *args), expected)
+
+
 def test_forward_reusing_corners_over_every_kind_of_cell_step(monkeypatch):
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
     affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]

@@ -268,6 +268,10 @@ class TritonBackend:
     # the same count as benchmarks/adjoint_atomics.py's merged+carry). Same values; fewer memory requests,
     # more registers and arithmetic per sample. Not yet timed on a GPU, so off by default.
     REUSE_CORNERS = False
+    # Forward march of a multi-channel volume stored channels-first: True = march a channels-last copy (one
+    # vector load per corner, the measured default; the copy reads and writes the volume once per call);
+    # False = read the channels-first volume in place (C loads per corner; with REUSE_CORNERS far fewer).
+    COPY_CHANNELS_LAST = True
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
     FORWARD_UNROLL = 1
     # The kernels read fp16/bf16 volumes as stored (float32 accumulation): no upcast copy needed.
@@ -362,7 +366,7 @@ def _marched_volume(volume: torch.Tensor, memory_budget_mib: float):
     if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
         d, h, w = volume.shape[2:]
         return _pack_corners(volume.detach(), pack), volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack
-    vol = _channels_last(volume.detach())
+    vol = _channels_last(volume.detach()) if TritonBackend.COPY_CHANNELS_LAST else volume.detach()
     vec, strides = _volume_strides(vol)
     return vol, vec, strides, 1
 
