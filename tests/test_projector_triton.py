@@ -208,6 +208,27 @@ def test_packed_forward_matches_reference(case, pack, dtype, monkeypatch):
     _assert_close(TritonBackend.forward(volume, *args), expected, 1e-4 if dtype == torch.float32 else 1e-3)
 
 
+@pytest.mark.parametrize("pack", [2, 4])
+def test_unpacking_the_adjoint_slots_is_the_transpose_of_packing(pack):
+    """<pack(V), P> = <V, unpack(P)> in float64 for slot buffers P that are zero where no cell writes (the last
+    row / column slots pointing past the grid), as the packed adjoint leaves them."""
+    from xraysyn.projector.triton_backend import _finish_gradient, _pack_corners
+
+    b, c, d, h, w = 2, 2 if pack == 2 else 1, 3, 4, 5
+    gen = torch.Generator().manual_seed(pack)
+    volume = torch.rand(b, c, d, h, w, generator=gen, dtype=torch.float64).to(DEVICE)
+    slots = torch.rand(b, d, h, w, c, pack, generator=gen, dtype=torch.float64).to(DEVICE)
+    slots[:, :, :, -1, :, 1] = 0  # x + 1 past the grid
+    if pack == 4:
+        slots[:, :, -1, :, :, 2:] = 0  # y + 1 past the grid
+        slots[:, :, :, -1, :, 3] = 0
+    lhs = float((_pack_corners(volume, pack).view(b, d, h, w, c, pack) * slots).sum())
+    unpacked = _finish_gradient(slots.reshape(b, d, h, w, c * pack), (b, c, d, h, w), pack)
+    assert unpacked.is_contiguous()
+    rhs = float((volume * unpacked).sum())
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
 def test_pack_corners_layout_and_budget(monkeypatch):
     """Slot ``c · pack + 2 · yo + xo`` of voxel (z, y, x) holds channel c of voxel (z, y + yo, x + xo);
     a packed copy larger than the memory budget is not made (the plain march is used)."""
@@ -553,8 +574,12 @@ def test_kernels_compile_for_sm90():
     pack_specs = [{"module": module, "kernel": "pack_corners_kernel", "default_pointer": "*" + vol_type,
                    "constexprs": {"BLOCK_V": 256, "PACK": pack, "K": channels * pack}, "aligned": ["dst_ptr"]}
                   for vol_type, _, channels, _, _, _, pack in COMPILE_VARIANTS if pack > 1]
+    pack_specs += [{"module": module, "kernel": "unpack_corners_kernel", "default_pointer": "*fp32",
+                    "constexprs": {"BLOCK_V": 256, "BLOCK_C": channels, "PACK": pack}}
+                   for _, _, channels, _, _, _, pack in COMPILE_VARIANTS if pack > 1]
     ptx = compile_ptx(specs + pack_specs)
-    for pack_ptx in ptx[len(specs):]:  # each voxel's slots in one 16-byte vector store
+    n_packed = len(pack_specs) // 2
+    for pack_ptx in ptx[len(specs):len(specs) + n_packed]:  # each voxel's slots in one 16-byte vector store
         assert "st.global.v4.b32" in pack_ptx
     for i, variant in enumerate(COMPILE_VARIANTS):
         forward, adjoint = ptx[3 * i], ptx[3 * i + 1]

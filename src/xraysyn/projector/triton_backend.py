@@ -81,6 +81,7 @@ class _Kernels(NamedTuple):
     backproject: object
     ray_setup: object
     pack_corners: object
+    unpack_corners: object
 
 
 _KERNELS: _Kernels | None = None
@@ -104,7 +105,8 @@ def _kernels() -> _Kernels:
                                   reset_to_zero=["grad_ptr"])(
                 k.march_adjoint_kernel)
             tuned = True
-        _KERNELS = _Kernels(fwd, adj, tuned, k.backproject_gather_kernel, k.ray_setup_kernel, k.pack_corners_kernel)
+        _KERNELS = _Kernels(fwd, adj, tuned, k.backproject_gather_kernel, k.ray_setup_kernel, k.pack_corners_kernel,
+                            k.unpack_corners_kernel)
     return _KERNELS
 
 
@@ -326,9 +328,9 @@ class TritonBackend:
                 memory_budget_mib=512.0, detector_cols=None):
         """Exact transpose of :meth:`forward`: ``grad_out (N, R, C)`` → ``(B, C, D, H, W)``.
 
-        The result is float32 (float64 for float64 ``grad_out``) in channels-last-3d memory
-        format (a permuted view of a ``(B, D, H, W, C)`` buffer; values identical to a contiguous
-        tensor).
+        The result is float32 (float64 for float64 ``grad_out``): in channels-last-3d memory format (a
+        permuted view of the ``(B, D, H, W, C)`` buffer the atomics add into), or contiguous when the
+        packed adjoint (``ADJOINT_PACK``) sums its slots into a fresh tensor; values identical either way.
         """
         if not isinstance(grad_out, torch.Tensor) or grad_out.dim() != 3 or not grad_out.is_floating_point():
             raise TritonBackendInputError("grad_out must be a floating-point tensor of shape (N, R, C)")
@@ -376,6 +378,8 @@ def _gradient_buffer(volume_shape, acc_dtype: torch.dtype, device: torch.device)
     volume: packed corner slots when ``ADJOINT_PACK`` applies, else the channels-last gradient."""
     b, c, d, h, w = volume_shape
     pack = _adjoint_pack(c, acc_dtype)
+    if c * pack * d * h * w > _INT32_LIMIT:  # the kernels index one item's packed slots in 32 bits
+        pack = 1
     if pack > 1:  # packed corner slots: (B, D, H, W, C · pack), strides in voxels
         buffer = torch.zeros(b, d, h, w, c * pack, dtype=acc_dtype, device=device)
         return buffer, c * pack, (d * h * w, 1, h * w, w, 1), pack
@@ -385,11 +389,19 @@ def _gradient_buffer(volume_shape, acc_dtype: torch.dtype, device: torch.device)
 
 
 def _finish_gradient(buffer: torch.Tensor, volume_shape, pack: int) -> torch.Tensor:
-    """The ``(B, C, D, H, W)`` gradient (channels-last memory) from the adjoint's scatter buffer."""
+    """The ``(B, C, D, H, W)`` gradient from the adjoint's scatter buffer: the buffer itself as a channels-last
+    view, or, from packed slots, a contiguous tensor summed in one kernel pass (the layout of a contiguous
+    volume, so autograd need not copy it into the volume's layout)."""
     b, c, d, h, w = volume_shape
-    if pack > 1:
-        buffer = _unpack_corner_slots(buffer.view(b, d, h, w, c, pack))
-    return buffer.permute(0, 4, 1, 2, 3)
+    if pack == 1:
+        return buffer.permute(0, 4, 1, 2, 3)
+    grad = torch.empty(b, c, d, h, w, dtype=buffer.dtype, device=buffer.device)
+    n_voxels = d * h * w
+    with _on(buffer.device):
+        _kernels().unpack_corners[(-(-n_voxels // _PACK_BLOCK_V), b)](
+            buffer, grad, n_voxels, h, w, c, BLOCK_V=_PACK_BLOCK_V, BLOCK_C=_next_power_of_two(c), PACK=pack,
+            num_warps=4)
+    return grad
 
 
 def _adjoint_pack(channels: int, acc_dtype: torch.dtype) -> int:
@@ -427,7 +439,7 @@ def _pack_corners(volume: torch.Tensor, pack: int) -> torch.Tensor:
     voxel ``(z, y, x)`` = channel ``c`` of voxel ``(z, y + yo, x + xo)`` (``pack`` 2: x neighbours, 4: x
     and y), in one kernel pass.
 
-    The transpose of :func:`_unpack_corner_slots` on every slot the kernels read: a cell's base voxel is
+    The transpose of the unpacking (``unpack_corners_kernel``) on every slot the kernels read: a cell's base voxel is
     at most ``n - 2`` along each axis, so the neighbours exist; the last row / column (never a base)
     repeats its own values.
     """
@@ -439,18 +451,6 @@ def _pack_corners(volume: torch.Tensor, pack: int) -> torch.Tensor:
             volume, packed, n_voxels, h, w, *volume.stride(), BLOCK_V=_PACK_BLOCK_V, PACK=pack, K=c * pack,
             num_warps=4)
     return packed
-
-
-def _unpack_corner_slots(packed: torch.Tensor) -> torch.Tensor:
-    """``(B, D, H, W, C, P)`` packed slots → ``(B, D, H, W, C)`` gradient: slot ``2 · yo + xo`` of voxel
-    ``(z, y, x)`` belongs to voxel ``(z, y + yo, x + xo)``."""
-    pack = packed.shape[-1]
-    grad = packed[..., 0].clone()
-    grad[:, :, :, 1:] += packed[:, :, :, :-1, :, 1]
-    if pack == 4:
-        grad[:, :, 1:, :] += packed[:, :, :-1, :, :, 2]
-        grad[:, :, 1:, 1:] += packed[:, :, :-1, :-1, :, 3]
-    return grad
 
 
 def _on(device: torch.device):

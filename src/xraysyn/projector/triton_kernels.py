@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["backproject_gather_kernel", "march_adjoint_kernel", "march_forward_kernel", "pack_corners_kernel",
-           "ray_setup_kernel"]
+           "ray_setup_kernel", "unpack_corners_kernel"]
 
 
 @triton.jit
@@ -780,3 +780,28 @@ def pack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, s_b, s_c, s_
     values = tl.load(src, mask=ok[:, None], other=0.0)
     dst = dst_ptr + (item * n_voxels + vox)[:, None] * K + kk[None, :]
     tl.store(dst, values, mask=ok[:, None])
+
+
+@triton.jit
+def unpack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, n_channels,
+                          BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, PACK: tl.constexpr):
+    """The gradient from the packed adjoint's slots, one pass: ``dst (B, C, D, H, W)`` contiguous, voxel
+    ``(z, y, x)`` = slot ``2 · yo + xo`` of voxel ``(z, y − yo, x − xo)`` summed over the slots that exist
+    (``src (B, D, H, W, C · PACK)``, slot ``c · PACK + 2 · yo + xo``)."""
+    item = tl.program_id(1).to(tl.int64)
+    vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    ok = vox < n_voxels
+    z, y, x = _voxel_indices(vox, size_h, size_w)
+    chan = tl.arange(0, BLOCK_C)
+    both = ok[:, None] & (chan < n_channels)[None, :]
+    k = n_channels * PACK
+    slots = src_ptr + item * n_voxels * k + (chan * PACK)[None, :]
+    here = (vox * k)[:, None]
+    total = tl.load(slots + here, mask=both, other=0.0)
+    total += tl.load(slots + here - k + 1, mask=both & (x >= 1)[:, None], other=0.0)
+    if PACK == 4:
+        row = size_w * k
+        total += tl.load(slots + here - row + 2, mask=both & (y >= 1)[:, None], other=0.0)
+        total += tl.load(slots + here - row - k + 3, mask=both & ((y >= 1) & (x >= 1))[:, None], other=0.0)
+    dst = dst_ptr + item * n_channels * n_voxels + (chan * n_voxels)[None, :] + vox[:, None]
+    tl.store(dst, total, mask=both)
