@@ -9,7 +9,8 @@ once outside the timed region, so these are the kernels alone):
   march-fwd                forward line integrals, all channels in one march
   march-adj[merged+carry|merged|naive]  volume adjoint: per-cell run merging that also carries the corners a
                            ray's next cell shares (the default) / run merging alone / one atomic per sample
-  march-*[tiles8|runs]     2-D detector tiles 8 pixels wide (the default) / runs of consecutive rays
+  march-*[tiles8|runs]     2-D detector tiles 8 pixels wide (the default) / runs of consecutive rays;
+                           march-fwd[tiles4|tiles16]: other tile widths
   march-adj[...,packedP]   the adjoint into packed corner slots (P = 2: x pairs, 4: x and y pairs in one
                            16-byte vector atomic), summed into the gradient afterwards (included)
   march-fwd[bf16 volume]   the forward march reading a bfloat16 copy of the volume (float32 accumulation)
@@ -50,6 +51,7 @@ WORKLOADS = {  # as in benchmarks/projector.py
               "samples": 6, "views": 2, "channels": 2},
 }
 TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide (the default) and runs of consecutive rays
+FORWARD_ONLY_TILE_WIDTHS = (4, 16)  # other tile shapes, timed for the forward only
 # channels: bone and soft tissue for W1, the attenuation alone for W2, as in the peers' benchmark
 
 
@@ -155,6 +157,9 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
         for scheme, merge, carry in (("merged+carry", True, True), ("merged", True, False), ("naive", False, False)):
             TritonBackend.MERGE_RUNS, TritonBackend.CARRY_CORNERS = merge, carry
             emit(f"march-adj[{scheme},{label}]", timed(adjoint))
+    for tile in FORWARD_ONLY_TILE_WIDTHS:
+        TritonBackend.RAY_TILE_WIDTH = tile
+        emit(f"march-fwd[tiles{tile}]", timed(forward))
     TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
     TritonBackend.REUSE_CORNERS = True
     emit("march-fwd[tiles8,reuse]", timed(forward))
