@@ -1,0 +1,88 @@
+"""Host-side cost of one public projector call on the Triton path, without a GPU.
+
+    python benchmarks/host_overhead.py [--calls 500] [--profile]
+
+On a GPU the benchmark timings include everything the host does before the kernels run (validation,
+ray set-up parameters, launches): with the device idle at the start of a call, W1's forward pays it in
+full. Here the Triton kernels are replaced by no-op launchers and the tensors are tiny CPU tensors
+(the interpreter path), so what is timed is Python, numpy and torch dispatch — the part a GPU cannot
+hide — per call of ``forward_project`` (8 volumes, 8 views, 2 channels), ``forward_project`` with the
+fused CT2Xray (``project_and_attenuate``) and ``backproject``. Prints one JSON line per call kind
+(median over ``--calls`` calls, µs); ``--profile`` adds the top functions by cumulative time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import time
+
+os.environ["TRITON_INTERPRET"] = "1"  # the Triton path with CPU tensors; the kernels are replaced below
+
+import torch  # noqa: E402
+
+
+class _NoLaunch:
+    """Stands in for a kernel: ``kernel[grid](*args, **meta)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: None
+
+
+def _stub_kernels() -> None:
+    from xraysyn.physics import fused_ct2xray
+    from xraysyn.projector import triton_backend as tb
+
+    tb._KERNELS = tb._Kernels(*([_NoLaunch()] * 2), False, *([_NoLaunch()] * 4))
+    fused_ct2xray._KERNELS = (_NoLaunch(), _NoLaunch(), False)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    _stub_kernels()
+    from xraysyn.geometry import ConeBeamGeometry
+    from xraysyn.physics import project_and_attenuate, tube_spectrum
+    from xraysyn.projector import backproject, forward_project
+
+    volume = torch.rand(8, 2, 8, 8, 8)
+    affine = torch.diag(torch.tensor([40.0, 40.0, 41.6, 1.0]))
+    geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(16, 16), pixel_spacing=32.0)
+    poses = geometry.poses(torch.linspace(-18, 18, 8))
+    spectrum = tube_spectrum(120.0)
+    images = torch.rand(8, 2, 16, 16)
+    calls = {
+        "forward_project": lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
+        "project_and_attenuate": lambda: project_and_attenuate(volume, affine, poses, geometry, spectrum,
+                                                               num_samples=256, backend="triton"),
+        "backproject": lambda: backproject(images, affine, poses, geometry, (8, 8, 8), backend="triton"),
+    }
+    with torch.no_grad():
+        for name, call in calls.items():
+            for _ in range(20):
+                call()
+            times = []
+            for _ in range(args.calls):
+                start = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - start) * 1e6)
+            print(json.dumps({"call": name, "host_us_median": round(statistics.median(times), 1),
+                              "calls": args.calls, "torch": torch.__version__}), flush=True)
+            if args.profile:
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for _ in range(args.calls):
+                    call()
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("cumtime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
