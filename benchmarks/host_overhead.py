@@ -74,6 +74,7 @@ def main(argv=None) -> None:
                 call()
                 times.append((time.perf_counter() - start) * 1e6)
             print(json.dumps({"call": name, "host_us_median": round(statistics.median(times), 1),
+                              "host_us_min": round(min(times), 1),
                               "calls": args.calls, "torch": torch.__version__}), flush=True)
             if args.profile:
                 profiler = cProfile.Profile()

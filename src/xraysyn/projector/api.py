@@ -70,10 +70,14 @@ class HostFrames(NamedTuple):
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors."""
+    """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors.
+
+    The tensors are concatenated in the first one's dtype (float32 or float64: exact for the float32,
+    float16 and bfloat16 values met here) and widened to float64 on the host."""
     if not tensors:
         return []
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()
+    dtype = tensors[0].dtype
+    flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors]).cpu().numpy().astype(np.float64)
     out, start = [], 0
     for t in tensors:
         out.append(flat[start:start + t.numel()].reshape(tuple(t.shape)))
