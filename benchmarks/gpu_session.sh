@@ -4,7 +4,7 @@
 # and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
 #
 #   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests, the kernels'
-#                                                                   files only) api peers kernels step
+#                                                                   files only) api peers kernels step host
 #
 # Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
@@ -35,6 +35,7 @@ for stage in $stages; do
                > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
     kernels) timeout 150 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
+    host)    timeout 60 python3 benchmarks/host_overhead.py --calls 1000 2>&1 | tee "$OUT/host.jsonl" ;;
     api)     { timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls naive-grid_sample,xraysyn,xraysyn-nocarry,xraysyn-reuse,xraysyn-reuse-nocopy,xraysyn-packed,xraysyn-reuse-packedadj \
                  --reps 10

@@ -46,3 +46,12 @@ def test_adjoint_atomic_count_on_a_hand_counted_path():
     assert result["packed4"] == 6 and result["packed4+carry"] == 6
     dead_tail = torch.tensor([[True, True, False, False]])
     assert count(cells, dead_tail)["merged"] == 8  # the ray ends in its first cell: one flush
+
+
+def test_host_overhead_benchmark_runs():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"), "--calls", "5"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [row["call"] for row in rows] == ["forward_project", "project_and_attenuate", "backproject"]
+    assert all(0 < row["host_us_min"] <= row["host_us_median"] for row in rows)
