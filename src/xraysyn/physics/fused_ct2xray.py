@@ -162,7 +162,7 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
         ``(thickness (B·V, M, rows, cols) g/cm², i_atten (B·V, 1, rows, cols) in [0, 1], line_integral
         (B·V, 1, rows, cols) dimensionless)``; differentiable w.r.t. ``densities`` (both paths).
     """
-    from xraysyn.projector.api import march_prepared, prepare_march
+    from xraysyn.projector.api import _DEFAULT_BUDGET_MIB, march_prepared, prepare_march
     from xraysyn.projector.triton_backend import TritonBackend
 
     if isinstance(materials, str) or not isinstance(densities, torch.Tensor) or densities.dim() != 5 \
@@ -172,7 +172,7 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
                          f"got {shape}")
     if not isinstance(spectrum, Spectrum):
         raise ValueError(f"spectrum must be a Spectrum, got {type(spectrum).__name__}")
-    memory_budget_mib = projector_kwargs.get("memory_budget_mib", 512.0)
+    memory_budget_mib = projector_kwargs.get("memory_budget_mib", _DEFAULT_BUDGET_MIB)
     vol, rays, chosen = prepare_march(densities, world_from_voxel, poses, geometry, **projector_kwargs)
     can_fuse = chosen is TritonBackend and densities.dtype != torch.float64
     if fused and not can_fuse:
