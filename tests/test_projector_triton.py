@@ -107,28 +107,40 @@ def test_adjoint_matches_reference(case, scheme, monkeypatch):
     _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
 
 
-def test_carried_corners_cover_every_kind_of_cell_step(monkeypatch):
-    """Rays marched at a quarter-voxel step through an oblique geometry: consecutive samples stay in a cell,
-    step along one, two or three axes (forwards and backwards) and jump cells; the adjoint that carries shared
-    corners across steps still equals the reference."""
-    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
-    affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
-    args, rays = _rays(geometry, affines, (7, 6, 8), [37.0, -128.0], [21.0, -33.0], step_mm=1.0)
+def _cell_steps(args, shape):
+    """Per consecutive pair of live samples: how many cells the sample moved along each axis ``(M, 3)``."""
     origin, direction, t_near, delta, n_samples, _ = args
     k = torch.arange(int(n_samples.max()), device=DEVICE, dtype=torch.float32)
-    pos = origin[:, None, None, :] + (t_near[..., None] + (k + 0.5) * delta[..., None])[..., None] * direction[:, :, None, :]
-    size = torch.tensor((7, 6, 8), device=DEVICE, dtype=torch.float32)
+    t = t_near[..., None] + (k + 0.5) * delta[..., None]
+    pos = origin[:, None, None, :] + t[..., None] * direction[:, :, None, :]
+    size = torch.tensor(shape, device=DEVICE, dtype=torch.float32)
     cells = torch.minimum(pos.clamp(min=0).minimum(size - 1).floor(), size - 2)
-    steps = (cells[:, :, 1:] - cells[:, :, :-1]).abs()
-    live = (k[1:] < n_samples[..., None])
-    axes_moved = ((steps > 0).sum(-1))[live]
-    assert {0, 1, 2}.issubset(set(axes_moved.tolist())), "the rays must stay, and step along one and two axes"
-    volume = torch.rand(1, 2, 7, 6, 8, device=DEVICE)
-    grad = torch.rand(*t_near.shape, 2, device=DEVICE)
+    live = k[1:] < n_samples[..., None]
+    return (cells[:, :, 1:] - cells[:, :, :-1]).abs()[live]
+
+
+@pytest.mark.parametrize("sampling", [{"step_mm": 1.0}, {"num_samples": 3}], ids=["quarter-voxel", "jumps"])
+def test_carried_corners_cover_every_kind_of_cell_step(sampling, monkeypatch):
+    """Oblique rays: at a quarter-voxel step consecutive samples stay in a cell or step along one or two axes
+    (forwards and backwards); at three samples per ray they jump several cells. The adjoint that carries
+    shared corners across steps (plain and packed) and the forward that reuses them equal the reference."""
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
+    affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
+    shape = (7, 6, 8)
+    args, _ = _rays(geometry, affines, shape, [37.0, -128.0], [21.0, -33.0], **sampling)
+    steps = _cell_steps(args, shape)
+    if "step_mm" in sampling:
+        assert {0, 1, 2}.issubset(set((steps > 0).sum(-1).tolist())), "stay, and step along one and two axes"
+    else:
+        assert int(steps.max()) > 1, "samples must jump over cells"
+    volume = torch.rand(1, 2, *shape, device=DEVICE)
+    grad = torch.rand(*args[2].shape, 2, device=DEVICE)
+    monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", True)
     for pack in (1, 2):
         monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", pack)
-        monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", True)
         _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", True)
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
 
 
 @pytest.mark.parametrize("pack", [2, 4])
@@ -179,7 +191,7 @@ def test_forward_reads_channels_first_volumes_in_place(monkeypatch):
         _assert_close(TritonBackend.forward(volume, *args), expected)
 
 
-def test_forward_reusing_corners_over_every_kind_of_cell_step(monkeypatch):
+def test_forward_reusing_corners_reads_low_precision_volumes(monkeypatch):
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
     affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
     args, _ = _rays(geometry, affines, (7, 6, 8), [37.0, -128.0], [21.0, -33.0], step_mm=1.0)
