@@ -10,7 +10,16 @@ Imported lazily (after ``TRITON_INTERPRET`` is decided), like the library's own 
 import triton
 import triton.language as tl
 
-from xraysyn.projector.triton_kernels import _cell, _gather, _load_rays, _ray_block
+from xraysyn.projector.triton_kernels import _gather, _program_rays, _sample_cell
+
+
+@triton.jit
+def _contiguous_program_rays(vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width,
+                             s_vb, BLOCK_R: tl.constexpr, VEC: tl.constexpr, TILE_W: tl.constexpr):
+    """The march kernels' preamble (``_program_rays``) for contiguous float32 ray tensors, ``VEC`` values per voxel."""
+    return _program_rays(vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, VEC,
+                         s_vb, 3, 1, n_rays * 3, 3, 1, n_rays, 1, n_rays, 1, n_rays, 1, BLOCK_R, VEC, tl.float32, VEC,
+                         TILE_W)
 
 
 @triton.jit
@@ -18,19 +27,13 @@ def gather_only_kernel(vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_p
                        n_rays, width, size_d, size_h, size_w, s_vb, s_vd, s_vh, s_vw,
                        BLOCK_R: tl.constexpr, C: tl.constexpr, TILE_W: tl.constexpr):
     """``out[n, r, c] = Σ_s Σ_corners volume[c, corner(p_s)]`` for contiguous ray tensors."""
-    view = tl.program_id(1)
-    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
-    chan = tl.arange(0, C)[None, :]
-    vol = vol_ptr + tl.load(vidx_ptr + view).to(tl.int64) * s_vb * C
-    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
-        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
-        3, 1, n_rays * 3, 3, 1, n_rays, 1, n_rays, 1, n_rays, 1, tl.float32)
+    view, rays, ray_ok, chan, _chan_ok, vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _contiguous_program_rays(
+        vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, s_vb, BLOCK_R, C,
+        TILE_W)
+    chan = chan[None, :]
     acc = tl.zeros([BLOCK_R, C], dtype=tl.float32)
-    for s in range(tl.max(ns, axis=0)):
-        t = t0 + (s + 0.5) * dt
-        iz, _fz = _cell(oz + t * dz, size_d, tl.float32)
-        iy, _fy = _cell(oy + t * dy, size_h, tl.float32)
-        ix, _fx = _cell(ox + t * dx, size_w, tl.float32)
+    for s in range(n_max):
+        iz, _fz, iy, _fy, ix, _fx = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, s, size_d, size_h, size_w, tl.float32)
         live = ((s < ns) & ray_ok)[:, None]
         base = iz * s_vd + iy * s_vh + ix * s_vw
         acc += _gather(vol, base, chan, live, tl.float32, C)
@@ -50,19 +53,13 @@ def gather_only_packed_kernel(vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, 
                               BLOCK_R: tl.constexpr, K: tl.constexpr, PACK: tl.constexpr, TILE_W: tl.constexpr):
     """The packed-corner forward's accesses (``8 / PACK`` vector loads of ``K`` values per sample), summed
     without weights: the gather limit of ``march_forward_kernel`` with ``PACK > 1``."""
-    view = tl.program_id(1)
-    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
-    kk = tl.arange(0, K)[None, :]
-    vol = vol_ptr + tl.load(vidx_ptr + view).to(tl.int64) * s_vb * K
-    oz, oy, ox, dz, dy, dx, t0, dt, ns = _load_rays(
-        origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, view, rays, ray_ok,
-        3, 1, n_rays * 3, 3, 1, n_rays, 1, n_rays, 1, n_rays, 1, tl.float32)
+    view, rays, ray_ok, kk, _slot_ok, vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _contiguous_program_rays(
+        vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, s_vb, BLOCK_R, K,
+        TILE_W)
+    kk = kk[None, :]
     acc = tl.zeros([BLOCK_R, K], dtype=tl.float32)
-    for s in range(tl.max(ns, axis=0)):
-        t = t0 + (s + 0.5) * dt
-        iz, _fz = _cell(oz + t * dz, size_d, tl.float32)
-        iy, _fy = _cell(oy + t * dy, size_h, tl.float32)
-        ix, _fx = _cell(ox + t * dx, size_w, tl.float32)
+    for s in range(n_max):
+        iz, _fz, iy, _fy, ix, _fx = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, s, size_d, size_h, size_w, tl.float32)
         live = ((s < ns) & ray_ok)[:, None]
         cell = ((iz * s_vd + iy * s_vh + ix) * K)[:, None] + kk
         acc += tl.load(vol + cell, mask=live, other=0.0)

@@ -22,14 +22,12 @@ from torch.autograd.function import once_differentiable
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.physics.attenuation import attenuate
+from xraysyn.physics.fused import _BLOCK_ENERGIES, _energy_chunks
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
 from xraysyn.physics.units import MM_PER_CM, areal_density_from_line_integral
 
 __all__ = ["project_and_attenuate", "ProjectAttenuate"]
-
-# Energies per inner step of the kernels' spectral loops (the number of steps is a compile-time unroll).
-_BLOCK_ENERGIES = 32
 
 _KERNELS = None
 
@@ -38,28 +36,16 @@ def _kernels():
     """``(forward, adjoint, tuned)`` kernel objects, compiled on first use (``TRITON_INTERPRET`` read then)."""
     global _KERNELS
     if _KERNELS is None:
-        import triton
-
         from xraysyn.physics import fused_ct2xray_kernels as k
         from xraysyn.projector import triton_backend as tb
 
         if tb.interpreting():
             _KERNELS = (k.march_attenuate_kernel, k.march_attenuate_adjoint_kernel, False)
         else:
-            fwd_configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w)
-                           for r, w, u in tb._FORWARD_TUNING_CONFIGS]
-            configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in tb._TUNING_CONFIGS]
-            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "n_energies", "PACK", "REUSE"])(
-                k.march_attenuate_kernel)
-            adj = triton.autotune(configs, key=["n_rays", "n_channels", "n_energies", "PACK", "CARRY"],
-                                  reset_to_zero=["grad_ptr"])(
-                k.march_attenuate_adjoint_kernel)
-            _KERNELS = (fwd, adj, True)
+            _KERNELS = (tb.autotuned_march(k.march_attenuate_kernel, forward=True, extra_key=("n_energies",)),
+                        tb.autotuned_march(k.march_attenuate_adjoint_kernel, forward=False,
+                                           extra_key=("n_energies",)), True)
     return _KERNELS
-
-
-def _energy_chunks(n_energies: int) -> int:
-    return max(1, -(-int(n_energies) // _BLOCK_ENERGIES))
 
 
 class ProjectAttenuate(torch.autograd.Function):
@@ -88,9 +74,7 @@ class ProjectAttenuate(torch.autograd.Function):
                 1.0 / MM_PER_CM, *vol_strides, *ray_strides, *thick.stride(), *mu.stride())
         meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
                 "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
-                "N_CHUNKS": _energy_chunks(mu.shape[1]), "REUSE": bool(tb.TritonBackend.REUSE_CORNERS)}
-        if not tuned:
-            meta["UNROLL"] = int(tb.TritonBackend.FORWARD_UNROLL)
+                "N_CHUNKS": _energy_chunks(mu.shape[1]), **tb.forward_switches(tuned)}
         if n and r:
             with tb._on(device):
                 tb._launch(fwd, tuned, n, r, width, tile_w, args, meta)
@@ -128,11 +112,9 @@ class ProjectAttenuate(torch.autograd.Function):
             width, tile_w = tb._ray_tiling(r, None)
             args = (buffer, thick, lse, grad_i, grad_line, direct, mu, log_w, *rays, r, width, d, h, w, m,
                     mu.shape[1], 1.0 / MM_PER_CM, *grad_strides, *ray_strides, *thick.stride(), *mu.stride())
-            meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32),
-                    "MERGE_RUNS": bool(tb.TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w, "PACK": pack,
-                    "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES, "N_CHUNKS": _energy_chunks(mu.shape[1]),
-                    "HAS_GRAD_THICK": has_direct,
-                    "CARRY": bool(tb.TritonBackend.MERGE_RUNS and tb.TritonBackend.CARRY_CORNERS)}
+            meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
+                    "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
+                    "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **tb.adjoint_switches()}
             with tb._on(device):
                 tb._launch(adj, tuned, n, r, width, tile_w, args, meta)
         grad = tb._finish_gradient(buffer, ctx.volume_shape, pack).to(ctx.volume_dtype)

@@ -40,8 +40,8 @@ _DEFAULT_BLOCK_R = 128
 _DEFAULT_NUM_WARPS = 4
 # Voxels per program of the backprojection gather kernel.
 _BP_BLOCK_V = 256
-# Widest float32 vector atomic (16 bytes, sm_90) the packed adjoint builds.
-_PACKED_VECTOR_FLOATS = 4
+# Widest vector load / atomic (16 bytes, sm_90) the packed corner layouts build.
+_VECTOR_BYTES = 16
 # Voxels per program of the corner-packing kernel.
 _PACK_BLOCK_V = 256
 # Rays per program of the ray set-up kernel.
@@ -91,23 +91,43 @@ def _kernels() -> _Kernels:
     """The compiled kernel objects (imported on first use so ``TRITON_INTERPRET`` is read then)."""
     global _KERNELS
     if _KERNELS is None:
-        import triton
-
         from xraysyn.projector import triton_kernels as k
 
-        if interpreting():
-            fwd, adj, tuned = k.march_forward_kernel, k.march_adjoint_kernel, False
-        else:
-            configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
-            fwd_configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
-            fwd = triton.autotune(fwd_configs, key=["n_rays", "n_channels", "PACK", "REUSE"])(k.march_forward_kernel)
-            adj = triton.autotune(configs, key=["n_rays", "n_channels", "PACK", "MERGE_RUNS", "CARRY"],
-                                  reset_to_zero=["grad_ptr"])(
-                k.march_adjoint_kernel)
-            tuned = True
+        tuned = not interpreting()
+        fwd = autotuned_march(k.march_forward_kernel, forward=True) if tuned else k.march_forward_kernel
+        adj = autotuned_march(k.march_adjoint_kernel, forward=False) if tuned else k.march_adjoint_kernel
         _KERNELS = _Kernels(fwd, adj, tuned, k.backproject_gather_kernel, k.ray_setup_kernel, k.pack_corners_kernel,
                             k.unpack_corners_kernel)
     return _KERNELS
+
+
+def autotuned_march(kernel, *, forward: bool, extra_key: tuple[str, ...] = ()):
+    """``kernel`` (a forward or an adjoint march kernel, here or fused with CT2Xray) wrapped in Triton's
+    autotuner: rays per program and warps (and, forward, samples per loop iteration) tuned once per
+    (rays, channels, layout and scheme switches, ``extra_key``); the adjoint's gradient buffer is reset
+    between trials."""
+    import triton
+
+    if forward:
+        configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
+        return triton.autotune(configs, key=["n_rays", "n_channels", "PACK", "REUSE", *extra_key])(kernel)
+    configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
+    return triton.autotune(configs, key=["n_rays", "n_channels", "PACK", "MERGE_RUNS", "CARRY", *extra_key],
+                           reset_to_zero=["grad_ptr"])(kernel)
+
+
+def forward_switches(tuned: bool) -> dict:
+    """The forward march's constexprs that follow ``TritonBackend``'s switches (UNROLL is autotuned on a GPU)."""
+    meta = {"REUSE": bool(TritonBackend.REUSE_CORNERS)}
+    if not tuned:
+        meta["UNROLL"] = int(TritonBackend.FORWARD_UNROLL)
+    return meta
+
+
+def adjoint_switches() -> dict:
+    """The adjoint's constexprs that follow ``TritonBackend``'s switches."""
+    merge = bool(TritonBackend.MERGE_RUNS)
+    return {"MERGE_RUNS": merge, "CARRY": merge and bool(TritonBackend.CARRY_CORNERS)}
 
 
 def _accumulator(dtype: torch.dtype):
@@ -316,9 +336,7 @@ class TritonBackend:
         width, tile_w = _ray_tiling(r, detector_cols)
         args = (vol, out, *rays, r, width, *volume.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
-                "PACK": pack, "REUSE": bool(TritonBackend.REUSE_CORNERS)}
-        if not tuned:
-            meta["UNROLL"] = int(TritonBackend.FORWARD_UNROLL)
+                "PACK": pack, **forward_switches(tuned)}
         with _on(device):
             _launch(fwd, tuned, n, r, width, tile_w, args, meta)
         return out
@@ -353,9 +371,8 @@ class TritonBackend:
         buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
-        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype),
-                "MERGE_RUNS": bool(TritonBackend.MERGE_RUNS), "VEC": vec, "TILE_W": tile_w, "PACK": pack,
-                "CARRY": bool(TritonBackend.MERGE_RUNS and TritonBackend.CARRY_CORNERS)}
+        meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
+                "PACK": pack, **adjoint_switches()}
         with _on(device):
             _launch(adj, tuned, n, r, width, tile_w, args, meta)
         return _finish_gradient(buffer, (b, c, d, h, w), pack)
@@ -377,9 +394,7 @@ def _gradient_buffer(volume_shape, acc_dtype: torch.dtype, device: torch.device)
     """``(zeroed buffer, VEC, strides, PACK)`` the adjoint kernels scatter into for a ``(B, C, D, H, W)``
     volume: packed corner slots when ``ADJOINT_PACK`` applies, else the channels-last gradient."""
     b, c, d, h, w = volume_shape
-    pack = _adjoint_pack(c, acc_dtype)
-    if c * pack * d * h * w > _INT32_LIMIT:  # the kernels index one item's packed slots in 32 bits
-        pack = 1
+    pack = _adjoint_pack(c, acc_dtype, d * h * w)
     if pack > 1:  # packed corner slots: (B, D, H, W, C · pack), strides in voxels
         buffer = torch.zeros(b, d, h, w, c * pack, dtype=acc_dtype, device=device)
         return buffer, c * pack, (d * h * w, 1, h * w, w, 1), pack
@@ -404,34 +419,31 @@ def _finish_gradient(buffer: torch.Tensor, volume_shape, pack: int) -> torch.Ten
     return grad
 
 
-def _adjoint_pack(channels: int, acc_dtype: torch.dtype) -> int:
-    """Corner slots per channel of the packed adjoint (1 = plain scatter); see ``ADJOINT_PACK``."""
-    want = int(TritonBackend.ADJOINT_PACK)
+def _corner_slots(want: int, setting: str, channels: int, item_bytes: int, voxels: int) -> int:
+    """Corner slots per channel a packed layout can use: ``want`` (1, 2 or 4, the ``setting``) lowered until
+    ``C · slots`` values fit one 16-byte vector, and 1 (no packing) for a channel count that is not a power
+    of two or when one item's slots would exceed 32-bit indexing (``voxels`` per item)."""
     if want not in (1, 2, 4):
-        raise TritonBackendInputError(f"TritonBackend.ADJOINT_PACK must be 1, 2 or 4, got {want!r}")
-    if want == 1 or acc_dtype != torch.float32 or channels & (channels - 1):
+        raise TritonBackendInputError(f"TritonBackend.{setting} must be 1, 2 or 4, got {want!r}")
+    if want == 1 or channels & (channels - 1):
         return 1
-    while want > 1 and channels * want > _PACKED_VECTOR_FLOATS:
+    while want > 1 and channels * want * item_bytes > _VECTOR_BYTES:
         want //= 2
-    return want
+    return 1 if channels * want * voxels > _INT32_LIMIT else want
+
+
+def _adjoint_pack(channels: int, acc_dtype: torch.dtype, voxels: int = 1) -> int:
+    """Corner slots per channel of the packed adjoint (1 = plain scatter; float32 only); see ``ADJOINT_PACK``."""
+    slots = _corner_slots(int(TritonBackend.ADJOINT_PACK), "ADJOINT_PACK", channels, 4, voxels)
+    return slots if acc_dtype == torch.float32 else 1
 
 
 def _forward_pack(volume: torch.Tensor, memory_budget_mib: float) -> int:
     """Corner slots per channel of the volume the forward march reads (1 = the volume itself); see
-    ``FORWARD_PACK``. Lowered until ``C · pack`` values fit one 16-byte vector load, and 1 when ``C`` is
-    not a power of two or the packed copy would exceed ``memory_budget_mib``."""
-    want = int(TritonBackend.FORWARD_PACK)
-    if want not in (1, 2, 4):
-        raise TritonBackendInputError(f"TritonBackend.FORWARD_PACK must be 1, 2 or 4, got {want!r}")
-    channels, item = volume.shape[1], volume.element_size()
-    if want == 1 or channels & (channels - 1):
-        return 1
-    while want > 1 and channels * want * item > 4 * _PACKED_VECTOR_FLOATS:
-        want //= 2
-    packed_bytes = volume.numel() * want * item
-    if want == 1 or packed_bytes > memory_budget_mib * 2**20 or volume[0].numel() * want > _INT32_LIMIT:
-        return 1
-    return want
+    ``FORWARD_PACK``. 1 also when the packed copy would exceed ``memory_budget_mib``."""
+    slots = _corner_slots(int(TritonBackend.FORWARD_PACK), "FORWARD_PACK", volume.shape[1], volume.element_size(),
+                          volume[0, 0].numel())
+    return 1 if volume.numel() * slots * volume.element_size() > memory_budget_mib * 2**20 else slots
 
 
 def _pack_corners(volume: torch.Tensor, pack: int) -> torch.Tensor:
@@ -497,16 +509,13 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
     if tuple(world_from_voxel.shape) != (b, 4, 4) or tuple(poses.shape) != (b, 4, 4):
         raise TritonBackendInputError(f"world_from_voxel and poses must be ({b}, 4, 4), got "
                                       f"{tuple(world_from_voxel.shape)} and {tuple(poses.shape)}")
-    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames)
-    if iso is None:
-        iso = (affines @ np.array([(d - 1) / 2, (h - 1) / 2, (w - 1) / 2, 1.0]))[:, :3]
-    iso = np.broadcast_to(iso, (b, 3))
+    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames, (d, h, w))
     # per item, in float64 on the host: camera_from_voxel (3, 4), the world vector source→voxel as a
     # (3, 4) map of the voxel index, and the source in voxel index coordinates (3,)
     rot = pose[:, :3, :3]
     cam_lin = rot @ affines[:, :3, :3]
     cam_off = (rot @ (affines[:, :3, 3] - iso)[..., None])[..., 0] + pose[:, :3, 3]
-    source_world = -(np.swapaxes(rot, -1, -2) @ pose[:, :3, 3:])[..., 0] + iso
+    source_world = _source_world(pose, iso)
     voxel_from_world = np.linalg.inv(affines)
     source_voxel = (voxel_from_world[:, :3, :3] @ source_world[..., None])[..., 0] + voxel_from_world[:, :3, 3]
     source_to_voxel = np.concatenate([affines[:, :3, :3], (affines[:, :3, 3] - source_world)[..., None]], -1)
@@ -530,8 +539,9 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
     return out
 
 
-def _host_frames(poses, world_from_voxel, isocenter, host_frames):
-    """float64 numpy ``(poses, affines, isocenter or None)``: the given host copies, else copied here."""
+def _host_frames(poses, world_from_voxel, isocenter, host_frames, spatial_shape):
+    """float64 numpy ``(poses (N, 4, 4), affines (B, 4, 4), isocenter (B, 3))``: the given host copies, else
+    copied here; the isocenter defaults to the centre of each volume (as :func:`xraysyn.geometry.volume_center`)."""
     if host_frames is not None:
         pose, affines, iso = host_frames
     else:
@@ -541,7 +551,16 @@ def _host_frames(poses, world_from_voxel, isocenter, host_frames):
     if pose.shape != tuple(poses.shape) or affines.shape != tuple(world_from_voxel.shape):
         raise TritonBackendInputError(f"host frames {pose.shape} / {affines.shape} do not match poses "
                                       f"{tuple(poses.shape)} / affines {tuple(world_from_voxel.shape)}")
-    return pose, affines, iso
+    if iso is None:
+        d, h, w = spatial_shape
+        iso = (affines @ np.array([(d - 1) / 2, (h - 1) / 2, (w - 1) / 2, 1.0]))[:, :3]
+    return pose, affines, np.broadcast_to(iso, (affines.shape[0], 3))
+
+
+def _source_world(pose: np.ndarray, iso: np.ndarray) -> np.ndarray:
+    """Source positions (world mm) of ``camera_from_isocenter`` poses ``(N, 4, 4)`` about isocenters ``(N, 3)``
+    (numpy :func:`xraysyn.geometry.pose_source_position` + isocenter)."""
+    return -(np.swapaxes(pose[:, :3, :3], -1, -2) @ pose[:, :3, 3:])[..., 0] + iso
 
 
 def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shape, geometry, *,
@@ -573,21 +592,15 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     if n_views * n_rays * 3 > _INT32_LIMIT:
         raise TritonBackendInputError(f"{n_views} views × {n_rays} rays exceed 32-bit indexing; split the views")
     # per-view numbers in float64 numpy: a handful of 4 x 4 operations, each ~1 µs (torch pays ~10 µs a call)
-    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames)
-    if iso is None:
-        centre = np.array([(d - 1) / 2, (h - 1) / 2, (w - 1) / 2, 1.0])
-        iso = (affines @ centre)[:, :3]
-    else:
-        iso = np.broadcast_to(iso, (n_vol, 3))
+    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames, (d, h, w))
     volume_index = np.repeat(np.arange(n_vol), n_views // n_vol)
     if step_mm is None and num_samples is None:
         step_mm = float(np.linalg.norm(affines[:, :3, :3], axis=-2).min()) / 2.0
     voxel_from_world = np.linalg.inv(affines)[volume_index]
     lin = voxel_from_world[:, :3, :3]
-    rot_world_from_cam = np.swapaxes(pose[:, :3, :3], -1, -2)
-    source_world = -(rot_world_from_cam @ pose[:, :3, 3:])[..., 0] + iso[volume_index]  # (N, 3) mm
+    source_world = _source_world(pose, iso[volume_index])  # (N, 3) mm
     origin = (lin @ source_world[..., None])[..., 0] + voxel_from_world[:, :3, 3]  # (N, 3) voxel coords
-    camera_to_voxel = lin @ rot_world_from_cam  # (N, 3, 3): camera unit vector → voxel per mm
+    camera_to_voxel = lin @ np.swapaxes(pose[:, :3, :3], -1, -2)  # (N, 3, 3): camera unit vector → voxel per mm
     row0, col0 = geometry.center_pixel
     row_mm, col_mm = geometry.pixel_spacing
     tiny = torch.finfo(acc_dtype).tiny ** 0.5  # the same guard as rays.clip_to_box

@@ -45,6 +45,16 @@ def _cell(p, size, ACC: tl.constexpr):
 
 
 @triton.jit
+def _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, s, size_d, size_h, size_w, ACC: tl.constexpr):
+    """Cell indices and fractions ``(iz, fz, iy, fy, ix, fx)`` of midpoint sample ``s`` of a block of rays."""
+    t = t0 + (s + 0.5) * dt
+    iz, fz = _cell(oz + t * dz, size_d, ACC)
+    iy, fy = _cell(oy + t * dy, size_h, ACC)
+    ix, fx = _cell(ox + t * dx, size_w, ACC)
+    return iz, fz, iy, fy, ix, fx
+
+
+@triton.jit
 def _ray_block(n_rays, width, BLOCK_R: tl.constexpr, TILE_W: tl.constexpr):
     """Ray indices ``(BLOCK_R,)`` of this program and their validity mask.
 
@@ -129,10 +139,7 @@ def _gather(vol, offset, chan_off, mask, ACC: tl.constexpr, VEC: tl.constexpr):
 def _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, s, size_d, size_h, size_w,
             s_vd, s_vh, s_vw, ACC: tl.constexpr, VEC: tl.constexpr):
     """Trilinear value ``(BLOCK_R, BLOCK_C)`` of sample ``s`` of each ray (0 where ``s >= n_samples``)."""
-    t = t0 + (s + 0.5) * dt
-    iz, fz = _cell(oz + t * dz, size_d, ACC)
-    iy, fy = _cell(oy + t * dy, size_h, ACC)
-    ix, fx = _cell(ox + t * dx, size_w, ACC)
+    iz, fz, iy, fy, ix, fx = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, s, size_d, size_h, size_w, ACC)
     live_ray = (s < ns) & ray_ok
     if VEC > 1:
         live = live_ray[:, None]  # BLOCK_C == C: a per-ray mask keeps each corner's vector whole
@@ -196,6 +203,39 @@ def _carry(lo, hi, step, zero):
 
 
 @triton.jit
+def _cell_step(moved, can, delta):
+    """Cells moved along one axis for :func:`_carry`: 0 while in the same cell, ``delta`` after a step whose
+    corners can be shared, 2 (nothing shared) otherwise (the first sample, or after the last)."""
+    return tl.where(moved, tl.where(can, delta, 2), 0)
+
+
+@triton.jit
+def _carry_cell(c000, c001, c010, c011, c100, c101, c110, c111, step_z, step_y, step_x, zero):
+    """The 8 per-corner values of a cell after it moved ``(step_z, step_y, step_x)``: :func:`_carry` per axis."""
+    c000, c100 = _carry(c000, c100, step_z, zero)
+    c001, c101 = _carry(c001, c101, step_z, zero)
+    c010, c110 = _carry(c010, c110, step_z, zero)
+    c011, c111 = _carry(c011, c111, step_z, zero)
+    c000, c010 = _carry(c000, c010, step_y, zero)
+    c001, c011 = _carry(c001, c011, step_y, zero)
+    c100, c110 = _carry(c100, c110, step_y, zero)
+    c101, c111 = _carry(c101, c111, step_y, zero)
+    c000, c001 = _carry(c000, c001, step_x, zero)
+    c010, c011 = _carry(c010, c011, step_x, zero)
+    c100, c101 = _carry(c100, c101, step_x, zero)
+    c110, c111 = _carry(c110, c111, step_x, zero)
+    return c000, c001, c010, c011, c100, c101, c110, c111
+
+
+@triton.jit
+def _corner_masks(rows, z0, z1, y0, y1, x0, x1):
+    """Per corner ``abc``: ``rows`` and not (``z_a & y_b & x_c``), i.e. the rows where corner ``abc`` is not
+    shared with the neighbouring cell (the per-axis flags come from :func:`_kept` or :func:`_available`)."""
+    return (rows & ~(z0 & y0 & x0), rows & ~(z0 & y0 & x1), rows & ~(z0 & y1 & x0), rows & ~(z0 & y1 & x1),
+            rows & ~(z1 & y0 & x0), rows & ~(z1 & y0 & x1), rows & ~(z1 & y1 & x0), rows & ~(z1 & y1 & x1))
+
+
+@triton.jit
 def _integrate_reusing(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan_ok, chan_off, size_d, size_h,
                        size_w, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
                        VEC: tl.constexpr, UNROLL: tl.constexpr):
@@ -218,10 +258,7 @@ def _integrate_reusing(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, c
     px = tl.zeros([BLOCK_R], dtype=tl.int32)
     for s0 in range(0, n_max, UNROLL):
         for u in tl.static_range(UNROLL):
-            t = t0 + (s0 + u + 0.5) * dt
-            iz, fz = _cell(oz + t * dz, size_d, ACC)
-            iy, fy = _cell(oy + t * dy, size_h, ACC)
-            ix, fx = _cell(ox + t * dx, size_w, ACC)
+            iz, fz, iy, fy, ix, fx = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, s0 + u, size_d, size_h, size_w, ACC)
             live = (s0 + u < ns) & ray_ok
             cell = iz * s_vd + iy * s_vh + ix * s_vw
             changed = live & (cell != prev)
@@ -229,30 +266,18 @@ def _integrate_reusing(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, c
             kz0, kz1 = _available(iz - pz, can)
             ky0, ky1 = _available(iy - py, can)
             kx0, kx1 = _available(ix - px, can)
-            step_z = tl.where(changed, tl.where(can, iz - pz, 2), 0)[:, None]
-            step_y = tl.where(changed, tl.where(can, iy - py, 2), 0)[:, None]
-            step_x = tl.where(changed, tl.where(can, ix - px, 2), 0)[:, None]
-            v000, v100 = _carry(v000, v100, step_z, zero)
-            v001, v101 = _carry(v001, v101, step_z, zero)
-            v010, v110 = _carry(v010, v110, step_z, zero)
-            v011, v111 = _carry(v011, v111, step_z, zero)
-            v000, v010 = _carry(v000, v010, step_y, zero)
-            v001, v011 = _carry(v001, v011, step_y, zero)
-            v100, v110 = _carry(v100, v110, step_y, zero)
-            v101, v111 = _carry(v101, v111, step_y, zero)
-            v000, v001 = _carry(v000, v001, step_x, zero)
-            v010, v011 = _carry(v010, v011, step_x, zero)
-            v100, v101 = _carry(v100, v101, step_x, zero)
-            v110, v111 = _carry(v110, v111, step_x, zero)
-            v000 = _reload(vol, cell, changed & ~(kz0 & ky0 & kx0), v000, chan_off, chan_ok, ACC, VEC)
-            v001 = _reload(vol, cell + s_vw, changed & ~(kz0 & ky0 & kx1), v001, chan_off, chan_ok, ACC, VEC)
-            v010 = _reload(vol, cell + s_vh, changed & ~(kz0 & ky1 & kx0), v010, chan_off, chan_ok, ACC, VEC)
-            v011 = _reload(vol, cell + s_vh + s_vw, changed & ~(kz0 & ky1 & kx1), v011, chan_off, chan_ok, ACC, VEC)
-            v100 = _reload(vol, cell + s_vd, changed & ~(kz1 & ky0 & kx0), v100, chan_off, chan_ok, ACC, VEC)
-            v101 = _reload(vol, cell + s_vd + s_vw, changed & ~(kz1 & ky0 & kx1), v101, chan_off, chan_ok, ACC, VEC)
-            v110 = _reload(vol, cell + s_vd + s_vh, changed & ~(kz1 & ky1 & kx0), v110, chan_off, chan_ok, ACC, VEC)
-            v111 = _reload(vol, cell + s_vd + s_vh + s_vw, changed & ~(kz1 & ky1 & kx1), v111, chan_off, chan_ok,
-                           ACC, VEC)
+            v000, v001, v010, v011, v100, v101, v110, v111 = _carry_cell(
+                v000, v001, v010, v011, v100, v101, v110, v111, _cell_step(changed, can, iz - pz)[:, None],
+                _cell_step(changed, can, iy - py)[:, None], _cell_step(changed, can, ix - px)[:, None], zero)
+            n000, n001, n010, n011, n100, n101, n110, n111 = _corner_masks(changed, kz0, kz1, ky0, ky1, kx0, kx1)
+            v000 = _reload(vol, cell, n000, v000, chan_off, chan_ok, ACC, VEC)
+            v001 = _reload(vol, cell + s_vw, n001, v001, chan_off, chan_ok, ACC, VEC)
+            v010 = _reload(vol, cell + s_vh, n010, v010, chan_off, chan_ok, ACC, VEC)
+            v011 = _reload(vol, cell + s_vh + s_vw, n011, v011, chan_off, chan_ok, ACC, VEC)
+            v100 = _reload(vol, cell + s_vd, n100, v100, chan_off, chan_ok, ACC, VEC)
+            v101 = _reload(vol, cell + s_vd + s_vw, n101, v101, chan_off, chan_ok, ACC, VEC)
+            v110 = _reload(vol, cell + s_vd + s_vh, n110, v110, chan_off, chan_ok, ACC, VEC)
+            v111 = _reload(vol, cell + s_vd + s_vh + s_vw, n111, v111, chan_off, chan_ok, ACC, VEC)
             value = _trilinear(v000, v001, v010, v011, v100, v101, v110, v111, fz, fy, fx)
             acc += tl.where(live[:, None], value, zero)
             prev = tl.where(live, cell, prev)
@@ -283,10 +308,7 @@ def _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s, size_
     vector loads of ``K`` values (``PACK = 4``: two, the near and far ``z`` planes) instead of 8; the
     slots of one channel are summed once per ray, after the march.
     """
-    t = t0 + (s + 0.5) * dt
-    iz, fz = _cell(oz + t * dz, size_d, ACC)
-    iy, fy = _cell(oy + t * dy, size_h, ACC)
-    ix, fx = _cell(ox + t * dx, size_w, ACC)
+    iz, fz, iy, fy, ix, fx = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, s, size_d, size_h, size_w, ACC)
     live = ((s < ns) & ray_ok)[:, None]
     yo, xo = _corner_tiles(kk, PACK)
     wx = tl.where(xo == 0, 1.0 - fx[:, None], fx[:, None])
@@ -519,10 +541,7 @@ def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok
     py = tl.zeros([BLOCK_R], dtype=tl.int32)
     px = tl.zeros([BLOCK_R], dtype=tl.int32)
     for s in range(n_max):
-        t = t0 + (s + 0.5) * dt
-        iz, fz = _cell(oz + t * dz, size_d, ACC)
-        iy, fy = _cell(oy + t * dy, size_h, ACC)
-        ix, fx = _cell(ox + t * dx, size_w, ACC)
+        iz, fz, iy, fy, ix, fx = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, s, size_d, size_h, size_w, ACC)
         live = (s < ns) & ray_ok
         w000, w001, w010, w011, w100, w101, w110, w111 = _corner_weights(fz, fy, fx)
         cell = iz * s_vd + iy * s_vh + ix * s_vw
@@ -537,35 +556,15 @@ def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok
                 kz0, kz1 = _kept(iz - pz, can)
                 ky0, ky1 = _kept(iy - py, can)
                 kx0, kx1 = _kept(ix - px, can)
-                m000 = flush & ~(kz0 & ky0 & kx0)
-                m001 = flush & ~(kz0 & ky0 & kx1)
-                m010 = flush & ~(kz0 & ky1 & kx0)
-                m011 = flush & ~(kz0 & ky1 & kx1)
-                m100 = flush & ~(kz1 & ky0 & kx0)
-                m101 = flush & ~(kz1 & ky0 & kx1)
-                m110 = flush & ~(kz1 & ky1 & kx0)
-                m111 = flush & ~(kz1 & ky1 & kx1)
+                m000, m001, m010, m011, m100, m101, m110, m111 = _corner_masks(flush, kz0, kz1, ky0, ky1, kx0, kx1)
                 _add_cell(grad, prev, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
                           tl.where(m000, a000, zero), tl.where(m001, a001, zero), tl.where(m010, a010, zero),
                           tl.where(m011, a011, zero), tl.where(m100, a100, zero), tl.where(m101, a101, zero),
                           tl.where(m110, a110, zero), tl.where(m111, a111, zero),
                           m000, m001, m010, m011, m100, m101, m110, m111, VEC, PACK, BLOCK_C * PACK)
-                # cells moved per axis: 0 while in the same cell, 2 (nothing shared) after the first or last sample
-                step_z = tl.where(leaving, tl.where(can, iz - pz, 2), 0)
-                step_y = tl.where(leaving, tl.where(can, iy - py, 2), 0)
-                step_x = tl.where(leaving, tl.where(can, ix - px, 2), 0)
-                a000, a100 = _carry(a000, a100, step_z, zero)
-                a001, a101 = _carry(a001, a101, step_z, zero)
-                a010, a110 = _carry(a010, a110, step_z, zero)
-                a011, a111 = _carry(a011, a111, step_z, zero)
-                a000, a010 = _carry(a000, a010, step_y, zero)
-                a001, a011 = _carry(a001, a011, step_y, zero)
-                a100, a110 = _carry(a100, a110, step_y, zero)
-                a101, a111 = _carry(a101, a111, step_y, zero)
-                a000, a001 = _carry(a000, a001, step_x, zero)
-                a010, a011 = _carry(a010, a011, step_x, zero)
-                a100, a101 = _carry(a100, a101, step_x, zero)
-                a110, a111 = _carry(a110, a111, step_x, zero)
+                a000, a001, a010, a011, a100, a101, a110, a111 = _carry_cell(
+                    a000, a001, a010, a011, a100, a101, a110, a111, _cell_step(leaving, can, iz - pz),
+                    _cell_step(leaving, can, iy - py), _cell_step(leaving, can, ix - px), zero)
                 a000 += tl.where(live, w000, zero)
                 a001 += tl.where(live, w001, zero)
                 a010 += tl.where(live, w010, zero)
