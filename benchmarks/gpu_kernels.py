@@ -151,16 +151,16 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
         return TritonBackend.adjoint(grad, volume.shape, *ray_args)
 
     for tile in TILE_WIDTHS:
-        TritonBackend.RAY_TILE_WIDTH = tile
+        TritonBackend.FORWARD_TILE_WIDTH = TritonBackend.ADJOINT_TILE_WIDTH = tile
         label = f"tiles{tile}" if tile else "runs"
         emit(f"march-fwd[{label}]", timed(forward))
         for scheme, merge, carry in (("merged+carry", True, True), ("merged", True, False), ("naive", False, False)):
             TritonBackend.MERGE_RUNS, TritonBackend.CARRY_CORNERS = merge, carry
             emit(f"march-adj[{scheme},{label}]", timed(adjoint))
     for tile in FORWARD_ONLY_TILE_WIDTHS:
-        TritonBackend.RAY_TILE_WIDTH = tile
+        TritonBackend.FORWARD_TILE_WIDTH = tile
         emit(f"march-fwd[tiles{tile}]", timed(forward))
-    TritonBackend.RAY_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
+    TritonBackend.FORWARD_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
     TritonBackend.REUSE_CORNERS = True
     emit("march-fwd[tiles8,reuse]", timed(forward))
     if channels > 1:  # the volume here is channels-first: march it in place, without the channels-last copy

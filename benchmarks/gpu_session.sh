@@ -3,8 +3,8 @@
 # the cuda-marked tests, the Triton kernel timings, the projector API (xraysyn vs naive baseline)
 # and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
 #
-#   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests, the kernels'
-#                                                                   files only) api peers kernels step host
+#   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests: the cuda-marked tests of the kernels'
+#                                                                   files only) api sweep peers kernels step host
 #
 # Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
@@ -30,11 +30,11 @@ for stage in $stages; do
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_ct2xray.py \
                tests/test_physics_fused_ct2xray.py tests/test_projector_behaviour.py > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
-    gputests) timeout 150 python3 -m pytest -q -p no:cacheprovider -m "cuda or not cuda" \
+    gputests) timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda \
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_fused_ct2xray.py \
                > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
-    kernels) timeout 150 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
+    kernels) timeout 200 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
     host)    timeout 60 python3 benchmarks/host_overhead.py --calls 1000 2>&1 | tee "$OUT/host.jsonl" ;;
     api)     { timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls naive-grid_sample,xraysyn,xraysyn-nocarry,xraysyn-reuse,xraysyn-reuse-nocopy,xraysyn-packed,xraysyn-reuse-packedadj \
@@ -42,6 +42,23 @@ for stage in $stages; do
                timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls xraysyn,xraysyn-nocarry,xraysyn-reuse,xraysyn-packed,xraysyn-reuse-packedadj --reps 10
              } 2>&1 | tee "$OUT/api.jsonl" ;;
+    sweep)   # the Triton switches one at a time through the public API (forward, adjoint), then whole steps
+             v="xraysyn,xraysyn[ft=4],xraysyn[fp=2],xraysyn[ft=4+fp=2]"
+             a="xraysyn[at=4],xraysyn[carry=0],xraysyn[at=4+carry=0],xraysyn[ap=2],xraysyn[at=4+ap=2]"
+             a="$a,xraysyn[ap=2+carry=0],xraysyn[at=4+ap=2+carry=0]"
+             { timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
+                 --modes fwd --impls "$v"
+               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
+                 --modes adj --impls "xraysyn,$a"
+               timeout 60 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
+                 --modes fwd+bwd --impls "xraysyn,xraysyn[ft=4+fp=2+ap=2],xraysyn[ft=4+fp=2+at=4+ap=2]"
+               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
+                 --modes fwd --impls "$v,xraysyn[fp=4],xraysyn[ft=4+fp=4]"
+               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
+                 --modes adj --impls "xraysyn,${a//ap=2/ap=4}"
+               timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
+                 --modes fwd+bwd --impls "xraysyn,xraysyn[ft=4+fp=2+ap=4+carry=0],xraysyn[ft=4+fp=2+at=4+ap=4+carry=0],xraysyn[ft=4+ap=4+carry=0]"
+             } 2>&1 | tee "$OUT/sweep.jsonl" ;;
     peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \
                timeout 80 python3 .gpu/bench/peers_gpu.py nanodrr flashdrr 2>&1 | tee "$OUT/peers.jsonl" ;;
     step)    [ -f benchmarks/train_step.py ] && timeout 150 python3 benchmarks/train_step.py --device cuda 2>&1 | tee "$OUT/step.jsonl" ;;

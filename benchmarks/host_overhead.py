@@ -7,8 +7,9 @@ ray set-up parameters, launches): with the device idle at the start of a call, W
 full. Here the Triton kernels are replaced by no-op launchers and the tensors are tiny CPU tensors
 (the interpreter path), so what is timed is Python, numpy and torch dispatch — the part a GPU cannot
 hide — per call of ``forward_project`` (8 volumes, 8 views, 2 channels), ``forward_project`` with the
-fused CT2Xray (``project_and_attenuate``) and ``backproject``. Prints one JSON line per call kind
-(median over ``--calls`` calls, µs); ``--profile`` adds the top functions by cumulative time.
+fused CT2Xray (``project_and_attenuate(fused=True)``: the separate steps would attenuate the stubs'
+uninitialised images) and ``backproject``. Prints one JSON line per call kind (median over ``--calls``
+calls, µs); ``--profile`` adds the top functions by cumulative time.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def main(argv=None) -> None:
     images = torch.rand(8, 2, 16, 16)
     calls = {
         "forward_project": lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
-        "project_and_attenuate": lambda: project_and_attenuate(volume, affine, poses, geometry, spectrum,
-                                                               num_samples=256, backend="triton"),
+        "project_and_attenuate[fused]": lambda: project_and_attenuate(volume, affine, poses, geometry, spectrum,
+                                                                       num_samples=256, backend="triton", fused=True),
         "backproject": lambda: backproject(images, affine, poses, geometry, (8, 8, 8), backend="triton"),
     }
     with torch.no_grad():

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.projector import build_rays, forward_project
+from xraysyn.projector import build_rays, forward_project, forward_project_adjoint
 
 WORKLOADS = {
     "W1": dict(batch=8, size=128, spacing=(2.5, 2.5, 2.6), detector=256, pixel=2.0, samples=256, views=1, channels=2),
@@ -40,7 +40,10 @@ WORKLOADS = {
     "W1-cpu": dict(batch=4, size=64, spacing=(5.0, 5.0, 5.2), detector=128, pixel=4.0, samples=128, views=1,
                    channels=2),
 }
-# GPU variants of the Triton backend (class attributes of TritonBackend) the benchmark can compare in one run
+# GPU variants of the Triton backend (class attributes of TritonBackend) the benchmark can compare in one run:
+# these names, or ``xraysyn[KEY=VALUE+...]`` with the keys of VARIANT_KEYS (e.g. ``xraysyn[ft=4+ap=4+carry=0]``)
+VARIANT_KEYS = {"ft": "FORWARD_TILE_WIDTH", "at": "ADJOINT_TILE_WIDTH", "fp": "FORWARD_PACK", "ap": "ADJOINT_PACK",
+                "carry": "CARRY_CORNERS", "reuse": "REUSE_CORNERS", "copy": "COPY_CHANNELS_LAST"}
 TRITON_VARIANTS = {
     "xraysyn-packed": {"FORWARD_PACK": 4, "ADJOINT_PACK": 4},  # packed corners, the widest C allows
     "xraysyn-reuse": {"REUSE_CORNERS": True},  # forward keeps cell corners across samples
@@ -123,11 +126,25 @@ def timed(fn, device, reps, warm=1):
     return float(np.median(times))
 
 
+def variant_overrides(impl: str) -> dict:
+    """The TritonBackend attributes an implementation name sets: a TRITON_VARIANTS name, ``xraysyn[k=v+...]``
+    (VARIANT_KEYS, integer values), or none."""
+    if not (impl.startswith("xraysyn[") and impl.endswith("]")):
+        return dict(TRITON_VARIANTS.get(impl, {}))
+    overrides = {}
+    for item in impl[len("xraysyn["):-1].split("+"):
+        key, _, value = item.partition("=")
+        if key not in VARIANT_KEYS or not value.lstrip("-").isdigit():
+            raise SystemExit(f"bad variant item {item!r} in {impl!r}: use KEY=INTEGER with KEY in {sorted(VARIANT_KEYS)}")
+        overrides[VARIANT_KEYS[key]] = int(value)
+    return overrides
+
+
 def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volumes_dir: str | None) -> dict:
     vols, affine, poses, geom, spec, source = setup(workload, device, volumes_dir)
     samples = spec["samples"]
     backend = "reference" if impl == "xraysyn-reference" else "auto" if impl.startswith("xraysyn") else None
-    overrides = TRITON_VARIANTS.get(impl, {})
+    overrides = variant_overrides(impl)
     if overrides:
         from xraysyn.projector.triton_backend import TritonBackend
 
@@ -141,7 +158,15 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
         return forward_project(v, affine, poses, geom, num_samples=samples, backend=backend)
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if mode == "fwd":
+    if mode == "adj":  # the exact transpose alone (public forward_project_adjoint) of an image-sized input
+        if impl == "naive-grid_sample":
+            raise SystemExit("mode adj has no naive baseline; leave naive-grid_sample out of --impls")
+        images = torch.rand(poses.shape[0], vols.shape[1], *geom.detector_shape, device=vols.device)
+
+        def step():
+            return forward_project_adjoint(images, affine, poses, geom, vols.shape[2:], num_volumes=vols.shape[0],
+                                           num_samples=samples, backend=backend)
+    elif mode == "fwd":
         def step():
             with torch.no_grad():
                 return project(vols)
@@ -177,8 +202,9 @@ def main(argv=None):
     parser.add_argument("--workloads", default=None, help="comma list; default W1-cpu on CPU, W1,W2 on CUDA")
     parser.add_argument("--impls", default="naive-grid_sample,xraysyn",
                         help="comma list of naive-grid_sample, xraysyn (auto backend), xraysyn-reference, and "
-                             "the GPU variants " + ", ".join(TRITON_VARIANTS))
-    parser.add_argument("--modes", default="fwd,fwd+bwd")
+                             "the GPU variants " + ", ".join(TRITON_VARIANTS) + " or xraysyn[KEY=INT+...] with KEY "
+                             "in " + ", ".join(f"{k} ({v})" for k, v in VARIANT_KEYS.items()))
+    parser.add_argument("--modes", default="fwd,fwd+bwd", help="comma list of fwd, fwd+bwd, adj (the adjoint alone)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and numba)")
     parser.add_argument("--volumes", default=os.environ.get("PEERS_VOLUMES"), help="folder with ct128.npy / ct256.npy")

@@ -93,9 +93,11 @@ def test_only_one_gradient_output_and_low_precision_densities():
     _assert_close(results[0][1], results[1][1], rtol=1e-2)  # bf16 gradient storage
 
 
-def test_ct2xray_routes_to_the_fused_kernels(monkeypatch):
+@pytest.mark.parametrize("by_default", [True, False], ids=["fused-by-default", "separate-by-default"])
+def test_ct2xray_routes_to_the_fused_kernels(by_default, monkeypatch):
     from xraysyn.physics import fused_ct2xray
 
+    monkeypatch.setattr(fused_ct2xray, "FUSED_BY_DEFAULT", by_default)
     calls = []
     apply = fused_ct2xray.ProjectAttenuate.apply
     monkeypatch.setattr(fused_ct2xray.ProjectAttenuate, "apply", lambda *a: calls.append(1) or apply(*a))
@@ -105,9 +107,13 @@ def test_ct2xray_routes_to_the_fused_kernels(monkeypatch):
     affine = torch.diag(torch.tensor([5.0, 6.0, 4.5, 1.0])).to(DEVICE)
     poses = GEOMETRY.poses(torch.tensor([20.0])).to(DEVICE)
     fast = ct2xray(ct, mask, affine, poses, GEOMETRY, backend=FAST, air_threshold_hu=-500.0)
-    assert calls == [1]
+    assert len(calls) == by_default
+    forced = ct2xray(ct, mask, affine, poses, GEOMETRY, backend=FAST, air_threshold_hu=-500.0, fused=True)
+    assert len(calls) == by_default + 1
     slow = ct2xray(ct, mask, affine, poses, GEOMETRY, backend="reference", air_threshold_hu=-500.0)
-    assert calls == [1]
+    assert len(calls) == by_default + 1
+    for name in ("image", "i_atten", "line_integral", "thickness"):
+        _assert_close(getattr(forced, name), getattr(slow, name))
     for name in ("image", "i_atten", "line_integral", "thickness"):
         _assert_close(getattr(fast, name), getattr(slow, name))
     assert fast.materials == slow.materials == (BONE, TISSUE, AIR)

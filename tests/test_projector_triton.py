@@ -97,9 +97,18 @@ def test_unrolled_forward_matches_reference(unroll, monkeypatch):
 SCHEMES = {"per-sample": (False, False), "merged": (True, False), "merged+carry": (True, True)}
 
 
+@pytest.fixture
+def unpacked(monkeypatch):
+    """The unpacked layouts (FORWARD_PACK = ADJOINT_PACK = 1), for tests of the switches that act on them
+    only (corner reuse, the in-place channels-first read, the plain scatter's schemes): the packed
+    defaults would otherwise bypass what they test."""
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 1)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", 1)
+
+
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 @pytest.mark.parametrize("case", CASES[:2], ids=["b1c1", "b2c3"])
-def test_adjoint_matches_reference(case, scheme, monkeypatch):
+def test_adjoint_matches_reference(case, scheme, monkeypatch, unpacked):
     volume, args, _ = _case(case, seed=1)
     grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
     monkeypatch.setattr(TritonBackend, "MERGE_RUNS", SCHEMES[scheme][0])
@@ -120,7 +129,7 @@ def _cell_steps(args, shape):
 
 
 @pytest.mark.parametrize("sampling", [{"step_mm": 1.0}, {"num_samples": 3}], ids=["quarter-voxel", "jumps"])
-def test_carried_corners_cover_every_kind_of_cell_step(sampling, monkeypatch):
+def test_carried_corners_cover_every_kind_of_cell_step(sampling, monkeypatch, unpacked):
     """Oblique rays: at a quarter-voxel step consecutive samples stay in a cell or step along one or two axes
     (forwards and backwards); at three samples per ray they jump several cells. The adjoint that carries
     shared corners across steps (plain and packed) and the forward that reuses them equal the reference."""
@@ -157,6 +166,7 @@ def test_packed_adjoint_matches_reference(case, scheme, pack, monkeypatch):
     monkeypatch.setattr(TritonBackend, "MERGE_RUNS", SCHEMES[scheme][0])
     monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", SCHEMES[scheme][1])
     monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", pack)
+    monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 4)  # carry at every pack (off at 4 by default)
     assert _adjoint_pack(channels, torch.float32) == min(pack, 4 // channels) > 1
     result = TritonBackend.adjoint(grad, volume.shape, *args)
     expected = march_adjoint(grad, volume.shape, *args)
@@ -165,9 +175,24 @@ def test_packed_adjoint_matches_reference(case, scheme, pack, monkeypatch):
     _assert_close(result, expected)
 
 
+def test_corners_are_carried_up_to_the_max_pack(monkeypatch):
+    """The adjoint carries shared corners with 1 or 2 slots per channel and not with 4 (measured slower there),
+    unless CARRY_MAX_PACK says otherwise; never without MERGE_RUNS or with CARRY_CORNERS off."""
+    from xraysyn.projector.triton_backend import adjoint_switches
+
+    assert [adjoint_switches(pack)["CARRY"] for pack in (1, 2, 4)] == [True, True, False]
+    monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 4)
+    assert adjoint_switches(4) == {"MERGE_RUNS": True, "CARRY": True}
+    monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", False)
+    assert not adjoint_switches(1)["CARRY"]
+    monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", True)
+    monkeypatch.setattr(TritonBackend, "MERGE_RUNS", False)
+    assert adjoint_switches(1) == {"MERGE_RUNS": False, "CARRY": False}
+
+
 @pytest.mark.parametrize("unroll", [1, 2])
 @pytest.mark.parametrize("case", CASES, ids=["b1c1", "b2c3", "b3c2"])
-def test_forward_reusing_corners_equals_the_plain_march(case, unroll, monkeypatch):
+def test_forward_reusing_corners_equals_the_plain_march(case, unroll, monkeypatch, unpacked):
     """Keeping each ray's cell corners in registers (loading only those a new cell does not share) gives the
     same values as loading 8 corners per sample: bit for bit on the interpreter, and the reference's."""
     volume, args, _ = _case(case, seed=6)
@@ -180,7 +205,7 @@ def test_forward_reusing_corners_equals_the_plain_march(case, unroll, monkeypatc
     _assert_close(reusing, march_forward(volume, *args))
 
 
-def test_forward_reads_channels_first_volumes_in_place(monkeypatch):
+def test_forward_reads_channels_first_volumes_in_place(monkeypatch, unpacked):
     """Without the channels-last copy the kernels read a channels-first volume through its strides (C loads per
     corner), plain and reusing corners: same values."""
     volume, args, _ = _case(CASES[2], seed=8)
@@ -191,7 +216,7 @@ def test_forward_reads_channels_first_volumes_in_place(monkeypatch):
         _assert_close(TritonBackend.forward(volume, *args), expected)
 
 
-def test_forward_reusing_corners_reads_low_precision_volumes(monkeypatch):
+def test_forward_reusing_corners_reads_low_precision_volumes(monkeypatch, unpacked):
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
     affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
     args, _ = _rays(geometry, affines, (7, 6, 8), [37.0, -128.0], [21.0, -33.0], step_mm=1.0)
@@ -362,16 +387,19 @@ def test_rays_that_miss_give_exact_zeros():
     assert adj.abs().max() == 0
 
 
-# (RAY_TILE_WIDTH, detector (rows, cols), detector_cols hint): consecutive runs, 2-D tiles with
-# the true width, tiles of a square detector found automatically, and a wrong width hint
-TILINGS = [(0, (9, 17), None), (4, (9, 17), 17), (4, (12, 12), None), (4, (9, 17), 8)]
+# ((tile width of the forward, of the adjoint march), detector (rows, cols), detector_cols hint): consecutive
+# runs, 2-D tiles with the true width, tiles of a square detector found automatically, a wrong width hint,
+# and different tilings for the two marches
+TILINGS = [((0, 0), (9, 17), None), ((4, 4), (9, 17), 17), ((4, 4), (12, 12), None), ((4, 4), (9, 17), 8),
+           ((4, 0), (9, 17), 17), ((0, 8), (15, 15), None)]
 
 
-@pytest.mark.parametrize("tiling", TILINGS, ids=["runs", "tiles", "square-auto", "wrong-hint"])
+@pytest.mark.parametrize("tiling", TILINGS, ids=["runs", "tiles", "square-auto", "wrong-hint", "split", "split2"])
 def test_ray_blocks_and_tiles_cover_every_ray_once(tiling, monkeypatch):
     """More rays than one program handles, partial tails, 2-D tiles: every ray is marched exactly once."""
-    tile_width, detector, cols_hint = tiling
-    monkeypatch.setattr(TritonBackend, "RAY_TILE_WIDTH", tile_width)
+    (forward_width, adjoint_width), detector, cols_hint = tiling
+    monkeypatch.setattr(TritonBackend, "FORWARD_TILE_WIDTH", forward_width)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_TILE_WIDTH", adjoint_width)
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=detector, pixel_spacing=(3.0, 2.0))
     args, rays = _rays(geometry, _affine((3.0, 3.0, 3.0))[None], (4, 5, 4), [20.0], [10.0], num_samples=3)
     n_rays = rays.n_samples.shape[1]
@@ -655,7 +683,7 @@ def test_cuda_packed_forward_matches_reference(channels, pack, monkeypatch):
 
 
 @pytest.mark.cuda
-def test_cuda_forward_reusing_corners_matches_reference(monkeypatch):
+def test_cuda_forward_reusing_corners_matches_reference(monkeypatch, unpacked):
     volume, args, _ = _gpu_case(seed=6)
     monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", True)
     _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))

@@ -69,7 +69,7 @@ class ProjectAttenuate(torch.autograd.Function):
         vol, vec, vol_strides, pack = tb._marched_volume(densities, memory_budget_mib)
         rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
         fwd, _, tuned = _kernels()
-        width, tile_w = tb._ray_tiling(r, None)
+        width, tile_w = tb._ray_tiling(r, None, forward=True)
         args = (vol, thick, lse, i_atten, line, mu, log_w, *rays, r, width, *densities.shape[2:], m, mu.shape[1],
                 1.0 / MM_PER_CM, *vol_strides, *ray_strides, *thick.stride(), *mu.stride())
         meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
@@ -109,16 +109,23 @@ class ProjectAttenuate(torch.autograd.Function):
         if n and r:
             rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
             _, adj, tuned = _kernels()
-            width, tile_w = tb._ray_tiling(r, None)
+            width, tile_w = tb._ray_tiling(r, None, forward=False)
             args = (buffer, thick, lse, grad_i, grad_line, direct, mu, log_w, *rays, r, width, d, h, w, m,
                     mu.shape[1], 1.0 / MM_PER_CM, *grad_strides, *ray_strides, *thick.stride(), *mu.stride())
             meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
                     "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
-                    "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **tb.adjoint_switches()}
+                    "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **tb.adjoint_switches(pack)}
             with tb._on(device):
                 tb._launch(adj, tuned, n, r, width, tile_w, args, meta)
         grad = tb._finish_gradient(buffer, ctx.volume_shape, pack).to(ctx.volume_dtype)
         return (grad,) + (None,) * 9
+
+
+# Whether ``project_and_attenuate(fused=None)`` (and so ``ct2xray``) takes the fused kernels where it can.
+# Measured on one H200 (W1: 8 volumes of 2 × 128³ materials, 256² detector, 256 samples, forward + backward
+# through I and −log I; benchmarks/gpu_kernels.py, 2026-11-26): fused 6.51 ms, march + separate fused
+# attenuation 5.91 ms. The fused kernels save the image-sized intermediates, not time, so they are opt-in.
+FUSED_BY_DEFAULT = False
 
 
 def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torch.Tensor, geometry: ConeBeamGeometry,
@@ -135,8 +142,8 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
         materials: names of the density channels in the μ/ρ ``table`` (default bone, tissue).
         table: μ/ρ table (default the shipped one).
         fused: True forces the fused Triton kernels (an error where they cannot run), False the separate
-            steps; default (None) fused exactly where the projector chooses its Triton backend and the
-            volumes are not float64.
+            steps; default (None): fused where the projector chooses its Triton backend and the volumes
+            are not float64, if ``FUSED_BY_DEFAULT`` (off: see there), else the separate steps.
         **projector_kwargs: ``step_mm``, ``num_samples``, ``isocenter``, ``memory_budget_mib``, ``backend``
             as for :func:`xraysyn.projector.forward_project`.
 
@@ -160,7 +167,9 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
     if fused and not can_fuse:
         raise ValueError("fused=True needs the projector's Triton backend (CUDA tensors, or TRITON_INTERPRET=1 "
                          "with backend='triton'), no pose gradients and float32/fp16/bf16 densities")
-    if fused is False or not can_fuse:  # the separate steps: projector, thickness units, attenuation
+    if fused is None:
+        fused = FUSED_BY_DEFAULT and can_fuse
+    if not fused:  # the separate steps: projector, thickness units, attenuation
         thickness = areal_density_from_line_integral(march_prepared(vol, rays, chosen, geometry, memory_budget_mib))
         i_atten, line = attenuate(thickness, spectrum, materials=tuple(materials), table=table)
         return thickness, i_atten, line

@@ -110,9 +110,9 @@ def autotuned_march(kernel, *, forward: bool, extra_key: tuple[str, ...] = ()):
 
     if forward:
         configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
-        return triton.autotune(configs, key=["n_rays", "n_channels", "PACK", "REUSE", *extra_key])(kernel)
+        return triton.autotune(configs, key=["n_rays", "n_channels", "TILE_W", "PACK", "REUSE", *extra_key])(kernel)
     configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
-    return triton.autotune(configs, key=["n_rays", "n_channels", "PACK", "MERGE_RUNS", "CARRY", *extra_key],
+    return triton.autotune(configs, key=["n_rays", "n_channels", "TILE_W", "PACK", "MERGE_RUNS", "CARRY", *extra_key],
                            reset_to_zero=["grad_ptr"])(kernel)
 
 
@@ -124,10 +124,11 @@ def forward_switches(tuned: bool) -> dict:
     return meta
 
 
-def adjoint_switches() -> dict:
-    """The adjoint's constexprs that follow ``TritonBackend``'s switches."""
+def adjoint_switches(pack: int) -> dict:
+    """The adjoint's constexprs that follow ``TritonBackend``'s switches, for ``pack`` corner slots per channel."""
     merge = bool(TritonBackend.MERGE_RUNS)
-    return {"MERGE_RUNS": merge, "CARRY": merge and bool(TritonBackend.CARRY_CORNERS)}
+    carry = merge and bool(TritonBackend.CARRY_CORNERS) and pack <= int(TritonBackend.CARRY_MAX_PACK)
+    return {"MERGE_RUNS": merge, "CARRY": carry}
 
 
 def _accumulator(dtype: torch.dtype):
@@ -214,9 +215,10 @@ def _next_power_of_two(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _ray_tiling(n_rays: int, detector_cols: int | None) -> tuple[int, int]:
-    """``(width, TILE_W)``: the raster width the kernels tile (0 = no tiling) and the tile width."""
-    tile_w = int(TritonBackend.RAY_TILE_WIDTH)
+def _ray_tiling(n_rays: int, detector_cols: int | None, *, forward: bool) -> tuple[int, int]:
+    """``(width, TILE_W)``: the raster width the forward (or adjoint) march tiles (0 = no tiling) and its
+    tile width (``TritonBackend.FORWARD_TILE_WIDTH`` / ``ADJOINT_TILE_WIDTH``)."""
+    tile_w = int(TritonBackend.FORWARD_TILE_WIDTH if forward else TritonBackend.ADJOINT_TILE_WIDTH)
     if detector_cols is None:
         side = math.isqrt(n_rays)  # a square detector is the common case; any width is still correct
         detector_cols = side if side * side == n_rays else 0
@@ -258,41 +260,55 @@ class TritonBackend:
 
     ``MERGE_RUNS`` (class attribute, default True) selects the adjoint that pre-reduces the
     samples of a ray falling in one cell before its atomic adds; False gives the naive per-sample
-    scatter (same result up to float rounding order), for benchmarks. ``RAY_TILE_WIDTH`` (default
-    8, so a 32-lane warp covers a 4 × 8 patch of pixels whose samples share cache sectors whatever
-    the view direction) is the width of the 2-D detector tiles a program marches; 0 marches runs
-    of consecutive rays instead. Neither changes results, only memory locality. On the GPU the
-    launch configuration (rays per program, warps, samples per forward loop iteration) is
+    scatter (same result up to float rounding order), for benchmarks. ``FORWARD_TILE_WIDTH`` and
+    ``ADJOINT_TILE_WIDTH`` are the widths of the 2-D detector tiles a program of the forward and of the
+    adjoint march marches (neighbouring pixels, whose samples share cache sectors whatever the view
+    direction); 0 marches runs of consecutive rays instead. None of the switches below changes results
+    beyond float rounding order, only memory traffic. On the GPU the launch configuration (rays per program, warps, samples per forward loop iteration) is
     autotuned once per (rays, channels).
     """
 
+    # The defaults below are the fastest settings measured through the public API on one H200 (W1: 8 volumes of
+    # 2 × 128³, 256² detector, 256 samples; W2: one 256² × 133 CT, 16 views of 512², 512 samples; the
+    # benchmarks/gpu_session.sh "sweep" stage, 2026-11-26; ms, forward / adjoint alone):
+    #   tile width 8 → 4            W1 2.97 → 2.00 / 2.23 → 2.15     W2 10.0 → 8.14 / 28.9 → 25.7
+    #   + forward pack 2, 4         W1 1.77 (2; C = 2 allows no more) W2 7.04 (2), 6.20 (4)
+    #   adjoint pack 1 → 2 or 4     W1 2.15 → 2.28 (2, carry)         W2 25.7 → 24.1 (4, no carry)
+    #   carry off → on              W1 4.13 → 2.23 (pack 1), 2.42 → 2.28 (pack 2); W2 pack 4: 24.1 → 29.6
     MERGE_RUNS = True
     # With MERGE_RUNS: when a ray steps into a neighbouring cell, the corners both cells share (4 of 8 for
     # a step along one axis) keep accumulating in registers instead of being flushed. Same sum,
     # reassociated; on the W1 / W2 geometries it removes 47 % of the merged adjoint's atomics (exact count,
-    # benchmarks/adjoint_atomics.py), and the measured adjoint time has been proportional to its atomics.
+    # benchmarks/adjoint_atomics.py). Applied only when the adjoint's corner slots per channel are at most
+    # CARRY_MAX_PACK: with 4 slots one vector atomic already covers a corner's x and y neighbours, and the
+    # carry measured slower (table above).
     CARRY_CORNERS = True
-    RAY_TILE_WIDTH = 8
+    CARRY_MAX_PACK = 2
+    # Width of the 2-D detector tiles of the forward / adjoint march (0 = runs of consecutive rays); a tile
+    # 4 wide makes a 32-lane warp an 8 × 4 patch of pixels.
+    FORWARD_TILE_WIDTH = 4
+    ADJOINT_TILE_WIDTH = 4
     # Corner slots per voxel and channel of the adjoint's atomics: 1 = scatter into the gradient
-    # volume (8 atomics per cell, the measured default); 2 or 4 = a packed buffer taking the x (and
-    # y) neighbours of a corner in the same vector atomic (4 or 2 per cell), summed up afterwards.
-    # Same values; fewer atomic requests, more memory (C · pack floats per voxel); float32 only, and
-    # capped so that C · pack <= 4 floats. Not yet timed on a GPU.
-    ADJOINT_PACK = 1
+    # volume (8 atomics per cell); 2 or 4 = a packed buffer taking the x (and y) neighbours of a corner
+    # in the same vector atomic (4 or 2 per cell), summed up afterwards (one extra pass). Same values;
+    # more memory (C · pack floats per voxel); float32 only, and capped so that C · pack <= 4 floats
+    # (4 gives 4 slots to one channel, 2 to two, none to more).
+    ADJOINT_PACK = 4
     # Corner slots per voxel and channel of the volume the forward march reads: 1 = the volume itself
-    # (8 loads per sample, the measured default); 2 or 4 = a packed copy holding each voxel's x (and y)
-    # neighbours too (see _pack_corners), read with 4 or 2 vector loads per sample. Same values; PACK
-    # times the volume's memory (used only within memory_budget_mib); C · pack capped at 16 bytes.
-    # Not yet timed on a GPU.
-    FORWARD_PACK = 1
+    # (8 loads per sample); 2 or 4 = a packed copy holding each voxel's x (and y) neighbours too (see
+    # _pack_corners), read with 4 or 2 vector loads per sample. Same values; PACK times the volume's
+    # memory (used only within memory_budget_mib, else 1); C · pack capped at 16 bytes.
+    FORWARD_PACK = 4
     # Forward march (unpacked layout): keep each ray's cell corners in registers across samples and load only
     # those a new cell does not share (on the W1 / W2 geometries 21 % of the corner loads of 8 per sample, by
     # the same count as benchmarks/adjoint_atomics.py's merged+carry). Same values; fewer memory requests,
-    # more registers and arithmetic per sample. Not yet timed on a GPU, so off by default.
+    # more registers and arithmetic per sample: measured slower (H200, tile width 8, public API: W1
+    # 2.50 → 3.40 ms, W2 10.1 → 19.6 ms), so off.
     REUSE_CORNERS = False
     # Forward march of a multi-channel volume stored channels-first: True = march a channels-last copy (one
-    # vector load per corner, the measured default; the copy reads and writes the volume once per call);
-    # False = read the channels-first volume in place (C loads per corner; with REUSE_CORNERS far fewer).
+    # vector load per corner; the copy reads and writes the volume once per call); False = read the
+    # channels-first volume in place (C loads per corner). Measured (H200, W1, tile width 8): the march in
+    # place 2.47 ms against 1.88 ms on the copy. A packed forward (FORWARD_PACK) makes its own copy anyway.
     COPY_CHANNELS_LAST = True
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
     FORWARD_UNROLL = 1
@@ -333,7 +349,7 @@ class TritonBackend:
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         kernels = _kernels()
         fwd, tuned = kernels.forward, kernels.tuned
-        width, tile_w = _ray_tiling(r, detector_cols)
+        width, tile_w = _ray_tiling(r, detector_cols, forward=True)
         args = (vol, out, *rays, r, width, *volume.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
                 "PACK": pack, **forward_switches(tuned)}
@@ -367,12 +383,12 @@ class TritonBackend:
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         kernels = _kernels()
         adj, tuned = kernels.adjoint, kernels.tuned
-        width, tile_w = _ray_tiling(r, detector_cols)
+        width, tile_w = _ray_tiling(r, detector_cols, forward=False)
         buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
-                "PACK": pack, **adjoint_switches()}
+                "PACK": pack, **adjoint_switches(pack)}
         with _on(device):
             _launch(adj, tuned, n, r, width, tile_w, args, meta)
         return _finish_gradient(buffer, (b, c, d, h, w), pack)
