@@ -294,6 +294,23 @@ def test_pack_corners_layout_and_budget(monkeypatch):
         _forward_pack(volume, 512.0)
 
 
+def test_packed_adjoint_buffer_stays_within_the_memory_budget(monkeypatch):
+    """The packed adjoint's buffer (C · pack floats per voxel) is used only within ``memory_budget_mib``;
+    beyond it the adjoint scatters into the gradient itself, with the same values."""
+    from xraysyn.projector.triton_backend import _gradient_buffer
+
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", 4)
+    shape = (2, 1, 3, 4, 5)
+    packed_mib = 2 * 3 * 4 * 5 * 4 * 4 / 2**20
+    assert _gradient_buffer(shape, torch.float32, DEVICE, packed_mib)[3] == 4
+    assert _gradient_buffer(shape, torch.float32, DEVICE, packed_mib * 0.99)[3] == 1
+    volume, args, _ = _case(CASES[0], seed=9)
+    grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
+    expected = march_adjoint(grad, volume.shape, *args)
+    for budget in (512.0, volume.numel() * 4 * 4 / 2**20 * 0.99):  # packed, then over budget: plain
+        _assert_close(TritonBackend.adjoint(grad, volume.shape, *args, memory_budget_mib=budget), expected)
+
+
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_adjoint_identity_float64(scheme, monkeypatch):
     """<FP v, w> = <v, FPᵀ w> to float64 round-off: the adjoint is the exact transpose."""

@@ -86,6 +86,7 @@ class ProjectAttenuate(torch.autograd.Function):
         ctx.save_for_backward(origin, direction, t_near, delta, n_samples, volume_index, thick, lse, mu, log_w)
         ctx.volume_shape = tuple(densities.shape)
         ctx.volume_dtype = densities.dtype
+        ctx.memory_budget_mib = memory_budget_mib
         return thick, i_atten, line
 
     @staticmethod
@@ -105,7 +106,8 @@ class ProjectAttenuate(torch.autograd.Function):
         direct = grad_thick.to(torch.float32) if has_direct else thick
         if has_direct and direct.stride() != thick.stride():
             direct = torch.empty_like(thick).copy_(direct)  # the kernel reads it with t's strides
-        buffer, vec, grad_strides, pack = tb._gradient_buffer(ctx.volume_shape, torch.float32, device)
+        buffer, vec, grad_strides, pack = tb._gradient_buffer(ctx.volume_shape, torch.float32, device,
+                                                                ctx.memory_budget_mib)
         if n and r:
             rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
             _, adj, tuned = _kernels()

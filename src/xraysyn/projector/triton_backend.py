@@ -291,8 +291,8 @@ class TritonBackend:
     # Corner slots per voxel and channel of the adjoint's atomics: 1 = scatter into the gradient
     # volume (8 atomics per cell); 2 or 4 = a packed buffer taking the x (and y) neighbours of a corner
     # in the same vector atomic (4 or 2 per cell), summed up afterwards (one extra pass). Same values;
-    # more memory (C · pack floats per voxel); float32 only, and capped so that C · pack <= 4 floats
-    # (4 gives 4 slots to one channel, 2 to two, none to more).
+    # more memory (C · pack floats per voxel, used only within memory_budget_mib, else 1); float32 only,
+    # and capped so that C · pack <= 4 floats (4 gives 4 slots to one channel, 2 to two, none to more).
     ADJOINT_PACK = 4
     # Corner slots per voxel and channel of the volume the forward march reads: 1 = the volume itself
     # (8 loads per sample); 2 or 4 = a packed copy holding each voxel's x (and y) neighbours too (see
@@ -328,8 +328,9 @@ class TritonBackend:
 
         ``origin (N, 3)``, ``direction (N, R, 3)``, ``t_near``/``delta (N, R)`` mm, ``n_samples
         (N, R)`` int, ``volume_index (N,)`` as in :class:`xraysyn.projector.rays.RaySet`.
-        ``memory_budget_mib`` is accepted for signature compatibility: the kernel needs no
-        temporaries beyond its output. ``detector_cols`` (optional) is the width of the detector
+        ``memory_budget_mib`` bounds the packed copy of the volume (``FORWARD_PACK``; without it the
+        kernel needs no temporaries beyond its output and, for a channels-first multi-channel volume,
+        a channels-last copy). ``detector_cols`` (optional) is the width of the detector
         raster the ``R`` rays come from; it only decides how rays are grouped into 2-D tiles for
         cache locality (default: a square detector when ``R`` is a square).
         """
@@ -364,7 +365,8 @@ class TritonBackend:
 
         The result is float32 (float64 for float64 ``grad_out``): in channels-last-3d memory format (a
         permuted view of the ``(B, D, H, W, C)`` buffer the atomics add into), or contiguous when the
-        packed adjoint (``ADJOINT_PACK``) sums its slots into a fresh tensor; values identical either way.
+        packed adjoint (``ADJOINT_PACK``, used when its buffer fits ``memory_budget_mib``) sums its slots
+        into a fresh tensor; values identical either way.
         """
         if not isinstance(grad_out, torch.Tensor) or grad_out.dim() != 3 or not grad_out.is_floating_point():
             raise TritonBackendInputError("grad_out must be a floating-point tensor of shape (N, R, C)")
@@ -384,7 +386,7 @@ class TritonBackend:
         kernels = _kernels()
         adj, tuned = kernels.adjoint, kernels.tuned
         width, tile_w = _ray_tiling(r, detector_cols, forward=False)
-        buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device)
+        buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device, memory_budget_mib)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
@@ -406,11 +408,14 @@ def _marched_volume(volume: torch.Tensor, memory_budget_mib: float):
     return vol, vec, strides, 1
 
 
-def _gradient_buffer(volume_shape, acc_dtype: torch.dtype, device: torch.device):
+def _gradient_buffer(volume_shape, acc_dtype: torch.dtype, device: torch.device, memory_budget_mib: float):
     """``(zeroed buffer, VEC, strides, PACK)`` the adjoint kernels scatter into for a ``(B, C, D, H, W)``
-    volume: packed corner slots when ``ADJOINT_PACK`` applies, else the channels-last gradient."""
+    volume: packed corner slots when ``ADJOINT_PACK`` applies and the packed buffer fits
+    ``memory_budget_mib``, else the channels-last gradient."""
     b, c, d, h, w = volume_shape
     pack = _adjoint_pack(c, acc_dtype, d * h * w)
+    if b * c * d * h * w * pack * torch.finfo(acc_dtype).bits // 8 > memory_budget_mib * 2**20:
+        pack = 1
     if pack > 1:  # packed corner slots: (B, D, H, W, C · pack), strides in voxels
         buffer = torch.zeros(b, d, h, w, c * pack, dtype=acc_dtype, device=device)
         return buffer, c * pack, (d * h * w, 1, h * w, w, 1), pack
