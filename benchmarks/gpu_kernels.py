@@ -8,8 +8,8 @@ Cases (same volumes sizes, detectors and samples as benchmarks/projector.py's W1
 once outside the timed region, so these are the kernels alone):
   march-fwd                forward line integrals, all channels in one march
   march-adj[merged+carry|merged|naive]  volume adjoint: per-cell run merging that also carries the corners a
-                           ray's next cell shares (the default) / run merging alone / one atomic per sample
-  march-*[tiles8|runs]     2-D detector tiles 8 pixels wide (the default) / runs of consecutive rays;
+                           ray's next cell shares / run merging alone / one atomic per sample
+  march-*[tiles8|runs]     2-D detector tiles 8 pixels wide / runs of consecutive rays;
                            march-fwd[tiles4|tiles16]: other tile widths
   march-adj[...,packedP]   the adjoint into packed corner slots (P = 2: x pairs, 4: x and y pairs in one
                            16-byte vector atomic), summed into the gradient afterwards (included)
@@ -27,6 +27,10 @@ once outside the timed region, so these are the kernels alone):
   atten-fused / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
   ct2xray[...]             projection + attenuation, forward + backward (two channels): the spectral sum
                            fused into the march kernels / the march then the separate attenuation kernel
+  march-*[defaults(,api rays)]  the shipped switches, on the torch rays / the Triton ray set-up's rays
+Each case changes one switch of BASELINE (tiles 8, unpacked: the defaults before the 2026-11-26 sweep);
+adjoint and forward rows also give the launch configuration the autotuner chose (``config``).
+``--only march-adj,ct2xray`` times only the cases whose name contains one of the parts.
 ``gsamples_per_s`` counts ray samples (each reads 8 corners × C channels); ``gather_gb_per_s``
 the corner bytes those samples read (an upper bound of the traffic the caches serve).
 """
@@ -50,7 +54,13 @@ WORKLOADS = {  # as in benchmarks/projector.py
     "smoke": {"batch": 2, "shape": (12, 10, 8), "spacing": (5.0, 6.0, 7.0), "detector": 16, "pixel": 6.0,
               "samples": 6, "views": 2, "channels": 2},
 }
-TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide (the default) and runs of consecutive rays
+# the TritonBackend switches the cases set, and the baseline each case changes one of (the defaults
+# before the 2026-11-26 sweep, with the corner carry allowed at any pack so the carry cases carry)
+SWITCHES = ("FORWARD_TILE_WIDTH", "ADJOINT_TILE_WIDTH", "FORWARD_PACK", "ADJOINT_PACK", "MERGE_RUNS", "CARRY_CORNERS",
+            "CARRY_MAX_PACK", "REUSE_CORNERS", "COPY_CHANNELS_LAST")
+BASELINE = {"FORWARD_TILE_WIDTH": 8, "ADJOINT_TILE_WIDTH": 8, "FORWARD_PACK": 1, "ADJOINT_PACK": 1, "MERGE_RUNS": True,
+            "CARRY_CORNERS": True, "CARRY_MAX_PACK": 4, "REUSE_CORNERS": False, "COPY_CHANNELS_LAST": True}
+TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide and runs of consecutive rays
 FORWARD_ONLY_TILE_WIDTHS = (4, 16)  # other tile shapes, timed for the forward only
 # channels: bone and soft tissue for W1, the attenuation alone for W2, as in the peers' benchmark
 
@@ -111,13 +121,14 @@ def _timer(device: torch.device, reps: int):
     return run
 
 
-def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
-    """Time every case of one workload and print its JSON lines."""
+def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[str, ...] = ()) -> None:
+    """Time every case of one workload (those whose name contains one of ``only``, if given) and print its
+    JSON lines. The switches of ``TritonBackend`` are set per case and restored afterwards."""
     from xraysyn.geometry import ConeBeamGeometry
     from xraysyn.physics import attenuate, tube_spectrum
     from xraysyn.physics.fused import fused_attenuate
     from xraysyn.projector import backproject, build_rays
-    from xraysyn.projector.triton_backend import TritonBackend, _pack_corners
+    from xraysyn.projector.triton_backend import TritonBackend, _kernels, _pack_corners
     from xraysyn.projector.triton_backend import backproject as bp_gather
     from xraysyn.projector.triton_backend import build_rays as triton_build_rays
 
@@ -137,12 +148,32 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     samples = int(rays.n_samples.sum())
     grad = torch.rand(*rays.t_near.shape, channels, generator=gen).to(device)
 
-    def emit(case: str, ms: float, counted_samples: int | None = samples) -> None:
+    def wanted(case: str) -> bool:
+        return not only or any(part in case for part in only)
+
+    def emit(case: str, ms: float, counted_samples: int | None = samples, **extra) -> None:
         row = {"case": case, "workload": name, "ms": round(ms, 3), "device": gpu, "torch": torch.__version__}
         if counted_samples:
             row["gsamples_per_s"] = round(counted_samples / (ms * 1e-3) / 1e9, 2)
             row["gather_gb_per_s"] = round(counted_samples * 8 * channels * 4 / (ms * 1e-3) / 1e9, 1)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({**row, **extra}), flush=True)
+
+    def measure(case: str, fn, counted_samples: int | None = samples, tuned_kernel=None) -> None:
+        """Time ``fn`` and print the case (if wanted); ``tuned_kernel``: also the launch configuration the
+        autotuner chose for it."""
+        if not wanted(case):
+            return
+        ms = timed(fn)
+        extra = {}
+        best = getattr(tuned_kernel, "best_config", None)
+        if best is not None:
+            extra["config"] = f"{best.kwargs} warps={best.num_warps}"
+        emit(case, ms, counted_samples, **extra)
+
+    defaults = {switch: getattr(TritonBackend, switch) for switch in SWITCHES}
+    # the baseline the cases below change one switch of: unpacked, no reuse, channels-last copy, carry at any pack
+    for switch, value in BASELINE.items():
+        setattr(TritonBackend, switch, value)
 
     def forward():
         return TritonBackend.forward(volume, *ray_args)
@@ -153,21 +184,21 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
     for tile in TILE_WIDTHS:
         TritonBackend.FORWARD_TILE_WIDTH = TritonBackend.ADJOINT_TILE_WIDTH = tile
         label = f"tiles{tile}" if tile else "runs"
-        emit(f"march-fwd[{label}]", timed(forward))
+        measure(f"march-fwd[{label}]", forward, tuned_kernel=_kernels().forward)
         for scheme, merge, carry in (("merged+carry", True, True), ("merged", True, False), ("naive", False, False)):
             TritonBackend.MERGE_RUNS, TritonBackend.CARRY_CORNERS = merge, carry
-            emit(f"march-adj[{scheme},{label}]", timed(adjoint))
+            measure(f"march-adj[{scheme},{label}]", adjoint, tuned_kernel=_kernels().adjoint)
     for tile in FORWARD_ONLY_TILE_WIDTHS:
         TritonBackend.FORWARD_TILE_WIDTH = tile
-        emit(f"march-fwd[tiles{tile}]", timed(forward))
+        measure(f"march-fwd[tiles{tile}]", forward, tuned_kernel=_kernels().forward)
     TritonBackend.FORWARD_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
     TritonBackend.REUSE_CORNERS = True
-    emit("march-fwd[tiles8,reuse]", timed(forward))
+    measure("march-fwd[tiles8,reuse]", forward, tuned_kernel=_kernels().forward)
     if channels > 1:  # the volume here is channels-first: march it in place, without the channels-last copy
         TritonBackend.COPY_CHANNELS_LAST = False
-        emit("march-fwd[tiles8,reuse,in place]", timed(forward))
+        measure("march-fwd[tiles8,reuse,in place]", forward, tuned_kernel=_kernels().forward)
         TritonBackend.REUSE_CORNERS = False
-        emit("march-fwd[tiles8,in place]", timed(forward))
+        measure("march-fwd[tiles8,in place]", forward, tuned_kernel=_kernels().forward)
         TritonBackend.COPY_CHANNELS_LAST = True
     TritonBackend.REUSE_CORNERS = False
     for pack in (2, 4):
@@ -175,34 +206,55 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
             TritonBackend.ADJOINT_PACK = pack
             for scheme, carry in (("merged+carry", True), ("merged", False)):
                 TritonBackend.CARRY_CORNERS = carry
-                emit(f"march-adj[{scheme},tiles8,packed{pack}]", timed(adjoint))
+                measure(f"march-adj[{scheme},tiles8,packed{pack}]", adjoint, tuned_kernel=_kernels().adjoint)
     TritonBackend.ADJOINT_PACK, TritonBackend.CARRY_CORNERS = 1, True
+
+    # the defaults as shipped, on rays from torch build_rays (as every case above) and from the Triton ray set-up
+    # the public API uses: the two must time alike (a gap seen on the packed W2 adjoint is being chased)
+    for switch, value in defaults.items():
+        setattr(TritonBackend, switch, value)
+    api_rays = triton_build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
+    api_args = (api_rays.origin, api_rays.direction, api_rays.t_near, api_rays.delta, api_rays.n_samples,
+                api_rays.volume_index)
+    measure("march-fwd[defaults]", forward, tuned_kernel=_kernels().forward)
+    measure("march-fwd[defaults,api rays]", lambda: TritonBackend.forward(volume, *api_args),
+            tuned_kernel=_kernels().forward)
+    measure("march-adj[defaults]", adjoint, tuned_kernel=_kernels().adjoint)
+    measure("march-adj[defaults,api rays]", lambda: TritonBackend.adjoint(grad, volume.shape, *api_args),
+            tuned_kernel=_kernels().adjoint)
+    if wanted("march-adj[defaults"):
+        same = (api_rays.n_samples == rays.n_samples).float().mean()
+        print(json.dumps({"check": "api rays vs torch rays", "workload": name, "n_samples_equal": float(same),
+                          "t_near_max_abs_mm": float((api_rays.t_near - rays.t_near).abs().max()),
+                          "delta_max_abs_mm": float((api_rays.delta - rays.delta).abs().max())}), flush=True)
+    for switch, value in BASELINE.items():
+        setattr(TritonBackend, switch, value)
     half = volume.to(torch.bfloat16)
     for pack in (2, 4):
         if channels * pack <= 4:
             TritonBackend.FORWARD_PACK = pack
-            emit(f"march-fwd[tiles8,packed{pack}]", timed(forward))
-            emit(f"pack-corners[{pack}]", timed(lambda: _pack_corners(volume, pack)), None)
+            measure(f"march-fwd[tiles8,packed{pack}]", forward, tuned_kernel=_kernels().forward)
+            measure(f"pack-corners[{pack}]", lambda: _pack_corners(volume, pack), None)
         if channels * pack <= 8:
             TritonBackend.FORWARD_PACK = pack
-            emit(f"march-fwd[bf16 volume,packed{pack}]", timed(lambda: TritonBackend.forward(half, *ray_args)))
+            measure(f"march-fwd[bf16 volume,packed{pack}]", lambda: TritonBackend.forward(half, *ray_args))
     TritonBackend.FORWARD_PACK = 1
-    if device.type == "cuda" and channels & (channels - 1) == 0:
+    if device.type == "cuda" and channels & (channels - 1) == 0 and wanted("gather-only"):
         limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed)
         emit(f"gather-only[{config['BLOCK_R']}x{config['num_warps']}]", limit_ms)
         for pack in (2, 4):
             if channels * pack <= 4:
                 limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed, pack)
                 emit(f"gather-only[packed{pack},{config['BLOCK_R']}x{config['num_warps']}]", limit_ms)
-    emit("march-fwd[bf16 volume]", timed(lambda: TritonBackend.forward(half, *ray_args)))
+    measure("march-fwd[bf16 volume]", lambda: TritonBackend.forward(half, *ray_args))
     sampling = {"num_samples": spec["samples"]}
-    emit("ray-setup[triton]", timed(lambda: triton_build_rays(poses, affines, shape, geometry, **sampling)), None)
-    emit("ray-setup[torch]", timed(lambda: build_rays(poses, affines, shape, geometry, **sampling)), None)
+    measure("ray-setup[triton]", lambda: triton_build_rays(poses, affines, shape, geometry, **sampling), None)
+    measure("ray-setup[torch]", lambda: build_rays(poses, affines, shape, geometry, **sampling), None)
 
     images = torch.rand(b, channels, *geometry.detector_shape, generator=gen).to(device)
     first = poses[:: spec["views"]]
-    emit("bp-gather", timed(lambda: bp_gather(images, affines, first, geometry, shape)), None)
-    emit("bp-torch", timed(lambda: backproject(images, affines, first, geometry, shape)), None)
+    measure("bp-gather", lambda: bp_gather(images, affines, first, geometry, shape), None)
+    measure("bp-torch", lambda: backproject(images, affines, first, geometry, shape), None)
 
     spectrum = tube_spectrum(120.0)
     thickness = (torch.rand(n_views, 2, *geometry.detector_shape, generator=gen) * 30).to(device)
@@ -213,9 +265,9 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
         i_atten, line = fn(t)
         (i_atten.sum() + line.sum()).backward()
 
-    emit("atten-fused", timed(lambda: attenuation(lambda t: fused_attenuate(t, spectrum,
-                                                                            implementation=implementation))), None)
-    emit("atten-torch", timed(lambda: attenuation(lambda t: attenuate(t, spectrum))), None)
+    measure("atten-fused", lambda: attenuation(lambda t: fused_attenuate(t, spectrum,
+                                                                            implementation=implementation)), None)
+    measure("atten-torch", lambda: attenuation(lambda t: attenuate(t, spectrum)), None)
 
     if channels == 2:  # CT2Xray of bone / tissue densities, forward + backward through I and −log I
         from xraysyn.physics.fused_ct2xray import project_and_attenuate
@@ -229,8 +281,12 @@ def run_workload(name: str, device: torch.device, timed, gpu: str) -> None:
                                                      num_samples=spec["samples"])
             (i_atten.sum() + line.sum()).backward()
 
-        emit("ct2xray[fused march]", timed(lambda: ct2xray_step(True)))
-        emit("ct2xray[march + atten-fused]", timed(lambda: ct2xray_step(False)))
+        for switch, value in defaults.items():  # CT2Xray with the shipped switches
+            setattr(TritonBackend, switch, value)
+        measure("ct2xray[fused march]", lambda: ct2xray_step(True))
+        measure("ct2xray[march + atten-fused]", lambda: ct2xray_step(False))
+    for switch, value in defaults.items():
+        setattr(TritonBackend, switch, value)
 
 
 def main(argv=None) -> None:
@@ -238,6 +294,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workloads", default="W1,W2")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (the interpreter on CPU-only machines)")
+    parser.add_argument("--only", default="", help="comma list: time only the cases whose name contains one of these")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         if not args.smoke:
@@ -247,7 +304,7 @@ def main(argv=None) -> None:
     timed = _timer(device, 1 if args.smoke else args.reps)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu-interpreter"
     for name in ["smoke"] if args.smoke else args.workloads.split(","):
-        run_workload(name, device, timed, gpu)
+        run_workload(name, device, timed, gpu, tuple(part for part in args.only.split(",") if part))
 
 
 if __name__ == "__main__":

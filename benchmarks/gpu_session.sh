@@ -4,7 +4,7 @@
 # and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
 #
 #   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests: the cuda-marked tests of the kernels'
-#                                                                   files only) api sweep peers kernels step host
+#                                                                   files only) defaults api sweep peers kernels step host
 #
 # Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
@@ -59,6 +59,13 @@ for stage in $stages; do
                timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
                  --modes fwd+bwd --impls "xraysyn,xraysyn[ft=4+fp=2+ap=4+carry=0],xraysyn[ft=4+fp=2+at=4+ap=4+carry=0],xraysyn[ft=4+ap=4+carry=0]"
              } 2>&1 | tee "$OUT/sweep.jsonl" ;;
+    defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs) and the API
+             { timeout 150 python3 benchmarks/gpu_kernels.py --only "defaults,ct2xray"
+               timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+                 --impls naive-grid_sample,xraysyn --modes fwd,fwd+bwd,adj --reps 10
+               timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls xraysyn --modes fwd,fwd+bwd,adj --reps 10
+             } 2>&1 | tee "$OUT/defaults.jsonl" ;;
     peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \
                timeout 80 python3 .gpu/bench/peers_gpu.py nanodrr flashdrr 2>&1 | tee "$OUT/peers.jsonl" ;;
     step)    [ -f benchmarks/train_step.py ] && timeout 150 python3 benchmarks/train_step.py --device cuda 2>&1 | tee "$OUT/step.jsonl" ;;

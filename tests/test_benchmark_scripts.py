@@ -21,13 +21,21 @@ def test_gpu_kernel_benchmark_smoke_runs_every_case():
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    cases = {row["case"] for row in rows}
+    cases = {row["case"] for row in rows if "case" in row}
     expected = {"march-fwd[tiles8]", "march-fwd[tiles8,reuse]", "march-adj[merged,tiles8]", "march-adj[merged+carry,tiles8]",
                 "march-adj[merged,tiles8,packed2]", "march-adj[merged+carry,tiles8,packed2]",
                 "march-fwd[tiles8,packed2]", "pack-corners[2]", "march-fwd[bf16 volume,packed4]", "ray-setup[triton]",
-                "bp-gather", "atten-fused", "ct2xray[fused march]", "ct2xray[march + atten-fused]"}
+                "bp-gather", "atten-fused", "ct2xray[fused march]", "ct2xray[march + atten-fused]",
+                "march-fwd[defaults]", "march-adj[defaults,api rays]"}
     assert expected <= cases, expected - cases
-    assert all(row["ms"] > 0 for row in rows)
+    assert all(row["ms"] > 0 for row in rows if "case" in row)
+    check = next(row for row in rows if row.get("check") == "api rays vs torch rays")
+    assert check["n_samples_equal"] == 1.0 and check["t_near_max_abs_mm"] < 1e-2
+    # --only: just the cases whose name contains one of the parts
+    only = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_kernels.py"), "--smoke", "--reps", "1",
+                           "--only", "pack-corners"], capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert {json.loads(line)["case"] for line in only.stdout.splitlines()} == {"pack-corners[2]"}
 
 
 def test_adjoint_atomic_count_on_a_hand_counted_path():
