@@ -62,9 +62,9 @@ for stage in $stages; do
     defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs) and the API
              { timeout 150 python3 benchmarks/gpu_kernels.py --only "defaults,ct2xray"
                timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
-                 --impls naive-grid_sample,xraysyn --modes fwd,fwd+bwd,adj --reps 10
+                 --impls naive-grid_sample,xraysyn,xraysyn-static --modes fwd,fwd+bwd,adj --reps 10
                timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
-                 --impls xraysyn --modes fwd,fwd+bwd,adj --reps 10
+                 --impls xraysyn,xraysyn-static --modes fwd,fwd+bwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;
     peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \
                timeout 80 python3 .gpu/bench/peers_gpu.py nanodrr flashdrr 2>&1 | tee "$OUT/peers.jsonl" ;;

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.projector import build_rays, forward_project, forward_project_adjoint
+from xraysyn.projector import build_rays, forward_project, forward_project_adjoint, mark_static_volume
 
 WORKLOADS = {
     "W1": dict(batch=8, size=128, spacing=(2.5, 2.5, 2.6), detector=256, pixel=2.0, samples=256, views=1, channels=2),
@@ -144,6 +144,9 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
     vols, affine, poses, geom, spec, source = setup(workload, device, volumes_dir)
     samples = spec["samples"]
     backend = "reference" if impl == "xraysyn-reference" else "auto" if impl.startswith("xraysyn") else None
+    static = impl == "xraysyn-static"  # the volume marked static: its scan and marched copy kept between calls
+    if static:
+        mark_static_volume(vols)
     overrides = variant_overrides(impl)
     if overrides:
         from xraysyn.projector.triton_backend import TritonBackend
@@ -170,6 +173,8 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
                 return project(vols)
     else:
         leaf = vols.clone().requires_grad_(True)
+        if static:
+            mark_static_volume(leaf)
 
         def step():
             leaf.grad = None
@@ -200,7 +205,7 @@ def main(argv=None):
     parser.add_argument("--workloads", default=None, help="comma list; default W1-cpu on CPU, W1,W2 on CUDA")
     parser.add_argument("--impls", default="naive-grid_sample,xraysyn",
                         help="comma list of naive-grid_sample, xraysyn (auto backend), xraysyn-reference, and "
-                             "the GPU variants " + ", ".join(TRITON_VARIANTS) + " or xraysyn[KEY=INT+...] with KEY "
+                             "xraysyn-static (the volume marked static), the GPU variants " + ", ".join(TRITON_VARIANTS) + " or xraysyn[KEY=INT+...] with KEY "
                              "in " + ", ".join(f"{k} ({v})" for k, v in VARIANT_KEYS.items()))
     parser.add_argument("--modes", default="fwd,fwd+bwd", help="comma list of fwd, fwd+bwd, adj (the adjoint alone)")
     parser.add_argument("--reps", type=int, default=5)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from xraysyn.geometry import ConeBeamGeometry, pose_source_position, validate_affine, volume_center
-from xraysyn.projector import cpu_numba
+from xraysyn.projector import cpu_numba, static_volume
 from xraysyn.projector.rays import build_rays, clip_to_box
 from xraysyn.projector.reference import RayMarch, march_adjoint
 
@@ -136,18 +136,21 @@ def _prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, devic
     """Validated ``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None, HostFrames)`` in ``dtype``
     on ``device``.
 
-    ``values`` (optional, the volume or images being projected) is checked for NaN/inf too. All host-side
-    checks read one float64 copy of the small tensors plus the extrema of ``values``: one device→host
-    transfer in total.
+    ``values`` (optional, the volume or images being projected) is checked for NaN/inf too (once per
+    version for a volume marked static). All host-side checks read one float64 copy of the small tensors
+    plus the extrema of ``values``: one device→host transfer in total.
     """
     affines = _affines_tensor(world_from_voxel, batch, dtype, device)
     pose_t = _poses_tensor(poses, batch, dtype, device)
     iso = _isocenter_tensor(isocenter, batch, dtype, device)
     small = [pose_t, affines] + ([iso] if iso is not None else [])
-    extrema = list(torch.aminmax(values.detach().reshape(-1))) if values is not None and values.numel() else []
+    scan = values is not None and values.numel() and not static_volume.known_finite(values)
+    extrema = list(torch.aminmax(values.detach().reshape(-1))) if scan else []
     host = _to_host(small + [e.reshape(1) for e in extrema])
     if extrema and not np.isfinite(np.concatenate(host[len(small):])).all():
         raise ProjectorInputError(values_error)
+    if scan:
+        static_volume.remember_finite(values)
     try:
         validate_affine(host[1])
     except ValueError as exc:

@@ -398,12 +398,24 @@ class TritonBackend:
 
 def _marched_volume(volume: torch.Tensor, memory_budget_mib: float):
     """``(tensor, VEC, strides, PACK)`` the forward march kernels read for ``volume (B, C, D, H, W)``: the
-    packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a channels-last view."""
+    packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a channels-last view;
+    a copy is reused while a volume marked static is unchanged (:mod:`xraysyn.projector.static_volume`)."""
+    from xraysyn.projector import static_volume
+
     pack = _forward_pack(volume, memory_budget_mib)
     if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
         d, h, w = volume.shape[2:]
-        return _pack_corners(volume.detach(), pack), volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack
-    vol = _channels_last(volume.detach()) if TritonBackend.COPY_CHANNELS_LAST else volume.detach()
+        packed = static_volume.kept_layout(volume, ("packed", pack))
+        if packed is None:
+            packed = _pack_corners(volume.detach(), pack)
+            static_volume.keep_layout(volume, ("packed", pack), packed)
+        return packed, volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack
+    vol = volume.detach()
+    if TritonBackend.COPY_CHANNELS_LAST and not (volume.shape[1] == 1 or volume.stride(1) == 1):
+        vol = static_volume.kept_layout(volume, ("channels_last",))
+        if vol is None:
+            vol = _channels_last(volume.detach())
+            static_volume.keep_layout(volume, ("channels_last",), vol)
     vec, strides = _volume_strides(vol)
     return vol, vec, strides, 1
 
