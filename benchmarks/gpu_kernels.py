@@ -170,10 +170,13 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
             extra["config"] = f"{best.kwargs} warps={best.num_warps}"
         emit(case, ms, counted_samples, **extra)
 
+    def set_switches(values: dict) -> None:
+        for switch, value in values.items():
+            setattr(TritonBackend, switch, value)
+
     defaults = {switch: getattr(TritonBackend, switch) for switch in SWITCHES}
     # the baseline the cases below change one switch of: unpacked, no reuse, channels-last copy, carry at any pack
-    for switch, value in BASELINE.items():
-        setattr(TritonBackend, switch, value)
+    set_switches(BASELINE)
 
     def forward():
         return TritonBackend.forward(volume, *ray_args)
@@ -211,8 +214,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
 
     # the defaults as shipped, on rays from torch build_rays (as every case above) and from the Triton ray set-up
     # the public API uses: the two must time alike (a gap seen on the packed W2 adjoint is being chased)
-    for switch, value in defaults.items():
-        setattr(TritonBackend, switch, value)
+    set_switches(defaults)
     api_rays = triton_build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
     api_args = (api_rays.origin, api_rays.direction, api_rays.t_near, api_rays.delta, api_rays.n_samples,
                 api_rays.volume_index)
@@ -227,8 +229,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
         print(json.dumps({"check": "api rays vs torch rays", "workload": name, "n_samples_equal": float(same),
                           "t_near_max_abs_mm": float((api_rays.t_near - rays.t_near).abs().max()),
                           "delta_max_abs_mm": float((api_rays.delta - rays.delta).abs().max())}), flush=True)
-    for switch, value in BASELINE.items():
-        setattr(TritonBackend, switch, value)
+    set_switches(BASELINE)
     half = volume.to(torch.bfloat16)
     for pack in (2, 4):
         if channels * pack <= 4:
@@ -281,12 +282,10 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
                                                      num_samples=spec["samples"])
             (i_atten.sum() + line.sum()).backward()
 
-        for switch, value in defaults.items():  # CT2Xray with the shipped switches
-            setattr(TritonBackend, switch, value)
+        set_switches(defaults)  # CT2Xray with the shipped switches
         measure("ct2xray[fused march]", lambda: ct2xray_step(True))
         measure("ct2xray[march + atten-fused]", lambda: ct2xray_step(False))
-    for switch, value in defaults.items():
-        setattr(TritonBackend, switch, value)
+    set_switches(defaults)
 
 
 def main(argv=None) -> None:

@@ -78,18 +78,15 @@ def remember_finite(volume: torch.Tensor) -> None:
         kept.finite_at = key
 
 
-def kept_layout(volume: torch.Tensor, layout: tuple) -> torch.Tensor | None:
-    """The copy of a marked ``volume`` in ``layout`` made at its present version, else None."""
-    kept, key = _kept(volume)
-    if key is None:
-        return None
-    entry = kept.layouts.get(layout)
-    return entry[1] if entry is not None and entry[0] == key else None
-
-
-def keep_layout(volume: torch.Tensor, layout: tuple, copy: torch.Tensor) -> None:
-    """Keep ``copy`` (``volume`` in ``layout``) with a marked volume, replacing older layouts (no-op when
-    unmarked)."""
+def layout_copy(volume: torch.Tensor, layout: tuple, make) -> torch.Tensor:
+    """``make()``, the copy of ``volume`` in ``layout`` (a hashable tag); for a marked volume the copy made at
+    its present version is kept and returned again until the volume changes (one layout kept at a time)."""
     kept, key = _kept(volume)
     if key is not None:
+        entry = kept.layouts.get(layout)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+    copy = make()
+    if key is not None:
         kept.layouts = {layout: (key, copy)}
+    return copy

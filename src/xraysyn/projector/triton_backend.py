@@ -29,6 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from xraysyn.projector import static_volume
+
 __all__ = ["TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
 
 _INT32_LIMIT = 2**31 - 1
@@ -185,9 +187,13 @@ def _check_volume_size(channels: int, spatial) -> None:
             f"one volume of {channels} × {d} × {h} × {w} voxels exceeds 32-bit indexing")
 
 
+def _is_channels_last(volume: torch.Tensor) -> bool:
+    return volume.shape[1] == 1 or volume.stride(1) == 1
+
+
 def _channels_last(volume: torch.Tensor) -> torch.Tensor:
     """A ``(B, C, D, H, W)`` view whose channel stride is 1 (copy only when needed)."""
-    if volume.shape[1] == 1 or volume.stride(1) == 1:
+    if _is_channels_last(volume):
         return volume
     return volume.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
 
@@ -264,8 +270,9 @@ class TritonBackend:
     ``ADJOINT_TILE_WIDTH`` are the widths of the 2-D detector tiles a program of the forward and of the
     adjoint march marches (neighbouring pixels, whose samples share cache sectors whatever the view
     direction); 0 marches runs of consecutive rays instead. None of the switches below changes results
-    beyond float rounding order, only memory traffic. On the GPU the launch configuration (rays per program, warps, samples per forward loop iteration) is
-    autotuned once per (rays, channels).
+    beyond float rounding order, only memory traffic. On the GPU the launch configuration (rays per
+    program, warps, samples per forward loop iteration) is autotuned once per (rays, channels, tile
+    width and switches).
     """
 
     # The defaults below are the fastest settings measured through the public API on one H200 (W1: 8 volumes of
@@ -400,22 +407,14 @@ def _marched_volume(volume: torch.Tensor, memory_budget_mib: float):
     """``(tensor, VEC, strides, PACK)`` the forward march kernels read for ``volume (B, C, D, H, W)``: the
     packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a channels-last view;
     a copy is reused while a volume marked static is unchanged (:mod:`xraysyn.projector.static_volume`)."""
-    from xraysyn.projector import static_volume
-
     pack = _forward_pack(volume, memory_budget_mib)
     if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
         d, h, w = volume.shape[2:]
-        packed = static_volume.kept_layout(volume, ("packed", pack))
-        if packed is None:
-            packed = _pack_corners(volume.detach(), pack)
-            static_volume.keep_layout(volume, ("packed", pack), packed)
+        packed = static_volume.layout_copy(volume, ("packed", pack), lambda: _pack_corners(volume.detach(), pack))
         return packed, volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack
     vol = volume.detach()
-    if TritonBackend.COPY_CHANNELS_LAST and not (volume.shape[1] == 1 or volume.stride(1) == 1):
-        vol = static_volume.kept_layout(volume, ("channels_last",))
-        if vol is None:
-            vol = _channels_last(volume.detach())
-            static_volume.keep_layout(volume, ("channels_last",), vol)
+    if TritonBackend.COPY_CHANNELS_LAST and not _is_channels_last(volume):  # a copy (a view is never kept)
+        vol = static_volume.layout_copy(volume, ("channels_last",), lambda: _channels_last(vol))
     vec, strides = _volume_strides(vol)
     return vol, vec, strides, 1
 
