@@ -28,11 +28,12 @@ for stage in $stages; do
   case $stage in
     tests)   timeout 150 python3 -m pytest -q -p no:cacheprovider -m "cuda or not cuda" \
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_ct2xray.py \
-               tests/test_physics_fused_ct2xray.py tests/test_projector_behaviour.py > "$OUT/tests.log" 2>&1
+               tests/test_physics_fused_ct2xray.py tests/test_projector_behaviour.py tests/test_projector_host_path.py \
+               tests/test_projector_static_volume.py > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
     gputests) timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda \
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_fused_ct2xray.py \
-               > "$OUT/tests.log" 2>&1
+               tests/test_projector_host_path.py > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
     kernels) timeout 200 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
     host)    timeout 60 python3 benchmarks/host_overhead.py --calls 1000 2>&1 | tee "$OUT/host.jsonl" ;;
@@ -59,12 +60,13 @@ for stage in $stages; do
                timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
                  --modes fwd+bwd --impls "xraysyn,xraysyn[ft=4+fp=2+ap=4+carry=0],xraysyn[ft=4+fp=2+at=4+ap=4+carry=0],xraysyn[ft=4+ap=4+carry=0]"
              } 2>&1 | tee "$OUT/sweep.jsonl" ;;
-    defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs) and the API
+    defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs) and the API,
+             # with the volume work started ahead of the rays (default) and after them (ahead=0, as measured before)
              { timeout 150 python3 benchmarks/gpu_kernels.py --only "defaults,ct2xray"
                timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
-                 --impls naive-grid_sample,xraysyn,xraysyn-static --modes fwd,fwd+bwd,adj --reps 10
+                 --impls "naive-grid_sample,xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd,adj --reps 10
                timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
-                 --impls xraysyn,xraysyn-static --modes fwd,fwd+bwd,adj --reps 10
+                 --impls "xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;
     peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \
                timeout 80 python3 .gpu/bench/peers_gpu.py nanodrr flashdrr 2>&1 | tee "$OUT/peers.jsonl" ;;

@@ -6,7 +6,9 @@ On a GPU the benchmark timings include everything the host does before the kerne
 ray set-up parameters, launches): with the device idle at the start of a call, W1's forward pays it in
 full. Here the Triton kernels are replaced by no-op launchers and the tensors are tiny CPU tensors
 (the interpreter path), so what is timed is Python, numpy and torch dispatch — the part a GPU cannot
-hide — per call of ``forward_project`` (8 volumes, 8 views, 2 channels), ``forward_project`` with the
+hide — per call of ``forward_project`` (8 volumes, 8 views, 2 channels; the same poses every call, as
+the benchmarks, and ``[new poses]``: different poses every call, so no per-geometry memo can hit —
+a training loop drawing random views), ``forward_project`` with the
 fused CT2Xray (``project_and_attenuate(fused=True)``: the separate steps would attenuate the stubs'
 uninitialised images) and ``backproject``. Prints one JSON line per call kind (median over ``--calls``
 calls, µs); ``--profile`` adds the top functions by cumulative time.
@@ -57,10 +59,15 @@ def main(argv=None) -> None:
     affine = torch.diag(torch.tensor([40.0, 40.0, 41.6, 1.0]))
     geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(16, 16), pixel_spacing=32.0)
     poses = geometry.poses(torch.linspace(-18, 18, 8))
+    # more distinct pose sets than any memo of the host-side set-up keeps, cycled through
+    pose_sets = [geometry.poses(torch.linspace(-18, 18, 8) + 0.01 * k) for k in range(1000)]
+    next_set = iter(range(10**9))
     spectrum = tube_spectrum(120.0)
     images = torch.rand(8, 2, 16, 16)
     calls = {
         "forward_project": lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
+        "forward_project[new poses]": lambda: forward_project(volume, affine, pose_sets[next(next_set) % len(pose_sets)],
+                                                              geometry, num_samples=256, backend="triton"),
         "project_and_attenuate[fused]": lambda: project_and_attenuate(volume, affine, poses, geometry, spectrum,
                                                                        num_samples=256, backend="triton", fused=True),
         "backproject": lambda: backproject(images, affine, poses, geometry, (8, 8, 8), backend="triton"),

@@ -43,7 +43,8 @@ WORKLOADS = {
 # GPU variants of the Triton backend (class attributes of TritonBackend) the benchmark can compare in one run:
 # these names, or ``xraysyn[KEY=VALUE+...]`` with the keys of VARIANT_KEYS (e.g. ``xraysyn[ft=4+ap=4+carry=0]``)
 VARIANT_KEYS = {"ft": "FORWARD_TILE_WIDTH", "at": "ADJOINT_TILE_WIDTH", "fp": "FORWARD_PACK", "ap": "ADJOINT_PACK",
-                "carry": "CARRY_CORNERS", "reuse": "REUSE_CORNERS", "copy": "COPY_CHANNELS_LAST"}
+                "carry": "CARRY_CORNERS", "reuse": "REUSE_CORNERS", "copy": "COPY_CHANNELS_LAST",
+                "ahead": "PREPARE_AHEAD"}
 TRITON_VARIANTS = {
     "xraysyn-packed": {"FORWARD_PACK": 4, "ADJOINT_PACK": 4},  # packed corners, the widest C allows
     "xraysyn-reuse": {"REUSE_CORNERS": True},  # forward keeps cell corners across samples

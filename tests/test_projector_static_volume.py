@@ -28,7 +28,8 @@ AFFINE = torch.diag(torch.tensor([4.0, 3.5, 3.0, 1.0]))
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Counts of the volume scans (``torch.aminmax``) and of the marched copies the Triton path makes."""
+    """Counts of the volume scans (``torch.aminmax``, or a packing pass that also scans into a finite probe)
+    and of the marched copies the Triton path makes."""
     counts = {"scan": 0, "pack": 0, "channels_last": 0}
     aminmax, pack, channels_last = torch.aminmax, triton_backend._pack_corners, triton_backend._channels_last
 
@@ -38,8 +39,13 @@ def counted(monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
+    def counting_pack(volume, slots, finite_probe=None):
+        counts["pack"] += 1
+        counts["scan"] += finite_probe is not None
+        return pack(volume, slots, finite_probe)
+
     monkeypatch.setattr(torch, "aminmax", counting("scan", aminmax))
-    monkeypatch.setattr(triton_backend, "_pack_corners", counting("pack", pack))
+    monkeypatch.setattr(triton_backend, "_pack_corners", counting_pack)
     monkeypatch.setattr(triton_backend, "_channels_last", counting("channels_last", channels_last))
     return counts
 
@@ -79,6 +85,10 @@ def test_marked_volume_is_prepared_once_per_version(layout, counted, monkeypatch
         volume[0, 0, 1, 1, 1] = float("nan")
     with pytest.raises(ProjectorInputError, match="non-finite"):
         _project(volume, backend="triton")
+    scans = counted["scan"]
+    with pytest.raises(ProjectorInputError, match="non-finite"):  # the copy is kept, the check is not
+        _project(volume, backend="triton")
+    assert counted["scan"] == scans + 1, counted
 
 
 def test_unmarked_volumes_are_prepared_every_call(counted):

@@ -294,6 +294,33 @@ def test_pack_corners_layout_and_budget(monkeypatch):
         _forward_pack(volume, 512.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_packing_pass_scans_for_non_finite_values(dtype):
+    """The packing pass's fused scan sets its probe to inf exactly when the volume holds a NaN or ±inf —
+    wherever it is, including the last voxel of a partial block — and not for large finite values; the
+    packed values are the same with or without the scan."""
+    from xraysyn.projector.triton_backend import _PACK_BLOCK_V, _pack_corners
+
+    shape = (2, 2, 5, 6, 7)  # 210 voxels per item: one partial block of _PACK_BLOCK_V
+    assert shape[2] * shape[3] * shape[4] % _PACK_BLOCK_V != 0
+    big = torch.finfo(dtype).max
+    clean = (torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(dtype).to(DEVICE)
+    clean[0, 0, 0, 0, 0] = big
+    clean[1, 1, 2, 3, 4] = -big
+    for where in (None, (0, 0, 0, 0, 0), (1, 1, 4, 5, 6), (0, 1, 2, 5, 0)):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            volume = clean.clone()
+            if where is not None:
+                volume[where] = bad
+            probe = torch.zeros(1, device=DEVICE)
+            packed = _pack_corners(volume, 2, probe)
+            assert torch.isfinite(probe).all().item() == (where is None), (where, bad)
+            unscanned = _pack_corners(volume, 2)
+            assert torch.equal(packed.float().nan_to_num(), unscanned.float().nan_to_num())
+            if where is None:
+                break
+
+
 def test_packed_adjoint_buffer_stays_within_the_memory_budget(monkeypatch):
     """The packed adjoint's buffer (C · pack floats per voxel) is used only within ``memory_budget_mib``;
     beyond it the adjoint scatters into the gradient itself, with the same values."""
@@ -519,30 +546,50 @@ def test_public_api_passes_low_precision_volumes_to_the_kernels(dtype, monkeypat
 
 
 def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
-    """Validation and the Triton ray set-up (and BP) share one float64 host copy of poses, affines,
-    isocenter and the volume's extrema: one device→host transfer (a GPU synchronisation) per call."""
+    """Validation and the Triton ray set-up (and BP) share one float64 host copy of poses, affines and
+    isocenter: one device→host transfer for them per call. The forward queues that copy first, then the
+    volume's packing pass (which also scans it for NaN/inf), then the ray set-up, and reads the scan's
+    one-value probe last (a second, late transfer): the GPU packs while the host validates and sets up
+    rays. BP copies the frames with the images' extrema, in one transfer."""
     from xraysyn.projector import api
 
-    transfers, given = [], []
-    to_host = api._to_host
-    host_frames = triton_backend._host_frames
-    monkeypatch.setattr(api, "_to_host", lambda tensors: transfers.append(len(tensors)) or to_host(tensors))
+    events, given = [], []
+    host_copy = api._HostCopy
+
+    class SpyCopy(host_copy):
+        def __init__(self, tensors):
+            events.append(f"copy{len(tensors)}")
+            super().__init__(tensors)
+
+    pack, build_rays, host_frames = triton_backend._pack_corners, triton_backend.build_rays, triton_backend._host_frames
+    monkeypatch.setattr(api, "_HostCopy", SpyCopy)
+    monkeypatch.setattr(triton_backend, "_pack_corners",
+                        lambda *args: events.append("pack+scan" if args[2] is not None else "pack") or pack(*args))
+    monkeypatch.setattr(triton_backend, "build_rays",
+                        lambda *args, **kwargs: events.append("rays") or build_rays(*args, **kwargs))
     monkeypatch.setattr(triton_backend, "_host_frames",
-                        lambda *args: given.append(args[-1]) or host_frames(*args))
+                        lambda *args: given.append(args[-2]) or host_frames(*args))
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(5, 6), pixel_spacing=6.0)
     affines = torch.stack([_affine((4.0, 3.5, 3.0)), _affine((3.0, 3.5, 4.0), shear=0.2)]).to(DEVICE)
     poses = geometry.poses(torch.tensor([10.0, -40.0]), torch.tensor([0.0, 15.0])).to(DEVICE)
     iso = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 3.0]], device=DEVICE)
     volume = torch.rand(2, 2, 5, 6, 4, device=DEVICE)
     out = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="triton")
-    assert transfers == [5] and len(given) == 1 and given[0] is not None  # poses, affines, iso, min, max
+    # poses, affines, iso; the packing pass with its scan; rays; the probe
+    assert events == ["copy3", "pack+scan", "rays", "copy1"], events
+    assert len(given) == 1 and given[0] is not None  # the ray set-up reused the validation's host copy
     expected = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="reference")
     _assert_close(out, expected)
-    transfers.clear()
+    events.clear()
+    monkeypatch.setattr(TritonBackend, "PREPARE_AHEAD", False)  # the earlier order: extrema with the frames
+    out = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="triton")
+    assert events == ["copy5", "rays", "pack"], events  # poses, affines, iso, min, max; copy at the march
+    _assert_close(out, expected)
+    events.clear()
     given.clear()
     images = torch.rand(2, 2, 5, 6, device=DEVICE)
     bp = backproject(images, affines, poses, geometry, (5, 6, 4), isocenter=iso, backend="triton")
-    assert transfers == [5] and len(given) == 1 and given[0] is not None
+    assert events == ["copy5"] and len(given) == 1 and given[0] is not None  # poses, affines, iso, min, max
     _assert_close(bp, backproject(images, affines, poses, geometry, (5, 6, 4), isocenter=iso, backend="reference"))
 
 
@@ -628,16 +675,20 @@ def test_kernels_compile_for_sm90():
         specs.append({"module": module, "kernel": "backproject_gather_kernel",
                       "constexprs": {"BLOCK_V": 256, "BLOCK_C": block_c, "ACC": common["ACC"]},
                       "default_pointer": "*" + acc_type})
+    packed_variants = [variant for variant in COMPILE_VARIANTS if variant[6] > 1]
     pack_specs = [{"module": module, "kernel": "pack_corners_kernel", "default_pointer": "*" + vol_type,
-                   "constexprs": {"BLOCK_V": 256, "PACK": pack, "K": channels * pack}, "aligned": ["dst_ptr"]}
-                  for vol_type, _, channels, _, _, _, pack in COMPILE_VARIANTS if pack > 1]
+                   "pointer_types": {"probe_ptr": "*fp32"}, "aligned": ["dst_ptr"],
+                   "constexprs": {"BLOCK_V": 256, "PACK": pack, "K": channels * pack, "CHECK_FINITE": i % 2 == 0}}
+                  for i, (vol_type, _, channels, _, _, _, pack) in enumerate(packed_variants)]
     pack_specs += [{"module": module, "kernel": "unpack_corners_kernel", "default_pointer": "*fp32",
                     "constexprs": {"BLOCK_V": 256, "BLOCK_C": channels, "PACK": pack}}
-                   for _, _, channels, _, _, _, pack in COMPILE_VARIANTS if pack > 1]
+                   for _, _, channels, _, _, _, pack in packed_variants]
     ptx = compile_ptx(specs + pack_specs)
     n_packed = len(pack_specs) // 2
-    for pack_ptx in ptx[len(specs):len(specs) + n_packed]:  # each voxel's slots in one 16-byte vector store
-        assert "st.global.v4.b32" in pack_ptx
+    for pack_ptx, spec in zip(ptx[len(specs):len(specs) + n_packed], pack_specs):
+        assert "st.global.v4.b32" in pack_ptx  # each voxel's slots in one 16-byte vector store
+        # the fused NaN/inf scan adds one scalar store (the probe), nothing else
+        assert ("st.global.b32" in pack_ptx) == spec["constexprs"]["CHECK_FINITE"]
     for i, variant in enumerate(COMPILE_VARIANTS):
         forward, adjoint = ptx[3 * i], ptx[3 * i + 1]
         # relaxed, GPU-scoped atomics: Triton >= 3.7 emits them as fire-and-forget reductions (red), 3.6 as

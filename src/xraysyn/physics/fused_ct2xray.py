@@ -55,7 +55,7 @@ class ProjectAttenuate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, densities, origin, direction, t_near, delta, n_samples, volume_index, mass_attenuation,
-                log_weights, memory_budget_mib):
+                log_weights, memory_budget_mib, prepared=None):
         from xraysyn.projector import triton_backend as tb
 
         b, m = densities.shape[:2]
@@ -66,7 +66,10 @@ class ProjectAttenuate(torch.autograd.Function):
         log_w = log_weights.detach().to(device=device, dtype=torch.float32).contiguous()
         thick = torch.empty(n, m, r, dtype=torch.float32, device=device).permute(0, 2, 1)  # image layout, free
         lse, i_atten, line = (torch.empty(n, r, dtype=torch.float32, device=device) for _ in range(3))
-        vol, vec, vol_strides, pack = tb._marched_volume(densities, memory_budget_mib)
+        if prepared is not None and tb._same_tensor(prepared.source, densities):  # made by prepare_march
+            vol, vec, vol_strides, pack = prepared.marched
+        else:
+            vol, vec, vol_strides, pack = tb._marched_volume(densities, memory_budget_mib)
         rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
         fwd, _, tuned = _kernels()
         width, tile_w = tb._ray_tiling(r, None, forward=True)
@@ -93,7 +96,7 @@ class ProjectAttenuate(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_thick, grad_i, grad_line):
         if not ctx.needs_input_grad[0]:
-            return (None,) * 10
+            return (None,) * 11
         from xraysyn.projector import triton_backend as tb
 
         origin, direction, t_near, delta, n_samples, volume_index, thick, lse, mu, log_w = ctx.saved_tensors
@@ -120,7 +123,7 @@ class ProjectAttenuate(torch.autograd.Function):
             with tb._on(device):
                 tb._launch(adj, tuned, n, r, width, tile_w, args, meta)
         grad = tb._finish_gradient(buffer, ctx.volume_shape, pack).to(ctx.volume_dtype)
-        return (grad,) + (None,) * 9
+        return (grad,) + (None,) * 10
 
 
 # Whether ``project_and_attenuate(fused=None)`` (and so ``ct2xray``) takes the fused kernels where it can.
@@ -164,15 +167,16 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
     if not isinstance(spectrum, Spectrum):
         raise ValueError(f"spectrum must be a Spectrum, got {type(spectrum).__name__}")
     memory_budget_mib = projector_kwargs.get("memory_budget_mib", _DEFAULT_BUDGET_MIB)
-    vol, rays, chosen = prepare_march(densities, world_from_voxel, poses, geometry, **projector_kwargs)
-    can_fuse = chosen is TritonBackend and densities.dtype != torch.float64
+    march = prepare_march(densities, world_from_voxel, poses, geometry, **projector_kwargs)
+    vol, rays = march.volume, march.rays
+    can_fuse = march.backend is TritonBackend and densities.dtype != torch.float64
     if fused and not can_fuse:
         raise ValueError("fused=True needs the projector's Triton backend (CUDA tensors, or TRITON_INTERPRET=1 "
                          "with backend='triton'), no pose gradients and float32/fp16/bf16 densities")
     if fused is None:
         fused = FUSED_BY_DEFAULT and can_fuse
     if not fused:  # the separate steps: projector, thickness units, attenuation
-        thickness = areal_density_from_line_integral(march_prepared(vol, rays, chosen, geometry, memory_budget_mib))
+        thickness = areal_density_from_line_integral(march_prepared(march, geometry, memory_budget_mib))
         i_atten, line = attenuate(thickness, spectrum, materials=tuple(materials), table=table)
         return thickness, i_atten, line
     table = table or MaterialTable.default()
@@ -181,7 +185,7 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
     log_w = spectrum.log_weights(dtype=torch.float32, device=densities.device)
     thick, i_atten, line = ProjectAttenuate.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta,
                                                   rays.n_samples, rays.volume_index, mu, log_w,
-                                                  float(memory_budget_mib))
+                                                  float(memory_budget_mib), march.prepared)
     rows, cols = geometry.detector_shape
     n = thick.shape[0]
     return (thick.permute(0, 2, 1).reshape(n, len(materials), rows, cols), i_atten.view(n, 1, rows, cols),

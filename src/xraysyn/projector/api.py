@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from xraysyn.geometry import ConeBeamGeometry, pose_source_position, validate_affine, volume_center
 from xraysyn.projector import cpu_numba, static_volume
+from xraysyn.projector.host_memo import HostMemo, array_key
 from xraysyn.projector.rays import build_rays, clip_to_box
 from xraysyn.projector.reference import RayMarch, march_adjoint
 
@@ -25,8 +26,13 @@ BACKENDS = ("auto", "reference", "numba", "triton")
 _DEFAULT_BUDGET_MIB = 512.0
 # Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
 _ORTHONORMAL_TOL = 1e-3
+# Recently validated (poses, affines, isocenter) host copies: a call with the same frames skips the checks.
+_VALID_FRAMES = HostMemo(max_entries=64)
 # Approximate bytes of temporaries per voxel in the backprojector (coordinates, pixel positions, chords).
 _BP_BYTES_PER_VOXEL = 256
+
+
+_NONFINITE_VOLUME = "volume contains non-finite values (NaN or inf)"
 
 
 class ProjectorInputError(ValueError):
@@ -69,20 +75,49 @@ class HostFrames(NamedTuple):
     isocenter: np.ndarray | None
 
 
-def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors.
+class _HostCopy:
+    """float64 numpy copies of small tensors, in one device→host transfer.
 
     The tensors are concatenated in the first one's dtype (float32 or float64: exact for the float32,
-    float16 and bfloat16 values met here) and widened to float64 on the host."""
-    if not tensors:
-        return []
-    dtype = tensors[0].dtype
-    flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors]).cpu().numpy().astype(np.float64)
-    out, start = [], 0
-    for t in tensors:
-        out.append(flat[start:start + t.numel()].reshape(tuple(t.shape)))
-        start += t.numel()
-    return out
+    float16 and bfloat16 values met here). For GPU tensors the copy goes to pinned memory without
+    blocking: the caller can queue more GPU work before :meth:`wait` (which waits for the copy only,
+    not for work queued after it)."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self._shapes = [tuple(t.shape) for t in tensors]
+        self._event = None
+        if not tensors:
+            self._flat = None
+            return
+        dtype = tensors[0].dtype
+        with torch.no_grad():
+            flat = torch.cat([t.reshape(-1) if t.dtype == dtype else t.reshape(-1).to(dtype) for t in tensors])
+        if flat.is_cuda:
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(flat.device))
+            flat = host
+        self._flat = flat
+
+    def wait(self) -> list[np.ndarray]:
+        """The copies, in the order given (waits for the transfer)."""
+        if self._flat is None:
+            return []
+        if self._event is not None:
+            self._event.synchronize()
+        flat = self._flat.numpy().astype(np.float64)
+        out, start = [], 0
+        for shape in self._shapes:
+            size = math.prod(shape)
+            out.append(flat[start:start + size].reshape(shape))
+            start += size
+        return out
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors."""
+    return _HostCopy(tensors).wait()
 
 
 def _affines_tensor(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
@@ -131,8 +166,27 @@ def _check_poses_host(host: np.ndarray) -> None:
         raise ProjectorInputError(f"pose rotation blocks must be orthonormal (max deviation {float(err):.2e})")
 
 
+def _frame_tensors(world_from_voxel, poses, isocenter, batch: int, dtype, device):
+    """``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None)`` in ``dtype`` on ``device``, shapes
+    checked (their values are checked on a host copy, :func:`_check_frames_host`)."""
+    return (_affines_tensor(world_from_voxel, batch, dtype, device), _poses_tensor(poses, batch, dtype, device),
+            _isocenter_tensor(isocenter, batch, dtype, device))
+
+
+def _needs_scan(values: torch.Tensor | None) -> bool:
+    """Whether ``values`` must be scanned for NaN/inf (not empty, and not a marked volume already checked)."""
+    return values is not None and values.numel() > 0 and not static_volume.known_finite(values)
+
+
+def _check_finite_host(extrema: list[np.ndarray], values: torch.Tensor, error: str) -> None:
+    """Raise ``error`` unless every host value in ``extrema`` is finite; else remember ``values`` as checked."""
+    if extrema and not np.isfinite(np.concatenate([e.ravel() for e in extrema])).all():
+        raise ProjectorInputError(error)
+    static_volume.remember_finite(values)
+
+
 def _prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device, values=None,
-                    values_error="volume contains non-finite values (NaN or inf)"):
+                    values_error=_NONFINITE_VOLUME):
     """Validated ``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None, HostFrames)`` in ``dtype``
     on ``device``.
 
@@ -140,25 +194,32 @@ def _prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, devic
     version for a volume marked static). All host-side checks read one float64 copy of the small tensors
     plus the extrema of ``values``: one device→host transfer in total.
     """
-    affines = _affines_tensor(world_from_voxel, batch, dtype, device)
-    pose_t = _poses_tensor(poses, batch, dtype, device)
-    iso = _isocenter_tensor(isocenter, batch, dtype, device)
+    affines, pose_t, iso = _frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
     small = [pose_t, affines] + ([iso] if iso is not None else [])
-    scan = values is not None and values.numel() and not static_volume.known_finite(values)
+    scan = _needs_scan(values)
     extrema = list(torch.aminmax(values.detach().reshape(-1))) if scan else []
     host = _to_host(small + [e.reshape(1) for e in extrema])
-    if extrema and not np.isfinite(np.concatenate(host[len(small):])).all():
-        raise ProjectorInputError(values_error)
     if scan:
-        static_volume.remember_finite(values)
+        _check_finite_host(host[len(small):], values, values_error)
+    frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
+    _check_frames_host(frames)
+    return affines, pose_t, iso, frames
+
+
+def _check_frames_host(frames: HostFrames) -> None:
+    """Validate the host copies of the poses, affines and isocenter (raises :class:`ProjectorInputError`);
+    frames already validated recently pass without redoing the checks (:mod:`~xraysyn.projector.host_memo`)."""
+    key = tuple(array_key(a) for a in frames)
+    if _VALID_FRAMES.get(key):
+        return
     try:
-        validate_affine(host[1])
+        validate_affine(frames.affines)
     except ValueError as exc:
         raise ProjectorInputError(str(exc)) from None
-    _check_poses_host(host[0])
-    if iso is not None and not np.isfinite(host[2]).all():
+    _check_poses_host(frames.poses)
+    if frames.isocenter is not None and not np.isfinite(frames.isocenter).all():
         raise ProjectorInputError("isocenter contains non-finite values")
-    return affines, pose_t, iso, HostFrames(host[0], host[1], host[2] if iso is not None else None)
+    _VALID_FRAMES.put(key, True)
 
 
 def _check_sampling(step_mm, num_samples, memory_budget_mib) -> None:
@@ -220,14 +281,26 @@ def _select_backend(backend: str, device: torch.device, ray_grad: bool):
 
 
 # ---------------------------------------------------------------------------------------- FP
+class PreparedMarch(NamedTuple):
+    """What :func:`prepare_march` returns: the ``volume`` as the chosen backend reads it, the ray set, the
+    ``backend`` (None for the torch reference) and what the backend prepared from the volume ahead of the
+    march (``prepared``, or None)."""
+
+    volume: torch.Tensor
+    rays: object
+    backend: object
+    prepared: object
+
+
 def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeBeamGeometry, *,
                   step_mm: float | None = None, num_samples: int | None = None, isocenter=None,
                   memory_budget_mib: float = _DEFAULT_BUDGET_MIB, backend: str = "auto"):
     """Validate the inputs of :func:`forward_project` and set up its rays.
 
-    Returns ``(volume, rays, backend)``: the volume as the chosen backend reads it (float32/float64, or
-    fp16/bf16 as stored for a backend that reads those), the :class:`~xraysyn.projector.rays.RaySet`
-    and the backend class (None for the torch reference). Shared by :func:`forward_project` and the
+    Returns a :class:`PreparedMarch`: the volume as the chosen backend reads it (float32/float64, or
+    fp16/bf16 as stored for a backend that reads those), the :class:`~xraysyn.projector.rays.RaySet`,
+    the backend class (None for the torch reference) and what the backend made from the volume ahead
+    of the march (the Triton backend's marched layout). Shared by :func:`forward_project` and the
     fused projection + attenuation of :mod:`xraysyn.physics.fused_ct2xray`.
     """
     if not isinstance(volume, torch.Tensor) or volume.dim() != 5:
@@ -240,8 +313,7 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
         raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
     spatial = _check_spatial_shape(volume.shape[2:])
     dtype = _compute_dtype(volume.dtype)
-    affines, pose_t, iso, host = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, volume.device,
-                                                 values=volume)
+    affines, pose_t, iso = _frame_tensors(world_from_voxel, poses, isocenter, b, dtype, volume.device)
     ray_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
@@ -250,9 +322,26 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     # float32; the other backends get a float32 copy
     low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
     vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
-    rays = _build_rays(chosen, host, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
+    scan = _needs_scan(volume)
+    prepare_volume = getattr(chosen, "prepare_volume", None) if getattr(chosen, "PREPARE_AHEAD", False) else None
+    # One device→host copy of the frames (and, for backends that cannot scan asynchronously, of the volume's
+    # extrema). A backend with prepare_volume starts its volume work (copy into the marched layout, fused
+    # NaN/inf scan) on the GPU right after the copy is queued, and that work runs while the host validates
+    # the frames and sets up the rays; its scan result is read once the rays are queued too.
+    small = [pose_t, affines] + ([iso] if iso is not None else [])
+    extrema = list(torch.aminmax(volume.detach().reshape(-1))) if scan and prepare_volume is None else []
+    pending = _HostCopy(small + [e.reshape(1) for e in extrema])
+    prepared = prepare_volume(vol, memory_budget_mib, check_finite=scan) if prepare_volume is not None else None
+    host = pending.wait()
+    if extrema:
+        _check_finite_host(host[len(small):], volume, _NONFINITE_VOLUME)
+    frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
+    _check_frames_host(frames)
+    rays = _build_rays(chosen, frames, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
                        isocenter=iso)
-    return vol, rays, chosen
+    if prepared is not None and prepared.finite_probe is not None:
+        _check_finite_host(_to_host([prepared.finite_probe]), volume, _NONFINITE_VOLUME)
+    return PreparedMarch(vol, rays, chosen, prepared)
 
 
 def forward_project(
@@ -288,17 +377,17 @@ def forward_project(
         Differentiable: the volume gradient is the exact adjoint of this discrete operator; the
         reference backend also differentiates with respect to poses, affines and isocenter.
     """
-    vol, rays, chosen = prepare_march(volume, world_from_voxel, poses, geometry, step_mm=step_mm,
-                                      num_samples=num_samples, isocenter=isocenter,
-                                      memory_budget_mib=memory_budget_mib, backend=backend)
-    return march_prepared(vol, rays, chosen, geometry, memory_budget_mib)
+    march = prepare_march(volume, world_from_voxel, poses, geometry, step_mm=step_mm, num_samples=num_samples,
+                          isocenter=isocenter, memory_budget_mib=memory_budget_mib, backend=backend)
+    return march_prepared(march, geometry, memory_budget_mib)
 
 
-def march_prepared(volume: torch.Tensor, rays, backend, geometry: ConeBeamGeometry,
+def march_prepared(march: PreparedMarch, geometry: ConeBeamGeometry,
                    memory_budget_mib: float = _DEFAULT_BUDGET_MIB) -> torch.Tensor:
     """:func:`forward_project` on what :func:`prepare_march` returned: ``(B * V, C, rows, cols)``."""
+    volume, rays = march.volume, march.rays
     out = RayMarch.apply(volume, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
-                         rays.volume_index, float(memory_budget_mib), backend)
+                         rays.volume_index, float(memory_budget_mib), march.backend, march.prepared)
     rows, cols = geometry.detector_shape
     return out.permute(0, 2, 1).reshape(out.shape[0], volume.shape[1], rows, cols)
 

@@ -195,16 +195,21 @@ class RayMarch(torch.autograd.Function):
     ``n_samples`` and ``volume_index`` are integer inputs without gradients. ``backend`` is an
     object with ``forward`` and ``adjoint`` callables of the same signature as
     :func:`march_forward` / :func:`march_adjoint` (the torch reference by default); ray-parameter
-    gradients always use the reference formulas.
+    gradients always use the reference formulas. ``prepared`` (optional): what the backend's
+    ``prepare_volume`` made from this volume, handed to its ``forward`` (and not kept for the backward).
     """
 
     @staticmethod
-    def forward(ctx, volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib, backend):
+    def forward(ctx, volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib, backend,
+                prepared=None):
         ctx.save_for_backward(volume, origin, direction, t_near, delta, n_samples, volume_index)
         ctx.memory_budget_mib = memory_budget_mib
         ctx.backend = backend
-        forward_fn = backend.forward if backend is not None else march_forward
-        return forward_fn(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib)
+        if backend is None:
+            return march_forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib)
+        extra = {} if prepared is None else {"prepared": prepared}
+        return backend.forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib,
+                               **extra)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -218,4 +223,4 @@ class RayMarch(torch.autograd.Function):
         if any(ctx.needs_input_grad[1:5]):
             g_o, g_d, g_tn, g_dl = _ray_parameter_grads(grad_out, volume, origin, direction, t_near, delta,
                                                         n_samples, volume_index, ctx.memory_budget_mib)
-        return g_vol, g_o, g_d, g_tn, g_dl, None, None, None, None
+        return g_vol, g_o, g_d, g_tn, g_dl, None, None, None, None, None

@@ -21,6 +21,7 @@ Importing this module never fails: without ``triton`` :func:`available` returns 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import os
@@ -30,8 +31,9 @@ import numpy as np
 import torch
 
 from xraysyn.projector import static_volume
+from xraysyn.projector.host_memo import HostMemo, array_key
 
-__all__ = ["TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
+__all__ = ["PreparedVolume", "TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
 
 _INT32_LIMIT = 2**31 - 1
 # Attribute that build_rays sets on the volume_index tensors it makes: their exclusive upper bound, so
@@ -48,6 +50,8 @@ _VECTOR_BYTES = 16
 _PACK_BLOCK_V = 256
 # Rays per program of the ray set-up kernel.
 _SETUP_BLOCK_R = 256
+# The ray set-up's host-side numbers for recently met frames and geometries (small numpy arrays).
+_RAY_SETUP_PARAMS = HostMemo(max_entries=64)
 # Launch configurations tried once per (rays, channels) on the GPU: (rays per program, warps), and for
 # the forward march also the samples per loop iteration (1, 2 or 4: more gathers in flight per thread).
 _TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
@@ -58,7 +62,9 @@ class TritonBackendInputError(ValueError):
     """Malformed inputs to the Triton backend (shape, device or size beyond 32-bit indexing)."""
 
 
+@functools.cache
 def _triton_importable() -> bool:
+    """Whether the triton package is installed (looked up once: an import-path search costs ~10 µs a call)."""
     return importlib.util.find_spec("triton") is not None
 
 
@@ -133,7 +139,10 @@ def adjoint_switches(pack: int) -> dict:
     return {"MERGE_RUNS": merge, "CARRY": carry}
 
 
+@functools.cache
 def _accumulator(dtype: torch.dtype):
+    """The kernels' accumulator type (``tl.float64`` for float64, else ``tl.float32``); looked up once per
+    dtype (the import statement alone costs several µs a call)."""
     import triton.language as tl
 
     return tl.float64 if dtype == torch.float64 else tl.float32
@@ -249,13 +258,14 @@ def _launch(kernel, tuned: bool, grid_views: int, n_rays: int, width: int, tile_
             *args, BLOCK_R=block_r, num_warps=_DEFAULT_NUM_WARPS, **meta)
 
 
+def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype`` (itself when it already is: the kernels read raw memory, no autograd)."""
+    return tensor if tensor.dtype == dtype else tensor.detach().to(dtype)
+
+
 def _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype):
-    origin = origin.detach().to(acc_dtype)
-    direction = direction.detach().to(acc_dtype)
-    t_near = t_near.detach().to(acc_dtype)
-    delta = delta.detach().to(acc_dtype)
-    n_samples = n_samples.detach().to(torch.int32)
-    volume_index = volume_index.detach().to(torch.int64)
+    origin, direction, t_near, delta = (_as_dtype(t, acc_dtype) for t in (origin, direction, t_near, delta))
+    n_samples, volume_index = _as_dtype(n_samples, torch.int32), _as_dtype(volume_index, torch.int64)
     tensors = (origin, direction, t_near, delta, n_samples, volume_index)
     strides = (*origin.stride(), *direction.stride(), *t_near.stride(), *delta.stride(), *n_samples.stride())
     return tensors, strides
@@ -317,6 +327,11 @@ class TritonBackend:
     # channels-first volume in place (C loads per corner). Measured (H200, W1, tile width 8): the march in
     # place 2.47 ms against 1.88 ms on the copy. A packed forward (FORWARD_PACK) makes its own copy anyway.
     COPY_CHANNELS_LAST = True
+    # forward_project / CT2Xray: True = start the volume's layout copy (with its NaN/inf scan fused into the
+    # packing pass) on the GPU before the host validates the frames and sets up the rays, and read the scan's
+    # one-value result just before the march (the copy runs while the host works); False = the order measured
+    # on 2026-11-26: a separate scan (aminmax) read back with the frames, the copy made just before the march.
+    PREPARE_AHEAD = True
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
     FORWARD_UNROLL = 1
     # The kernels read fp16/bf16 volumes as stored (float32 accumulation): no upcast copy needed.
@@ -330,7 +345,7 @@ class TritonBackend:
 
     @staticmethod
     def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0,
-                detector_cols=None):
+                detector_cols=None, prepared: PreparedVolume | None = None):
         """Line integrals ``(N, R, C)`` in (voxel value × mm) of ``volume (B, C, D, H, W)``.
 
         ``origin (N, 3)``, ``direction (N, R, 3)``, ``t_near``/``delta (N, R)`` mm, ``n_samples
@@ -339,7 +354,8 @@ class TritonBackend:
         kernel needs no temporaries beyond its output and, for a channels-first multi-channel volume,
         a channels-last copy). ``detector_cols`` (optional) is the width of the detector
         raster the ``R`` rays come from; it only decides how rays are grouped into 2-D tiles for
-        cache locality (default: a square detector when ``R`` is a square).
+        cache locality (default: a square detector when ``R`` is a square). ``prepared``: what
+        :meth:`prepare_volume` made for this volume (its layout is then not made again).
         """
         if not isinstance(volume, torch.Tensor) or volume.dim() != 5 or not volume.is_floating_point():
             raise TritonBackendInputError("volume must be a floating-point tensor of shape (B, C, D, H, W)")
@@ -353,7 +369,10 @@ class TritonBackend:
         # channel-major memory, (N, R, C) view: the kernel writes every (ray, channel) through the
         # strides, and the image layout (N, C, rows, cols) the API returns is then a free view
         out = torch.empty(n, c, r, dtype=acc_dtype, device=device).permute(0, 2, 1)
-        vol, vec, vol_strides, pack = _marched_volume(volume, memory_budget_mib)
+        if prepared is not None and _same_tensor(prepared.source, volume):
+            vol, vec, vol_strides, pack = prepared.marched
+        else:
+            vol, vec, vol_strides, pack = _marched_volume(volume, memory_budget_mib)
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         kernels = _kernels()
         fwd, tuned = kernels.forward, kernels.tuned
@@ -364,6 +383,24 @@ class TritonBackend:
         with _on(device):
             _launch(fwd, tuned, n, r, width, tile_w, args, meta)
         return out
+
+    @staticmethod
+    def prepare_volume(volume: torch.Tensor, memory_budget_mib: float = 512.0,
+                       check_finite: bool = False) -> PreparedVolume:
+        """Start, ahead of :meth:`forward`, the work on ``volume (B, C, D, H, W)`` that needs no rays: the
+        layout the march reads (packed or channels-last copy, asynchronous on a GPU) and, with
+        ``check_finite``, the volume's NaN/inf scan — fused into the packing pass when that runs, else one
+        reduction (``aminmax``). Nothing waits for the device here: the caller sets up the rays while the
+        GPU copies, then reads ``finite_probe`` once (see :class:`PreparedVolume`)."""
+        if not isinstance(volume, torch.Tensor) or volume.dim() != 5 or not volume.is_floating_point():
+            raise TritonBackendInputError("volume must be a floating-point tensor of shape (B, C, D, H, W)")
+        _check_device(volume)
+        _check_volume_size(volume.shape[1], volume.shape[2:])
+        probe = torch.zeros(1, dtype=torch.float32, device=volume.device) if check_finite else None
+        marched, scanned = _marched_layout(volume, memory_budget_mib, probe)
+        if check_finite and not scanned:
+            probe = torch.stack(torch.aminmax(volume.detach().reshape(-1))).float()
+        return PreparedVolume(volume, marched, probe)
 
     @staticmethod
     def adjoint(grad_out, volume_shape, origin, direction, t_near, delta, n_samples, volume_index,
@@ -403,20 +440,51 @@ class TritonBackend:
         return _finish_gradient(buffer, (b, c, d, h, w), pack)
 
 
-def _marched_volume(volume: torch.Tensor, memory_budget_mib: float):
-    """``(tensor, VEC, strides, PACK)`` the forward march kernels read for ``volume (B, C, D, H, W)``: the
-    packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a channels-last view;
-    a copy is reused while a volume marked static is unchanged (:mod:`xraysyn.projector.static_volume`)."""
+class PreparedVolume(NamedTuple):
+    """What :meth:`TritonBackend.prepare_volume` made ahead of a forward march: the ``source`` volume, the
+    ``marched`` layout the kernels read (``(tensor, VEC, strides, PACK)``, as :func:`_marched_volume`) and,
+    when asked, ``finite_probe``: a small float32 device tensor whose values are all finite exactly when
+    the volume's are (read it with one device→host copy when the result is needed)."""
+
+    source: torch.Tensor
+    marched: tuple
+    finite_probe: torch.Tensor | None
+
+
+def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe: torch.Tensor | None = None):
+    """``((tensor, VEC, strides, PACK), scanned)``: the layout the forward march kernels read for ``volume
+    (B, C, D, H, W)`` — the packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a
+    channels-last view; a copy is reused while a volume marked static is unchanged
+    (:mod:`xraysyn.projector.static_volume`). ``finite_probe`` (a zeroed one-element float32 tensor): the
+    packing pass also scans the volume into it; ``scanned`` says whether it did (False when no packing
+    pass ran: unpacked layout, or a kept copy)."""
     pack = _forward_pack(volume, memory_budget_mib)
     if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
         d, h, w = volume.shape[2:]
-        packed = static_volume.layout_copy(volume, ("packed", pack), lambda: _pack_corners(volume.detach(), pack))
-        return packed, volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack
+        ran = []
+
+        def pack_now():
+            ran.append(True)
+            return _pack_corners(volume.detach(), pack, finite_probe)
+
+        packed = static_volume.layout_copy(volume, ("packed", pack), pack_now)
+        return (packed, volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack), bool(ran and finite_probe is not None)
     vol = volume.detach()
     if TritonBackend.COPY_CHANNELS_LAST and not _is_channels_last(volume):  # a copy (a view is never kept)
         vol = static_volume.layout_copy(volume, ("channels_last",), lambda: _channels_last(vol))
     vec, strides = _volume_strides(vol)
-    return vol, vec, strides, 1
+    return (vol, vec, strides, 1), False
+
+
+def _marched_volume(volume: torch.Tensor, memory_budget_mib: float):
+    """``(tensor, VEC, strides, PACK)`` the forward march kernels read for ``volume`` (see :func:`_marched_layout`)."""
+    return _marched_layout(volume, memory_budget_mib)[0]
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` are the same tensor, or views of the same memory with the same shape, strides and dtype."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                      and a.dtype == b.dtype and a.device == b.device)
 
 
 def _gradient_buffer(volume_shape, acc_dtype: torch.dtype, device: torch.device, memory_budget_mib: float):
@@ -474,11 +542,11 @@ def _forward_pack(volume: torch.Tensor, memory_budget_mib: float) -> int:
     """Corner slots per channel of the volume the forward march reads (1 = the volume itself); see
     ``FORWARD_PACK``. 1 also when the packed copy would exceed ``memory_budget_mib``."""
     slots = _corner_slots(int(TritonBackend.FORWARD_PACK), "FORWARD_PACK", volume.shape[1], volume.element_size(),
-                          volume[0, 0].numel())
+                          math.prod(volume.shape[2:]))
     return 1 if volume.numel() * slots * volume.element_size() > memory_budget_mib * 2**20 else slots
 
 
-def _pack_corners(volume: torch.Tensor, pack: int) -> torch.Tensor:
+def _pack_corners(volume: torch.Tensor, pack: int, finite_probe: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, C, D, H, W)`` (any strides) → ``(B, D, H, W, C · pack)`` with slot ``c · pack + 2 · yo + xo`` of
     voxel ``(z, y, x)`` = channel ``c`` of voxel ``(z, y + yo, x + xo)`` (``pack`` 2: x neighbours, 4: x
     and y), in one kernel pass.
@@ -486,14 +554,17 @@ def _pack_corners(volume: torch.Tensor, pack: int) -> torch.Tensor:
     The transpose of the unpacking (``unpack_corners_kernel``) on every slot the kernels read: a cell's base voxel is
     at most ``n - 2`` along each axis, so the neighbours exist; the last row / column (never a base)
     repeats its own values.
+
+    ``finite_probe`` (optional, a zeroed float32 tensor of one element on the volume's device): the same
+    pass also scans the volume, setting the probe to +inf if any value is NaN or inf (asynchronously).
     """
     b, c, d, h, w = volume.shape
     packed = torch.empty(b, d, h, w, c * pack, dtype=volume.dtype, device=volume.device)
     n_voxels = d * h * w
     with _on(volume.device):
         _kernels().pack_corners[(-(-n_voxels // _PACK_BLOCK_V), b)](
-            volume, packed, n_voxels, h, w, *volume.stride(), BLOCK_V=_PACK_BLOCK_V, PACK=pack, K=c * pack,
-            num_warps=4)
+            volume, packed, finite_probe if finite_probe is not None else packed, n_voxels, h, w, *volume.stride(),
+            BLOCK_V=_PACK_BLOCK_V, PACK=pack, K=c * pack, CHECK_FINITE=finite_probe is not None, num_warps=4)
     return packed
 
 
@@ -595,6 +666,38 @@ def _source_world(pose: np.ndarray, iso: np.ndarray) -> np.ndarray:
     return -(np.swapaxes(pose[:, :3, :3], -1, -2) @ pose[:, :3, 3:])[..., 0] + iso
 
 
+def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_shape, geometry, step_mm, num_samples,
+                      acc_dtype):
+    """``(params, volume_index)`` float64 / int64 numpy: what the ray set-up kernel reads — the detector
+    numbers, then per view the source in voxel coordinates (3) and the camera-to-voxel map (9) — and
+    each view's volume. A handful of 4 × 4 operations in float64 numpy (each ~1 µs; torch pays ~10 µs a
+    call), skipped for frames and geometry met recently (:mod:`~xraysyn.projector.host_memo`)."""
+    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames, spatial_shape)
+    key = (array_key(pose), array_key(affines), array_key(iso), tuple(spatial_shape), geometry.sdd,
+           tuple(geometry.detector_shape), tuple(geometry.center_pixel), tuple(geometry.pixel_spacing), step_mm,
+           num_samples, acc_dtype)
+    kept = _RAY_SETUP_PARAMS.get(key)
+    if kept is not None:
+        return kept
+    n_views, n_vol = pose.shape[0], affines.shape[0]
+    volume_index = np.repeat(np.arange(n_vol), n_views // n_vol)
+    if step_mm is None and num_samples is None:
+        step_mm = float(np.linalg.norm(affines[:, :3, :3], axis=-2).min()) / 2.0
+    voxel_from_world = np.linalg.inv(affines)[volume_index]
+    lin = voxel_from_world[:, :3, :3]
+    source_world = _source_world(pose, iso[volume_index])  # (N, 3) mm
+    origin = (lin @ source_world[..., None])[..., 0] + voxel_from_world[:, :3, 3]  # (N, 3) voxel coords
+    camera_to_voxel = lin @ np.swapaxes(pose[:, :3, :3], -1, -2)  # (N, 3, 3): camera unit vector → voxel per mm
+    row0, col0 = geometry.center_pixel
+    row_mm, col_mm = geometry.pixel_spacing
+    tiny = torch.finfo(acc_dtype).tiny ** 0.5  # the same guard as rays.clip_to_box
+    detector = np.array([geometry.sdd, row0, col0, row_mm, col_mm, tiny, step_mm or 1.0])
+    params = np.concatenate([detector, np.concatenate([origin, camera_to_voxel.reshape(n_views, 9)], 1).ravel()])
+    params.flags.writeable = volume_index.flags.writeable = False  # shared by later calls with the same key
+    _RAY_SETUP_PARAMS.put(key, (params, volume_index))
+    return params, volume_index
+
+
 def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shape, geometry, *,
                step_mm: float | None = None, num_samples: int | None = None,
                isocenter: torch.Tensor | None = None, host_frames=None):
@@ -623,22 +726,10 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     n_rays = rows * cols
     if n_views * n_rays * 3 > _INT32_LIMIT:
         raise TritonBackendInputError(f"{n_views} views × {n_rays} rays exceed 32-bit indexing; split the views")
-    # per-view numbers in float64 numpy: a handful of 4 x 4 operations, each ~1 µs (torch pays ~10 µs a call)
-    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames, (d, h, w))
-    volume_index = np.repeat(np.arange(n_vol), n_views // n_vol)
-    if step_mm is None and num_samples is None:
-        step_mm = float(np.linalg.norm(affines[:, :3, :3], axis=-2).min()) / 2.0
-    voxel_from_world = np.linalg.inv(affines)[volume_index]
-    lin = voxel_from_world[:, :3, :3]
-    source_world = _source_world(pose, iso[volume_index])  # (N, 3) mm
-    origin = (lin @ source_world[..., None])[..., 0] + voxel_from_world[:, :3, 3]  # (N, 3) voxel coords
-    camera_to_voxel = lin @ np.swapaxes(pose[:, :3, :3], -1, -2)  # (N, 3, 3): camera unit vector → voxel per mm
-    row0, col0 = geometry.center_pixel
-    row_mm, col_mm = geometry.pixel_spacing
-    tiny = torch.finfo(acc_dtype).tiny ** 0.5  # the same guard as rays.clip_to_box
-    detector = np.array([geometry.sdd, row0, col0, row_mm, col_mm, tiny, step_mm or 1.0])
-    host = np.concatenate([detector, np.concatenate([origin, camera_to_voxel.reshape(n_views, 9)], 1).ravel()])
-    params = torch.from_numpy(host).to(device=device, dtype=acc_dtype)
+    host, volume_index = _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, (d, h, w), geometry,
+                                           step_mm, num_samples, acc_dtype)
+    # copies: the memo's read-only arrays must not become the storage of tensors a caller could write to
+    params = torch.from_numpy(host.copy()).to(device=device, dtype=acc_dtype)
     direction = torch.empty(n_views, n_rays, 3, dtype=acc_dtype, device=device)
     t_near = torch.empty(n_views, n_rays, dtype=acc_dtype, device=device)
     delta = torch.empty_like(t_near)
@@ -649,8 +740,8 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
         setup[(-(-n_rays // _SETUP_BLOCK_R), n_views)](
             params, direction, t_near, delta, length, n_samples, n_rays, cols, d, h, w, int(num_samples or 0),
             BLOCK_R=_SETUP_BLOCK_R, ACC=_accumulator(acc_dtype), FIXED_SAMPLES=num_samples is not None, num_warps=4)
-    origin_dev = params[7:].view(n_views, 12)[:, :3]
-    index = torch.from_numpy(volume_index).to(device)
+    origin_dev = params.narrow(0, 7, 12 * n_views).view(n_views, 12).narrow(1, 0, 3)
+    index = torch.from_numpy(volume_index.copy()).to(device)
     setattr(index, _INDEX_BOUND_ATTR, n_vol)
     return RaySet(origin=origin_dev, direction=direction, t_near=t_near, delta=delta, n_samples=n_samples,
                   volume_index=index, length=length)

@@ -34,6 +34,9 @@ import triton.language as tl
 __all__ = ["backproject_gather_kernel", "march_adjoint_kernel", "march_forward_kernel", "pack_corners_kernel",
            "ray_setup_kernel", "unpack_corners_kernel"]
 
+# Largest finite float32: a value above it in magnitude (after conversion to float32) is inf.
+_FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+
 
 @triton.jit
 def _cell(p, size, ACC: tl.constexpr):
@@ -761,12 +764,17 @@ def ray_setup_kernel(
 
 
 @triton.jit
-def pack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, s_b, s_c, s_d, s_h, s_w,
-                        BLOCK_V: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr):
+def pack_corners_kernel(src_ptr, dst_ptr, probe_ptr, n_voxels, size_h, size_w, s_b, s_c, s_d, s_h, s_w,
+                        BLOCK_V: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr, CHECK_FINITE: tl.constexpr):
     """The packed-corner layout of :func:`_sample_packed` in one pass: ``dst (B, D, H, W, K)``, slot
     ``c · PACK + 2 · yo + xo`` of voxel ``(z, y, x)`` = ``src[b, c, z, y + yo, x + xo]`` (indices clamped to
     the last row / column, which is never a cell's base). ``src`` has any strides (in elements); each
-    voxel's ``K`` slots are written as one vector store."""
+    voxel's ``K`` slots are written as one vector store.
+
+    ``CHECK_FINITE``: also the volume's NaN/inf scan, for free in the same pass — a program that read a
+    non-finite value writes +inf to ``probe_ptr[0]`` (float32, zeroed by the caller; every voxel is read
+    as slot 0 of itself, and only voxels of the volume are read), so the probe stays finite exactly when
+    the volume is. One plain store per offending program, no atomics."""
     item = tl.program_id(1).to(tl.int64)
     vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     ok = vox < n_voxels
@@ -779,6 +787,11 @@ def pack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, s_b, s_c, s_
     values = tl.load(src, mask=ok[:, None], other=0.0)
     dst = dst_ptr + (item * n_voxels + vox)[:, None] * K + kk[None, :]
     tl.store(dst, values, mask=ok[:, None])
+    if CHECK_FINITE:
+        v = values.to(tl.float32)  # fp16 / bf16 inf stays inf
+        bad = ((v != v) | (tl.abs(v) > _FLOAT32_MAX)).to(tl.int32)  # noqa: PLR0124 (v != v: NaN)
+        any_bad = tl.max(tl.max(bad, axis=1), axis=0)
+        tl.store(probe_ptr, float("inf"), mask=any_bad > 0)
 
 
 @triton.jit

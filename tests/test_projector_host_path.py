@@ -1,0 +1,224 @@
+"""The projector's host-side path: the exact memo of validations and ray set-up numbers, and the Triton
+backend's volume work started ahead of the rays (layout copy and fused NaN/inf scan) — Triton interpreter
+without a GPU."""
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from xraysyn.geometry import ConeBeamGeometry
+from xraysyn.projector import ProjectorInputError, api, forward_project
+from xraysyn.projector.host_memo import HostMemo, array_key
+
+GEOMETRY = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=(6.0, 7.0))
+AFFINE = torch.diag(torch.tensor([4.0, 3.5, 3.0, 1.0]))
+
+
+# ------------------------------------------------------------------------------------------ memo
+def test_host_memo_keeps_the_most_recently_used_entries():
+    memo = HostMemo(max_entries=2)
+    memo.put("a", 1)
+    memo.put("b", 2)
+    assert memo.get("a") == 1  # "a" is now the most recent: "b" goes first
+    memo.put("c", 3)
+    assert memo.get("b") is None and memo.get("a") == 1 and memo.get("c") == 3 and len(memo) == 2
+    memo.put("a", 4)  # replacing keeps one entry per key
+    assert memo.get("a") == 4 and len(memo) == 2
+    memo.clear()
+    assert len(memo) == 0 and memo.get("a") is None
+    with pytest.raises(ValueError, match="None"):
+        memo.put("d", None)
+    with pytest.raises(ValueError, match="max_entries"):
+        HostMemo(0)
+
+
+def test_host_memo_is_safe_across_threads():
+    memo = HostMemo(max_entries=8)
+    errors = []
+
+    def work(offset):
+        try:
+            for i in range(2000):
+                memo.put((offset, i % 16), i)
+                memo.get((offset, (i + 3) % 16))
+        except Exception as exc:  # noqa: BLE001 - any failure in a thread is what the test looks for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(memo) == 8
+
+
+def test_array_key_tells_apart_exactly_what_differs():
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)
+    assert array_key(a) == array_key(a.copy())
+    assert array_key(a) != array_key(a.reshape(4, 3))  # same bytes, other shape
+    assert array_key(a) != array_key(a.astype(np.float32))
+    b = a.copy()
+    b[2, 3] = np.nextafter(b[2, 3], np.inf)  # one ulp
+    assert array_key(a) != array_key(b)
+    assert array_key(a.T) == array_key(np.ascontiguousarray(a.T))  # by values, not by memory layout
+    assert array_key(None) is None
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_poses_changed_in_place_give_the_new_projection(backend):
+    """The memo is keyed by values: writing into the poses tensor between calls gives the new rays."""
+    volume = torch.rand(1, 1, 5, 6, 4, generator=torch.Generator().manual_seed(0))
+    poses = GEOMETRY.poses(torch.tensor([25.0, -40.0]))
+    first = forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0, backend=backend)
+    poses.copy_(GEOMETRY.poses(torch.tensor([70.0, 5.0])))
+    second = forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0, backend=backend)
+    expected = forward_project(volume, AFFINE, GEOMETRY.poses(torch.tensor([70.0, 5.0])), GEOMETRY, step_mm=2.0,
+                               backend="reference")
+    torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(first, second)
+
+
+def test_failed_validations_are_not_remembered():
+    """Bad frames raise on every call; good frames made bad in place raise too."""
+    volume = torch.rand(1, 1, 5, 6, 4)
+    poses = GEOMETRY.poses(torch.tensor([10.0]))
+    singular = AFFINE.clone()
+    singular[2, 2] = 0.0
+    for _ in range(2):
+        with pytest.raises(ProjectorInputError, match="zero voxel spacing|singular"):
+            forward_project(volume, singular, poses, GEOMETRY, step_mm=2.0)
+    affine = AFFINE.clone()
+    forward_project(volume, affine, poses, GEOMETRY, step_mm=2.0)  # validated, remembered
+    affine[1, 1] = 0.0
+    with pytest.raises(ProjectorInputError, match="zero voxel spacing|singular"):
+        forward_project(volume, affine, poses, GEOMETRY, step_mm=2.0)
+    skewed = poses.clone()
+    skewed[0, 0, 0] = 1.5
+    with pytest.raises(ProjectorInputError, match="orthonormal"):
+        forward_project(volume, AFFINE, skewed, GEOMETRY, step_mm=2.0)
+
+
+def test_repeated_frames_skip_the_checks(monkeypatch):
+    """The point of the memo: the same frames again are not validated again (and a different isocenter is
+    a different key)."""
+    api._VALID_FRAMES.clear()
+    calls = []
+    check = api._check_poses_host
+    monkeypatch.setattr(api, "_check_poses_host", lambda host: calls.append(1) or check(host))
+    volume = torch.rand(1, 1, 5, 6, 4)
+    poses = GEOMETRY.poses(torch.tensor([33.0, -12.0]))  # angles no other test uses: not yet remembered
+    for _ in range(3):
+        forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0)
+    assert len(calls) == 1
+    forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0, isocenter=torch.tensor([1.0, 0.0, 0.0]))
+    assert len(calls) == 2
+
+
+# ------------------------------------------------------------------------------------------ Triton
+triton_backend = pytest.importorskip("xraysyn.projector.triton_backend")
+needs_triton = pytest.mark.skipif(not (api._triton_backend() is not None), reason="Triton cannot run here")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@needs_triton
+@pytest.mark.parametrize("layout", ["packed", "channels-last copy", "in place"])
+def test_non_finite_volumes_raise_on_every_layout(layout, monkeypatch):
+    """The scan runs fused into the packing pass, or as one reduction for the unpacked layouts; either way
+    a NaN or inf anywhere raises one clear error and nothing is returned."""
+    from xraysyn.projector.triton_backend import TritonBackend
+
+    channels = 2
+    if layout != "packed":
+        monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 1)
+    if layout == "in place":
+        monkeypatch.setattr(TritonBackend, "COPY_CHANNELS_LAST", False)
+    poses = GEOMETRY.poses(torch.tensor([25.0, -40.0])).to(DEVICE)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        volume = torch.rand(2, channels, 5, 6, 4, device=DEVICE)
+        volume[1, 1, 4, 5, 3] = bad
+        with pytest.raises(ProjectorInputError, match="non-finite"):
+            forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
+    volume = torch.rand(2, channels, 5, 6, 4, device=DEVICE)
+    out = forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
+    ref = forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="reference")
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+def test_the_layout_prepared_ahead_is_the_one_marched(monkeypatch):
+    """forward_project packs the volume once (ahead of the rays) and the march reads that copy; a prepared
+    layout handed to the backend for another tensor is ignored (the backend makes its own)."""
+    from xraysyn.projector.triton_backend import TritonBackend
+
+    packs = []
+    pack = triton_backend._pack_corners
+    monkeypatch.setattr(triton_backend, "_pack_corners", lambda *args: packs.append(1) or pack(*args))
+    volume = torch.rand(1, 2, 5, 6, 4, device=DEVICE, requires_grad=True)
+    poses = GEOMETRY.poses(torch.tensor([25.0, -40.0])).to(DEVICE)
+    out = forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
+    assert len(packs) == 1
+    out.square().sum().backward()  # the backward does not need (or keep) the prepared copy
+    reference = volume.detach().clone().requires_grad_(True)
+    ref = forward_project(reference, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="reference")
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(volume.grad, reference.grad, rtol=1e-4, atol=1e-5)
+
+    other = torch.rand(1, 2, 5, 6, 4, device=DEVICE)
+    prepared = TritonBackend.prepare_volume(other, check_finite=True)
+    assert prepared.finite_probe is not None and torch.isfinite(prepared.finite_probe).all()
+    march = api.prepare_march(volume.detach(), AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
+    rays = march.rays
+    args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
+    mismatched = TritonBackend.forward(march.volume, *args, prepared=prepared)
+    torch.testing.assert_close(mismatched, TritonBackend.forward(march.volume, *args, prepared=march.prepared))
+    torch.testing.assert_close(mismatched.permute(0, 2, 1).reshape(out.shape), out.detach(), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------ GPU
+@pytest.mark.cuda
+def test_cuda_host_copy_sees_the_work_queued_before_it():
+    """The pinned, non-blocking frame copy returns the values the GPU computed before it was queued, even
+    with more GPU work queued after it (which it does not wait for)."""
+    frames = torch.zeros(64, 4, 4, device="cuda")
+    big = torch.rand(4096, 4096, device="cuda")
+    frames += (big @ big).sum() * 0 + 3.0  # ready only after a long kernel
+    pending = api._HostCopy([frames, frames[:2, :3, :3].double()])
+    later = big @ big  # queued after the copy
+    copied = pending.wait()
+    assert copied[0].shape == (64, 4, 4) and copied[1].shape == (2, 3, 3)
+    assert (copied[0] == 3.0).all() and (copied[1] == 3.0).all()
+    assert torch.isfinite(later).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["packed", "channels-last copy", "in place"])
+def test_cuda_public_forward_scans_and_matches_reference(layout, monkeypatch):
+    from xraysyn.projector.triton_backend import TritonBackend
+
+    if layout != "packed":
+        monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 1)
+    if layout == "in place":
+        monkeypatch.setattr(TritonBackend, "COPY_CHANNELS_LAST", False)
+    geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(61, 67), pixel_spacing=(3.1, 2.9))
+    affine = torch.diag(torch.tensor([2.0, 1.8, 2.2, 1.0])).cuda()
+    poses = geometry.poses(torch.tensor([-40.0, 10.0, 75.0])).cuda()
+    volume = torch.rand(3, 2, 40, 48, 36, device="cuda", requires_grad=True)
+    out = forward_project(volume, affine, poses, geometry, step_mm=0.9)
+    out.square().sum().backward()
+    reference = volume.detach().clone().requires_grad_(True)
+    ref = forward_project(reference, affine, poses, geometry, step_mm=0.9, backend="reference")
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(volume.grad, reference.grad, rtol=1e-4, atol=1e-4)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = volume.detach().clone()
+        broken[2, 1, 39, 47, 35] = bad
+        with pytest.raises(ProjectorInputError, match="non-finite"):
+            forward_project(broken, affine, poses, geometry, step_mm=0.9)
