@@ -71,16 +71,26 @@ def test_array_key_tells_apart_exactly_what_differs():
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_poses_changed_in_place_give_the_new_projection(backend):
-    """The memo is keyed by values: writing into the poses tensor between calls gives the new rays."""
+@pytest.mark.parametrize("changed", ["poses", "affine", "isocenter"])
+def test_frames_changed_in_place_give_the_new_projection(backend, changed):
+    """The memo is keyed by values: writing into the poses, affine or isocenter tensor between calls gives
+    the new rays."""
     volume = torch.rand(1, 1, 5, 6, 4, generator=torch.Generator().manual_seed(0))
     poses = GEOMETRY.poses(torch.tensor([25.0, -40.0]))
-    first = forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0, backend=backend)
-    poses.copy_(GEOMETRY.poses(torch.tensor([70.0, 5.0])))
-    second = forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0, backend=backend)
-    expected = forward_project(volume, AFFINE, GEOMETRY.poses(torch.tensor([70.0, 5.0])), GEOMETRY, step_mm=2.0,
+    affine = AFFINE.clone()
+    iso = torch.tensor([1.0, -2.0, 0.5])
+    first = forward_project(volume, affine, poses, GEOMETRY, step_mm=2.0, isocenter=iso, backend=backend)
+    if changed == "poses":
+        poses.copy_(GEOMETRY.poses(torch.tensor([70.0, 5.0])))
+    elif changed == "affine":
+        affine[0, 0], affine[1, 3] = 5.0, 4.0
+    else:
+        iso[2] = -6.0
+    second = forward_project(volume, affine, poses, GEOMETRY, step_mm=2.0, isocenter=iso, backend=backend)
+    expected = forward_project(volume, affine.clone(), poses.clone(), GEOMETRY, step_mm=2.0, isocenter=iso.clone(),
                                backend="reference")
-    torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-5)
+    # float32 agreement relative to the largest value (the backends' tolerance elsewhere)
+    torch.testing.assert_close(second, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
     assert not torch.allclose(first, second)
 
 
@@ -107,7 +117,8 @@ def test_failed_validations_are_not_remembered():
 def test_repeated_frames_skip_the_checks(monkeypatch):
     """The point of the memo: the same frames again are not validated again (and a different isocenter is
     a different key)."""
-    api._VALID_FRAMES.clear()
+    api._VALID_POSES.clear()
+    api._VALID_VOLUME_FRAMES.clear()
     calls = []
     check = api._check_poses_host
     monkeypatch.setattr(api, "_check_poses_host", lambda host: calls.append(1) or check(host))
@@ -117,7 +128,12 @@ def test_repeated_frames_skip_the_checks(monkeypatch):
         forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0)
     assert len(calls) == 1
     forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0, isocenter=torch.tensor([1.0, 0.0, 0.0]))
-    assert len(calls) == 2
+    assert len(calls) == 1  # other volume frames, same poses: only the affine and isocenter are checked
+    validated = []
+    validate = api.validate_affine
+    monkeypatch.setattr(api, "validate_affine", lambda a: validated.append(1) or validate(a))
+    forward_project(volume, AFFINE, poses.flip(0), GEOMETRY, step_mm=2.0)  # new poses, known affine
+    assert len(calls) == 2 and not validated
 
 
 # ------------------------------------------------------------------------------------------ Triton

@@ -26,8 +26,9 @@ BACKENDS = ("auto", "reference", "numba", "triton")
 _DEFAULT_BUDGET_MIB = 512.0
 # Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
 _ORTHONORMAL_TOL = 1e-3
-# Recently validated (poses, affines, isocenter) host copies: a call with the same frames skips the checks.
-_VALID_FRAMES = HostMemo(max_entries=64)
+# Recently validated host copies of (affines, isocenter) and of poses: frames met again skip the checks.
+_VALID_VOLUME_FRAMES = HostMemo(max_entries=64)
+_VALID_POSES = HostMemo(max_entries=64)
 # Approximate bytes of temporaries per voxel in the backprojector (coordinates, pixel positions, chords).
 _BP_BYTES_PER_VOXEL = 256
 
@@ -207,19 +208,23 @@ def _prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, devic
 
 
 def _check_frames_host(frames: HostFrames) -> None:
-    """Validate the host copies of the poses, affines and isocenter (raises :class:`ProjectorInputError`);
-    frames already validated recently pass without redoing the checks (:mod:`~xraysyn.projector.host_memo`)."""
-    key = tuple(array_key(a) for a in frames)
-    if _VALID_FRAMES.get(key):
-        return
-    try:
-        validate_affine(frames.affines)
-    except ValueError as exc:
-        raise ProjectorInputError(str(exc)) from None
-    _check_poses_host(frames.poses)
-    if frames.isocenter is not None and not np.isfinite(frames.isocenter).all():
-        raise ProjectorInputError("isocenter contains non-finite values")
-    _VALID_FRAMES.put(key, True)
+    """Validate the host copies of the poses, affines and isocenter (raises :class:`ProjectorInputError`).
+    Affines (with the isocenter) and poses are remembered separately once valid
+    (:mod:`~xraysyn.projector.host_memo`): a training loop that draws new poses every step for the same
+    volumes re-checks only the poses."""
+    volume_key = (array_key(frames.affines), array_key(frames.isocenter))
+    if not _VALID_VOLUME_FRAMES.get(volume_key):
+        try:
+            validate_affine(frames.affines)
+        except ValueError as exc:
+            raise ProjectorInputError(str(exc)) from None
+        if frames.isocenter is not None and not np.isfinite(frames.isocenter).all():
+            raise ProjectorInputError("isocenter contains non-finite values")
+        _VALID_VOLUME_FRAMES.put(volume_key, True)
+    pose_key = array_key(frames.poses)
+    if not _VALID_POSES.get(pose_key):
+        _check_poses_host(frames.poses)
+        _VALID_POSES.put(pose_key, True)
 
 
 def _check_sampling(step_mm, num_samples, memory_budget_mib) -> None:

@@ -50,8 +50,10 @@ _VECTOR_BYTES = 16
 _PACK_BLOCK_V = 256
 # Rays per program of the ray set-up kernel.
 _SETUP_BLOCK_R = 256
-# The ray set-up's host-side numbers for recently met frames and geometries (small numpy arrays).
+# The ray set-up's host-side numbers for recently met frames and geometries, and the per-volume terms
+# (isocenter, inverse affine) of recently met affines (small numpy arrays).
 _RAY_SETUP_PARAMS = HostMemo(max_entries=64)
+_VOLUME_TERMS = HostMemo(max_entries=64)
 # Launch configurations tried once per (rays, channels) on the GPU: (rays per program, warps), and for
 # the forward march also the samples per loop iteration (1, 2 or 4: more gathers in flight per thread).
 _TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
@@ -612,14 +614,13 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
     if tuple(world_from_voxel.shape) != (b, 4, 4) or tuple(poses.shape) != (b, 4, 4):
         raise TritonBackendInputError(f"world_from_voxel and poses must be ({b}, 4, 4), got "
                                       f"{tuple(world_from_voxel.shape)} and {tuple(poses.shape)}")
-    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames, (d, h, w))
+    pose, affines, iso, voxel_from_world = _host_frames(poses, world_from_voxel, isocenter, host_frames, (d, h, w))
     # per item, in float64 on the host: camera_from_voxel (3, 4), the world vector source→voxel as a
     # (3, 4) map of the voxel index, and the source in voxel index coordinates (3,)
     rot = pose[:, :3, :3]
     cam_lin = rot @ affines[:, :3, :3]
     cam_off = (rot @ (affines[:, :3, 3] - iso)[..., None])[..., 0] + pose[:, :3, 3]
     source_world = _source_world(pose, iso)
-    voxel_from_world = np.linalg.inv(affines)
     source_voxel = (voxel_from_world[:, :3, :3] @ source_world[..., None])[..., 0] + voxel_from_world[:, :3, 3]
     source_to_voxel = np.concatenate([affines[:, :3, :3], (affines[:, :3, 3] - source_world)[..., None]], -1)
     row0, col0 = geometry.center_pixel
@@ -643,8 +644,10 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
 
 
 def _host_frames(poses, world_from_voxel, isocenter, host_frames, spatial_shape):
-    """float64 numpy ``(poses (N, 4, 4), affines (B, 4, 4), isocenter (B, 3))``: the given host copies, else
-    copied here; the isocenter defaults to the centre of each volume (as :func:`xraysyn.geometry.volume_center`)."""
+    """float64 numpy ``(poses (N, 4, 4), affines (B, 4, 4), isocenter (B, 3), voxel_from_world (B, 4, 4))``: the
+    given host copies, else copied here; the isocenter defaults to the centre of each volume (as
+    :func:`xraysyn.geometry.volume_center`). The last two depend on the affines only and are remembered for
+    recent ones (:func:`_volume_terms`)."""
     if host_frames is not None:
         pose, affines, iso = host_frames
     else:
@@ -654,10 +657,25 @@ def _host_frames(poses, world_from_voxel, isocenter, host_frames, spatial_shape)
     if pose.shape != tuple(poses.shape) or affines.shape != tuple(world_from_voxel.shape):
         raise TritonBackendInputError(f"host frames {pose.shape} / {affines.shape} do not match poses "
                                       f"{tuple(poses.shape)} / affines {tuple(world_from_voxel.shape)}")
-    if iso is None:
+    return (pose, affines, *_volume_terms(affines, iso, spatial_shape))
+
+
+def _volume_terms(affines: np.ndarray, isocenter: np.ndarray | None, spatial_shape) -> tuple[np.ndarray, np.ndarray]:
+    """``(isocenter (B, 3), voxel_from_world (B, 4, 4))`` float64 of ``affines (B, 4, 4)``: the given isocenter
+    (broadcast) or each volume's centre, and the inverse affines; remembered for recent affines (read-only:
+    a training loop draws new poses every step, rarely new affines)."""
+    key = (array_key(affines), array_key(isocenter), tuple(int(s) for s in spatial_shape))
+    kept = _VOLUME_TERMS.get(key)
+    if kept is not None:
+        return kept
+    if isocenter is None:
         d, h, w = spatial_shape
-        iso = (affines @ np.array([(d - 1) / 2, (h - 1) / 2, (w - 1) / 2, 1.0]))[:, :3]
-    return pose, affines, np.broadcast_to(iso, (affines.shape[0], 3))
+        isocenter = (affines @ np.array([(d - 1) / 2, (h - 1) / 2, (w - 1) / 2, 1.0]))[:, :3]
+    iso = np.array(np.broadcast_to(isocenter, (affines.shape[0], 3)))
+    voxel_from_world = np.linalg.inv(affines)
+    iso.flags.writeable = voxel_from_world.flags.writeable = False
+    _VOLUME_TERMS.put(key, (iso, voxel_from_world))
+    return iso, voxel_from_world
 
 
 def _source_world(pose: np.ndarray, iso: np.ndarray) -> np.ndarray:
@@ -672,7 +690,8 @@ def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_s
     numbers, then per view the source in voxel coordinates (3) and the camera-to-voxel map (9) — and
     each view's volume. A handful of 4 × 4 operations in float64 numpy (each ~1 µs; torch pays ~10 µs a
     call), skipped for frames and geometry met recently (:mod:`~xraysyn.projector.host_memo`)."""
-    pose, affines, iso = _host_frames(poses, world_from_voxel, isocenter, host_frames, spatial_shape)
+    pose, affines, iso, voxel_from_world = _host_frames(poses, world_from_voxel, isocenter, host_frames,
+                                                        spatial_shape)
     key = (array_key(pose), array_key(affines), array_key(iso), tuple(spatial_shape), geometry.sdd,
            tuple(geometry.detector_shape), tuple(geometry.center_pixel), tuple(geometry.pixel_spacing), step_mm,
            num_samples, acc_dtype)
@@ -683,7 +702,7 @@ def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_s
     volume_index = np.repeat(np.arange(n_vol), n_views // n_vol)
     if step_mm is None and num_samples is None:
         step_mm = float(np.linalg.norm(affines[:, :3, :3], axis=-2).min()) / 2.0
-    voxel_from_world = np.linalg.inv(affines)[volume_index]
+    voxel_from_world = voxel_from_world[volume_index]
     lin = voxel_from_world[:, :3, :3]
     source_world = _source_world(pose, iso[volume_index])  # (N, 3) mm
     origin = (lin @ source_world[..., None])[..., 0] + voxel_from_world[:, :3, 3]  # (N, 3) voxel coords
