@@ -238,3 +238,27 @@ def test_cuda_public_forward_scans_and_matches_reference(layout, monkeypatch):
         broken[2, 1, 39, 47, 35] = bad
         with pytest.raises(ProjectorInputError, match="non-finite"):
             forward_project(broken, affine, poses, geometry, step_mm=0.9)
+
+
+@pytest.mark.cuda
+def test_cuda_frames_given_on_the_host_are_not_copied_back(monkeypatch):
+    """Poses and affines given in host memory for a GPU volume are validated from their CPU copies: the only
+    device→host transfer of the call is the volume scan's probe."""
+    copied = []
+    host_copy = api._HostCopy
+
+    class SpyCopy(host_copy):
+        def __init__(self, tensors):
+            copied.append([t.device.type for t in tensors])
+            super().__init__(tensors)
+
+    monkeypatch.setattr(api, "_HostCopy", SpyCopy)
+    geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(33, 31), pixel_spacing=3.0)
+    poses = geometry.poses(torch.tensor([-40.0, 75.0]))  # CPU tensors
+    volume = torch.rand(2, 2, 20, 24, 18, device="cuda")
+    out = forward_project(volume, AFFINE, poses, geometry, step_mm=0.9)
+    assert copied == [["cpu", "cpu"], ["cuda"]], copied  # frames from the host; the probe from the GPU
+    ref = forward_project(volume, AFFINE.cuda(), poses.cuda(), geometry, step_mm=0.9, backend="reference")
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ProjectorInputError, match="orthonormal"):
+        forward_project(volume, AFFINE, poses * 1.5, geometry, step_mm=0.9)

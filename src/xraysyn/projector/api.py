@@ -174,6 +174,11 @@ def _frame_tensors(world_from_voxel, poses, isocenter, batch: int, dtype, device
             _isocenter_tensor(isocenter, batch, dtype, device))
 
 
+def _in_host_memory(value) -> bool:
+    """``value`` (a frame argument) needs no device→host transfer: None, a CPU tensor, numpy or a sequence."""
+    return not isinstance(value, torch.Tensor) or value.device.type == "cpu"
+
+
 def _needs_scan(values: torch.Tensor | None) -> bool:
     """Whether ``values`` must be scanned for NaN/inf (not empty, and not a marked volume already checked)."""
     return values is not None and values.numel() > 0 and not static_volume.known_finite(values)
@@ -318,7 +323,13 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
         raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
     spatial = _check_spatial_shape(volume.shape[2:])
     dtype = _compute_dtype(volume.dtype)
-    affines, pose_t, iso = _frame_tensors(world_from_voxel, poses, isocenter, b, dtype, volume.device)
+    # frames given in host memory (numpy, lists, CPU tensors) for a GPU volume: validated from their CPU
+    # copies, so no device→host transfer (which would wait for all GPU work queued before the call)
+    frames_on_host = volume.device.type != "cpu" and all(_in_host_memory(v) for v in (world_from_voxel, poses,
+                                                                                      isocenter))
+    host_t = _frame_tensors(world_from_voxel, poses, isocenter, b, dtype,
+                            torch.device("cpu") if frames_on_host else volume.device)
+    affines, pose_t, iso = (t.to(volume.device) if frames_on_host and t is not None else t for t in host_t)
     ray_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
@@ -333,11 +344,15 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     # extrema). A backend with prepare_volume starts its volume work (copy into the marched layout, fused
     # NaN/inf scan) on the GPU right after the copy is queued, and that work runs while the host validates
     # the frames and sets up the rays; its scan result is read once the rays are queued too.
-    small = [pose_t, affines] + ([iso] if iso is not None else [])
+    small = [host_t[1], host_t[0]] + ([host_t[2]] if iso is not None else [])
     extrema = list(torch.aminmax(volume.detach().reshape(-1))) if scan and prepare_volume is None else []
-    pending = _HostCopy(small + [e.reshape(1) for e in extrema])
+    if frames_on_host:
+        pending = _HostCopy(small)
+        pending_extrema = _HostCopy([e.reshape(1) for e in extrema]) if extrema else None
+    else:
+        pending, pending_extrema = _HostCopy(small + [e.reshape(1) for e in extrema]), None
     prepared = prepare_volume(vol, memory_budget_mib, check_finite=scan) if prepare_volume is not None else None
-    host = pending.wait()
+    host = pending.wait() + (pending_extrema.wait() if pending_extrema is not None else [])
     if extrema:
         _check_finite_host(host[len(small):], volume, _NONFINITE_VOLUME)
     frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
