@@ -63,9 +63,9 @@ for stage in $stages; do
     defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs) and the API,
              # with the volume work started ahead of the rays (default) and after them (ahead=0, as measured before)
              { timeout 150 python3 benchmarks/gpu_kernels.py --only "defaults,ct2xray"
-               timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+               timeout 130 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls "naive-grid_sample,xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd,adj --reps 10
-               timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+               timeout 130 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;
     peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \

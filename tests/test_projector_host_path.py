@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.projector import ProjectorInputError, api, forward_project
+from xraysyn.projector import ProjectorInputError, api, forward_project, frames
 from xraysyn.projector.host_memo import HostMemo, array_key
 
 GEOMETRY = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=(6.0, 7.0))
@@ -117,11 +117,11 @@ def test_failed_validations_are_not_remembered():
 def test_repeated_frames_skip_the_checks(monkeypatch):
     """The point of the memo: the same frames again are not validated again (and a different isocenter is
     a different key)."""
-    api._VALID_POSES.clear()
-    api._VALID_VOLUME_FRAMES.clear()
+    frames._VALID_POSES.clear()
+    frames._VALID_VOLUME_FRAMES.clear()
     calls = []
-    check = api._check_poses_host
-    monkeypatch.setattr(api, "_check_poses_host", lambda host: calls.append(1) or check(host))
+    check = frames._check_poses_host
+    monkeypatch.setattr(frames, "_check_poses_host", lambda host: calls.append(1) or check(host))
     volume = torch.rand(1, 1, 5, 6, 4)
     poses = GEOMETRY.poses(torch.tensor([33.0, -12.0]))  # angles no other test uses: not yet remembered
     for _ in range(3):
@@ -130,8 +130,8 @@ def test_repeated_frames_skip_the_checks(monkeypatch):
     forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=2.0, isocenter=torch.tensor([1.0, 0.0, 0.0]))
     assert len(calls) == 1  # other volume frames, same poses: only the affine and isocenter are checked
     validated = []
-    validate = api.validate_affine
-    monkeypatch.setattr(api, "validate_affine", lambda a: validated.append(1) or validate(a))
+    validate = frames.validate_affine
+    monkeypatch.setattr(frames, "validate_affine", lambda a: validated.append(1) or validate(a))
     forward_project(volume, AFFINE, poses.flip(0), GEOMETRY, step_mm=2.0)  # new poses, known affine
     assert len(calls) == 2 and not validated
 
@@ -202,10 +202,10 @@ def test_the_layout_prepared_ahead_is_the_one_marched(monkeypatch):
 def test_cuda_host_copy_sees_the_work_queued_before_it():
     """The pinned, non-blocking frame copy returns the values the GPU computed before it was queued, even
     with more GPU work queued after it (which it does not wait for)."""
-    frames = torch.zeros(64, 4, 4, device="cuda")
+    values = torch.zeros(64, 4, 4, device="cuda")
     big = torch.rand(4096, 4096, device="cuda")
-    frames += (big @ big).sum() * 0 + 3.0  # ready only after a long kernel
-    pending = api._HostCopy([frames, frames[:2, :3, :3].double()])
+    values += (big @ big).sum() * 0 + 3.0  # ready only after a long kernel
+    pending = frames.HostCopy([values, values[:2, :3, :3].double()])
     later = big @ big  # queued after the copy
     copied = pending.wait()
     assert copied[0].shape == (64, 4, 4) and copied[1].shape == (2, 3, 3)
@@ -245,14 +245,14 @@ def test_cuda_frames_given_on_the_host_are_not_copied_back(monkeypatch):
     """Poses and affines given in host memory for a GPU volume are validated from their CPU copies: the only
     device→host transfer of the call is the volume scan's probe."""
     copied = []
-    host_copy = api._HostCopy
+    host_copy = frames.HostCopy
 
     class SpyCopy(host_copy):
         def __init__(self, tensors):
             copied.append([t.device.type for t in tensors])
             super().__init__(tensors)
 
-    monkeypatch.setattr(api, "_HostCopy", SpyCopy)
+    monkeypatch.setattr(frames, "HostCopy", SpyCopy)
     geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(33, 31), pixel_spacing=3.0)
     poses = geometry.poses(torch.tensor([-40.0, 75.0]))  # CPU tensors
     volume = torch.rand(2, 2, 20, 24, 18, device="cuda")

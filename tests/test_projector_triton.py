@@ -551,10 +551,10 @@ def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
     volume's packing pass (which also scans it for NaN/inf), then the ray set-up, and reads the scan's
     one-value probe last (a second, late transfer): the GPU packs while the host validates and sets up
     rays. BP copies the frames with the images' extrema, in one transfer."""
-    from xraysyn.projector import api
+    from xraysyn.projector import frames
 
     events, given = [], []
-    host_copy = api._HostCopy
+    host_copy = frames.HostCopy
 
     class SpyCopy(host_copy):
         def __init__(self, tensors):
@@ -562,7 +562,7 @@ def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
             super().__init__(tensors)
 
     pack, build_rays, host_frames = triton_backend._pack_corners, triton_backend.build_rays, triton_backend._host_frames
-    monkeypatch.setattr(api, "_HostCopy", SpyCopy)
+    monkeypatch.setattr(frames, "HostCopy", SpyCopy)
     monkeypatch.setattr(triton_backend, "_pack_corners",
                         lambda *args: events.append("pack+scan" if args[2] is not None else "pack") or pack(*args))
     monkeypatch.setattr(triton_backend, "build_rays",

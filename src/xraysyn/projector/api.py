@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraysyn.geometry import ConeBeamGeometry, pose_source_position, validate_affine, volume_center
-from xraysyn.projector import cpu_numba, static_volume
-from xraysyn.projector.host_memo import HostMemo, array_key
+from xraysyn.geometry import ConeBeamGeometry, pose_source_position, volume_center
+from xraysyn.projector import cpu_numba, frames
+from xraysyn.projector.errors import ProjectorInputError
+from xraysyn.projector.frames import HostFrames
 from xraysyn.projector.rays import build_rays, clip_to_box
 from xraysyn.projector.reference import RayMarch, march_adjoint
 
@@ -24,20 +24,8 @@ __all__ = ["forward_project", "forward_project_adjoint", "backproject", "chord_l
 
 BACKENDS = ("auto", "reference", "numba", "triton")
 _DEFAULT_BUDGET_MIB = 512.0
-# Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
-_ORTHONORMAL_TOL = 1e-3
-# Recently validated host copies of (affines, isocenter) and of poses: frames met again skip the checks.
-_VALID_VOLUME_FRAMES = HostMemo(max_entries=64)
-_VALID_POSES = HostMemo(max_entries=64)
 # Approximate bytes of temporaries per voxel in the backprojector (coordinates, pixel positions, chords).
 _BP_BYTES_PER_VOXEL = 256
-
-
-_NONFINITE_VOLUME = "volume contains non-finite values (NaN or inf)"
-
-
-class ProjectorInputError(ValueError):
-    """Raised for malformed projector inputs (shape, dtype, non-finite values, bad geometry)."""
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -64,172 +52,6 @@ def _check_spatial_shape(shape) -> tuple[int, int, int]:
             f"volume spatial shape must be at least 2 voxels along each axis for trilinear sampling, got {(d, h, w)}"
         )
     return d, h, w
-
-
-class HostFrames(NamedTuple):
-    """float64 numpy copies of the validated frames: ``poses (N, 4, 4)``, ``affines (B, 4, 4)``,
-    ``isocenter (B, 3)`` or None. The Triton ray set-up reads them instead of copying the device tensors
-    back again (each copy from a GPU is a synchronisation)."""
-
-    poses: np.ndarray
-    affines: np.ndarray
-    isocenter: np.ndarray | None
-
-
-class _HostCopy:
-    """float64 numpy copies of small tensors, in one device→host transfer.
-
-    The tensors are concatenated in the first one's dtype (float32 or float64: exact for the float32,
-    float16 and bfloat16 values met here). For GPU tensors the copy goes to pinned memory without
-    blocking: the caller can queue more GPU work before :meth:`wait` (which waits for the copy only,
-    not for work queued after it)."""
-
-    def __init__(self, tensors: list[torch.Tensor]) -> None:
-        self._shapes = [tuple(t.shape) for t in tensors]
-        self._event = None
-        if not tensors:
-            self._flat = None
-            return
-        dtype = tensors[0].dtype
-        with torch.no_grad():
-            flat = torch.cat([t.reshape(-1) if t.dtype == dtype else t.reshape(-1).to(dtype) for t in tensors])
-        if flat.is_cuda:
-            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-            host.copy_(flat, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record(torch.cuda.current_stream(flat.device))
-            flat = host
-        self._flat = flat
-
-    def wait(self) -> list[np.ndarray]:
-        """The copies, in the order given (waits for the transfer)."""
-        if self._flat is None:
-            return []
-        if self._event is not None:
-            self._event.synchronize()
-        flat = self._flat.numpy().astype(np.float64)
-        out, start = [], 0
-        for shape in self._shapes:
-            size = math.prod(shape)
-            out.append(flat[start:start + size].reshape(shape))
-            start += size
-        return out
-
-
-def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors."""
-    return _HostCopy(tensors).wait()
-
-
-def _affines_tensor(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
-    a = torch.as_tensor(world_from_voxel, dtype=dtype, device=device)
-    if a.dim() == 2:
-        a = a.unsqueeze(0)
-    if a.dim() != 3 or a.shape[-2:] != (4, 4):
-        raise ProjectorInputError(f"world_from_voxel must have shape (4, 4) or (B, 4, 4), got {tuple(a.shape)}")
-    if a.shape[0] == 1 and batch > 1:
-        a = a.expand(batch, 4, 4)
-    if a.shape[0] != batch:
-        raise ProjectorInputError(f"world_from_voxel has {a.shape[0]} affines for a batch of {batch} volumes")
-    return a
-
-
-def _poses_tensor(poses, batch: int, dtype, device) -> torch.Tensor:
-    p = torch.as_tensor(poses, dtype=dtype, device=device)
-    if p.dim() == 2:
-        p = p.unsqueeze(0)
-    if p.dim() != 3 or p.shape[-2:] != (4, 4):
-        raise ProjectorInputError(f"poses must have shape (N, 4, 4), got {tuple(p.shape)}")
-    if p.shape[0] == 0 or p.shape[0] % batch != 0:
-        raise ProjectorInputError(
-            f"poses must hold V views for each of the {batch} volumes (N = B * V), got N = {p.shape[0]}"
-        )
-    return p
-
-
-def _isocenter_tensor(isocenter, batch: int, dtype, device):
-    if isocenter is None:
-        return None
-    c = torch.as_tensor(isocenter, dtype=dtype, device=device)
-    if c.dim() == 1:
-        c = c.unsqueeze(0)
-    if c.shape[-1] != 3 or c.dim() != 2 or c.shape[0] not in (1, batch):
-        raise ProjectorInputError(f"isocenter must have shape (3,) or (B, 3), got {tuple(c.shape)}")
-    return c.expand(batch, 3)
-
-
-def _check_poses_host(host: np.ndarray) -> None:
-    if not np.isfinite(host).all():
-        raise ProjectorInputError("poses contain non-finite values")
-    rot = host[:, :3, :3]
-    err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max()
-    if err > _ORTHONORMAL_TOL:
-        raise ProjectorInputError(f"pose rotation blocks must be orthonormal (max deviation {float(err):.2e})")
-
-
-def _frame_tensors(world_from_voxel, poses, isocenter, batch: int, dtype, device):
-    """``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None)`` in ``dtype`` on ``device``, shapes
-    checked (their values are checked on a host copy, :func:`_check_frames_host`)."""
-    return (_affines_tensor(world_from_voxel, batch, dtype, device), _poses_tensor(poses, batch, dtype, device),
-            _isocenter_tensor(isocenter, batch, dtype, device))
-
-
-def _in_host_memory(value) -> bool:
-    """``value`` (a frame argument) needs no device→host transfer: None, a CPU tensor, numpy or a sequence."""
-    return not isinstance(value, torch.Tensor) or value.device.type == "cpu"
-
-
-def _needs_scan(values: torch.Tensor | None) -> bool:
-    """Whether ``values`` must be scanned for NaN/inf (not empty, and not a marked volume already checked)."""
-    return values is not None and values.numel() > 0 and not static_volume.known_finite(values)
-
-
-def _check_finite_host(extrema: list[np.ndarray], values: torch.Tensor, error: str) -> None:
-    """Raise ``error`` unless every host value in ``extrema`` is finite; else remember ``values`` as checked."""
-    if extrema and not np.isfinite(np.concatenate([e.ravel() for e in extrema])).all():
-        raise ProjectorInputError(error)
-    static_volume.remember_finite(values)
-
-
-def _prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device, values=None,
-                    values_error=_NONFINITE_VOLUME):
-    """Validated ``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None, HostFrames)`` in ``dtype``
-    on ``device``.
-
-    ``values`` (optional, the volume or images being projected) is checked for NaN/inf too (once per
-    version for a volume marked static). All host-side checks read one float64 copy of the small tensors
-    plus the extrema of ``values``: one device→host transfer in total.
-    """
-    affines, pose_t, iso = _frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
-    small = [pose_t, affines] + ([iso] if iso is not None else [])
-    scan = _needs_scan(values)
-    extrema = list(torch.aminmax(values.detach().reshape(-1))) if scan else []
-    host = _to_host(small + [e.reshape(1) for e in extrema])
-    if scan:
-        _check_finite_host(host[len(small):], values, values_error)
-    frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
-    _check_frames_host(frames)
-    return affines, pose_t, iso, frames
-
-
-def _check_frames_host(frames: HostFrames) -> None:
-    """Validate the host copies of the poses, affines and isocenter (raises :class:`ProjectorInputError`).
-    Affines (with the isocenter) and poses are remembered separately once valid
-    (:mod:`~xraysyn.projector.host_memo`): a training loop that draws new poses every step for the same
-    volumes re-checks only the poses."""
-    volume_key = (array_key(frames.affines), array_key(frames.isocenter))
-    if not _VALID_VOLUME_FRAMES.get(volume_key):
-        try:
-            validate_affine(frames.affines)
-        except ValueError as exc:
-            raise ProjectorInputError(str(exc)) from None
-        if frames.isocenter is not None and not np.isfinite(frames.isocenter).all():
-            raise ProjectorInputError("isocenter contains non-finite values")
-        _VALID_VOLUME_FRAMES.put(volume_key, True)
-    pose_key = array_key(frames.poses)
-    if not _VALID_POSES.get(pose_key):
-        _check_poses_host(frames.poses)
-        _VALID_POSES.put(pose_key, True)
 
 
 def _check_sampling(step_mm, num_samples, memory_budget_mib) -> None:
@@ -325,9 +147,9 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     dtype = _compute_dtype(volume.dtype)
     # frames given in host memory (numpy, lists, CPU tensors) for a GPU volume: validated from their CPU
     # copies, so no device→host transfer (which would wait for all GPU work queued before the call)
-    frames_on_host = volume.device.type != "cpu" and all(_in_host_memory(v) for v in (world_from_voxel, poses,
+    frames_on_host = volume.device.type != "cpu" and all(frames.in_host_memory(v) for v in (world_from_voxel, poses,
                                                                                       isocenter))
-    host_t = _frame_tensors(world_from_voxel, poses, isocenter, b, dtype,
+    host_t = frames.frame_tensors(world_from_voxel, poses, isocenter, b, dtype,
                             torch.device("cpu") if frames_on_host else volume.device)
     affines, pose_t, iso = (t.to(volume.device) if frames_on_host and t is not None else t for t in host_t)
     ray_grad = torch.is_grad_enabled() and any(
@@ -338,7 +160,7 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     # float32; the other backends get a float32 copy
     low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
     vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
-    scan = _needs_scan(volume)
+    scan = frames.needs_scan(volume)
     prepare_volume = getattr(chosen, "prepare_volume", None) if getattr(chosen, "PREPARE_AHEAD", False) else None
     # One device→host copy of the frames (and, for backends that cannot scan asynchronously, of the volume's
     # extrema). A backend with prepare_volume starts its volume work (copy into the marched layout, fused
@@ -347,20 +169,20 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     small = [host_t[1], host_t[0]] + ([host_t[2]] if iso is not None else [])
     extrema = list(torch.aminmax(volume.detach().reshape(-1))) if scan and prepare_volume is None else []
     if frames_on_host:
-        pending = _HostCopy(small)
-        pending_extrema = _HostCopy([e.reshape(1) for e in extrema]) if extrema else None
+        pending = frames.HostCopy(small)
+        pending_extrema = frames.HostCopy([e.reshape(1) for e in extrema]) if extrema else None
     else:
-        pending, pending_extrema = _HostCopy(small + [e.reshape(1) for e in extrema]), None
+        pending, pending_extrema = frames.HostCopy(small + [e.reshape(1) for e in extrema]), None
     prepared = prepare_volume(vol, memory_budget_mib, check_finite=scan) if prepare_volume is not None else None
     host = pending.wait() + (pending_extrema.wait() if pending_extrema is not None else [])
     if extrema:
-        _check_finite_host(host[len(small):], volume, _NONFINITE_VOLUME)
-    frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
-    _check_frames_host(frames)
-    rays = _build_rays(chosen, frames, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
+        frames.check_finite_host(host[len(small):], volume, frames.NONFINITE_VOLUME)
+    host_frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
+    frames.check_frames_host(host_frames)
+    rays = _build_rays(chosen, host_frames, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
                        isocenter=iso)
     if prepared is not None and prepared.finite_probe is not None:
-        _check_finite_host(_to_host([prepared.finite_probe]), volume, _NONFINITE_VOLUME)
+        frames.check_finite_host(frames.to_host([prepared.finite_probe]), volume, frames.NONFINITE_VOLUME)
     return PreparedMarch(vol, rays, chosen, prepared)
 
 
@@ -450,7 +272,7 @@ def forward_project_adjoint(
     if num_volumes is None:
         wv = torch.as_tensor(world_from_voxel)
         num_volumes = 1 if wv.dim() == 2 else wv.shape[0]
-    affines, pose_t, iso, host = _prepare_frames(world_from_voxel, poses, isocenter, num_volumes, dtype,
+    affines, pose_t, iso, host = frames.prepare_frames(world_from_voxel, poses, isocenter, num_volumes, dtype,
                                                  images.device)
     if pose_t.shape[0] != images.shape[0]:
         raise ProjectorInputError(f"{images.shape[0]} images but {pose_t.shape[0]} poses")
@@ -479,7 +301,7 @@ def chord_lengths(
     wv = torch.as_tensor(world_from_voxel)
     dtype = wv.dtype if wv.is_floating_point() else torch.float32
     batch = 1 if wv.dim() == 2 else wv.shape[0]
-    affines, pose_t, iso, _ = _prepare_frames(wv, poses, isocenter, batch, dtype, wv.device)
+    affines, pose_t, iso, _ = frames.prepare_frames(wv, poses, isocenter, batch, dtype, wv.device)
     rays = build_rays(pose_t, affines, spatial, geometry, num_samples=1, isocenter=iso)
     return rays.length.reshape(pose_t.shape[0], *geometry.detector_shape)
 
@@ -531,7 +353,7 @@ def backproject(
     b, c, rows, cols = images.shape
     dtype = _compute_dtype(images.dtype)
     dev = images.device
-    affines, pose_t, iso, host = _prepare_frames(world_from_voxel, poses, isocenter, b, dtype, dev, values=images,
+    affines, pose_t, iso, host = frames.prepare_frames(world_from_voxel, poses, isocenter, b, dtype, dev, values=images,
                                                  values_error="images contain non-finite values (NaN or inf)")
     if pose_t.shape[0] != b:
         raise ProjectorInputError(f"backproject takes one pose per image: {b} images, {pose_t.shape[0]} poses")

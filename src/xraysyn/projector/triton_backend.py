@@ -731,7 +731,7 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     that threshold the two implementations may count one sample apart.
 
     ``host_frames`` (optional): float64 numpy copies ``(poses, affines, isocenter or None)`` of the same
-    three tensors (:class:`xraysyn.projector.api.HostFrames`, made while validating them), which saves
+    three tensors (:class:`xraysyn.projector.frames.HostFrames`, made while validating them), which saves
     copying them back from the GPU again.
     """
     from xraysyn.projector.rays import RaySet

@@ -1,0 +1,197 @@
+"""The frames of a projector call — poses, affines, isocenter — as validated device tensors and float64
+host copies, and the NaN/inf check of the values projected.
+
+Every public projector function validates its frames on the host (shapes here, values from one
+device→host copy, :class:`HostCopy`); the Triton ray set-up then reads the same host copies. Valid
+frames are remembered by value (:mod:`xraysyn.projector.host_memo`), so frames met again skip the
+checks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from xraysyn.geometry import validate_affine
+from xraysyn.projector import static_volume
+from xraysyn.projector.errors import ProjectorInputError
+from xraysyn.projector.host_memo import HostMemo, array_key
+
+__all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "check_finite_host", "check_frames_host", "frame_tensors",
+           "in_host_memory", "needs_scan", "prepare_frames", "to_host"]
+
+NONFINITE_VOLUME = "volume contains non-finite values (NaN or inf)"
+# Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
+_ORTHONORMAL_TOL = 1e-3
+# Recently validated host copies of (affines, isocenter) and of poses: frames met again skip the checks.
+_VALID_VOLUME_FRAMES = HostMemo(max_entries=64)
+_VALID_POSES = HostMemo(max_entries=64)
+
+
+class HostFrames(NamedTuple):
+    """float64 numpy copies of the validated frames: ``poses (N, 4, 4)``, ``affines (B, 4, 4)``,
+    ``isocenter (B, 3)`` or None. The Triton ray set-up reads them instead of copying the device tensors
+    back again (each copy from a GPU is a synchronisation)."""
+
+    poses: np.ndarray
+    affines: np.ndarray
+    isocenter: np.ndarray | None
+
+
+class HostCopy:
+    """float64 numpy copies of small tensors, in one device→host transfer.
+
+    The tensors are concatenated in the first one's dtype (float32 or float64: exact for the float32,
+    float16 and bfloat16 values met here). For GPU tensors the copy goes to pinned memory without
+    blocking: the caller can queue more GPU work before :meth:`wait` (which waits for the copy only,
+    not for work queued after it)."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self._shapes = [tuple(t.shape) for t in tensors]
+        self._event = None
+        if not tensors:
+            self._flat = None
+            return
+        dtype = tensors[0].dtype
+        with torch.no_grad():
+            flat = torch.cat([t.reshape(-1) if t.dtype == dtype else t.reshape(-1).to(dtype) for t in tensors])
+        if flat.is_cuda:
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(flat.device))
+            flat = host
+        self._flat = flat
+
+    def wait(self) -> list[np.ndarray]:
+        """The copies, in the order given (waits for the transfer)."""
+        if self._flat is None:
+            return []
+        if self._event is not None:
+            self._event.synchronize()
+        flat = self._flat.numpy().astype(np.float64)
+        out, start = [], 0
+        for shape in self._shapes:
+            size = math.prod(shape)
+            out.append(flat[start:start + size].reshape(shape))
+            start += size
+        return out
+
+
+def to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors."""
+    return HostCopy(tensors).wait()
+
+
+def _affines_tensor(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
+    a = torch.as_tensor(world_from_voxel, dtype=dtype, device=device)
+    if a.dim() == 2:
+        a = a.unsqueeze(0)
+    if a.dim() != 3 or a.shape[-2:] != (4, 4):
+        raise ProjectorInputError(f"world_from_voxel must have shape (4, 4) or (B, 4, 4), got {tuple(a.shape)}")
+    if a.shape[0] == 1 and batch > 1:
+        a = a.expand(batch, 4, 4)
+    if a.shape[0] != batch:
+        raise ProjectorInputError(f"world_from_voxel has {a.shape[0]} affines for a batch of {batch} volumes")
+    return a
+
+
+def _poses_tensor(poses, batch: int, dtype, device) -> torch.Tensor:
+    p = torch.as_tensor(poses, dtype=dtype, device=device)
+    if p.dim() == 2:
+        p = p.unsqueeze(0)
+    if p.dim() != 3 or p.shape[-2:] != (4, 4):
+        raise ProjectorInputError(f"poses must have shape (N, 4, 4), got {tuple(p.shape)}")
+    if p.shape[0] == 0 or p.shape[0] % batch != 0:
+        raise ProjectorInputError(
+            f"poses must hold V views for each of the {batch} volumes (N = B * V), got N = {p.shape[0]}"
+        )
+    return p
+
+
+def _isocenter_tensor(isocenter, batch: int, dtype, device):
+    if isocenter is None:
+        return None
+    c = torch.as_tensor(isocenter, dtype=dtype, device=device)
+    if c.dim() == 1:
+        c = c.unsqueeze(0)
+    if c.shape[-1] != 3 or c.dim() != 2 or c.shape[0] not in (1, batch):
+        raise ProjectorInputError(f"isocenter must have shape (3,) or (B, 3), got {tuple(c.shape)}")
+    return c.expand(batch, 3)
+
+
+def _check_poses_host(host: np.ndarray) -> None:
+    if not np.isfinite(host).all():
+        raise ProjectorInputError("poses contain non-finite values")
+    rot = host[:, :3, :3]
+    err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max()
+    if err > _ORTHONORMAL_TOL:
+        raise ProjectorInputError(f"pose rotation blocks must be orthonormal (max deviation {float(err):.2e})")
+
+
+def frame_tensors(world_from_voxel, poses, isocenter, batch: int, dtype, device):
+    """``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None)`` in ``dtype`` on ``device``, shapes
+    checked (their values are checked on a host copy, :func:`check_frames_host`)."""
+    return (_affines_tensor(world_from_voxel, batch, dtype, device), _poses_tensor(poses, batch, dtype, device),
+            _isocenter_tensor(isocenter, batch, dtype, device))
+
+
+def in_host_memory(value) -> bool:
+    """``value`` (a frame argument) needs no device→host transfer: None, a CPU tensor, numpy or a sequence."""
+    return not isinstance(value, torch.Tensor) or value.device.type == "cpu"
+
+
+def needs_scan(values: torch.Tensor | None) -> bool:
+    """Whether ``values`` must be scanned for NaN/inf (not empty, and not a marked volume already checked)."""
+    return values is not None and values.numel() > 0 and not static_volume.known_finite(values)
+
+
+def check_finite_host(extrema: list[np.ndarray], values: torch.Tensor, error: str) -> None:
+    """Raise ``error`` unless every host value in ``extrema`` is finite; else remember ``values`` as checked."""
+    if extrema and not np.isfinite(np.concatenate([e.ravel() for e in extrema])).all():
+        raise ProjectorInputError(error)
+    static_volume.remember_finite(values)
+
+
+def prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device, values=None,
+                    values_error=NONFINITE_VOLUME):
+    """Validated ``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None, HostFrames)`` in ``dtype``
+    on ``device``.
+
+    ``values`` (optional, the volume or images being projected) is checked for NaN/inf too (once per
+    version for a volume marked static). All host-side checks read one float64 copy of the small tensors
+    plus the extrema of ``values``: one device→host transfer in total.
+    """
+    affines, pose_t, iso = frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
+    small = [pose_t, affines] + ([iso] if iso is not None else [])
+    scan = needs_scan(values)
+    extrema = list(torch.aminmax(values.detach().reshape(-1))) if scan else []
+    host = to_host(small + [e.reshape(1) for e in extrema])
+    if scan:
+        check_finite_host(host[len(small):], values, values_error)
+    frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
+    check_frames_host(frames)
+    return affines, pose_t, iso, frames
+
+
+def check_frames_host(frames: HostFrames) -> None:
+    """Validate the host copies of the poses, affines and isocenter (raises :class:`ProjectorInputError`).
+    Affines (with the isocenter) and poses are remembered separately once valid
+    (:mod:`~xraysyn.projector.host_memo`): a training loop that draws new poses every step for the same
+    volumes re-checks only the poses."""
+    volume_key = (array_key(frames.affines), array_key(frames.isocenter))
+    if not _VALID_VOLUME_FRAMES.get(volume_key):
+        try:
+            validate_affine(frames.affines)
+        except ValueError as exc:
+            raise ProjectorInputError(str(exc)) from None
+        if frames.isocenter is not None and not np.isfinite(frames.isocenter).all():
+            raise ProjectorInputError("isocenter contains non-finite values")
+        _VALID_VOLUME_FRAMES.put(volume_key, True)
+    pose_key = array_key(frames.poses)
+    if not _VALID_POSES.get(pose_key):
+        _check_poses_host(frames.poses)
+        _VALID_POSES.put(pose_key, True)
