@@ -145,13 +145,8 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
         raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
     spatial = _check_spatial_shape(volume.shape[2:])
     dtype = _compute_dtype(volume.dtype)
-    # frames given in host memory (numpy, lists, CPU tensors) for a GPU volume: validated from their CPU
-    # copies, so no device→host transfer (which would wait for all GPU work queued before the call)
-    frames_on_host = volume.device.type != "cpu" and all(frames.in_host_memory(v) for v in (world_from_voxel, poses,
-                                                                                      isocenter))
-    host_t = frames.frame_tensors(world_from_voxel, poses, isocenter, b, dtype,
-                            torch.device("cpu") if frames_on_host else volume.device)
-    affines, pose_t, iso = (t.to(volume.device) if frames_on_host and t is not None else t for t in host_t)
+    (affines, pose_t, iso), to_copy = frames.placed_frame_tensors(world_from_voxel, poses, isocenter, b, dtype,
+                                                                  volume.device)
     ray_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
     )
@@ -166,19 +161,9 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     # extrema). A backend with prepare_volume starts its volume work (copy into the marched layout, fused
     # NaN/inf scan) on the GPU right after the copy is queued, and that work runs while the host validates
     # the frames and sets up the rays; its scan result is read once the rays are queued too.
-    small = [host_t[1], host_t[0]] + ([host_t[2]] if iso is not None else [])
-    extrema = list(torch.aminmax(volume.detach().reshape(-1))) if scan and prepare_volume is None else []
-    if frames_on_host:
-        pending = frames.HostCopy(small)
-        pending_extrema = frames.HostCopy([e.reshape(1) for e in extrema]) if extrema else None
-    else:
-        pending, pending_extrema = frames.HostCopy(small + [e.reshape(1) for e in extrema]), None
+    pending = frames.PendingFrames(to_copy, volume if scan and prepare_volume is None else None)
     prepared = prepare_volume(vol, memory_budget_mib, check_finite=scan) if prepare_volume is not None else None
-    host = pending.wait() + (pending_extrema.wait() if pending_extrema is not None else [])
-    if extrema:
-        frames.check_finite_host(host[len(small):], volume, frames.NONFINITE_VOLUME)
-    host_frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
-    frames.check_frames_host(host_frames)
+    host_frames = pending.finish()
     rays = _build_rays(chosen, host_frames, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
                        isocenter=iso)
     if prepared is not None and prepared.finite_probe is not None:

@@ -20,8 +20,8 @@ from xraysyn.projector import static_volume
 from xraysyn.projector.errors import ProjectorInputError
 from xraysyn.projector.host_memo import HostMemo, array_key
 
-__all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "check_finite_host", "check_frames_host", "frame_tensors",
-           "in_host_memory", "needs_scan", "prepare_frames", "to_host"]
+__all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "PendingFrames", "check_finite_host", "check_frames_host",
+           "frame_tensors", "in_host_memory", "needs_scan", "placed_frame_tensors", "prepare_frames", "to_host"]
 
 NONFINITE_VOLUME = "volume contains non-finite values (NaN or inf)"
 # Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
@@ -156,8 +156,51 @@ def check_finite_host(extrema: list[np.ndarray], values: torch.Tensor, error: st
     static_volume.remember_finite(values)
 
 
+class PendingFrames:
+    """Frames whose host copy is under way: :meth:`finish` waits for it and validates them.
+
+    ``frames``: ``(affines, poses, isocenter or None)`` tensors to copy (on a device, or in host memory:
+    then nothing waits for the device). ``values`` (optional, on its own device): also scanned for NaN/inf
+    through its extrema, copied with the frames in one transfer when both are on one device. GPU work
+    queued between construction and :meth:`finish` runs while the host validates."""
+
+    def __init__(self, frames, values: torch.Tensor | None = None, values_error: str = NONFINITE_VOLUME) -> None:
+        affines, poses, iso = frames
+        self._has_iso = iso is not None
+        small = [poses, affines] + ([iso] if iso is not None else [])
+        self._n_small = len(small)
+        self._values, self._values_error = values, values_error
+        extrema = [e.reshape(1) for e in torch.aminmax(values.detach().reshape(-1))] if values is not None else []
+        if extrema and extrema[0].device != poses.device:
+            self._copies = [HostCopy(small), HostCopy(extrema)]
+        else:
+            self._copies = [HostCopy(small + extrema)]
+
+    def finish(self) -> HostFrames:
+        """The validated host frames (raises :class:`ProjectorInputError`; the values' check comes first)."""
+        host = [array for copy in self._copies for array in copy.wait()]
+        if self._values is not None:
+            check_finite_host(host[self._n_small:], self._values, self._values_error)
+        frames = HostFrames(host[0], host[1], host[2] if self._has_iso else None)
+        check_frames_host(frames)
+        return frames
+
+
+def placed_frame_tensors(world_from_voxel, poses, isocenter, batch: int, dtype, device):
+    """``(frames on device, frames to copy to the host)``, each ``(affines, poses, isocenter or None)``: for a
+    GPU ``device`` with all three given in host memory (numpy, lists, CPU tensors), the second are their CPU
+    tensors, so validating them needs no device→host transfer (which would wait for all GPU work queued
+    before the call); otherwise both are the device tensors."""
+    on_host = device.type != "cpu" and all(in_host_memory(v) for v in (world_from_voxel, poses, isocenter))
+    if not on_host:
+        placed = frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
+        return placed, placed
+    host = frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, torch.device("cpu"))
+    return tuple(None if t is None else t.to(device) for t in host), host
+
+
 def prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device, values=None,
-                    values_error=NONFINITE_VOLUME):
+                   values_error=NONFINITE_VOLUME):
     """Validated ``(affines (B, 4, 4), poses (N, 4, 4), isocenter (B, 3) or None, HostFrames)`` in ``dtype``
     on ``device``.
 
@@ -165,16 +208,9 @@ def prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device
     version for a volume marked static). All host-side checks read one float64 copy of the small tensors
     plus the extrema of ``values``: one device→host transfer in total.
     """
-    affines, pose_t, iso = frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
-    small = [pose_t, affines] + ([iso] if iso is not None else [])
-    scan = needs_scan(values)
-    extrema = list(torch.aminmax(values.detach().reshape(-1))) if scan else []
-    host = to_host(small + [e.reshape(1) for e in extrema])
-    if scan:
-        check_finite_host(host[len(small):], values, values_error)
-    frames = HostFrames(host[0], host[1], host[2] if iso is not None else None)
-    check_frames_host(frames)
-    return affines, pose_t, iso, frames
+    placed = frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
+    host = PendingFrames(placed, values if needs_scan(values) else None, values_error).finish()
+    return (*placed, host)
 
 
 def check_frames_host(frames: HostFrames) -> None:
