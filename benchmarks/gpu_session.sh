@@ -4,7 +4,7 @@
 # and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
 #
 #   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests: the cuda-marked tests of the kernels'
-#                                                                   files only) defaults api sweep peers kernels step host
+#                                                                   files only) defaults configs api sweep peers kernels step host
 #
 # Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
@@ -68,6 +68,20 @@ for stage in $stages; do
                timeout 130 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;
+    configs) # every launch configuration the autotuner tries, pinned, through the public API, next to the autotuned
+             # default in the same run: is the packed adjoint's kernel-vs-API gap the autotuner's choice, and which
+             # configuration is fastest where the API runs it (each row also says the configuration it ran)
+             a=$(python3 -c 'from xraysyn.projector.triton_backend import _TUNING_CONFIGS as c
+print(",".join(["xraysyn"] + [f"xraysyn[abr={r}+aw={w}]" for r, w in c]))')
+             f=$(python3 -c 'from xraysyn.projector.triton_backend import _FORWARD_TUNING_CONFIGS as c
+print(",".join(["xraysyn"] + [f"xraysyn[fbr={r}+fw={w}+fu={u}]" for r, w, u in c]))')
+             { timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
+                 --modes adj --impls "$a"
+               timeout 60 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
+                 --modes adj --impls "$a"
+               timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
+                 --modes fwd --impls "$f"
+             } 2>&1 | tee "$OUT/configs.jsonl" ;;
     peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \
                timeout 80 python3 .gpu/bench/peers_gpu.py nanodrr flashdrr 2>&1 | tee "$OUT/peers.jsonl" ;;
     step)    [ -f benchmarks/train_step.py ] && timeout 150 python3 benchmarks/train_step.py --device cuda 2>&1 | tee "$OUT/step.jsonl" ;;

@@ -44,7 +44,8 @@ WORKLOADS = {
 # these names, or ``xraysyn[KEY=VALUE+...]`` with the keys of VARIANT_KEYS (e.g. ``xraysyn[ft=4+ap=4+carry=0]``)
 VARIANT_KEYS = {"ft": "FORWARD_TILE_WIDTH", "at": "ADJOINT_TILE_WIDTH", "fp": "FORWARD_PACK", "ap": "ADJOINT_PACK",
                 "carry": "CARRY_CORNERS", "reuse": "REUSE_CORNERS", "copy": "COPY_CHANNELS_LAST",
-                "ahead": "PREPARE_AHEAD"}
+                "ahead": "PREPARE_AHEAD", "fbr": "FORWARD_BLOCK_R", "fw": "FORWARD_WARPS", "fu": "FORWARD_UNROLL",
+                "abr": "ADJOINT_BLOCK_R", "aw": "ADJOINT_WARPS"}
 TRITON_VARIANTS = {
     "xraysyn-packed": {"FORWARD_PACK": 4, "ADJOINT_PACK": 4},  # packed corners, the widest C allows
     "xraysyn-reuse": {"REUSE_CORNERS": True},  # forward keeps cell corners across samples
@@ -186,6 +187,7 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
     ms = timed(step, device, reps)
+    configs = launch_configs(mode) if device == "cuda" and impl.startswith("xraysyn") else {}
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
     else:
@@ -197,7 +199,27 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
     n_rays = poses.shape[0] * geom.rows * geom.cols
     return dict(impl=impl, workload=workload, mode=mode, device=device, ms=round(ms, 2),
                 gsamples_per_s=round(n_rays * samples / (ms * 1e-3) / 1e9, 3), peak_mib=round(peak, 1),
-                mean=check, volumes=source, threads=torch.get_num_threads(), torch=torch.__version__)
+                mean=check, volumes=source, threads=torch.get_num_threads(), torch=torch.__version__, **configs)
+
+
+def launch_configs(mode: str) -> dict:
+    """The launch configuration each march kernel of ``mode`` ran with in the timed calls (the autotuner's
+    choice, or the one pinned on TritonBackend), e.g. ``{"adjoint_config": "BLOCK_R=128 warps=4"}``."""
+    from xraysyn.projector.triton_backend import _kernels, pinned_launch
+
+    configs = {}
+    for name, forward in (("forward", True), ("adjoint", False)):
+        if (forward and mode == "adj") or (not forward and mode == "fwd"):
+            continue
+        pinned = pinned_launch(forward)
+        if pinned is not None:
+            configs[f"{name}_config"] = f"pinned BLOCK_R={pinned[0]} warps={pinned[1]}"
+            continue
+        best = getattr(_kernels().forward if forward else _kernels().adjoint, "best_config", None)
+        if best is not None:  # an autotuner (GPU) that ran
+            params = " ".join(f"{k}={v}" for k, v in best.kwargs.items())
+            configs[f"{name}_config"] = f"{params} warps={best.num_warps}"
+    return configs
 
 
 def main(argv=None):

@@ -64,3 +64,23 @@ def test_host_overhead_benchmark_runs():
     assert [row["call"] for row in rows] == ["forward_project", "forward_project[new poses]",
                                              "project_and_attenuate[fused]", "backproject"]
     assert all(0 < row["host_us_min"] <= row["host_us_median"] for row in rows)
+
+
+def test_projector_benchmark_variants_name_backend_switches(monkeypatch):
+    """Every ``xraysyn[KEY=INT]`` key sets an existing TritonBackend switch; pinned launch configurations
+    are reported per mode (the kernels a mode runs only)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import projector as bench
+
+    from xraysyn.projector.triton_backend import TritonBackend
+
+    for key, attribute in bench.VARIANT_KEYS.items():
+        assert hasattr(TritonBackend, attribute), (key, attribute)
+    assert bench.variant_overrides("xraysyn[abr=128+aw=4+ap=4]") == {
+        "ADJOINT_BLOCK_R": 128, "ADJOINT_WARPS": 4, "ADJOINT_PACK": 4}
+    monkeypatch.setattr(TritonBackend, "FORWARD_BLOCK_R", 64)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_BLOCK_R", 256)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_WARPS", 8)
+    assert bench.launch_configs("adj") == {"adjoint_config": "pinned BLOCK_R=256 warps=8"}
+    assert bench.launch_configs("fwd") == {"forward_config": "pinned BLOCK_R=64 warps=4"}
+    assert set(bench.launch_configs("fwd+bwd")) == {"forward_config", "adjoint_config"}

@@ -93,6 +93,44 @@ def test_unrolled_forward_matches_reference(unroll, monkeypatch):
     _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
 
 
+@pytest.mark.parametrize("block_r, warps", [(16, 1), (32, 0)])  # unpinned, 45 rays would give 64
+def test_pinned_launch_configuration_matches_reference(block_r, warps, monkeypatch):
+    """A launch configuration pinned on TritonBackend (rays per program, warps) replaces the default one
+    (the autotuner on a GPU): the programs are sized by it, in runs of rays and in 2-D tiles, and the
+    forward (unrolled) and adjoint still match the reference."""
+    volume, args, _ = _case(CASES[1], seed=3)
+    grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
+    seen = []
+    programs = triton_backend._programs
+    monkeypatch.setattr(triton_backend, "_programs", lambda n, b, w, t: seen.append(b) or programs(n, b, w, t))
+    for prefix in ("FORWARD", "ADJOINT"):
+        monkeypatch.setattr(TritonBackend, f"{prefix}_BLOCK_R", block_r)
+        monkeypatch.setattr(TritonBackend, f"{prefix}_WARPS", warps)
+    monkeypatch.setattr(TritonBackend, "FORWARD_UNROLL", 2)
+    for cols in (None, 9):  # 45 rays: runs of rays; 5 × 9 detector: tiles 4 wide
+        _assert_close(TritonBackend.forward(volume, *args, detector_cols=cols), march_forward(volume, *args))
+        _assert_close(TritonBackend.adjoint(grad, volume.shape, *args, detector_cols=cols),
+                      march_adjoint(grad, volume.shape, *args))
+    assert seen == [block_r] * 4
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("FORWARD_BLOCK_R", 48, "power of two"), ("ADJOINT_BLOCK_R", 8, "power of two"),
+    ("ADJOINT_WARPS", 3, "only together with"), ("FORWARD_BLOCK_R", 2048, "power of two")])
+def test_bad_pinned_launch_configuration_is_refused(name, value, words, monkeypatch):
+    volume, args, _ = _case(CASES[0])
+    grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
+    monkeypatch.setattr(TritonBackend, name, value)
+    call = (lambda: TritonBackend.forward(volume, *args)) if name.startswith("FORWARD") else (
+        lambda: TritonBackend.adjoint(grad, volume.shape, *args))
+    with pytest.raises(TritonBackendInputError, match=f"{name}.*{words}|{words}.*{name}"):
+        call()
+    monkeypatch.setattr(TritonBackend, name.replace("WARPS", "BLOCK_R"), 64)
+    monkeypatch.setattr(TritonBackend, name.replace("BLOCK_R", "WARPS"), 32)
+    with pytest.raises(TritonBackendInputError, match="WARPS must be 0"):
+        call()
+
+
 # adjoint schemes: (MERGE_RUNS, CARRY_CORNERS)
 SCHEMES = {"per-sample": (False, False), "merged": (True, False), "merged+carry": (True, True)}
 
@@ -748,6 +786,20 @@ def test_cuda_packed_forward_matches_reference(channels, pack, monkeypatch):
     monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
     _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
     _assert_close(TritonBackend.forward(volume.bfloat16(), *args), march_forward(volume.bfloat16().float(), *args))
+
+
+@pytest.mark.cuda
+def test_cuda_pinned_launch_configuration_matches_reference(monkeypatch):
+    """Pinned launch configurations bypass the autotuner (its kernel is launched directly) and still match."""
+    volume, args, rays = _gpu_case(seed=7)
+    grad = torch.rand(*rays.t_near.shape, volume.shape[1], device="cuda")
+    for prefix, (block_r, warps) in (("FORWARD", (64, 2)), ("ADJOINT", (256, 8))):
+        monkeypatch.setattr(TritonBackend, f"{prefix}_BLOCK_R", block_r)
+        monkeypatch.setattr(TritonBackend, f"{prefix}_WARPS", warps)
+    monkeypatch.setattr(triton_backend._kernels().forward, "run", None)  # the autotuners must not run
+    monkeypatch.setattr(triton_backend._kernels().adjoint, "run", None)
+    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
 
 
 @pytest.mark.cuda

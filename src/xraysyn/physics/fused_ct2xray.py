@@ -80,7 +80,7 @@ class ProjectAttenuate(torch.autograd.Function):
                 "N_CHUNKS": _energy_chunks(mu.shape[1]), **tb.forward_switches(tuned)}
         if n and r:
             with tb._on(device):
-                tb._launch(fwd, tuned, n, r, width, tile_w, args, meta)
+                tb._launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True)
         else:  # no rays: nothing attenuates
             thick.zero_()
             lse.zero_()
@@ -121,7 +121,7 @@ class ProjectAttenuate(torch.autograd.Function):
                     "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
                     "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **tb.adjoint_switches(pack)}
             with tb._on(device):
-                tb._launch(adj, tuned, n, r, width, tile_w, args, meta)
+                tb._launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False)
         grad = tb._finish_gradient(buffer, ctx.volume_shape, pack).to(ctx.volume_dtype)
         return (grad,) + (None,) * 10
 

@@ -251,8 +251,39 @@ def _programs(n_rays: int, block_r: int, width: int, tile_w: int) -> int:
     return -(-width // tile_w) * -(-rows // (block_r // tile_w))
 
 
-def _launch(kernel, tuned: bool, grid_views: int, n_rays: int, width: int, tile_w: int, args, meta):
-    if tuned:
+def pinned_launch(forward: bool) -> tuple[int, int] | None:
+    """``(rays per program, warps)`` pinned for the forward (or adjoint) march kernels by
+    ``TritonBackend.FORWARD_BLOCK_R/FORWARD_WARPS`` (``ADJOINT_...``), or None: autotuned on the GPU."""
+    prefix = "FORWARD" if forward else "ADJOINT"
+    block_r, warps = getattr(TritonBackend, f"{prefix}_BLOCK_R"), getattr(TritonBackend, f"{prefix}_WARPS")
+    if block_r == 0 and warps == 0:
+        return None
+    if block_r == 0:
+        raise TritonBackendInputError(f"TritonBackend.{prefix}_WARPS pins a launch configuration only together with "
+                                      f"TritonBackend.{prefix}_BLOCK_R (0 and 0 = autotuned)")
+    if not isinstance(block_r, int) or block_r < 16 or block_r > 1024 or block_r & (block_r - 1):
+        raise TritonBackendInputError(
+            f"TritonBackend.{prefix}_BLOCK_R must be 0 (autotuned) or a power of two in [16, 1024], got {block_r!r}")
+    if not isinstance(warps, int) or warps < 0 or warps > 16 or warps & (warps - 1):
+        raise TritonBackendInputError(
+            f"TritonBackend.{prefix}_WARPS must be 0 (default {_DEFAULT_NUM_WARPS}) or a power of two up to 16, "
+            f"got {warps!r}")
+    return block_r, warps or _DEFAULT_NUM_WARPS
+
+
+def _launch(kernel, tuned: bool, grid_views: int, n_rays: int, width: int, tile_w: int, args, meta, *,
+            forward: bool):
+    """Launch a march kernel: autotuned on the GPU unless ``TritonBackend`` pins its configuration
+    (:func:`pinned_launch`; the forward's samples per loop iteration are then ``FORWARD_UNROLL``)."""
+    pinned = pinned_launch(forward)
+    if pinned is not None:
+        block_r, warps = max(pinned[0], tile_w), pinned[1]
+        if forward:
+            meta = {**meta, "UNROLL": int(TritonBackend.FORWARD_UNROLL)}
+        untuned = kernel.fn if tuned else kernel
+        untuned[(_programs(n_rays, block_r, width, tile_w), grid_views)](*args, BLOCK_R=block_r, num_warps=warps,
+                                                                         **meta)
+    elif tuned:
         kernel[lambda m: (_programs(n_rays, m["BLOCK_R"], width, tile_w), grid_views)](*args, **meta)
     else:
         block_r = max(min(_DEFAULT_BLOCK_R, _next_power_of_two(max(n_rays, 1))), tile_w)
@@ -334,7 +365,17 @@ class TritonBackend:
     # one-value result just before the march (the copy runs while the host works); False = the order measured
     # on 2026-11-26: a separate scan (aminmax) read back with the frames, the copy made just before the march.
     PREPARE_AHEAD = True
-    # Samples per loop iteration of the forward march when it is not autotuned (the interpreter).
+    # Launch configuration of the march kernels (the forward's also serves the fused CT2Xray march, the
+    # adjoint's its adjoint): 0 and 0 = autotuned on the GPU, tried once per (rays, channels, tile width,
+    # switches) among _TUNING_CONFIGS; else pinned: rays per program (a power of two, 16 to 1024) and warps
+    # per program (0 = 4). Pinning skips the first call's autotuning (a few seconds) and lets benchmarks
+    # time one configuration through the public API.
+    FORWARD_BLOCK_R = 0
+    FORWARD_WARPS = 0
+    ADJOINT_BLOCK_R = 0
+    ADJOINT_WARPS = 0
+    # Samples per loop iteration of the forward march when it is not autotuned (the interpreter, or a
+    # pinned launch configuration).
     FORWARD_UNROLL = 1
     # The kernels read fp16/bf16 volumes as stored (float32 accumulation): no upcast copy needed.
     READS_LOW_PRECISION = True
@@ -383,7 +424,7 @@ class TritonBackend:
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
                 "PACK": pack, **forward_switches(tuned)}
         with _on(device):
-            _launch(fwd, tuned, n, r, width, tile_w, args, meta)
+            _launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True)
         return out
 
     @staticmethod
@@ -438,7 +479,7 @@ class TritonBackend:
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
                 "PACK": pack, **adjoint_switches(pack)}
         with _on(device):
-            _launch(adj, tuned, n, r, width, tile_w, args, meta)
+            _launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False)
         return _finish_gradient(buffer, (b, c, d, h, w), pack)
 
 
