@@ -11,7 +11,9 @@ the benchmarks, and ``[new poses]``: different poses every call, so no per-geome
 a training loop drawing random views), ``forward_project`` with the
 fused CT2Xray (``project_and_attenuate(fused=True)``: the separate steps would attenuate the stubs'
 uninitialised images) and ``backproject``. Prints one JSON line per call kind (median over ``--calls``
-calls, µs); ``--profile`` adds the top functions by cumulative time.
+calls, µs) and ``after_last_sync_us``: from the call's last device→host wait (a GPU synchronisation) to
+the launch of its main kernel (the march, or BP's gather) — the part of the host's work during which a
+GPU has finished everything queued and idles; ``--profile`` adds the top functions by cumulative time.
 """
 
 from __future__ import annotations
@@ -29,19 +31,46 @@ os.environ["TRITON_INTERPRET"] = "1"  # the Triton path with CPU tensors; the ke
 import torch  # noqa: E402
 
 
+# (event, perf_counter seconds) of the current call: "sync" when a device→host copy has been waited for (a GPU
+# synchronisation on CUDA tensors), "main" when the call's main kernel (the march, or BP's gather) is launched
+_EVENTS: list[tuple[str, float]] = []
+
+
 class _NoLaunch:
-    """Stands in for a kernel: ``kernel[grid](*args, **meta)`` does nothing."""
+    """Stands in for a kernel: ``kernel[grid](*args, **meta)`` does nothing (the call's ``main`` kernel notes
+    when it was launched)."""
+
+    def __init__(self, main: bool = False) -> None:
+        self.main = main
 
     def __getitem__(self, grid):
-        return lambda *args, **meta: None
+        return lambda *args, **meta: self.main and _EVENTS.append(("main", time.perf_counter()))
 
 
 def _stub_kernels() -> None:
     from xraysyn.physics import fused_ct2xray
+    from xraysyn.projector import frames
     from xraysyn.projector import triton_backend as tb
 
-    tb._KERNELS = tb._Kernels(*([_NoLaunch()] * 2), False, *([_NoLaunch()] * 4))
-    fused_ct2xray._KERNELS = (_NoLaunch(), _NoLaunch(), False)
+    # forward, adjoint, tuned, BP gather, ray set-up, pack, unpack
+    tb._KERNELS = tb._Kernels(_NoLaunch(True), _NoLaunch(), False, _NoLaunch(True), *([_NoLaunch()] * 3))
+    fused_ct2xray._KERNELS = (_NoLaunch(True), _NoLaunch(), False)
+    wait = frames.HostCopy.wait
+
+    def noted_wait(self):
+        result = wait(self)
+        _EVENTS.append(("sync", time.perf_counter()))
+        return result
+
+    frames.HostCopy.wait = noted_wait
+
+
+def _after_last_sync_us() -> float | None:
+    """µs from the last synchronisation to the main kernel's launch in the call just made: on a GPU, the
+    time the device idles (host-bound) within the call, once the work queued before the sync is done."""
+    main = next((t for name, t in _EVENTS if name == "main"), None)
+    syncs = [t for name, t in _EVENTS if name == "sync" and main is not None and t <= main]
+    return (main - syncs[-1]) * 1e6 if syncs else None
 
 
 def main(argv=None) -> None:
@@ -76,13 +105,18 @@ def main(argv=None) -> None:
         for name, call in calls.items():
             for _ in range(20):
                 call()
-            times = []
+            times, gaps = [], []
             for _ in range(args.calls):
+                _EVENTS.clear()
                 start = time.perf_counter()
                 call()
                 times.append((time.perf_counter() - start) * 1e6)
+                gap = _after_last_sync_us()
+                if gap is not None:
+                    gaps.append(gap)
             print(json.dumps({"call": name, "host_us_median": round(statistics.median(times), 1),
                               "host_us_min": round(min(times), 1),
+                              "after_last_sync_us_median": round(statistics.median(gaps), 1) if gaps else None,
                               "calls": args.calls, "torch": torch.__version__}), flush=True)
             if args.profile:
                 profiler = cProfile.Profile()

@@ -147,6 +147,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 def test_non_finite_volumes_raise_on_every_layout(layout, monkeypatch):
     """The scan runs fused into the packing pass, or as one reduction for the unpacked layouts; either way
     a NaN or inf anywhere raises one clear error and nothing is returned."""
+    from xraysyn.physics import project_and_attenuate, tube_spectrum
     from xraysyn.projector.triton_backend import TritonBackend
 
     channels = 2
@@ -160,6 +161,9 @@ def test_non_finite_volumes_raise_on_every_layout(layout, monkeypatch):
         volume[1, 1, 4, 5, 3] = bad
         with pytest.raises(ProjectorInputError, match="non-finite"):
             forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
+        with pytest.raises(ProjectorInputError, match="non-finite"):  # the march fused with CT2Xray checks too
+            project_and_attenuate(volume, AFFINE.to(DEVICE), poses, GEOMETRY, tube_spectrum(90.0), fused=True,
+                                  step_mm=2.0, backend="triton")
     volume = torch.rand(2, channels, 5, 6, 4, device=DEVICE)
     out = forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
     ref = forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="reference")

@@ -587,8 +587,8 @@ def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
     """Validation and the Triton ray set-up (and BP) share one float64 host copy of poses, affines and
     isocenter: one device→host transfer for them per call. The forward queues that copy first, then the
     volume's packing pass (which also scans it for NaN/inf), then the ray set-up, and reads the scan's
-    one-value probe last (a second, late transfer): the GPU packs while the host validates and sets up
-    rays. BP copies the frames with the images' extrema, in one transfer."""
+    one-value probe last, in the forward right before the march's launch (a second, late transfer): the GPU
+    packs while the host validates, sets up rays and prepares the launch. BP copies the frames with the images' extrema, in one transfer."""
     from xraysyn.projector import frames
 
     events, given = [], []
@@ -607,21 +607,25 @@ def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
                         lambda *args, **kwargs: events.append("rays") or build_rays(*args, **kwargs))
     monkeypatch.setattr(triton_backend, "_host_frames",
                         lambda *args: given.append(args[-2]) or host_frames(*args))
+    ray_args, launch = triton_backend._ray_args, triton_backend._launch
+    monkeypatch.setattr(triton_backend, "_ray_args", lambda *args: events.append("ray args") or ray_args(*args))
+    monkeypatch.setattr(triton_backend, "_launch",
+                        lambda *args, **kwargs: events.append("march") or launch(*args, **kwargs))
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(5, 6), pixel_spacing=6.0)
     affines = torch.stack([_affine((4.0, 3.5, 3.0)), _affine((3.0, 3.5, 4.0), shear=0.2)]).to(DEVICE)
     poses = geometry.poses(torch.tensor([10.0, -40.0]), torch.tensor([0.0, 15.0])).to(DEVICE)
     iso = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 3.0]], device=DEVICE)
     volume = torch.rand(2, 2, 5, 6, 4, device=DEVICE)
     out = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="triton")
-    # poses, affines, iso; the packing pass with its scan; rays; the probe
-    assert events == ["copy3", "pack+scan", "rays", "copy1"], events
+    # poses, affines, iso; the packing pass with its scan; rays; the forward's set-up; the probe; the march
+    assert events == ["copy3", "pack+scan", "rays", "ray args", "copy1", "march"], events
     assert len(given) == 1 and given[0] is not None  # the ray set-up reused the validation's host copy
     expected = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="reference")
     _assert_close(out, expected)
     events.clear()
     monkeypatch.setattr(TritonBackend, "PREPARE_AHEAD", False)  # the earlier order: extrema with the frames
     out = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="triton")
-    assert events == ["copy5", "rays", "pack"], events  # poses, affines, iso, min, max; copy at the march
+    assert events == ["copy5", "rays", "pack", "ray args", "march"], events  # poses, affines, iso, min, max
     _assert_close(out, expected)
     events.clear()
     given.clear()

@@ -78,6 +78,7 @@ class ProjectAttenuate(torch.autograd.Function):
         meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
                 "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
                 "N_CHUNKS": _energy_chunks(mu.shape[1]), **tb.forward_switches(tuned)}
+        tb.run_before_launch(prepared)
         if n and r:
             with tb._on(device):
                 tb._launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True)

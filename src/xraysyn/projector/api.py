@@ -160,15 +160,25 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     # One device→host copy of the frames (and, for backends that cannot scan asynchronously, of the volume's
     # extrema). A backend with prepare_volume starts its volume work (copy into the marched layout, fused
     # NaN/inf scan) on the GPU right after the copy is queued, and that work runs while the host validates
-    # the frames and sets up the rays; its scan result is read once the rays are queued too.
+    # the frames and sets up the rays; its scan result is read by the backend's forward right before it
+    # launches the march (before_launch), so nothing the host does up to the launch waits for the GPU.
     pending = frames.PendingFrames(to_copy, volume if scan and prepare_volume is None else None)
     prepared = prepare_volume(vol, memory_budget_mib, check_finite=scan) if prepare_volume is not None else None
     host_frames = pending.finish()
     rays = _build_rays(chosen, host_frames, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
                        isocenter=iso)
     if prepared is not None and prepared.finite_probe is not None:
-        frames.check_finite_host(frames.to_host([prepared.finite_probe]), volume, frames.NONFINITE_VOLUME)
+        prepared = prepared._replace(before_launch=_finite_check(prepared.finite_probe, volume))
     return PreparedMarch(vol, rays, chosen, prepared)
+
+
+def _finite_check(probe: torch.Tensor, volume: torch.Tensor):
+    """The deferred NaN/inf check of ``volume`` from its scan's ``probe`` (one device→host copy when run)."""
+
+    def check() -> None:
+        frames.check_finite_host(frames.to_host([probe]), volume, frames.NONFINITE_VOLUME)
+
+    return check
 
 
 def forward_project(

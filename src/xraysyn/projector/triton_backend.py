@@ -25,7 +25,7 @@ import functools
 import importlib.util
 import math
 import os
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ import torch
 from xraysyn.projector import static_volume
 from xraysyn.projector.host_memo import HostMemo, array_key
 
-__all__ = ["PreparedVolume", "TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
+__all__ = ["PreparedVolume", "run_before_launch", "TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
 
 _INT32_LIMIT = 2**31 - 1
 # Attribute that build_rays sets on the volume_index tensors it makes: their exclusive upper bound, so
@@ -408,6 +408,7 @@ class TritonBackend:
         n, r = _check_rays(origin, direction, t_near, delta, n_samples, volume_index, b, c)
         acc_dtype = _acc_torch_dtype(volume.dtype)
         if n == 0 or r == 0 or c == 0:
+            run_before_launch(prepared)
             return torch.zeros(n, r, c, dtype=acc_dtype, device=device)
         # channel-major memory, (N, R, C) view: the kernel writes every (ray, channel) through the
         # strides, and the image layout (N, C, rows, cols) the API returns is then a free view
@@ -423,6 +424,7 @@ class TritonBackend:
         args = (vol, out, *rays, r, width, *volume.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
                 "PACK": pack, **forward_switches(tuned)}
+        run_before_launch(prepared)
         with _on(device):
             _launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True)
         return out
@@ -487,11 +489,22 @@ class PreparedVolume(NamedTuple):
     """What :meth:`TritonBackend.prepare_volume` made ahead of a forward march: the ``source`` volume, the
     ``marched`` layout the kernels read (``(tensor, VEC, strides, PACK)``, as :func:`_marched_volume`) and,
     when asked, ``finite_probe``: a small float32 device tensor whose values are all finite exactly when
-    the volume's are (read it with one device→host copy when the result is needed)."""
+    the volume's are (read it with one device→host copy when the result is needed).
+
+    ``before_launch`` (set by the caller, e.g. ``forward_project``): a check the forward runs right before it
+    launches the march (reading ``finite_probe`` there, as late as possible, lets the GPU pack while the host
+    is still busy with everything up to the launch); it raises to stop the march."""
 
     source: torch.Tensor
     marched: tuple
     finite_probe: torch.Tensor | None
+    before_launch: Callable[[], None] | None = None
+
+
+def run_before_launch(prepared: PreparedVolume | None) -> None:
+    """Run ``prepared.before_launch`` if there is one (see :class:`PreparedVolume`)."""
+    if prepared is not None and prepared.before_launch is not None:
+        prepared.before_launch()
 
 
 def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe: torch.Tensor | None = None):
