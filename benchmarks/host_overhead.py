@@ -63,6 +63,15 @@ def _stub_kernels() -> None:
         return result
 
     frames.HostCopy.wait = noted_wait
+    read_values = getattr(frames, "read_values", None)  # (older versions have no such read)
+
+    def noted_read(tensor):
+        result = read_values(tensor)
+        _EVENTS.append(("sync", time.perf_counter()))
+        return result
+
+    if read_values is not None:
+        frames.read_values = noted_read
 
 
 def _after_last_sync_us() -> float | None:

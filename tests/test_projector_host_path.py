@@ -257,6 +257,8 @@ def test_cuda_frames_given_on_the_host_are_not_copied_back(monkeypatch):
             super().__init__(tensors)
 
     monkeypatch.setattr(frames, "HostCopy", SpyCopy)
+    read_values = frames.read_values
+    monkeypatch.setattr(frames, "read_values", lambda t: copied.append([t.device.type]) or read_values(t))
     geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(33, 31), pixel_spacing=3.0)
     poses = geometry.poses(torch.tensor([-40.0, 75.0]))  # CPU tensors
     volume = torch.rand(2, 2, 20, 24, 18, device="cuda")

@@ -173,10 +173,11 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
 
 
 def _finite_check(probe: torch.Tensor, volume: torch.Tensor):
-    """The deferred NaN/inf check of ``volume`` from its scan's ``probe`` (one device→host copy when run)."""
+    """The deferred NaN/inf check of ``volume`` from its scan's ``probe`` (a few floats: one plain
+    device→host read when run)."""
 
     def check() -> None:
-        frames.check_finite_host(frames.to_host([probe]), volume, frames.NONFINITE_VOLUME)
+        frames.check_finite_host([frames.read_values(probe)], volume, frames.NONFINITE_VOLUME)
 
     return check
 
@@ -223,8 +224,13 @@ def march_prepared(march: PreparedMarch, geometry: ConeBeamGeometry,
                    memory_budget_mib: float = _DEFAULT_BUDGET_MIB) -> torch.Tensor:
     """:func:`forward_project` on what :func:`prepare_march` returned: ``(B * V, C, rows, cols)``."""
     volume, rays = march.volume, march.rays
-    out = RayMarch.apply(volume, rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples,
-                         rays.volume_index, float(memory_budget_mib), march.backend, march.prepared)
+    ray_args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
+    if march.backend is not None and not (torch.is_grad_enabled() and volume.requires_grad):
+        # nothing to differentiate (a backend is chosen only without ray gradients): skip the autograd node
+        extra = {} if march.prepared is None else {"prepared": march.prepared}
+        out = march.backend.forward(volume, *ray_args, float(memory_budget_mib), **extra)
+    else:
+        out = RayMarch.apply(volume, *ray_args, float(memory_budget_mib), march.backend, march.prepared)
     rows, cols = geometry.detector_shape
     return out.permute(0, 2, 1).reshape(out.shape[0], volume.shape[1], rows, cols)
 

@@ -81,6 +81,12 @@ class HostCopy:
         return out
 
 
+def read_values(tensor: torch.Tensor) -> np.ndarray:
+    """A few values of ``tensor`` as a float64 numpy array: one plain device→host read (a synchronisation
+    on a GPU), cheaper than :class:`HostCopy` for a single small tensor that is needed at once."""
+    return np.asarray(tensor.tolist(), dtype=np.float64)
+
+
 def to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors."""
     return HostCopy(tensors).wait()
