@@ -168,6 +168,8 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
         best = getattr(tuned_kernel, "best_config", None)
         if best is not None:
             extra["config"] = f"{best.kwargs} warps={best.num_warps}"
+        if tuned_kernel is not None:  # the switches the case ran with, so a row's label can be checked
+            extra["switches"] = {switch: getattr(TritonBackend, switch) for switch in SWITCHES}
         emit(case, ms, counted_samples, **extra)
 
     def set_switches(values: dict) -> None:
@@ -194,7 +196,9 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     for tile in FORWARD_ONLY_TILE_WIDTHS:
         TritonBackend.FORWARD_TILE_WIDTH = tile
         measure(f"march-fwd[tiles{tile}]", forward, tuned_kernel=_kernels().forward)
-    TritonBackend.FORWARD_TILE_WIDTH, TritonBackend.MERGE_RUNS = 8, True
+    # back to tiles 8 both ways (the tile loop ended on runs), as the labels below say
+    TritonBackend.FORWARD_TILE_WIDTH = TritonBackend.ADJOINT_TILE_WIDTH = 8
+    TritonBackend.MERGE_RUNS = True
     TritonBackend.REUSE_CORNERS = True
     measure("march-fwd[tiles8,reuse]", forward, tuned_kernel=_kernels().forward)
     if channels > 1:  # the volume here is channels-first: march it in place, without the channels-last copy

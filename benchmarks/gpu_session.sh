@@ -75,11 +75,11 @@ for stage in $stages; do
 print(",".join(["xraysyn"] + [f"xraysyn[abr={r}+aw={w}]" for r, w in c]))')
              f=$(python3 -c 'from xraysyn.projector.triton_backend import _FORWARD_TUNING_CONFIGS as c
 print(",".join(["xraysyn"] + [f"xraysyn[fbr={r}+fw={w}+fu={u}]" for r, w, u in c]))')
-             { timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
-                 --modes adj --impls "$a"
-               timeout 60 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
+             { timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
                  --modes adj --impls "$a"
                timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
+                 --modes adj --impls "$a"
+               timeout 90 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
                  --modes fwd --impls "$f"
              } 2>&1 | tee "$OUT/configs.jsonl" ;;
     peers)   PYTHONPATH=$PYTHONPATH:$PWD/.gpu/bench/stub PEERS_VOLUMES=$PWD/.gpu/vols \

@@ -29,6 +29,12 @@ def test_gpu_kernel_benchmark_smoke_runs_every_case():
                 "march-fwd[defaults]", "march-adj[defaults,api rays]"}
     assert expected <= cases, expected - cases
     assert all(row["ms"] > 0 for row in rows if "case" in row)
+    for row in rows:  # each kernel case ran with the tiles its label names
+        if row.get("case", "").startswith("march-") and "switches" in row:
+            tiles = "tiles8" if "tiles8" in row["case"] else "runs" if "runs" in row["case"] else None
+            key = "FORWARD_TILE_WIDTH" if row["case"].startswith("march-fwd") else "ADJOINT_TILE_WIDTH"
+            if tiles is not None:
+                assert row["switches"][key] == (8 if tiles == "tiles8" else 0), row
     check = next(row for row in rows if row.get("check") == "api rays vs torch rays")
     assert check["n_samples_equal"] == 1.0 and check["t_near_max_abs_mm"] < 1e-2
     # --only: just the cases whose name contains one of the parts

@@ -813,7 +813,8 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
         setup[(-(-n_rays // _SETUP_BLOCK_R), n_views)](
             params, direction, t_near, delta, length, n_samples, n_rays, cols, d, h, w, int(num_samples or 0),
             BLOCK_R=_SETUP_BLOCK_R, ACC=_accumulator(acc_dtype), FIXED_SAMPLES=num_samples is not None, num_warps=4)
-    origin_dev = params.narrow(0, 7, 12 * n_views).view(n_views, 12).narrow(1, 0, 3)
+    # the sources (voxel coordinates): the first 3 of each view's 12 numbers after the 7 shared ones (one view op)
+    origin_dev = params.as_strided((n_views, 3), (12, 1), params.storage_offset() + 7)
     index = torch.from_numpy(volume_index.copy()).to(device)
     setattr(index, _INDEX_BOUND_ATTR, n_vol)
     return RaySet(origin=origin_dev, direction=direction, t_near=t_near, delta=delta, n_samples=n_samples,
