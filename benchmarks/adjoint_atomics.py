@@ -11,6 +11,9 @@ positions, the same clamping) and counts, per ray and channel group, the memory 
   merged          8 corners each time the ray leaves a cell            (MERGE_RUNS, the measured default)
   merged+carry    only the corners the next cell does not share        (CARRY_CORNERS)
   packedP[+carry] the same with P = 2 (x pairs) or 4 (x and y quads) corners per vector request
+  packed4+carry[plane A]  4 slots packed across axis A (quads over the other two axes): the plane carry
+                  keeps the shared quad when a ray steps one cell along A (ADJOINT_PLANE_AXIS; A = z is
+                  packed4+carry); [dominant]: A = the axis with the most single-axis steps
 
 Prints one JSON line per workload with the counts and their ratios to ``per-sample``.
 """
@@ -55,13 +58,27 @@ def cell_paths(spec: dict, ray_stride: int) -> tuple[torch.Tensor, torch.Tensor]
     return cells, live
 
 
-def _groups(pack: int) -> list[list[tuple[int, int, int]]]:
-    """Corners ``(dz, dy, dx)`` that share one vector request in the packed layout."""
+_CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+_AXES = "zyx"
+
+
+def _groups(pack: int, plane: int = 0) -> list[list[tuple[int, int, int]]]:
+    """Corners ``(dz, dy, dx)`` that share one vector request in the packed layout (4 slots: the two quads
+    across axis ``plane``)."""
     if pack == 1:
-        return [[(a, b, c)] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+        return [[corner] for corner in _CORNERS]
     if pack == 2:
         return [[(a, b, 0), (a, b, 1)] for a in (0, 1) for b in (0, 1)]
-    return [[(a, b, c) for b in (0, 1) for c in (0, 1)] for a in (0, 1)]
+    return [[corner for corner in _CORNERS if corner[plane] == side] for side in (0, 1)]
+
+
+def _flushed(groups, shared, change) -> int:
+    """Groups flushed at cell changes: all but those whose every corner the next cell shares."""
+    flushed = 0
+    for group in groups:
+        all_kept = torch.stack([shared[_CORNERS.index(c)] for c in group]).all(0)
+        flushed += int((change & ~all_kept).sum())
+    return flushed
 
 
 def count(cells: torch.Tensor, live: torch.Tensor) -> dict:
@@ -80,19 +97,19 @@ def count(cells: torch.Tensor, live: torch.Tensor) -> dict:
         result[label] = len(groups) * runs
         # carrying: a corner (a, b, c) of the old cell is shared when a - step_z etc. lie in {0, 1}
         shared = []
-        for corner in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
+        for corner in _CORNERS:
             ok = torch.ones_like(change)
             for axis, index in enumerate(corner):
                 moved = index - step[..., axis]
                 ok &= (moved >= 0) & (moved <= 1)
             shared.append(ok)
-        corner_index = {(a, b, c): i for i, (a, b, c) in enumerate((a, b, c) for a in (0, 1) for b in (0, 1)
-                                                                     for c in (0, 1))}
-        flushed = 0
-        for group in groups:
-            all_kept = torch.stack([shared[corner_index[c]] for c in group]).all(0)
-            flushed += int((change & ~all_kept).sum())
-        result[label + "+carry"] = flushed + len(groups) * rays_hit
+        result[label + "+carry"] = _flushed(groups, shared, change) + len(groups) * rays_hit
+        if pack == 4:  # the plane carry across each axis, and across the axis with the most single steps
+            single = [int((change & (step[..., axis].abs() == 1) & (step.abs().sum(-1) == 1)).sum()) for axis in range(3)]
+            for plane in range(3):
+                result[f"packed4+carry[plane {_AXES[plane]}]"] = (_flushed(_groups(4, plane), shared, change)
+                                                                 + 2 * rays_hit)
+            result["packed4+carry[dominant]"] = result[f"packed4+carry[plane {_AXES[single.index(max(single))]}]"]
     base = result["per-sample"]
     result["ratio_to_per_sample"] = {k: round(v / base, 3) for k, v in result.items()
                                      if k not in ("samples", "per-sample")}

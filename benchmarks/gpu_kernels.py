@@ -53,13 +53,18 @@ WORKLOADS = {  # as in benchmarks/projector.py
            "samples": 512, "views": 16, "channels": 1},
     "smoke": {"batch": 2, "shape": (12, 10, 8), "spacing": (5.0, 6.0, 7.0), "detector": 16, "pixel": 6.0,
               "samples": 6, "views": 2, "channels": 2},
+    # one channel (4 corner slots): --smoke runs only its cases that two channels cannot have
+    "smoke-1ch": {"batch": 1, "shape": (12, 10, 8), "spacing": (5.0, 6.0, 7.0), "detector": 16, "pixel": 6.0,
+                  "samples": 6, "views": 2, "channels": 1},
 }
+ONE_CHANNEL_ONLY = ("plane carry",)  # the cases of --smoke's one-channel workload
 # the TritonBackend switches the cases set, and the baseline each case changes one of (the defaults
 # before the 2026-11-26 sweep, with the corner carry allowed at any pack so the carry cases carry)
 SWITCHES = ("FORWARD_TILE_WIDTH", "ADJOINT_TILE_WIDTH", "FORWARD_PACK", "ADJOINT_PACK", "MERGE_RUNS", "CARRY_CORNERS",
-            "CARRY_MAX_PACK", "REUSE_CORNERS", "COPY_CHANNELS_LAST")
+            "CARRY_MAX_PACK", "ADJOINT_PLANE_AXIS", "REUSE_CORNERS", "COPY_CHANNELS_LAST")
 BASELINE = {"FORWARD_TILE_WIDTH": 8, "ADJOINT_TILE_WIDTH": 8, "FORWARD_PACK": 1, "ADJOINT_PACK": 1, "MERGE_RUNS": True,
-            "CARRY_CORNERS": True, "CARRY_MAX_PACK": 4, "REUSE_CORNERS": False, "COPY_CHANNELS_LAST": True}
+            "CARRY_CORNERS": True, "CARRY_MAX_PACK": 4, "ADJOINT_PLANE_AXIS": 0, "REUSE_CORNERS": False,
+            "COPY_CHANNELS_LAST": True}
 TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide and runs of consecutive rays
 FORWARD_ONLY_TILE_WIDTHS = (4, 16)  # other tile shapes, timed for the forward only
 # channels: bone and soft tissue for W1, the attenuation alone for W2, as in the peers' benchmark
@@ -228,6 +233,14 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     measure("march-adj[defaults]", adjoint, tuned_kernel=_kernels().adjoint)
     measure("march-adj[defaults,api rays]", lambda: TritonBackend.adjoint(grad, volume.shape, *api_args),
             tuned_kernel=_kernels().adjoint)
+    if channels == 1:  # 4 slots: the plane carry across the rays' dominant axis, and across z
+        TritonBackend.CARRY_MAX_PACK = 4
+        measure("march-adj[defaults+plane carry,api rays]",
+                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuned_kernel=_kernels().adjoint)
+        TritonBackend.ADJOINT_PLANE_AXIS = 0
+        measure("march-adj[defaults+plane carry z,api rays]",
+                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuned_kernel=_kernels().adjoint)
+        set_switches(defaults)
     if wanted("march-adj[defaults"):
         same = (api_rays.n_samples == rays.n_samples).float().mean()
         print(json.dumps({"check": "api rays vs torch rays", "workload": name, "n_samples_equal": float(same),
@@ -306,8 +319,11 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     timed = _timer(device, 1 if args.smoke else args.reps)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu-interpreter"
+    only = tuple(part for part in args.only.split(",") if part)
     for name in ["smoke"] if args.smoke else args.workloads.split(","):
-        run_workload(name, device, timed, gpu, tuple(part for part in args.only.split(",") if part))
+        run_workload(name, device, timed, gpu, only)
+    if args.smoke and (not only or any(part in case for part in only for case in ONE_CHANNEL_ONLY)):
+        run_workload("smoke-1ch", device, timed, gpu, ONE_CHANNEL_ONLY)
 
 
 if __name__ == "__main__":

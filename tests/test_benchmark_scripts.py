@@ -26,9 +26,13 @@ def test_gpu_kernel_benchmark_smoke_runs_every_case():
                 "march-adj[merged,tiles8,packed2]", "march-adj[merged+carry,tiles8,packed2]",
                 "march-fwd[tiles8,packed2]", "pack-corners[2]", "march-fwd[bf16 volume,packed4]", "ray-setup[triton]",
                 "bp-gather", "atten-fused", "ct2xray[fused march]", "ct2xray[march + atten-fused]",
-                "march-fwd[defaults]", "march-adj[defaults,api rays]"}
+                "march-fwd[defaults]", "march-adj[defaults,api rays]", "march-adj[defaults+plane carry,api rays]",
+                "march-adj[defaults+plane carry z,api rays]"}
     assert expected <= cases, expected - cases
     assert all(row["ms"] > 0 for row in rows if "case" in row)
+    plane = {row["case"]: row["switches"] for row in rows if "plane carry" in row.get("case", "")}
+    assert all(v["CARRY_MAX_PACK"] == 4 and v["ADJOINT_PACK"] == 4 for v in plane.values()), plane
+    assert plane["march-adj[defaults+plane carry z,api rays]"]["ADJOINT_PLANE_AXIS"] == 0
     for row in rows:  # each kernel case ran with the tiles its label names
         if row.get("case", "").startswith("march-") and "switches" in row:
             tiles = "tiles8" if "tiles8" in row["case"] else "runs" if "runs" in row["case"] else None
@@ -58,6 +62,9 @@ def test_adjoint_atomic_count_on_a_hand_counted_path():
     assert result["merged"] == 24 and result["merged+carry"] == 4 + 6 + 8
     assert result["packed2"] == 12 and result["packed2+carry"] == 2 + 4 + 4
     assert result["packed4"] == 6 and result["packed4+carry"] == 6
+    # across y: 1 at the y step (the shared quad kept), 2 at the (z, x) step, 2 at the end
+    assert result["packed4+carry[plane z]"] == 6 and result["packed4+carry[plane y]"] == 2 + 1 + 2
+    assert result["packed4+carry[plane x]"] == 6 and result["packed4+carry[dominant]"] == 5
     dead_tail = torch.tensor([[True, True, False, False]])
     assert count(cells, dead_tail)["merged"] == 8  # the ray ends in its first cell: one flush
 

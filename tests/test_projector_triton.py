@@ -171,10 +171,7 @@ def test_carried_corners_cover_every_kind_of_cell_step(sampling, monkeypatch, un
     """Oblique rays: at a quarter-voxel step consecutive samples stay in a cell or step along one or two axes
     (forwards and backwards); at three samples per ray they jump several cells. The adjoint that carries
     shared corners across steps (plain and packed) and the forward that reuses them equal the reference."""
-    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
-    affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
-    shape = (7, 6, 8)
-    args, _ = _rays(geometry, affines, shape, [37.0, -128.0], [21.0, -33.0], **sampling)
+    args, _, shape = _oblique_rays(sampling)
     steps = _cell_steps(args, shape)
     if "step_mm" in sampling:
         assert {0, 1, 2}.issubset(set((steps > 0).sum(-1).tolist())), "stay, and step along one and two axes"
@@ -220,12 +217,75 @@ def test_corners_are_carried_up_to_the_max_pack(monkeypatch):
 
     assert [adjoint_switches(pack)["CARRY"] for pack in (1, 2, 4)] == [True, True, False]
     monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 4)
-    assert adjoint_switches(4) == {"MERGE_RUNS": True, "CARRY": True}
+    assert adjoint_switches(4) == {"MERGE_RUNS": True, "CARRY": True, "PLANE": 0}
     monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", False)
     assert not adjoint_switches(1)["CARRY"]
     monkeypatch.setattr(TritonBackend, "CARRY_CORNERS", True)
     monkeypatch.setattr(TritonBackend, "MERGE_RUNS", False)
-    assert adjoint_switches(1) == {"MERGE_RUNS": False, "CARRY": False}
+    assert adjoint_switches(1) == {"MERGE_RUNS": False, "CARRY": False, "PLANE": 0}
+
+
+def _oblique_rays(sampling, azimuths=(37.0, -128.0), elevations=(21.0, -33.0)):
+    """Rays through a sheared (7, 6, 8) grid whose consecutive samples stay in a cell, step along one or
+    two axes, forwards and backwards (``step_mm``), or jump cells (few samples)."""
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
+    affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
+    shape = (7, 6, 8)
+    args, rays = _rays(geometry, affines, shape, list(azimuths), list(elevations), **sampling)
+    return args, rays, shape
+
+
+@pytest.mark.parametrize("plane", [0, 1, 2])
+@pytest.mark.parametrize("sampling", [{"step_mm": 1.0}, {"num_samples": 3}], ids=["quarter-voxel", "jumps"])
+def test_plane_carry_of_the_four_slot_adjoint_matches_reference(plane, sampling, monkeypatch):
+    """One channel, 4 slots packed across each axis in turn, with and without the plane carry (a step of
+    one cell along that axis keeps the shared quad of corners): the reference adjoint, for steps of every
+    kind, in float32 and as the exact transpose in float64."""
+    args, _, shape = _oblique_rays(sampling)
+    steps = _cell_steps(args, shape)
+    straight = (steps[:, plane] == 1) & (steps.sum(-1) == 1)
+    assert bool(straight.any()) and bool((steps.sum(-1) > 1).any()), "single steps along the plane and others"
+    grad = torch.rand(*args[2].shape, 1, device=DEVICE)
+    expected = march_adjoint(grad, (1, 1, *shape), *args)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", 4)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PLANE_AXIS", plane)
+    for carry_max in (2, 4):  # the carry off / on at 4 slots
+        monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", carry_max)
+        _assert_close(TritonBackend.adjoint(grad, (1, 1, *shape), *args), expected)
+    args64 = tuple(a.double() if a.is_floating_point() else a for a in args)
+    volume = torch.rand(1, 1, *shape, dtype=torch.float64, device=DEVICE)
+    image = torch.rand(*args[2].shape, 1, dtype=torch.float64, device=DEVICE)
+    lhs = float((march_forward(volume, *args64) * image).sum())
+    rhs = float((volume * TritonBackend.adjoint(image, (1, 1, *shape), *args64)).sum())
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+def test_plane_follows_the_rays_dominant_axis(monkeypatch):
+    """Auto plane: the voxel axis the rays cross most cells along, known on the host for rays from the Triton
+    ray set-up (no device read) and equal to what the direction tensor itself says; z without the carry."""
+    from xraysyn.projector.triton_backend import _DOMINANT_AXIS_ATTR, adjoint_switches, dominant_axis
+
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
+    affines = _affine((4.0, 3.0, 3.5))[None].to(DEVICE)
+    seen = set()
+    for azimuth, elevation in ((0.0, 0.0), (90.0, 0.0), (0.0, 80.0), (30.0, -10.0)):
+        poses = geometry.poses(torch.tensor([azimuth]), torch.tensor([elevation])).to(DEVICE)
+        rays = triton_backend.build_rays(poses, affines, (7, 6, 8), geometry, step_mm=1.0)
+        known = getattr(rays.direction, _DOMINANT_AXIS_ATTR)
+        read = dominant_axis(rays.direction.clone())  # a copy has no attribute: read from the tensor
+        assert known == read, (azimuth, elevation, known, read)
+        middle = rays.direction[0, rays.direction.shape[1] // 2].abs()
+        assert known == int(middle.argmax())
+        seen.add(known)
+    assert len(seen) == 3, seen  # the views above run along each axis in turn
+    monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 4)
+    assert adjoint_switches(4, rays.direction)["PLANE"] == known
+    assert adjoint_switches(2, rays.direction)["PLANE"] == 0
+    monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 2)
+    assert adjoint_switches(4, rays.direction)["PLANE"] == 0  # no carry at 4 slots: the plane does not matter
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PLANE_AXIS", 3)
+    with pytest.raises(TritonBackendInputError, match="ADJOINT_PLANE_AXIS"):
+        adjoint_switches(4, rays.direction)
 
 
 @pytest.mark.parametrize("unroll", [1, 2])
@@ -261,6 +321,27 @@ def test_forward_reusing_corners_reads_low_precision_volumes(monkeypatch, unpack
     volume = torch.rand(1, 2, 7, 6, 8, device=DEVICE).half()
     monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", True)
     _assert_close(TritonBackend.forward(volume, *args), march_forward(volume.float(), *args), 1e-5)
+
+
+def test_public_gradient_with_the_plane_carry_uses_the_host_known_axis(monkeypatch):
+    """forward_project's backward with the plane carry at 4 slots (one channel, auto plane): the gradient of
+    the reference, and the plane comes from the ray set-up's host-side answer kept on the saved rays (no
+    device read in the backward)."""
+    seen = []
+    dominant = triton_backend.dominant_axis
+    monkeypatch.setattr(triton_backend, "dominant_axis",
+                        lambda d: seen.append(getattr(d, triton_backend._DOMINANT_AXIS_ATTR, None)) or dominant(d))
+    monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 4)
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=6.0)
+    affine = _affine((4.0, 3.0, 3.5), shear=0.3).to(DEVICE)
+    poses = geometry.poses(torch.tensor([10.0, 100.0]), torch.tensor([5.0, -20.0])).to(DEVICE)
+    volume = torch.rand(1, 1, 7, 6, 8, device=DEVICE, requires_grad=True)
+    weights = torch.rand(2, 1, 9, 8, device=DEVICE)
+    (forward_project(volume, affine, poses, geometry, step_mm=1.0, backend="triton") * weights).sum().backward()
+    reference = volume.detach().clone().requires_grad_(True)
+    (forward_project(reference, affine, poses, geometry, step_mm=1.0, backend="reference") * weights).sum().backward()
+    _assert_close(volume.grad, reference.grad)
+    assert len(seen) == 1 and seen[0] in (0, 1, 2), seen
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -302,6 +383,26 @@ def test_unpacking_the_adjoint_slots_is_the_transpose_of_packing(pack):
     assert unpacked.is_contiguous()
     rhs = float((volume * unpacked).sum())
     assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+@pytest.mark.parametrize("plane", [0, 1, 2])
+def test_unpacking_four_slots_packed_across_each_axis(plane):
+    """Slot ``2 · uo + vo`` of voxel p (packed across axis ``plane``; (u, v) the other two axes in (z, y, x)
+    order) belongs to voxel ``p + uo · e_u + vo · e_v``; slots that point past the grid are ignored."""
+    from xraysyn.projector.triton_backend import _finish_gradient
+
+    b, d, h, w = 2, 3, 4, 5
+    slots = torch.rand(b, d, h, w, 4, generator=torch.Generator().manual_seed(plane), dtype=torch.float64)
+    u, v = [axis for axis in range(3) if axis != plane]
+    expected = torch.zeros(b, d, h, w, dtype=torch.float64)
+    for uo in (0, 1):
+        for vo in (0, 1):
+            shift = [0, 0, 0]
+            shift[u], shift[v] = uo, vo
+            source = slots[:, :d - shift[0], :h - shift[1], :w - shift[2], 2 * uo + vo]
+            expected[:, shift[0]:, shift[1]:, shift[2]:] += source
+    result = _finish_gradient(slots.to(DEVICE), (b, 1, d, h, w), 4, plane)
+    torch.testing.assert_close(result[:, 0].cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_pack_corners_layout_and_budget(monkeypatch):
@@ -727,7 +828,17 @@ def test_kernels_compile_for_sm90():
     pack_specs += [{"module": module, "kernel": "unpack_corners_kernel", "default_pointer": "*fp32",
                     "constexprs": {"BLOCK_V": 256, "BLOCK_C": channels, "PACK": pack}}
                    for _, _, channels, _, _, _, pack in packed_variants]
-    ptx = compile_ptx(specs + pack_specs)
+    # 4 slots packed across y and x with the plane carry, and their unpacking (across z: the variants above)
+    plane_specs = [{"module": module, "kernel": "march_adjoint_kernel", "pointer_types": ints,
+                    "default_pointer": "*fp32", "aligned": aligned,
+                    "constexprs": {"BLOCK_R": 128, "BLOCK_C": 1, "ACC": "tl.float32", "VEC": 4, "TILE_W": 8,
+                                   "MERGE_RUNS": True, "PACK": 4, "CARRY": True, "PLANE": plane}} for plane in (1, 2)]
+    plane_specs += [{"module": module, "kernel": "unpack_corners_kernel", "default_pointer": "*fp32",
+                     "constexprs": {"BLOCK_V": 256, "BLOCK_C": 1, "PACK": 4, "PLANE": plane}} for plane in (1, 2)]
+    ptx = compile_ptx(specs + pack_specs + plane_specs)
+    for plane_ptx in ptx[len(specs) + len(pack_specs):len(specs) + len(pack_specs) + 2]:
+        atomics = re.findall(r"\b(?:red|atom)\.global\.[\w.]+", plane_ptx)
+        assert len(atomics) == 4 and all(a.endswith(".v4.f32") for a in atomics), set(atomics)  # 2 flush sites × 2
     n_packed = len(pack_specs) // 2
     for pack_ptx, spec in zip(ptx[len(specs):len(specs) + n_packed], pack_specs):
         assert "st.global.v4.b32" in pack_ptx  # each voxel's slots in one 16-byte vector store
@@ -792,6 +903,18 @@ def test_cuda_packed_forward_matches_reference(channels, pack, monkeypatch):
     monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
     _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
     _assert_close(TritonBackend.forward(volume.bfloat16(), *args), march_forward(volume.bfloat16().float(), *args))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("plane", [-1, 0, 1, 2])
+def test_cuda_plane_carry_matches_reference(plane, monkeypatch):
+    """One channel, 4 slots with the plane carry across each axis (and the rays' dominant one)."""
+    volume, args, rays = _gpu_case(seed=8, c=1)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", 4)
+    monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 4)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PLANE_AXIS", plane)
+    grad = torch.rand(*rays.t_near.shape, 1, device="cuda")
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
 
 
 @pytest.mark.cuda

@@ -112,6 +112,7 @@ class ProjectAttenuate(torch.autograd.Function):
             direct = torch.empty_like(thick).copy_(direct)  # the kernel reads it with t's strides
         buffer, vec, grad_strides, pack = tb._gradient_buffer(ctx.volume_shape, torch.float32, device,
                                                                 ctx.memory_budget_mib)
+        switches = tb.adjoint_switches(pack, direction)
         if n and r:
             rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
             _, adj, tuned = _kernels()
@@ -120,10 +121,10 @@ class ProjectAttenuate(torch.autograd.Function):
                     mu.shape[1], 1.0 / MM_PER_CM, *grad_strides, *ray_strides, *thick.stride(), *mu.stride())
             meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
                     "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
-                    "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **tb.adjoint_switches(pack)}
+                    "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **switches}
             with tb._on(device):
                 tb._launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False)
-        grad = tb._finish_gradient(buffer, ctx.volume_shape, pack).to(ctx.volume_dtype)
+        grad = tb._finish_gradient(buffer, ctx.volume_shape, pack, switches["PLANE"]).to(ctx.volume_dtype)
         return (grad,) + (None,) * 10
 
 

@@ -100,7 +100,7 @@ def march_attenuate_adjoint_kernel(
     s_mm, s_me,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, MERGE_RUNS: tl.constexpr, VEC: tl.constexpr,
     TILE_W: tl.constexpr, PACK: tl.constexpr, N_MAT: tl.constexpr, BLOCK_E: tl.constexpr, N_CHUNKS: tl.constexpr,
-    HAS_GRAD_THICK: tl.constexpr, CARRY: tl.constexpr = False,
+    HAS_GRAD_THICK: tl.constexpr, CARRY: tl.constexpr = False, PLANE: tl.constexpr = 0,
 ):
     """Scatter the density gradient of ``ℓ(t, I_atten, line)`` along every ray (the exact transpose of the
     march), its per-ray thickness gradient computed in registers from the saved ``t`` and ``L``.
@@ -138,4 +138,5 @@ def march_attenuate_adjoint_kernel(
         g += tl.where(chan[None, :] == m, g_m[:, None], 0.0)
         gk += tl.where((kk // PACK)[None, :] == m, g_m[:, None], 0.0)
     _scatter_rays(grad, g.to(ACC), gk.to(ACC), oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok,
-                  size_d, size_h, size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, MERGE_RUNS, VEC, PACK, CARRY)
+                  size_d, size_h, size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, MERGE_RUNS, VEC, PACK, CARRY,
+                  PLANE)

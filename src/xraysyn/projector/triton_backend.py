@@ -39,6 +39,9 @@ _INT32_LIMIT = 2**31 - 1
 # Attribute that build_rays sets on the volume_index tensors it makes: their exclusive upper bound, so
 # the backend can skip re-checking them on the device (a synchronisation) before each launch.
 _INDEX_BOUND_ATTR = "_xraysyn_index_bound"
+# Attribute that build_rays sets on the direction tensors it makes: the voxel axis the rays cross most cells
+# along (dominant_axis), computed on the host from the views' geometry.
+_DOMINANT_AXIS_ATTR = "_xraysyn_dominant_axis"
 # Rays per program and warps per program when not autotuning (the interpreter, or a forced config).
 _DEFAULT_BLOCK_R = 128
 _DEFAULT_NUM_WARPS = 4
@@ -134,11 +137,42 @@ def forward_switches(tuned: bool) -> dict:
     return meta
 
 
-def adjoint_switches(pack: int) -> dict:
-    """The adjoint's constexprs that follow ``TritonBackend``'s switches, for ``pack`` corner slots per channel."""
+def adjoint_switches(pack: int, direction: torch.Tensor | None = None) -> dict:
+    """The adjoint's constexprs that follow ``TritonBackend``'s switches, for ``pack`` corner slots per channel
+    and rays of ``direction (N, R, 3)`` (``PLANE``: the axis the 4-slot packing packs across, see
+    ``ADJOINT_PLANE_AXIS``; 0 when ``direction`` is not given)."""
     merge = bool(TritonBackend.MERGE_RUNS)
     carry = merge and bool(TritonBackend.CARRY_CORNERS) and pack <= int(TritonBackend.CARRY_MAX_PACK)
-    return {"MERGE_RUNS": merge, "CARRY": carry}
+    return {"MERGE_RUNS": merge, "CARRY": carry, "PLANE": _adjoint_plane(pack, carry, direction)}
+
+
+def _adjoint_plane(pack: int, carry: bool, direction: torch.Tensor | None) -> int:
+    """The axis (0 = z, 1 = y, 2 = x) across which the 4-slot packed adjoint groups a cell's corners:
+    ``ADJOINT_PLANE_AXIS``, or with -1 (auto) the rays' dominant axis when the plane carry is on (a step
+    along it then keeps half the cell in registers), else 0."""
+    axis = TritonBackend.ADJOINT_PLANE_AXIS
+    if axis not in (-1, 0, 1, 2):
+        raise TritonBackendInputError(
+            f"TritonBackend.ADJOINT_PLANE_AXIS must be -1 (auto), 0 (z), 1 (y) or 2 (x), got {axis!r}")
+    if pack != 4:
+        return 0
+    if axis >= 0:
+        return axis
+    return dominant_axis(direction) if carry and direction is not None else 0
+
+
+def dominant_axis(direction: torch.Tensor) -> int:
+    """The voxel axis (0 = z, 1 = y, 2 = x) rays of ``direction (N, R, 3)`` (voxels per mm) cross most cells
+    along: the largest summed ``|direction|`` component of each view's middle ray. Known without a device
+    read for rays from this module's :func:`build_rays` (computed on the host); otherwise read from the
+    tensor (one small device→host copy)."""
+    known = getattr(direction, _DOMINANT_AXIS_ATTR, None)
+    if known is not None:
+        return int(known)
+    if direction.numel() == 0:
+        return 0
+    middle = direction[:, direction.shape[1] // 2].detach().abs().sum(0)
+    return int(np.argmax(np.asarray(middle.tolist())))
 
 
 @functools.cache
@@ -334,6 +368,14 @@ class TritonBackend:
     # carry measured slower (table above).
     CARRY_CORNERS = True
     CARRY_MAX_PACK = 2
+    # The axis across which the 4-slot packed adjoint (ADJOINT_PACK = 4, one channel) puts a cell's corners in
+    # two vectors of 2 × 2 (0 = z, 1 = y, 2 = x; -1 = auto: the rays' dominant axis when the carry applies to
+    # 4 slots, i.e. CARRY_MAX_PACK >= 4, else z). With 4 slots the carry is the plane carry: a step of one cell
+    # along that axis (80 % of the cell changes on W2 for its dominant axis y) keeps the shared quad in
+    # registers. Requests counted exactly (benchmarks/adjoint_atomics.py, W2): 0.104 per corner and sample
+    # without carry, 0.099 with the plane across z, 0.0625 across y. Not yet timed on a GPU, so the carry stays
+    # off at 4 slots (CARRY_MAX_PACK = 2); benchmarks: xraysyn[cmax=4] (auto), xraysyn[cmax=4+plane=0].
+    ADJOINT_PLANE_AXIS = -1
     # Width of the 2-D detector tiles of the forward / adjoint march (0 = runs of consecutive rays); a tile
     # 4 wide makes a 32-lane warp an 8 × 4 patch of pixels.
     FORWARD_TILE_WIDTH = 4
@@ -478,11 +520,12 @@ class TritonBackend:
         buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device, memory_budget_mib)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
+        switches = adjoint_switches(pack, direction)
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
-                "PACK": pack, **adjoint_switches(pack)}
+                "PACK": pack, **switches}
         with _on(device):
             _launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False)
-        return _finish_gradient(buffer, (b, c, d, h, w), pack)
+        return _finish_gradient(buffer, (b, c, d, h, w), pack, switches["PLANE"])
 
 
 class PreparedVolume(NamedTuple):
@@ -559,10 +602,10 @@ def _gradient_buffer(volume_shape, acc_dtype: torch.dtype, device: torch.device,
     return buffer, vec, strides, 1
 
 
-def _finish_gradient(buffer: torch.Tensor, volume_shape, pack: int) -> torch.Tensor:
+def _finish_gradient(buffer: torch.Tensor, volume_shape, pack: int, plane: int = 0) -> torch.Tensor:
     """The ``(B, C, D, H, W)`` gradient from the adjoint's scatter buffer: the buffer itself as a channels-last
-    view, or, from packed slots, a contiguous tensor summed in one kernel pass (the layout of a contiguous
-    volume, so autograd need not copy it into the volume's layout)."""
+    view, or, from packed slots (packed across axis ``plane`` for 4 slots), a contiguous tensor summed in one
+    kernel pass (the layout of a contiguous volume, so autograd need not copy it into the volume's layout)."""
     b, c, d, h, w = volume_shape
     if pack == 1:
         return buffer.permute(0, 4, 1, 2, 3)
@@ -571,7 +614,7 @@ def _finish_gradient(buffer: torch.Tensor, volume_shape, pack: int) -> torch.Ten
     with _on(buffer.device):
         _kernels().unpack_corners[(-(-n_voxels // _PACK_BLOCK_V), b)](
             buffer, grad, n_voxels, h, w, c, BLOCK_V=_PACK_BLOCK_V, BLOCK_C=_next_power_of_two(c), PACK=pack,
-            num_warps=4)
+            PLANE=plane, num_warps=4)
     return grad
 
 
@@ -740,9 +783,10 @@ def _source_world(pose: np.ndarray, iso: np.ndarray) -> np.ndarray:
 
 def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_shape, geometry, step_mm, num_samples,
                       acc_dtype):
-    """``(params, volume_index)`` float64 / int64 numpy: what the ray set-up kernel reads — the detector
-    numbers, then per view the source in voxel coordinates (3) and the camera-to-voxel map (9) — and
-    each view's volume. A handful of 4 × 4 operations in float64 numpy (each ~1 µs; torch pays ~10 µs a
+    """``(params, volume_index, dominant axis)``: what the ray set-up kernel reads (float64 numpy) — the
+    detector numbers, then per view the source in voxel coordinates (3) and the camera-to-voxel map (9) —,
+    each view's volume (int64 numpy) and the voxel axis the views' optical axes run along most
+    (:func:`dominant_axis`). A handful of 4 × 4 operations in float64 numpy (each ~1 µs; torch pays ~10 µs a
     call), skipped for frames and geometry met recently (:mod:`~xraysyn.projector.host_memo`)."""
     pose, affines, iso, voxel_from_world = _host_frames(poses, world_from_voxel, isocenter, host_frames,
                                                         spatial_shape)
@@ -767,8 +811,10 @@ def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_s
     detector = np.array([geometry.sdd, row0, col0, row_mm, col_mm, tiny, step_mm or 1.0])
     params = np.concatenate([detector, np.concatenate([origin, camera_to_voxel.reshape(n_views, 9)], 1).ravel()])
     params.flags.writeable = volume_index.flags.writeable = False  # shared by later calls with the same key
-    _RAY_SETUP_PARAMS.put(key, (params, volume_index))
-    return params, volume_index
+    # the middle ray's direction is the camera's optical axis: column 2 of each view's camera→voxel map
+    dominant = int(np.argmax(np.abs(camera_to_voxel[:, :, 2]).sum(0))) if n_views else 0
+    _RAY_SETUP_PARAMS.put(key, (params, volume_index, dominant))
+    return params, volume_index, dominant
 
 
 def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shape, geometry, *,
@@ -799,8 +845,8 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     n_rays = rows * cols
     if n_views * n_rays * 3 > _INT32_LIMIT:
         raise TritonBackendInputError(f"{n_views} views × {n_rays} rays exceed 32-bit indexing; split the views")
-    host, volume_index = _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, (d, h, w), geometry,
-                                           step_mm, num_samples, acc_dtype)
+    host, volume_index, dominant = _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, (d, h, w),
+                                                     geometry, step_mm, num_samples, acc_dtype)
     # copies: the memo's read-only arrays must not become the storage of tensors a caller could write to
     params = torch.from_numpy(host.copy()).to(device=device, dtype=acc_dtype)
     direction = torch.empty(n_views, n_rays, 3, dtype=acc_dtype, device=device)
@@ -817,5 +863,6 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     origin_dev = params.as_strided((n_views, 3), (12, 1), params.storage_offset() + 7)
     index = torch.from_numpy(volume_index.copy()).to(device)
     setattr(index, _INDEX_BOUND_ATTR, n_vol)
+    setattr(direction, _DOMINANT_AXIS_ATTR, dominant)
     return RaySet(origin=origin_dev, direction=direction, t_near=t_near, delta=delta, n_samples=n_samples,
                   volume_index=index, length=length)

@@ -231,6 +231,67 @@ def _carry_cell(c000, c001, c010, c011, c100, c101, c110, c111, step_z, step_y, 
 
 
 @triton.jit
+def _plane_quads(c000, c001, c010, c011, c100, c101, c110, c111, PLANE: tl.constexpr):
+    """A cell's 8 per-corner values as two quads across the ``PLANE`` axis (0 = z, 1 = y, 2 = x): the near
+    corners (index 0 along it), then the far ones, each ordered ``(00, 01, 10, 11)`` by the other two axes
+    ``(u, v)`` in ``(z, y, x)`` order."""
+    if PLANE == 0:
+        return c000, c001, c010, c011, c100, c101, c110, c111
+    elif PLANE == 1:
+        return c000, c001, c100, c101, c010, c011, c110, c111
+    else:
+        return c000, c010, c100, c110, c001, c011, c101, c111
+
+
+@triton.jit
+def _plane_masks(near, far, PLANE: tl.constexpr):
+    """Per corner ``abc`` (in ``(z, y, x)`` order): ``near`` for the corners with index 0 along ``PLANE``,
+    ``far`` for the others."""
+    if PLANE == 0:
+        return near, near, near, near, far, far, far, far
+    elif PLANE == 1:
+        return near, near, far, far, near, near, far, far
+    else:
+        return near, far, near, far, near, far, near, far
+
+
+@triton.jit
+def _plane_step(step_z, step_y, step_x, can, PLANE: tl.constexpr):
+    """``(up, down)``: where the ray moved exactly one cell forwards / backwards along ``PLANE`` and none
+    along the other axes (rows where ``can``): the new cell then shares one plane of corners."""
+    if PLANE == 0:
+        along, rest = step_z, (step_y == 0) & (step_x == 0)
+    elif PLANE == 1:
+        along, rest = step_y, (step_z == 0) & (step_x == 0)
+    else:
+        along, rest = step_x, (step_z == 0) & (step_y == 0)
+    straight = can & rest
+    return straight & (along == 1), straight & (along == -1)
+
+
+@triton.jit
+def _carry_plane(c000, c001, c010, c011, c100, c101, c110, c111, step, zero, PLANE: tl.constexpr):
+    """The 8 per-corner values after the cell moved ``step`` along ``PLANE`` only (:func:`_carry` on each
+    pair of corners across that axis; ``step = 2``: nothing shared)."""
+    if PLANE == 0:
+        c000, c100 = _carry(c000, c100, step, zero)
+        c001, c101 = _carry(c001, c101, step, zero)
+        c010, c110 = _carry(c010, c110, step, zero)
+        c011, c111 = _carry(c011, c111, step, zero)
+    elif PLANE == 1:
+        c000, c010 = _carry(c000, c010, step, zero)
+        c001, c011 = _carry(c001, c011, step, zero)
+        c100, c110 = _carry(c100, c110, step, zero)
+        c101, c111 = _carry(c101, c111, step, zero)
+    else:
+        c000, c001 = _carry(c000, c001, step, zero)
+        c010, c011 = _carry(c010, c011, step, zero)
+        c100, c101 = _carry(c100, c101, step, zero)
+        c110, c111 = _carry(c110, c111, step, zero)
+    return c000, c001, c010, c011, c100, c101, c110, c111
+
+
+@triton.jit
 def _corner_masks(rows, z0, z1, y0, y1, x0, x1):
     """Per corner ``abc``: ``rows`` and not (``z_a & y_b & x_c``), i.e. the rows where corner ``abc`` is not
     shared with the neighbouring cell (the per-axis flags come from :func:`_kept` or :func:`_available`)."""
@@ -416,16 +477,20 @@ def _scatter_cell(grad_ptr, cell, chan_off, g, chan_mask, s_gd, s_gh, s_gw,
 
 
 @triton.jit
-def _scatter_cell_packed(grad_ptr, cell, kk, gk, slot_mask, s_gd, s_gh,
+def _scatter_cell_packed(grad_ptr, cell, kk, gk, slot_mask, s_gd, s_gh, s_gw,
                          w000, w001, w010, w011, w100, w101, w110, w111,
-                         m000, m001, m010, m011, m100, m101, m110, m111, PACK: tl.constexpr, K: tl.constexpr):
+                         m000, m001, m010, m011, m100, m101, m110, m111, PACK: tl.constexpr, K: tl.constexpr,
+                         PLANE: tl.constexpr):
     """Add the 8 corner contributions of ``cell`` with ``8 / PACK`` vector atomics of ``K`` floats.
 
-    Packed gradient layout ``(B, D, H, W, K)``, ``K = C · PACK``, slot ``k = c · PACK + 2 · yo + xo``
-    of voxel ``(z, y, x)`` holds what cells based at ``(z, y, x)`` give to voxel ``(z, y + yo, x + xo)``
-    (``PACK = 2``: x pairs only, ``yo = 0``; ``PACK = 4``: x and y pairs). The host adds the slots
-    up afterwards; every product ``w · g`` is the same as in the plain scatter. A vector goes out for
-    a ray when any of its corners' masks is true (the caller zeroes the weights of the others).
+    Packed gradient layout ``(B, D, H, W, K)``, ``K = C · PACK``. ``PACK = 2``: slot ``k = c · 2 + xo``
+    of voxel ``(z, y, x)`` holds what cells based at ``(z, y, x)`` give to voxel ``(z, y, x + xo)``.
+    ``PACK = 4``: the 2 × 2 corners of the cell across the ``PLANE`` axis (0 = z: the default, 1 = y,
+    2 = x) in one vector, slot ``k = c · 4 + 2 · uo + vo`` for the offsets ``(uo, vo)`` along the other
+    two axes in ``(z, y, x)`` order (``PLANE = 0``: ``(y, x)``); the far quad goes to the voxel one step
+    along ``PLANE``. The host adds the slots up afterwards; every product ``w · g`` is the same as in the
+    plain scatter. A vector goes out for a ray when any of its corners' masks is true (the caller zeroes
+    the weights of the others).
     """
     yo, xo = _corner_tiles(kk, PACK)
     if PACK == 2:
@@ -440,14 +505,26 @@ def _scatter_cell_packed(grad_ptr, cell, kk, gk, slot_mask, s_gd, s_gh,
                       mask=(m110 | m111)[:, None] & slot_mask, sem="relaxed")
     else:
         off = (cell * K)[:, None] + kk[None, :]
-        near = tl.where(yo == 0, tl.where(xo == 0, w000[:, None], w001[:, None]),
-                        tl.where(xo == 0, w010[:, None], w011[:, None]))
-        far = tl.where(yo == 0, tl.where(xo == 0, w100[:, None], w101[:, None]),
-                       tl.where(xo == 0, w110[:, None], w111[:, None]))
-        tl.atomic_add(grad_ptr + off, near * gk, mask=(m000 | m001 | m010 | m011)[:, None] & slot_mask,
+        n00, n01, n10, n11, f00, f01, f10, f11 = _plane_quads(w000, w001, w010, w011, w100, w101, w110, w111,
+                                                              PLANE)
+        mn00, mn01, mn10, mn11, mf00, mf01, mf10, mf11 = _plane_quads(m000, m001, m010, m011, m100, m101, m110,
+                                                                      m111, PLANE)
+        uo = yo  # the slot's offsets along the two axes other than PLANE
+        vo = xo
+        near = tl.where(uo == 0, tl.where(vo == 0, n00[:, None], n01[:, None]),
+                        tl.where(vo == 0, n10[:, None], n11[:, None]))
+        far = tl.where(uo == 0, tl.where(vo == 0, f00[:, None], f01[:, None]),
+                       tl.where(vo == 0, f10[:, None], f11[:, None]))
+        if PLANE == 0:
+            s_across = s_gd
+        elif PLANE == 1:
+            s_across = s_gh
+        else:
+            s_across = s_gw
+        tl.atomic_add(grad_ptr + off, near * gk, mask=(mn00 | mn01 | mn10 | mn11)[:, None] & slot_mask,
                       sem="relaxed")
-        tl.atomic_add(grad_ptr + off + s_gd * K, far * gk, mask=(m100 | m101 | m110 | m111)[:, None] & slot_mask,
-                      sem="relaxed")
+        tl.atomic_add(grad_ptr + off + s_across * K, far * gk,
+                      mask=(mf00 | mf01 | mf10 | mf11)[:, None] & slot_mask, sem="relaxed")
 
 
 @triton.jit
@@ -464,12 +541,12 @@ def _corner_weights(fz, fy, fx):
 def _add_cell(grad, cell, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
               w000, w001, w010, w011, w100, w101, w110, w111,
               m000, m001, m010, m011, m100, m101, m110, m111,
-              VEC: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr):
+              VEC: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr, PLANE: tl.constexpr):
     """Add the weighted gradient of one cell per ray, corner ``abc`` where ``m_abc`` is true; plain or packed."""
     if PACK > 1:
-        _scatter_cell_packed(grad, cell, kk, gk, slot_mask, s_vd, s_vh,
+        _scatter_cell_packed(grad, cell, kk, gk, slot_mask, s_vd, s_vh, s_vw,
                              w000, w001, w010, w011, w100, w101, w110, w111,
-                             m000, m001, m010, m011, m100, m101, m110, m111, PACK, K)
+                             m000, m001, m010, m011, m100, m101, m110, m111, PACK, K, PLANE)
     else:
         _scatter_cell(grad, cell, chan_off, g, chan_mask, s_vd, s_vh, s_vw,
                       w000, w001, w010, w011, w100, w101, w110, w111,
@@ -489,12 +566,13 @@ def march_adjoint_kernel(
     s_gn, s_gr, s_gc,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, MERGE_RUNS: tl.constexpr,
     VEC: tl.constexpr, TILE_W: tl.constexpr, PACK: tl.constexpr, CARRY: tl.constexpr = False,
+    PLANE: tl.constexpr = 0,
 ):
     """Scatter ``gout[n, r, c] * delta * w_corner`` of every sample into ``grad`` (the exact transpose).
 
     ``PACK = 1``: ``grad`` is the gradient volume itself. ``PACK = 2`` or ``4``: ``grad`` is the packed
     layout of :func:`_scatter_cell_packed` (``VEC = K = C · PACK`` elements per voxel), which needs
-    4 or 2 vector atomics per cell instead of 8.
+    4 or 2 vector atomics per cell instead of 8; ``PLANE``: the axis across which ``PACK = 4`` packs.
     """
     view, rays, ray_ok, chan, chan_ok, grad, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _program_rays(
         grad_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels, s_vb,
@@ -508,17 +586,20 @@ def march_adjoint_kernel(
     else:
         gk = g
     _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
-                  size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, MERGE_RUNS, VEC, PACK, CARRY)
+                  size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, MERGE_RUNS, VEC, PACK, CARRY, PLANE)
 
 
 @triton.jit
 def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
                   size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
-                  MERGE_RUNS: tl.constexpr, VEC: tl.constexpr, PACK: tl.constexpr, CARRY: tl.constexpr):
+                  MERGE_RUNS: tl.constexpr, VEC: tl.constexpr, PACK: tl.constexpr, CARRY: tl.constexpr,
+                  PLANE: tl.constexpr = 0):
     """Scatter ``g · delta · w_corner`` of every sample of a block of rays into one gradient volume ``grad``.
 
     ``g (BLOCK_R, BLOCK_C)``: the gradient of each ray's line integrals; ``gk (BLOCK_R, C · PACK)``: the
-    same per packed slot (``gk[:, k] = g[:, k // PACK]``; equal to ``g`` for ``PACK = 1``).
+    same per packed slot (``gk[:, k] = g[:, k // PACK]``; equal to ``g`` for ``PACK = 1``). With ``CARRY``
+    and ``PACK = 4`` the carry is the plane carry: a step of one cell along ``PLANE`` (and none along the
+    other axes) keeps the shared quad of corners in registers, the only packed vector two cells can share.
     """
     g = g * dt[:, None]
     gk = gk * dt[:, None]
@@ -552,7 +633,29 @@ def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok
             cell = tl.where(live, cell, -1)
             leaving = cell != prev
             flush = leaving & (prev >= 0)
-            if CARRY:
+            if CARRY and PACK == 4:
+                up, down = _plane_step(iz - pz, iy - py, ix - px, flush & live, PLANE)
+                m000, m001, m010, m011, m100, m101, m110, m111 = _plane_masks(flush & ~down, flush & ~up, PLANE)
+                _add_cell(grad, prev, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
+                          tl.where(m000, a000, zero), tl.where(m001, a001, zero), tl.where(m010, a010, zero),
+                          tl.where(m011, a011, zero), tl.where(m100, a100, zero), tl.where(m101, a101, zero),
+                          tl.where(m110, a110, zero), tl.where(m111, a111, zero),
+                          m000, m001, m010, m011, m100, m101, m110, m111, VEC, PACK, BLOCK_C * PACK, PLANE)
+                step = tl.where(leaving, tl.where(up, 1, tl.where(down, -1, 2)), 0)
+                a000, a001, a010, a011, a100, a101, a110, a111 = _carry_plane(
+                    a000, a001, a010, a011, a100, a101, a110, a111, step, zero, PLANE)
+                a000 += tl.where(live, w000, zero)
+                a001 += tl.where(live, w001, zero)
+                a010 += tl.where(live, w010, zero)
+                a011 += tl.where(live, w011, zero)
+                a100 += tl.where(live, w100, zero)
+                a101 += tl.where(live, w101, zero)
+                a110 += tl.where(live, w110, zero)
+                a111 += tl.where(live, w111, zero)
+                pz = iz
+                py = iy
+                px = ix
+            elif CARRY:
                 # corners the next cell shares (a step along one axis shares 4 of 8) keep accumulating in
                 # registers; only the others are flushed
                 can = flush & live
@@ -564,7 +667,7 @@ def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok
                           tl.where(m000, a000, zero), tl.where(m001, a001, zero), tl.where(m010, a010, zero),
                           tl.where(m011, a011, zero), tl.where(m100, a100, zero), tl.where(m101, a101, zero),
                           tl.where(m110, a110, zero), tl.where(m111, a111, zero),
-                          m000, m001, m010, m011, m100, m101, m110, m111, VEC, PACK, BLOCK_C * PACK)
+                          m000, m001, m010, m011, m100, m101, m110, m111, VEC, PACK, BLOCK_C * PACK, PLANE)
                 a000, a001, a010, a011, a100, a101, a110, a111 = _carry_cell(
                     a000, a001, a010, a011, a100, a101, a110, a111, _cell_step(leaving, can, iz - pz),
                     _cell_step(leaving, can, iy - py), _cell_step(leaving, can, ix - px), zero)
@@ -582,7 +685,7 @@ def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok
             else:
                 _add_cell(grad, prev, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
                           a000, a001, a010, a011, a100, a101, a110, a111,
-                          flush, flush, flush, flush, flush, flush, flush, flush, VEC, PACK, BLOCK_C * PACK)
+                          flush, flush, flush, flush, flush, flush, flush, flush, VEC, PACK, BLOCK_C * PACK, PLANE)
                 a000 = tl.where(leaving, zero, a000) + tl.where(live, w000, zero)
                 a001 = tl.where(leaving, zero, a001) + tl.where(live, w001, zero)
                 a010 = tl.where(leaving, zero, a010) + tl.where(live, w010, zero)
@@ -595,12 +698,12 @@ def _scatter_rays(grad, g, gk, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok
         else:
             _add_cell(grad, cell, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
                       w000, w001, w010, w011, w100, w101, w110, w111,
-                      live, live, live, live, live, live, live, live, VEC, PACK, BLOCK_C * PACK)
+                      live, live, live, live, live, live, live, live, VEC, PACK, BLOCK_C * PACK, PLANE)
     if MERGE_RUNS:
         last = prev >= 0
         _add_cell(grad, prev, chan_off, g, chan_mask, kk, gk, slot_mask, s_vd, s_vh, s_vw,
                   a000, a001, a010, a011, a100, a101, a110, a111,
-                  last, last, last, last, last, last, last, last, VEC, PACK, BLOCK_C * PACK)
+                  last, last, last, last, last, last, last, last, VEC, PACK, BLOCK_C * PACK, PLANE)
 
 
 @triton.jit
@@ -796,10 +899,12 @@ def pack_corners_kernel(src_ptr, dst_ptr, probe_ptr, n_voxels, size_h, size_w, s
 
 @triton.jit
 def unpack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, n_channels,
-                          BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, PACK: tl.constexpr):
+                          BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, PACK: tl.constexpr, PLANE: tl.constexpr = 0):
     """The gradient from the packed adjoint's slots, one pass: ``dst (B, C, D, H, W)`` contiguous, voxel
-    ``(z, y, x)`` = slot ``2 · yo + xo`` of voxel ``(z, y − yo, x − xo)`` summed over the slots that exist
-    (``src (B, D, H, W, C · PACK)``, slot ``c · PACK + 2 · yo + xo``)."""
+    ``p`` = slot ``2 · uo + vo`` of voxel ``p − uo · e_u − vo · e_v`` summed over the slots that exist
+    (``src (B, D, H, W, C · PACK)``, slot ``c · PACK + 2 · uo + vo``; ``PACK = 2``: ``v = x``, ``uo = 0``;
+    ``PACK = 4``: ``(u, v)`` the two axes other than ``PLANE`` in ``(z, y, x)`` order, see
+    :func:`_scatter_cell_packed`)."""
     item = tl.program_id(1).to(tl.int64)
     vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     ok = vox < n_voxels
@@ -809,11 +914,16 @@ def unpack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, n_channels
     k = n_channels * PACK
     slots = src_ptr + item * n_voxels * k + (chan * PACK)[None, :]
     here = (vox * k)[:, None]
+    if PACK == 4 and PLANE == 1:
+        u_ok, v_ok, u_step, v_step = z >= 1, x >= 1, size_h * size_w, 1
+    elif PACK == 4 and PLANE == 2:
+        u_ok, v_ok, u_step, v_step = z >= 1, y >= 1, size_h * size_w, size_w
+    else:
+        u_ok, v_ok, u_step, v_step = y >= 1, x >= 1, size_w, 1
     total = tl.load(slots + here, mask=both, other=0.0)
-    total += tl.load(slots + here - k + 1, mask=both & (x >= 1)[:, None], other=0.0)
+    total += tl.load(slots + here - v_step * k + 1, mask=both & v_ok[:, None], other=0.0)
     if PACK == 4:
-        row = size_w * k
-        total += tl.load(slots + here - row + 2, mask=both & (y >= 1)[:, None], other=0.0)
-        total += tl.load(slots + here - row - k + 3, mask=both & ((y >= 1) & (x >= 1))[:, None], other=0.0)
+        total += tl.load(slots + here - u_step * k + 2, mask=both & u_ok[:, None], other=0.0)
+        total += tl.load(slots + here - (u_step + v_step) * k + 3, mask=both & (u_ok & v_ok)[:, None], other=0.0)
     dst = dst_ptr + item * n_channels * n_voxels + (chan * n_voxels)[None, :] + vox[:, None]
     tl.store(dst, total, mask=both)
