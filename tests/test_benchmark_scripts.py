@@ -97,3 +97,20 @@ def test_projector_benchmark_variants_name_backend_switches(monkeypatch):
     assert bench.launch_configs("adj") == {"adjoint_config": "pinned BLOCK_R=256 warps=8"}
     assert bench.launch_configs("fwd") == {"forward_config": "pinned BLOCK_R=64 warps=4"}
     assert set(bench.launch_configs("fwd+bwd")) == {"forward_config", "adjoint_config"}
+
+
+def test_kernel_static_cost_reports_registers_and_the_sample_loop():
+    """The sm_90 static cost of two adjoint variants (Triton's own ptxas and cuobjdump, no GPU): the plane carry
+    adds instructions to the sample loop but no atomic sites (2 vector atomics per cell flush either way)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kernel_static_cost.py"),
+                           "--variants", "pack4,pack4+plane-carry-y"], capture_output=True, text=True, env=env,
+                          timeout=600, check=False)
+    if proc.returncode != 0 and "no ptxas" in proc.stderr:
+        pytest.skip("this triton ships no ptxas")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row["variant"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    plain, carry = rows["pack4"], rows["pack4+plane-carry-y"]
+    assert plain["loop_atomics"] == carry["loop_atomics"] == 2
+    assert 0 < plain["loop_instructions"] < carry["loop_instructions"] < plain["sass_instructions"]
+    assert plain["spill_bytes"] == carry["spill_bytes"] == 0 and 0 < plain["registers"] <= 255

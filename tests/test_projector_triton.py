@@ -815,7 +815,8 @@ def test_kernels_compile_for_sm90():
                       "pointer_types": {**ints, "vol_ptr": "*" + vol_type}, "default_pointer": "*" + acc_type,
                       "aligned": aligned})
         specs.append({"module": module, "kernel": "march_adjoint_kernel",
-                      "constexprs": {**common, "VEC": adjoint_vec, "MERGE_RUNS": merge, "PACK": pack, "CARRY": merge},
+                      "constexprs": {**common, "VEC": adjoint_vec, "MERGE_RUNS": merge, "PACK": pack, "CARRY": merge,
+                                     "PLANE": 0},
                       "pointer_types": ints, "default_pointer": "*" + acc_type, "aligned": aligned})
         specs.append({"module": module, "kernel": "backproject_gather_kernel",
                       "constexprs": {"BLOCK_V": 256, "BLOCK_C": block_c, "ACC": common["ACC"]},

@@ -34,6 +34,11 @@ def _compile_one(spec: dict) -> str:
     kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     constexprs = {k: getattr(tl, v[3:]) if isinstance(v, str) and v.startswith("tl.") else v
                   for k, v in spec["constexprs"].items()}
+    for param in kernel.params:  # constexprs left out take their defaults (else they would become i32 arguments)
+        if param.is_constexpr and param.name not in constexprs:
+            if not param.has_default:
+                raise ValueError(f"{spec['kernel']}: constexpr {param.name} has no default; give it in the spec")
+            constexprs[param.name] = param.default
     names = list(kernel.arg_names)
     signature = {}
     for name in names:
