@@ -215,19 +215,11 @@ def _cell_step(moved, can, delta):
 @triton.jit
 def _carry_cell(c000, c001, c010, c011, c100, c101, c110, c111, step_z, step_y, step_x, zero):
     """The 8 per-corner values of a cell after it moved ``(step_z, step_y, step_x)``: :func:`_carry` per axis."""
-    c000, c100 = _carry(c000, c100, step_z, zero)
-    c001, c101 = _carry(c001, c101, step_z, zero)
-    c010, c110 = _carry(c010, c110, step_z, zero)
-    c011, c111 = _carry(c011, c111, step_z, zero)
-    c000, c010 = _carry(c000, c010, step_y, zero)
-    c001, c011 = _carry(c001, c011, step_y, zero)
-    c100, c110 = _carry(c100, c110, step_y, zero)
-    c101, c111 = _carry(c101, c111, step_y, zero)
-    c000, c001 = _carry(c000, c001, step_x, zero)
-    c010, c011 = _carry(c010, c011, step_x, zero)
-    c100, c101 = _carry(c100, c101, step_x, zero)
-    c110, c111 = _carry(c110, c111, step_x, zero)
-    return c000, c001, c010, c011, c100, c101, c110, c111
+    c000, c001, c010, c011, c100, c101, c110, c111 = _carry_plane(c000, c001, c010, c011, c100, c101, c110, c111,
+                                                                  step_z, zero, 0)
+    c000, c001, c010, c011, c100, c101, c110, c111 = _carry_plane(c000, c001, c010, c011, c100, c101, c110, c111,
+                                                                  step_y, zero, 1)
+    return _carry_plane(c000, c001, c010, c011, c100, c101, c110, c111, step_x, zero, 2)
 
 
 @triton.jit
