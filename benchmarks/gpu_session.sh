@@ -65,7 +65,7 @@ for stage in $stages; do
              { timeout 150 python3 benchmarks/gpu_kernels.py --only "defaults,ct2xray"
                timeout 130 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls "naive-grid_sample,xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd,adj --reps 10
-               timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+               timeout 170 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn,xraysyn[ahead=0],xraysyn-static,xraysyn[cmax=4],xraysyn[cmax=4+plane=0]" \
                  --modes fwd,fwd+bwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;

@@ -125,7 +125,8 @@ def autotuned_march(kernel, *, forward: bool, extra_key: tuple[str, ...] = ()):
         configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
         return triton.autotune(configs, key=["n_rays", "n_channels", "TILE_W", "PACK", "REUSE", *extra_key])(kernel)
     configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
-    return triton.autotune(configs, key=["n_rays", "n_channels", "TILE_W", "PACK", "MERGE_RUNS", "CARRY", *extra_key],
+    return triton.autotune(configs, key=["n_rays", "n_channels", "TILE_W", "PACK", "MERGE_RUNS", "CARRY", "PLANE",
+                                         *extra_key],
                            reset_to_zero=["grad_ptr"])(kernel)
 
 
