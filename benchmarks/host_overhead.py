@@ -13,7 +13,9 @@ fused CT2Xray (``project_and_attenuate(fused=True)``: the separate steps would a
 uninitialised images) and ``backproject``. Prints one JSON line per call kind (median over ``--calls``
 calls, µs) and ``after_last_sync_us``: from the call's last device→host wait (a GPU synchronisation) to
 the launch of its main kernel (the march, or BP's gather) — the part of the host's work during which a
-GPU has finished everything queued and idles; ``--profile`` adds the top functions by cumulative time.
+GPU has finished everything queued and idles —, and ``before_first_kernel_us``: from the call's start to its
+first kernel launch (the forward's packing pass ahead of the rays), which a GPU idle at the call's start
+waits for; ``--profile`` adds the top functions by cumulative time.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ _EVENTS: list[tuple[str, float]] = []
 
 
 class _NoLaunch:
-    """Stands in for a kernel: ``kernel[grid](*args, **meta)`` does nothing (the call's ``main`` kernel notes
-    when it was launched)."""
+    """Stands in for a kernel: ``kernel[grid](*args, **meta)`` does nothing but note when it was launched
+    (``"main"`` for the call's main kernel, else ``"kernel"``)."""
 
     def __init__(self, main: bool = False) -> None:
-        self.main = main
+        self.event = "main" if main else "kernel"
 
     def __getitem__(self, grid):
-        return lambda *args, **meta: self.main and _EVENTS.append(("main", time.perf_counter()))
+        return lambda *args, **meta: _EVENTS.append((self.event, time.perf_counter()))
 
 
 def _stub_kernels() -> None:
@@ -72,6 +74,13 @@ def _stub_kernels() -> None:
 
     if read_values is not None:
         frames.read_values = noted_read
+
+
+def _before_first_kernel_us(start: float) -> float | None:
+    """µs from the call's start to its first Triton kernel launch (on a GPU idle at the start of the call,
+    the time before any of the call's real work begins there)."""
+    first = next((t for name, t in _EVENTS if name in ("kernel", "main")), None)
+    return None if first is None else (first - start) * 1e6
 
 
 def _after_last_sync_us() -> float | None:
@@ -114,17 +123,18 @@ def main(argv=None) -> None:
         for name, call in calls.items():
             for _ in range(20):
                 call()
-            times, gaps = [], []
+            times, gaps, leads = [], [], []
             for _ in range(args.calls):
                 _EVENTS.clear()
                 start = time.perf_counter()
                 call()
                 times.append((time.perf_counter() - start) * 1e6)
-                gap = _after_last_sync_us()
-                if gap is not None:
-                    gaps.append(gap)
+                for values, value in ((gaps, _after_last_sync_us()), (leads, _before_first_kernel_us(start))):
+                    if value is not None:
+                        values.append(value)
             print(json.dumps({"call": name, "host_us_median": round(statistics.median(times), 1),
                               "host_us_min": round(min(times), 1),
+                              "before_first_kernel_us_median": round(statistics.median(leads), 1) if leads else None,
                               "after_last_sync_us_median": round(statistics.median(gaps), 1) if gaps else None,
                               "calls": args.calls, "torch": torch.__version__}), flush=True)
             if args.profile:
