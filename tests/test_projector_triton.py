@@ -260,6 +260,17 @@ def test_plane_carry_of_the_four_slot_adjoint_matches_reference(plane, sampling,
     assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
 
 
+@pytest.mark.parametrize("plane", [-1, 1, 2])
+def test_plane_carry_with_several_volumes(plane, monkeypatch):
+    """Several items (each view scatters into its own volume's packed slots), one channel, plane carry."""
+    volume, args, _ = _case((3, 2, 1, (6, 7, 5), (7, 6), {"step_mm": 1.5}), seed=5)
+    grad = torch.rand(*args[2].shape, 1, device=DEVICE)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", 4)
+    monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 4)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PLANE_AXIS", plane)
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+
+
 def test_plane_follows_the_rays_dominant_axis(monkeypatch):
     """Auto plane: the voxel axis the rays cross most cells along, known on the host for rays from the Triton
     ray set-up (no device read) and equal to what the direction tensor itself says; z without the carry."""
