@@ -114,3 +114,32 @@ def test_kernel_static_cost_reports_registers_and_the_sample_loop():
     assert plain["loop_atomics"] == carry["loop_atomics"] == 2
     assert 0 < plain["loop_instructions"] < carry["loop_instructions"] < plain["sass_instructions"]
     assert plain["spill_bytes"] == carry["spill_bytes"] == 0 and 0 < plain["registers"] <= 255
+
+
+def test_gpu_report_tables_targets_peers_and_variants(tmp_path):
+    """The report reads one session's JSON lines (logs in between are skipped) and says per target whether
+    the shipped defaults met it, with the peers' same-run times and ratios; variants fastest first."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_report
+
+    lines = [
+        "stage defaults: 12 s",
+        json.dumps({"impl": "xraysyn", "workload": "W1", "mode": "fwd", "ms": 1.4}),
+        json.dumps({"impl": "xraysyn[ahead=0]", "workload": "W1", "mode": "fwd", "ms": 1.7,
+                    "forward_config": "BLOCK_R=128 UNROLL=2 warps=4"}),
+        json.dumps({"impl": "xraysyn", "workload": "W2", "mode": "fwd+bwd", "ms": 26.0}),
+        json.dumps({"impl": "xraysyn[cmax=4]", "workload": "W2", "mode": "fwd+bwd", "error": "boom"}),
+        json.dumps({"lib": "nanodrr", "workload": "W1", "mode": "fwd", "ms": 2.8}),
+        json.dumps({"lib": "flashdrr", "workload": "W2", "mode": "fwd+bwd", "ms": 65.0}),
+    ]
+    path = tmp_path / "session.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rows = gpu_report.read_rows([str(path)])
+    targets = gpu_report.targets_table(rows).splitlines()
+    assert "| W1 fwd | 1.5 | 1.40 | yes | 2.80 (2.0×) | — |" in targets
+    assert "| W2 fwd+bwd | 25 | 26.00 | no | — | 65.00 (2.5×) |" in targets
+    assert "| W1 fwd+bwd | 4 | — | — | — | — |" in targets
+    variants = gpu_report.variants_table(rows).splitlines()
+    w1 = [line for line in variants if line.startswith("| W1 | fwd")]
+    assert w1[0].startswith("| W1 | fwd | `xraysyn` | 1.40") and "BLOCK_R=128 UNROLL=2" in w1[1]
+    assert any("`xraysyn[cmax=4]` | error: boom" in line for line in variants)

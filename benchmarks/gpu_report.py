@@ -1,0 +1,102 @@
+"""The issue's GPU targets against one GPU session's JSON lines, as a markdown table.
+
+    python benchmarks/gpu_report.py OUT/*.jsonl [--run s3]
+
+Reads the rows ``benchmarks/projector.py`` (``impl``, ``workload``, ``mode``, ``ms``) and
+``../shared/bench/peers_gpu.py`` (``lib``, ``workload``, ``mode``, ``ms``) print in one session, and prints
+(1) the targets table: xraysyn (the shipped defaults) per workload and mode, the peers measured in the same
+run, the ratios and whether the target is met; (2) every xraysyn variant per workload and mode, fastest
+first, with its launch configuration when the row names one. Rows with an ``error`` are listed as such.
+``--run`` keeps only rows carrying that ``run`` label (files recorded under ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+# The issue's targets on the GPU the peers were measured on (ms): workload, mode → target
+TARGETS_MS = {("W1", "fwd"): 1.5, ("W1", "fwd+bwd"): 4.0, ("W2", "fwd"): 7.0, ("W2", "fwd+bwd"): 25.0}
+PEERS = ("nanodrr", "flashdrr")
+
+
+def read_rows(paths: list[str], run: str | None = None) -> list[dict]:
+    """The JSON objects of every line that parses as one (other lines are logs), optionally of one run."""
+    rows = []
+    for path in paths:
+        with open(path) as handle:
+            for line in handle:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if run is None or row.get("run") == run:
+                    rows.append(row)
+    return rows
+
+
+def _times(rows: list[dict]) -> dict:
+    """``(name, workload, mode) → ms`` for xraysyn impls and peers (the last row wins if one repeats)."""
+    times = {}
+    for row in rows:
+        name = row.get("impl") or row.get("lib")
+        if name and "workload" in row and "mode" in row and "ms" in row and "error" not in row:
+            times[(name, row["workload"], row["mode"])] = float(row["ms"])
+    return times
+
+
+def targets_table(rows: list[dict]) -> str:
+    times = _times(rows)
+    lines = ["| case | target ms | xraysyn ms | met | " + " | ".join(f"{p} ms (×)" for p in PEERS) + " |",
+             "|---|---:|---:|:-:|" + "---:|" * len(PEERS)]
+    for (workload, mode), target in TARGETS_MS.items():
+        ours = times.get(("xraysyn", workload, mode))
+        cells = [f"{workload} {mode}", f"{target:g}", "—" if ours is None else f"{ours:.2f}",
+                 "—" if ours is None else ("yes" if ours <= target else "no")]
+        for peer in PEERS:
+            theirs = times.get((peer, workload, mode))
+            if theirs is None:
+                cells.append("—")
+            else:
+                ratio = "" if ours is None else f" ({theirs / ours:.1f}×)"
+                cells.append(f"{theirs:.2f}{ratio}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def variants_table(rows: list[dict]) -> str:
+    """Every xraysyn implementation per (workload, mode), fastest first."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        impl = row.get("impl", "")
+        if impl.startswith("xraysyn") and "workload" in row and "mode" in row:
+            groups[(row["workload"], row["mode"])].append(row)
+    lines = ["| workload | mode | implementation | ms | launch configuration |", "|---|---|---|---:|---|"]
+    for (workload, mode), group in sorted(groups.items()):
+        for row in sorted(group, key=lambda r: (("error" in r), r.get("ms", float("inf")))):
+            config = "; ".join(str(row[k]) for k in ("forward_config", "adjoint_config") if k in row)
+            ms = "error: " + str(row["error"])[:60] if "error" in row else f"{row['ms']:.2f}"
+            lines.append(f"| {workload} | {mode} | `{row['impl']}` | {ms} | {config} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", help="JSON-lines files of one GPU session")
+    parser.add_argument("--run", default=None, help="keep only rows with this run label")
+    args = parser.parse_args(argv)
+    rows = read_rows(args.files, args.run)
+    if not rows:
+        sys.exit("no JSON rows in the given files")
+    print(targets_table(rows))
+    print()
+    print(variants_table(rows))
+
+
+if __name__ == "__main__":
+    main()
