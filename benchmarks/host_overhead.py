@@ -50,13 +50,14 @@ class _NoLaunch:
 
 
 def _stub_kernels() -> None:
-    from xraysyn.physics import fused_ct2xray
+    from xraysyn.physics import fused, fused_ct2xray
     from xraysyn.projector import frames
     from xraysyn.projector import triton_backend as tb
 
     # forward, adjoint, tuned, BP gather, ray set-up, pack, unpack
     tb._KERNELS = tb._Kernels(_NoLaunch(True), _NoLaunch(), False, _NoLaunch(True), *([_NoLaunch()] * 3))
     fused_ct2xray._KERNELS = (_NoLaunch(True), _NoLaunch(), False)
+    fused._KERNELS = (_NoLaunch(True), _NoLaunch())
     wait = frames.HostCopy.wait
 
     def noted_wait(self):
@@ -100,6 +101,7 @@ def main(argv=None) -> None:
     _stub_kernels()
     from xraysyn.geometry import ConeBeamGeometry
     from xraysyn.physics import project_and_attenuate, tube_spectrum
+    from xraysyn.physics.fused import fused_attenuate
     from xraysyn.projector import backproject, forward_project
 
     volume = torch.rand(8, 2, 8, 8, 8)
@@ -111,6 +113,7 @@ def main(argv=None) -> None:
     next_set = iter(range(10**9))
     spectrum = tube_spectrum(120.0)
     images = torch.rand(8, 2, 16, 16)
+    thickness = torch.rand(8, 2, 16, 16) * 5.0  # g/cm²
     calls = {
         "forward_project": lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
         "forward_project[new poses]": lambda: forward_project(volume, affine, pose_sets[next(next_set) % len(pose_sets)],
@@ -118,6 +121,8 @@ def main(argv=None) -> None:
         "project_and_attenuate[fused]": lambda: project_and_attenuate(volume, affine, poses, geometry, spectrum,
                                                                        num_samples=256, backend="triton", fused=True),
         "backproject": lambda: backproject(images, affine, poses, geometry, (8, 8, 8), backend="triton"),
+        # the CT2Xray epilogue as the separate steps run it on a GPU (the attenuation kernels stubbed)
+        "fused_attenuate": lambda: fused_attenuate(thickness, spectrum, implementation="triton"),
     }
     with torch.no_grad():
         for name, call in calls.items():

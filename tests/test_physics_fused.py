@@ -130,6 +130,49 @@ def test_bad_inputs_raise_one_clear_error(monkeypatch):
             fused_attenuate(t, spectrum, implementation="triton")
 
 
+def test_finite_check_can_be_left_to_a_caller_that_knows():
+    """check_finite=False (CT2Xray of a volume already checked finite) skips the scan of the thicknesses: a NaN
+    then propagates instead of raising — the caller's guarantee, not a silent fix."""
+    spectrum = tube_spectrum(120.0)
+    t = _thickness()
+    t[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        fused_attenuate(t, spectrum)
+    with pytest.raises(ValueError, match="non-finite"):
+        attenuate(t.cpu(), spectrum)
+    i_atten, _ = fused_attenuate(t, spectrum, check_finite=False)
+    assert bool(torch.isnan(i_atten[0, 0, 2, 3])) and bool(torch.isfinite(i_atten[1]).all())
+    i_atten, _ = attenuate(t.cpu(), spectrum, check_finite=False)
+    assert bool(torch.isnan(i_atten[0, 0, 2, 3]))
+
+
+def test_spectral_coefficients_are_remembered_by_value():
+    """The μ/ρ matrix and log weights of a (table, materials, spectrum, dtype, device) are made once and
+    equal the table's own lookup; other values (a changed table entry, another spectrum) give new ones."""
+    from xraysyn.physics import MaterialTable
+    from xraysyn.physics.attenuation import spectral_coefficients
+
+    table = MaterialTable.default()
+    spectrum = tube_spectrum(90.0)
+    materials = ("cortical_bone_icrp", "soft_tissue_icrp")
+    mu, log_w = spectral_coefficients(spectrum, materials, table, dtype=torch.float64)
+    torch.testing.assert_close(mu, table.attenuation_matrix(materials, spectrum.energies_keV, dtype=torch.float64),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(log_w, spectrum.log_weights(dtype=torch.float64), rtol=0, atol=0)
+    again = spectral_coefficients(spectrum, list(materials), table, dtype=torch.float64)
+    assert again[0] is mu and again[1] is log_w
+    changed = MaterialTable(table.energies_keV.copy(), {**table.values, "soft_tissue_icrp":
+                                                        table.values["soft_tissue_icrp"] * 2.0})
+    mu2, _ = spectral_coefficients(spectrum, materials, changed, dtype=torch.float64)
+    torch.testing.assert_close(mu2[1], mu[1] * 2.0)
+    assert spectral_coefficients(tube_spectrum(120.0), materials, table, dtype=torch.float64)[1].shape != \
+        log_w.shape or not torch.equal(spectral_coefficients(tube_spectrum(120.0), materials, table,
+                                                            dtype=torch.float64)[1], log_w)
+    assert spectral_coefficients(spectrum, materials, table, dtype=torch.float32)[0].dtype == torch.float32
+    with pytest.raises(ValueError, match="not in the table"):
+        spectral_coefficients(spectrum, ("unobtainium",), table)
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_kernels_compile_for_sm90():
     """The real compiler (not only the interpreter) accepts the attenuation kernels."""

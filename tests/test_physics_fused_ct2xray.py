@@ -128,6 +128,25 @@ def test_fused_true_without_triton_backend_is_one_clear_error():
         project_and_attenuate(densities[:, :1], affine, poses, GEOMETRY, tube_spectrum(90.0))
 
 
+@pytest.mark.parametrize("backend", ["reference", FAST])
+def test_separate_steps_scan_the_volume_not_the_thicknesses(backend, monkeypatch):
+    """The separate steps attenuate without scanning the thickness maps again (the densities were checked
+    finite before projecting them, which still raises for NaN)."""
+    from xraysyn.physics import fused_ct2xray
+    from xraysyn.projector import ProjectorInputError
+
+    seen = []
+    attenuate = fused_ct2xray.attenuate
+    monkeypatch.setattr(fused_ct2xray, "attenuate",
+                        lambda *a, **k: seen.append(k.get("check_finite", True)) or attenuate(*a, **k))
+    densities, affine, poses = _setup((BONE, TISSUE))
+    project_and_attenuate(densities, affine, poses, GEOMETRY, tube_spectrum(90.0), fused=False, backend=backend)
+    assert seen == [False]
+    densities[0, 1, 2, 2, 2] = float("nan")
+    with pytest.raises(ProjectorInputError, match="non-finite"):
+        project_and_attenuate(densities, affine, poses, GEOMETRY, tube_spectrum(90.0), fused=False, backend=backend)
+
+
 def test_fused_kernels_compile_for_sm90():
     from triton_compile_helper import compile_ptx
 

@@ -18,27 +18,57 @@ import torch
 
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
+from xraysyn.projector.host_memo import HostMemo, array_key
 
-__all__ = ["attenuate", "log_attenuation", "display_image", "DEFAULT_ENERGY_CHUNK"]
+__all__ = ["attenuate", "log_attenuation", "display_image", "spectral_coefficients", "DEFAULT_ENERGY_CHUNK"]
 
 DEFAULT_ENERGY_CHUNK = 32
 """Energies processed at once; bounds the ``(N, chunk, rows, cols)`` temporary."""
 
+# (μ/ρ matrix, log weights) tensors of recently used (table, materials, spectrum, dtype, device), keyed by
+# the exact table and spectrum values.
+_COEFFICIENTS = HostMemo(max_entries=32)
 
-def _check_thickness(thickness: torch.Tensor, materials: Sequence[str]) -> None:
+
+def spectral_coefficients(spectrum: Spectrum, materials: Sequence[str], table: MaterialTable | None = None, *,
+                          dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mass_attenuation (M, E) cm²/g, log_weights (E,))`` of ``materials`` at the ``spectrum``'s energies,
+    as tensors on ``device``.
+
+    Remembered for recent combinations, keyed by the exact values of the table, the materials and the
+    spectrum (a call with the same ones skips the log-log interpolation and the host→device copies):
+    treat the tensors as read-only (:meth:`MaterialTable.attenuation_matrix` gives a private copy).
+    """
+    table = table or MaterialTable.default()
+    materials = tuple(materials)
+    if not all(isinstance(name, str) for name in materials) or not materials:
+        raise ValueError(f"materials must be a non-empty sequence of names, got {materials!r}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (array_key(table.energies_keV),
+           tuple((name, array_key(table.values[name]) if name in table.values else None) for name in materials),
+           array_key(spectrum.energies_keV), array_key(spectrum.weights), dtype, device)
+    kept = _COEFFICIENTS.get(key)
+    if kept is None:
+        kept = (table.attenuation_matrix(materials, spectrum.energies_keV, dtype=dtype, device=device),
+                spectrum.log_weights(dtype=dtype, device=device))
+        _COEFFICIENTS.put(key, kept)
+    return kept
+
+
+def _check_thickness(thickness: torch.Tensor, materials: Sequence[str], check_finite: bool = True) -> None:
     if not isinstance(thickness, torch.Tensor) or thickness.dim() != 4 or not thickness.is_floating_point():
         shape = tuple(thickness.shape) if isinstance(thickness, torch.Tensor) else type(thickness).__name__
         raise ValueError(f"thickness must be a floating-point tensor (N, M, rows, cols) in g/cm², got {shape}")
     if thickness.shape[1] != len(materials):
         raise ValueError(f"thickness has {thickness.shape[1]} material channels but materials lists "
                          f"{len(materials)}: {tuple(materials)}")
-    if not torch.isfinite(thickness).all():
+    if check_finite and not torch.isfinite(thickness).all():
         raise ValueError("thickness contains non-finite values (NaN or inf)")
 
 
 def log_attenuation(thickness: torch.Tensor, spectrum: Spectrum, *, mass_attenuation: torch.Tensor | None = None,
                     materials: Sequence[str] = DEFAULT_MATERIALS, table: MaterialTable | None = None,
-                    energy_chunk: int = DEFAULT_ENERGY_CHUNK) -> torch.Tensor:
+                    energy_chunk: int = DEFAULT_ENERGY_CHUNK, check_finite: bool = True) -> torch.Tensor:
     """``log I_atten`` of thickness maps, ``(N, 1, rows, cols)`` (≤ 0 for non-negative thickness).
 
     Args:
@@ -49,22 +79,24 @@ def log_attenuation(thickness: torch.Tensor, spectrum: Spectrum, *, mass_attenua
         materials: names of the channels in the :class:`MaterialTable` (default bone, tissue).
         table: μ/ρ table (default the shipped one).
         energy_chunk: energies per step of the running log-sum-exp (memory bound).
+        check_finite: raise for NaN/inf thicknesses (one read of them; on a GPU a synchronisation).
+            False only where the caller knows them finite, e.g. projections of a volume checked finite.
     """
-    _check_thickness(thickness, materials)
+    _check_thickness(thickness, materials, check_finite)
     if not isinstance(spectrum, Spectrum):
         raise ValueError(f"spectrum must be a Spectrum, got {type(spectrum).__name__}")
     if int(energy_chunk) < 1:
         raise ValueError(f"energy_chunk must be >= 1, got {energy_chunk}")
     if mass_attenuation is None:
-        table = table or MaterialTable.default()
-        mass_attenuation = table.attenuation_matrix(materials, spectrum.energies_keV, dtype=thickness.dtype,
-                                                    device=thickness.device)
+        mass_attenuation, log_w = spectral_coefficients(spectrum, materials, table, dtype=thickness.dtype,
+                                                        device=thickness.device)
+    else:
+        log_w = spectrum.log_weights(dtype=thickness.dtype, device=thickness.device)
     mass_attenuation = mass_attenuation.to(dtype=thickness.dtype, device=thickness.device)
     n_energies = spectrum.energies_keV.size
     if tuple(mass_attenuation.shape) != (len(materials), n_energies):
         raise ValueError(f"mass_attenuation must have shape (M, E) = ({len(materials)}, {n_energies}), "
                          f"got {tuple(mass_attenuation.shape)}")
-    log_w = spectrum.log_weights(dtype=thickness.dtype, device=thickness.device)
     result = None
     for start in range(0, n_energies, int(energy_chunk)):
         stop = min(start + int(energy_chunk), n_energies)

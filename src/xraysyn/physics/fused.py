@@ -21,6 +21,7 @@ coefficients) use :func:`xraysyn.physics.attenuation.attenuate` instead.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
+from xraysyn.physics.attenuation import spectral_coefficients
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
 
@@ -41,9 +43,15 @@ _BLOCK_PIXELS = 128
 _BLOCK_ENERGIES = 32
 
 
+@functools.cache
+def _triton_importable() -> bool:
+    """Whether the triton package is installed (looked up once: the lookup costs ~0.1 ms a call)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def triton_available(device: torch.device) -> bool:
     """Whether the Triton kernel can run for tensors on ``device``."""
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_importable():
         return False
     if device.type == "cuda":
         return True
@@ -164,7 +172,7 @@ def _on(device: torch.device):
 # ----------------------------------------------------------------------------------------- public
 def fused_attenuate(thickness: torch.Tensor, spectrum: Spectrum, *, mass_attenuation: torch.Tensor | None = None,
                     materials: Sequence[str] = DEFAULT_MATERIALS, table: MaterialTable | None = None,
-                    implementation: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                    implementation: str = "auto", check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Transmitted fraction and its negative log in one pass, ``(i_atten, line_integral)`` each ``(N, 1, rows, cols)``.
 
     Same values as :func:`xraysyn.physics.attenuation.attenuate` (``i_atten`` in [0, 1] relative to
@@ -179,6 +187,8 @@ def fused_attenuate(thickness: torch.Tensor, spectrum: Spectrum, *, mass_attenua
         materials: names of the thickness channels (default bone, tissue).
         table: μ/ρ table (default the shipped one).
         implementation: ``"auto"`` (Triton where it can run, else torch), ``"triton"`` or ``"torch"``.
+        check_finite: raise for NaN/inf thicknesses (one read of them and, on a GPU, a synchronisation);
+            False only where the caller knows them finite (CT2Xray of a volume checked finite).
 
     The Triton path computes in float32 (float64 inputs are rounded to float32); the torch
     path computes in the thickness dtype.
@@ -193,12 +203,13 @@ def fused_attenuate(thickness: torch.Tensor, spectrum: Spectrum, *, mass_attenua
                          f"{len(materials)}: {tuple(materials) if not isinstance(materials, str) else materials!r}")
     if not isinstance(spectrum, Spectrum):
         raise ValueError(f"spectrum must be a Spectrum, got {type(spectrum).__name__}")  # noqa: TRY004
-    if not torch.isfinite(thickness).all():
+    if check_finite and not torch.isfinite(thickness).all():
         raise ValueError("thickness contains non-finite values (NaN or inf)")
     if mass_attenuation is None:
-        table = table or MaterialTable.default()
-        mass_attenuation = table.attenuation_matrix(materials, spectrum.energies_keV, dtype=thickness.dtype,
-                                                    device=thickness.device)
+        mass_attenuation, log_w = spectral_coefficients(spectrum, materials, table, dtype=thickness.dtype,
+                                                        device=thickness.device)
+    else:
+        log_w = spectrum.log_weights(dtype=thickness.dtype, device=thickness.device)
     mass_attenuation = torch.as_tensor(mass_attenuation, dtype=thickness.dtype, device=thickness.device)
     n_energies = spectrum.energies_keV.size
     if tuple(mass_attenuation.shape) != (len(materials), n_energies):
@@ -213,5 +224,4 @@ def fused_attenuate(thickness: torch.Tensor, spectrum: Spectrum, *, mass_attenua
                          f"(or TRITON_INTERPRET=1 for CPU tensors), got device {thickness.device}")
     use_triton = implementation == "triton" or (implementation == "auto" and can_triton
                                                 and thickness.device.type == "cuda")
-    log_w = spectrum.log_weights(dtype=thickness.dtype, device=thickness.device)
     return FusedAttenuation.apply(thickness, mass_attenuation, log_w, use_triton)

@@ -21,7 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.physics.attenuation import attenuate
+from xraysyn.physics.attenuation import attenuate, spectral_coefficients
 from xraysyn.physics.fused import _BLOCK_ENERGIES, _energy_chunks
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
@@ -179,12 +179,10 @@ def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torc
         fused = FUSED_BY_DEFAULT and can_fuse
     if not fused:  # the separate steps: projector, thickness units, attenuation
         thickness = areal_density_from_line_integral(march_prepared(march, geometry, memory_budget_mib))
-        i_atten, line = attenuate(thickness, spectrum, materials=tuple(materials), table=table)
+        # the densities were checked finite (prepare_march), so are their projections: no second scan
+        i_atten, line = attenuate(thickness, spectrum, materials=tuple(materials), table=table, check_finite=False)
         return thickness, i_atten, line
-    table = table or MaterialTable.default()
-    mu = table.attenuation_matrix(tuple(materials), spectrum.energies_keV, dtype=torch.float32,
-                                  device=densities.device)
-    log_w = spectrum.log_weights(dtype=torch.float32, device=densities.device)
+    mu, log_w = spectral_coefficients(spectrum, tuple(materials), table, dtype=torch.float32, device=densities.device)
     thick, i_atten, line = ProjectAttenuate.apply(vol, rays.origin, rays.direction, rays.t_near, rays.delta,
                                                   rays.n_samples, rays.volume_index, mu, log_w,
                                                   float(memory_budget_mib), march.prepared)
