@@ -373,9 +373,10 @@ class TritonBackend:
     # two vectors of 2 × 2 (0 = z, 1 = y, 2 = x; -1 = auto: the rays' dominant axis when the carry applies to
     # 4 slots, i.e. CARRY_MAX_PACK >= 4, else z). With 4 slots the carry is the plane carry: a step of one cell
     # along that axis (80 % of the cell changes on W2 for its dominant axis y) keeps the shared quad in
-    # registers. Requests counted exactly (benchmarks/adjoint_atomics.py, W2): 0.104 per corner and sample
-    # without carry, 0.099 with the plane across z, 0.0625 across y. Not yet timed on a GPU, so the carry stays
-    # off at 4 slots (CARRY_MAX_PACK = 2); benchmarks: xraysyn[cmax=4] (auto), xraysyn[cmax=4+plane=0].
+    # registers. Requests counted exactly (benchmarks/adjoint_atomics.py, W2): 0.101 per corner and sample
+    # without carry, 0.096 with the plane across z, 0.061 across y; sample-loop instructions (sm_90,
+    # benchmarks/kernel_static_cost.py) 95 without carry, 122 with it. Not yet timed on a GPU, so the carry
+    # stays off at 4 slots (CARRY_MAX_PACK = 2); benchmarks: xraysyn[cmax=4] (auto), xraysyn[cmax=4+plane=0].
     ADJOINT_PLANE_AXIS = -1
     # Width of the 2-D detector tiles of the forward / adjoint march (0 = runs of consecutive rays); a tile
     # 4 wide makes a 32-lane warp an 8 × 4 patch of pixels.
