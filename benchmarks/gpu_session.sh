@@ -31,7 +31,7 @@ for stage in $stages; do
                tests/test_physics_fused_ct2xray.py tests/test_projector_behaviour.py tests/test_projector_host_path.py \
                tests/test_projector_static_volume.py > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
-    gputests) timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda \
+    gputests) timeout 200 python3 -m pytest -q -p no:cacheprovider -m cuda \
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_fused_ct2xray.py \
                tests/test_projector_host_path.py > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
