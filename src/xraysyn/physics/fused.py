@@ -21,9 +21,6 @@ coefficients) use :func:`xraysyn.physics.attenuation.attenuate` instead.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
 from collections.abc import Sequence
 
 import torch
@@ -32,6 +29,7 @@ from torch.autograd.function import once_differentiable
 from xraysyn.physics.attenuation import spectral_coefficients
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
+from xraysyn.projector.triton_backend import _triton_importable, interpreting
 
 __all__ = ["IMPLEMENTATIONS", "FusedAttenuation", "fused_attenuate", "triton_available"]
 
@@ -43,19 +41,14 @@ _BLOCK_PIXELS = 128
 _BLOCK_ENERGIES = 32
 
 
-@functools.cache
-def _triton_importable() -> bool:
-    """Whether the triton package is installed (looked up once: the lookup costs ~0.1 ms a call)."""
-    return importlib.util.find_spec("triton") is not None
-
-
 def triton_available(device: torch.device) -> bool:
-    """Whether the Triton kernel can run for tensors on ``device``."""
+    """Whether the Triton kernel can run for tensors on ``device`` (the projector backend's checks: triton
+    installed, looked up once; a CUDA tensor, or a CPU tensor under Triton's interpreter)."""
     if not _triton_importable():
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cpu" and interpreting()
 
 
 _KERNELS = None

@@ -66,10 +66,7 @@ class ProjectAttenuate(torch.autograd.Function):
         log_w = log_weights.detach().to(device=device, dtype=torch.float32).contiguous()
         thick = torch.empty(n, m, r, dtype=torch.float32, device=device).permute(0, 2, 1)  # image layout, free
         lse, i_atten, line = (torch.empty(n, r, dtype=torch.float32, device=device) for _ in range(3))
-        if prepared is not None and tb._same_tensor(prepared.source, densities):  # made by prepare_march
-            vol, vec, vol_strides, pack = prepared.marched
-        else:
-            vol, vec, vol_strides, pack = tb._marched_volume(densities, memory_budget_mib)
+        vol, vec, vol_strides, pack = tb._marched_volume(densities, memory_budget_mib, prepared)
         rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
         fwd, _, tuned = _kernels()
         width, tile_w = tb._ray_tiling(r, None, forward=True)

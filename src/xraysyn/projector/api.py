@@ -18,7 +18,7 @@ from xraysyn.projector import cpu_numba, frames
 from xraysyn.projector.errors import ProjectorInputError
 from xraysyn.projector.frames import HostFrames
 from xraysyn.projector.rays import build_rays, clip_to_box
-from xraysyn.projector.reference import RayMarch, march_adjoint
+from xraysyn.projector.reference import RayMarch, backend_forward, march_adjoint
 
 __all__ = ["forward_project", "forward_project_adjoint", "backproject", "chord_lengths", "BACKENDS"]
 
@@ -227,8 +227,7 @@ def march_prepared(march: PreparedMarch, geometry: ConeBeamGeometry,
     ray_args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
     if march.backend is not None and not (torch.is_grad_enabled() and volume.requires_grad):
         # nothing to differentiate (a backend is chosen only without ray gradients): skip the autograd node
-        extra = {} if march.prepared is None else {"prepared": march.prepared}
-        out = march.backend.forward(volume, *ray_args, float(memory_budget_mib), **extra)
+        out = backend_forward(march.backend, volume, *ray_args, float(memory_budget_mib), march.prepared)
     else:
         out = RayMarch.apply(volume, *ray_args, float(memory_budget_mib), march.backend, march.prepared)
     rows, cols = geometry.detector_shape

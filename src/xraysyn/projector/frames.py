@@ -21,7 +21,7 @@ from xraysyn.projector.errors import ProjectorInputError
 from xraysyn.projector.host_memo import HostMemo, array_key
 
 __all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "PendingFrames", "check_finite_host", "check_frames_host",
-           "frame_tensors", "in_host_memory", "needs_scan", "placed_frame_tensors", "prepare_frames", "to_host"]
+           "frame_tensors", "in_host_memory", "needs_scan", "placed_frame_tensors", "prepare_frames", "read_values"]
 
 NONFINITE_VOLUME = "volume contains non-finite values (NaN or inf)"
 # Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
@@ -85,11 +85,6 @@ def read_values(tensor: torch.Tensor) -> np.ndarray:
     """A few values of ``tensor`` as a float64 numpy array: one plain device→host read (a synchronisation
     on a GPU), cheaper than :class:`HostCopy` for a single small tensor that is needed at once."""
     return np.asarray(tensor.tolist(), dtype=np.float64)
-
-
-def to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """float64 numpy copies of small tensors, in one device→host transfer (one synchronisation) for GPU tensors."""
-    return HostCopy(tensors).wait()
 
 
 def _affines_tensor(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
@@ -212,10 +207,11 @@ def prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device
 
     ``values`` (optional, the volume or images being projected) is checked for NaN/inf too (once per
     version for a volume marked static). All host-side checks read one float64 copy of the small tensors
-    plus the extrema of ``values``: one device→host transfer in total.
+    plus the extrema of ``values``: one device→host transfer in total (none for the frames when they were
+    given in host memory, :func:`placed_frame_tensors`).
     """
-    placed = frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
-    host = PendingFrames(placed, values if needs_scan(values) else None, values_error).finish()
+    placed, to_copy = placed_frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
+    host = PendingFrames(to_copy, values if needs_scan(values) else None, values_error).finish()
     return (*placed, host)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RayMarch", "march_forward", "march_adjoint", "rays_per_chunk"]
+__all__ = ["RayMarch", "backend_forward", "march_forward", "march_adjoint", "rays_per_chunk"]
 
 # Rough upper bound of the bytes of temporaries per (ray, sample) in the chunked kernels:
 # positions, indices and weights (~120 B) plus the gathered corner values per channel.
@@ -189,6 +189,17 @@ def _ray_parameter_grads(grad_out, volume, origin, direction, t_near, delta, n_s
     return (g_origin.reshape(n, r, 3).sum(1), g_dir.reshape(n, r, 3), g_tn.reshape(n, r), g_delta.reshape(n, r))
 
 
+def backend_forward(backend, volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib,
+                    prepared=None) -> torch.Tensor:
+    """The forward march ``(N, R, C)`` by ``backend`` (None: :func:`march_forward`), handing it what its
+    ``prepare_volume`` made (``prepared``, when given)."""
+    if backend is None:
+        return march_forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib)
+    extra = {} if prepared is None else {"prepared": prepared}
+    return backend.forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib,
+                           **extra)
+
+
 class RayMarch(torch.autograd.Function):
     """Differentiable ray march: ``(volume, origin, direction, t_near, delta) → (N, R, C)``.
 
@@ -205,11 +216,8 @@ class RayMarch(torch.autograd.Function):
         ctx.save_for_backward(volume, origin, direction, t_near, delta, n_samples, volume_index)
         ctx.memory_budget_mib = memory_budget_mib
         ctx.backend = backend
-        if backend is None:
-            return march_forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib)
-        extra = {} if prepared is None else {"prepared": prepared}
-        return backend.forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib,
-                               **extra)
+        return backend_forward(backend, volume, origin, direction, t_near, delta, n_samples, volume_index,
+                               memory_budget_mib, prepared)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -457,10 +457,7 @@ class TritonBackend:
         # channel-major memory, (N, R, C) view: the kernel writes every (ray, channel) through the
         # strides, and the image layout (N, C, rows, cols) the API returns is then a free view
         out = torch.empty(n, c, r, dtype=acc_dtype, device=device).permute(0, 2, 1)
-        if prepared is not None and _same_tensor(prepared.source, volume):
-            vol, vec, vol_strides, pack = prepared.marched
-        else:
-            vol, vec, vol_strides, pack = _marched_volume(volume, memory_budget_mib)
+        vol, vec, vol_strides, pack = _marched_volume(volume, memory_budget_mib, prepared)
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         kernels = _kernels()
         fwd, tuned = kernels.forward, kernels.tuned
@@ -577,8 +574,11 @@ def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe
     return (vol, vec, strides, 1), False
 
 
-def _marched_volume(volume: torch.Tensor, memory_budget_mib: float):
-    """``(tensor, VEC, strides, PACK)`` the forward march kernels read for ``volume`` (see :func:`_marched_layout`)."""
+def _marched_volume(volume: torch.Tensor, memory_budget_mib: float, prepared: PreparedVolume | None = None):
+    """``(tensor, VEC, strides, PACK)`` the forward march kernels read for ``volume`` (see :func:`_marched_layout`):
+    the one :meth:`TritonBackend.prepare_volume` made when ``prepared`` is for this tensor, else made now."""
+    if prepared is not None and _same_tensor(prepared.source, volume):
+        return prepared.marched
     return _marched_layout(volume, memory_budget_mib)[0]
 
 
