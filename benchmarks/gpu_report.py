@@ -6,7 +6,9 @@ Reads the rows ``benchmarks/projector.py`` (``impl``, ``workload``, ``mode``, ``
 ``../shared/bench/peers_gpu.py`` (``lib``, ``workload``, ``mode``, ``ms``) print in one session, and prints
 (1) the targets table: xraysyn (the shipped defaults) per workload and mode, the peers measured in the same
 run, the ratios and whether the target is met; (2) every xraysyn variant per workload and mode, fastest
-first, with its launch configuration when the row names one. Rows with an ``error`` are listed as such.
+first, with its launch configuration when the row names one; (3) for rows with a profiler ``trace``
+(``projector.py --trace N``), where a call's time goes: host lead, GPU busy, gaps, tail and the three
+longest GPU activities. Rows with an ``error`` are listed as such.
 ``--run`` keeps only rows carrying that ``run`` label (files recorded under ``benchmarks/results/``).
 """
 
@@ -85,6 +87,24 @@ def variants_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def trace_table(rows: list[dict], top: int = 3) -> str:
+    """Rows with a ``trace`` (see ``benchmarks/trace_breakdown.py``): wall = lead + busy + gaps + tail (ms)
+    and the ``top`` longest GPU activities per call; empty when no row has one."""
+    traced = [row for row in rows if isinstance(row.get("trace"), dict) and "error" not in row]
+    if not traced:
+        return ""
+    lines = ["| workload | mode | implementation | wall | host lead | GPU busy | gaps | tail | longest GPU activities (ms) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for row in sorted(traced, key=lambda r: (r["workload"], r["mode"], r["impl"])):
+        t = row["trace"]
+        kernels = ", ".join(f"{k['name']} {k['ms']:.3f}" + (f" ×{k['per_call']:g}" if k["per_call"] != 1 else "")
+                            for k in t.get("kernels", [])[:top])
+        cells = [row["workload"], row["mode"], f"`{row['impl']}`"]
+        cells += [f"{t[key]:.3f}" for key in ("wall_ms", "lead_ms", "busy_ms", "gaps_ms", "tail_ms")]
+        lines.append("| " + " | ".join(cells + [kernels]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="JSON-lines files of one GPU session")
@@ -96,6 +116,10 @@ def main(argv=None) -> None:
     print(targets_table(rows))
     print()
     print(variants_table(rows))
+    traces = trace_table(rows)
+    if traces:
+        print()
+        print(traces)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
 #
 #   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests: the cuda-marked tests of the kernels'
-#                                                                   files only) defaults configs api sweep peers kernels step host
+#                                                                   files only) trace defaults configs api sweep peers kernels step host
 #
 # Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
@@ -69,6 +69,14 @@ for stage in $stages; do
                  --impls "xraysyn,xraysyn[ahead=0],xraysyn-static,xraysyn[cmax=4],xraysyn[cmax=4+plane=0]" \
                  --modes fwd,fwd+bwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;
+    trace)   # the shipped defaults through the public API, each case timed and then 3 calls profiled: where a call's
+             # time goes (host lead, GPU busy, gaps, tail, per-kernel ms; benchmarks/trace_breakdown.py) — the W1
+             # forward's distance to its target and the packed W2 adjoint's kernel-vs-API gap, kernel by kernel
+             { timeout 70 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+                 --impls xraysyn --modes fwd,fwd+bwd,adj --reps 10 --trace 3
+               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls "xraysyn,xraysyn[cmax=4]" --modes fwd,fwd+bwd,adj --reps 10 --trace 3
+             } 2>&1 | tee "$OUT/trace.jsonl" ;;
     configs) # every launch configuration the autotuner tries, pinned, through the public API, next to the autotuned
              # default in the same run: is the packed adjoint's kernel-vs-API gap the autotuner's choice, and which
              # configuration is fastest where the API runs it (each row also says the configuration it ran)

@@ -142,7 +142,8 @@ def variant_overrides(impl: str) -> dict:
     return overrides
 
 
-def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volumes_dir: str | None) -> dict:
+def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volumes_dir: str | None,
+             trace: int = 0) -> dict:
     vols, affine, poses, geom, spec, source = setup(workload, device, volumes_dir)
     samples = spec["samples"]
     backend = "reference" if impl == "xraysyn-reference" else "auto" if impl.startswith("xraysyn") else None
@@ -188,6 +189,19 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
         base_mem = torch.cuda.memory_allocated()
     ms = timed(step, device, reps)
     configs = launch_configs(mode) if device == "cuda" and impl.startswith("xraysyn") else {}
+    if trace:  # after the timed calls: where each call's time goes (profiler trace, see trace_breakdown.py)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling module, also when imported
+        from trace_breakdown import traced_breakdown
+
+        def synced_step():
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        try:  # a profiler that cannot trace here must not cost the timing row
+            configs["trace"] = traced_breakdown(synced_step, trace)
+        except Exception as error:  # noqa: BLE001 - reported in the row
+            configs["trace_error"] = repr(error)[:300]
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
     else:
@@ -232,6 +246,9 @@ def main(argv=None):
                              "in " + ", ".join(f"{k} ({v})" for k, v in VARIANT_KEYS.items()))
     parser.add_argument("--modes", default="fwd,fwd+bwd", help="comma list of fwd, fwd+bwd, adj (the adjoint alone)")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--trace", type=int, default=0, metavar="N",
+                        help="after timing, profile N more calls per case and add where their time goes (row 'trace': "
+                             "host lead, GPU busy, gaps, tail, per-kernel ms; see benchmarks/trace_breakdown.py)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and numba)")
     parser.add_argument("--volumes", default=os.environ.get("PEERS_VOLUMES"), help="folder with ct128.npy / ct256.npy")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one case in this process
@@ -245,7 +262,7 @@ def main(argv=None):
         pass
     if args.case:
         impl, workload, mode = args.case.split("|")
-        print(json.dumps(run_case(impl, workload, mode, args.device, args.reps, args.volumes)), flush=True)
+        print(json.dumps(run_case(impl, workload, mode, args.device, args.reps, args.volumes, args.trace)), flush=True)
         return
     workloads = (args.workloads or ("W1-cpu" if args.device == "cpu" else "W1,W2")).split(",")
     baseline: dict[tuple[str, str], float] = {}
@@ -256,7 +273,7 @@ def main(argv=None):
                     continue  # the naive baseline has no adjoint of its own: it is timed in fwd and fwd+bwd
                 if args.device == "cpu":  # a fresh process per case: its own peak memory
                     cmd = [sys.executable, __file__, "--case", f"{impl}|{workload}|{mode}", "--device", "cpu",
-                           "--reps", str(args.reps), "--threads", str(args.threads)]
+                           "--reps", str(args.reps), "--threads", str(args.threads), "--trace", str(args.trace)]
                     if args.volumes:
                         cmd += ["--volumes", args.volumes]
                     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -265,7 +282,7 @@ def main(argv=None):
                         continue
                     row = json.loads(proc.stdout.strip().splitlines()[-1])
                 else:
-                    row = run_case(impl, workload, mode, args.device, args.reps, args.volumes)
+                    row = run_case(impl, workload, mode, args.device, args.reps, args.volumes, args.trace)
                 if impl == "naive-grid_sample":
                     baseline[(workload, mode)] = row["ms"]
                 elif (workload, mode) in baseline:

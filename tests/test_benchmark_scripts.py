@@ -145,3 +145,11 @@ def test_gpu_report_tables_targets_peers_and_variants(tmp_path):
     w1 = [line for line in variants if line.startswith("| W1 | fwd")]
     assert w1[0].startswith("| W1 | fwd | `xraysyn` | 1.40") and "BLOCK_R=128 UNROLL=2" in w1[1]
     assert any("`xraysyn[cmax=4]` | error: boom" in line for line in variants)
+    assert gpu_report.trace_table(rows) == ""
+    traced = dict(impl="xraysyn", workload="W2", mode="adj", ms=24.0, trace=dict(
+        wall_ms=24.1, lead_ms=0.2, busy_ms=23.5, gaps_ms=0.3, tail_ms=0.1,
+        kernels=[dict(name="march_adjoint_kernel", ms=22.9, per_call=1), dict(name="Memset (Device)", ms=0.1, per_call=2),
+                 dict(name="unpack", ms=0.05, per_call=1), dict(name="fourth", ms=0.01, per_call=1)]))
+    table = gpu_report.trace_table(rows + [traced]).splitlines()
+    assert table[-1] == ("| W2 | adj | `xraysyn` | 24.100 | 0.200 | 23.500 | 0.300 | 0.100 | "
+                         "march_adjoint_kernel 22.900, Memset (Device) 0.100 ×2, unpack 0.050 |")
