@@ -67,6 +67,7 @@ BASELINE = {"FORWARD_TILE_WIDTH": 8, "ADJOINT_TILE_WIDTH": 8, "FORWARD_PACK": 1,
             "COPY_CHANNELS_LAST": True}
 TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide and runs of consecutive rays
 FORWARD_ONLY_TILE_WIDTHS = (4, 16)  # other tile shapes, timed for the forward only
+GATHER_TILE_WIDTHS = (4, 8)  # the gather limit: the best of these tile widths (the forward's default is 4)
 # channels: bone and soft tissue for W1, the attenuation alone for W2, as in the peers' benchmark
 
 
@@ -96,12 +97,12 @@ def _gather_limit(volume, rays, detector_cols: int, timed, pack: int = 1) -> tup
         meta = {"C": c}
         kernel = gather_only_kernel
     best = (float("inf"), {})
-    for block_r, warps in ((64, 2), (128, 4), (256, 8)):
-        tile_w = 8
-        grid = (-(-detector_cols // tile_w) * -(-(r // detector_cols) // (block_r // tile_w)), n)
-        ms = timed(lambda: kernel[grid](*args, BLOCK_R=block_r, TILE_W=tile_w, num_warps=warps, **meta))
-        if ms < best[0]:
-            best = (ms, {"BLOCK_R": block_r, "num_warps": warps})
+    for tile_w in GATHER_TILE_WIDTHS:
+        for block_r, warps in ((64, 2), (128, 4), (256, 8)):
+            grid = (-(-detector_cols // tile_w) * -(-(r // detector_cols) // (block_r // tile_w)), n)
+            ms = timed(lambda: kernel[grid](*args, BLOCK_R=block_r, TILE_W=tile_w, num_warps=warps, **meta))
+            if ms < best[0]:
+                best = (ms, {"BLOCK_R": block_r, "num_warps": warps, "TILE_W": tile_w})
     return best
 
 
@@ -259,11 +260,12 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     TritonBackend.FORWARD_PACK = 1
     if device.type == "cuda" and channels & (channels - 1) == 0 and wanted("gather-only"):
         limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed)
-        emit(f"gather-only[{config['BLOCK_R']}x{config['num_warps']}]", limit_ms)
+        emit(f"gather-only[{config['BLOCK_R']}x{config['num_warps']},tiles{config['TILE_W']}]", limit_ms)
         for pack in (2, 4):
             if channels * pack <= 4:
                 limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed, pack)
-                emit(f"gather-only[packed{pack},{config['BLOCK_R']}x{config['num_warps']}]", limit_ms)
+                emit(f"gather-only[packed{pack},{config['BLOCK_R']}x{config['num_warps']},tiles{config['TILE_W']}]",
+                     limit_ms)
     measure("march-fwd[bf16 volume]", lambda: TritonBackend.forward(half, *ray_args))
     sampling = {"num_samples": spec["samples"]}
     measure("ray-setup[triton]", lambda: triton_build_rays(poses, affines, shape, geometry, **sampling), None)

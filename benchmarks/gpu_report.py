@@ -8,7 +8,9 @@ Reads the rows ``benchmarks/projector.py`` (``impl``, ``workload``, ``mode``, ``
 run, the ratios and whether the target is met; (2) every xraysyn variant per workload and mode, fastest
 first, with its launch configuration when the row names one; (3) for rows with a profiler ``trace``
 (``projector.py --trace N``), where a call's time goes: host lead, GPU busy, gaps, tail and the three
-longest GPU activities. Rows with an ``error`` are listed as such.
+longest GPU activities; (4) from ``benchmarks/gpu_kernels.py`` rows, the shipped forward march against the
+gather-only kernel of the same (widest) packed layout: the fraction of the gather limit reached. Rows with
+an ``error`` are listed as such.
 ``--run`` keeps only rows carrying that ``run`` label (files recorded under ``benchmarks/results/``).
 """
 
@@ -105,6 +107,38 @@ def trace_table(rows: list[dict], top: int = 3) -> str:
     return "\n".join(lines)
 
 
+def _gather_pack(case: str) -> int:
+    """The pack of a ``gather-only[...]`` case name (1 when unpacked)."""
+    for part in case[case.index("[") + 1:-1].split(","):
+        if part.startswith("packed"):
+            return int(part[len("packed"):])
+    return 1
+
+
+def gather_table(rows: list[dict]) -> str:
+    """Per workload: ``march-fwd[defaults]`` (kernel alone) against the gather-only kernel of the widest packed
+    layout timed (the layout the defaults march), and the fraction of that limit reached; empty without both."""
+    march = {row["workload"]: row for row in rows if row.get("case") == "march-fwd[defaults]" and "ms" in row}
+    limits: dict[str, dict] = {}
+    for row in rows:
+        case = row.get("case", "")
+        if case.startswith("gather-only[") and "ms" in row and row.get("workload") in march:
+            best = limits.get(row["workload"])
+            key = (_gather_pack(case), -row["ms"])
+            if best is None or key > (_gather_pack(best["case"]), -best["ms"]):
+                limits[row["workload"]] = row
+    if not limits:
+        return ""
+    lines = ["| workload | forward march (defaults) ms | Gsamples/s | gather-only limit | limit ms | fraction of the limit |",
+             "|---|---:|---:|---|---:|---:|"]
+    for workload in sorted(limits):
+        ours, limit = march[workload], limits[workload]
+        rate = ours.get("gsamples_per_s", "—")
+        lines.append(f"| {workload} | {ours['ms']:.3f} | {rate} | `{limit['case']}` | {limit['ms']:.3f} | "
+                     f"{limit['ms'] / ours['ms']:.0%} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="JSON-lines files of one GPU session")
@@ -116,10 +150,10 @@ def main(argv=None) -> None:
     print(targets_table(rows))
     print()
     print(variants_table(rows))
-    traces = trace_table(rows)
-    if traces:
-        print()
-        print(traces)
+    for extra in (trace_table(rows), gather_table(rows)):
+        if extra:
+            print()
+            print(extra)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ for stage in $stages; do
              } 2>&1 | tee "$OUT/sweep.jsonl" ;;
     defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs) and the API,
              # with the volume work started ahead of the rays (default) and after them (ahead=0, as measured before)
-             { timeout 150 python3 benchmarks/gpu_kernels.py --only "defaults,ct2xray"
+             { timeout 150 python3 benchmarks/gpu_kernels.py --only "defaults,ct2xray,gather-only"
                timeout 130 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls "naive-grid_sample,xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd,adj --reps 10
                timeout 170 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \

@@ -55,8 +55,8 @@ def _setup():
     return torch.rand(2, 2, *shape, generator=gen), rays
 
 
-@pytest.mark.parametrize("pack", [1, 2, 4])
-def test_gather_only_kernels_read_the_cell_corners(pack):
+@pytest.mark.parametrize("pack,tile_w", [(1, 8), (2, 8), (4, 8), (1, 4), (2, 4)])
+def test_gather_only_kernels_read_the_cell_corners(pack, tile_w):
     sys.path.insert(0, BENCHMARKS)
     from gather_only_kernel import gather_only_kernel, gather_only_packed_kernel
 
@@ -67,19 +67,40 @@ def test_gather_only_kernels_read_the_cell_corners(pack):
     n, r = rays.t_near.shape
     ray_args = (rays.origin.contiguous(), rays.direction.contiguous(), rays.t_near.contiguous(),
                 rays.delta.contiguous(), rays.n_samples.to(torch.int32).contiguous(), rays.volume_index, r, 8, d, h, w)
-    grid = (1, n)
+    block_r = 64
+    grid = (-(-8 // tile_w) * -(-(r // 8) // (block_r // tile_w)), n)  # 8 detector columns
     if pack == 1:
         out = torch.empty(n, r, c)
         gather_only_kernel[grid](volume.permute(0, 2, 3, 4, 1).contiguous(), out, *ray_args, d * h * w, h * w, w, 1,
-                                 BLOCK_R=64, C=c, TILE_W=8)
+                                 BLOCK_R=block_r, C=c, TILE_W=tile_w)
     else:
         slots = torch.empty(n, r, c * pack)
         gather_only_packed_kernel[grid](_pack_corners(volume, pack), slots, *ray_args, d * h * w, h * w, w,
-                                        BLOCK_R=64, K=c * pack, PACK=pack, TILE_W=8)
+                                        BLOCK_R=block_r, K=c * pack, PACK=pack, TILE_W=tile_w)
         out = slots.view(n, r, c, pack).sum(-1)
     expected = _corner_sums(volume, rays)
     assert float(expected.abs().max()) > 0
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gather_limit_tries_every_tile_width_and_launch_configuration():
+    """``gpu_kernels._gather_limit`` launches each (tile width, rays per program, warps) and returns the
+    fastest with its configuration (a stand-in timer that runs the launch and returns a made-up time)."""
+    sys.path.insert(0, BENCHMARKS)
+    import gpu_kernels
+
+    volume, rays = _setup()
+    made_up = iter([5.0, 4.0, 6.0, 3.0, 7.0, 8.0] * 2)
+    seen = []
+
+    def timed(fn):
+        fn()
+        seen.append(1)
+        return next(made_up)
+
+    ms, config = gpu_kernels._gather_limit(volume, rays, 8, timed, pack=2)
+    assert len(seen) == 3 * len(gpu_kernels.GATHER_TILE_WIDTHS)
+    assert ms == 3.0 and config == {"BLOCK_R": 64, "num_warps": 2, "TILE_W": gpu_kernels.GATHER_TILE_WIDTHS[1]}
 
 
 def test_gather_only_kernels_compile_for_sm90(monkeypatch):
