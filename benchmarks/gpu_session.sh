@@ -60,14 +60,18 @@ for stage in $stages; do
                timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
                  --modes fwd+bwd --impls "xraysyn,xraysyn[ft=4+fp=2+ap=4+carry=0],xraysyn[ft=4+fp=2+at=4+ap=4+carry=0],xraysyn[ft=4+ap=4+carry=0]"
              } 2>&1 | tee "$OUT/sweep.jsonl" ;;
-    defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs) and the API,
-             # with the volume work started ahead of the rays (default) and after them (ahead=0, as measured before)
-             { timeout 150 python3 benchmarks/gpu_kernels.py --only "defaults,ct2xray,gather-only"
-               timeout 130 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
-                 --impls "naive-grid_sample,xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd,adj --reps 10
-               timeout 170 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
-                 --impls "xraysyn,xraysyn[ahead=0],xraysyn-static,xraysyn[cmax=4],xraysyn[cmax=4+plane=0]" \
-                 --modes fwd,fwd+bwd,adj --reps 10
+    defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs, the gather limit)
+             # and the API with the volume work started ahead of the rays (default) and after them (ahead=0, as
+             # measured before), the volume marked static, and the plane carry across z (the trace stage times the
+             # shipped defaults' adjoint and the plane carry across the rays' axis); adjoints do not read the volume,
+             # so the volume variants are timed forward and forward+backward only
+             { timeout 120 python3 benchmarks/gpu_kernels.py --only "defaults,gather-only"
+               timeout 90 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+                 --impls "xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd --reps 10
+               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls "xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd --reps 10
+               timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls "xraysyn[cmax=4+plane=0]" --modes fwd+bwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;
     trace)   # the shipped defaults through the public API, each case timed and then 3 calls profiled: where a call's
              # time goes (host lead, GPU busy, gaps, tail, per-kernel ms; benchmarks/trace_breakdown.py) — the W1
@@ -84,7 +88,8 @@ for stage in $stages; do
 print(",".join(["xraysyn"] + [f"xraysyn[abr={r}+aw={w}]" for r, w in c]))')
              f=$(python3 -c 'from xraysyn.projector.triton_backend import _FORWARD_TUNING_CONFIGS as c
 print(",".join(["xraysyn"] + [f"xraysyn[fbr={r}+fw={w}+fu={u}]" for r, w, u in c]))')
-             { timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
+             { timeout 90 python3 benchmarks/gpu_kernels.py --only ct2xray
+               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --reps 10 \
                  --modes adj --impls "$a"
                timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 --reps 10 \
                  --modes adj --impls "$a"
