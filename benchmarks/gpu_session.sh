@@ -72,6 +72,9 @@ for stage in $stages; do
                  --impls "xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd --reps 10
                timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn[cmax=4+plane=0]" --modes fwd+bwd,adj --reps 10
+               # a non-square detector: tiled along its raster now, against runs of rays (what it got before)
+               timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2-rect \
+                 --impls "xraysyn,xraysyn[ft=0+at=0]" --modes fwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;
     trace)   # the shipped defaults through the public API, each case timed and then 3 calls profiled: where a call's
              # time goes (host lead, GPU busy, gaps, tail, per-kernel ms; benchmarks/trace_breakdown.py) — the W1

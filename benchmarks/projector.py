@@ -7,6 +7,7 @@ Workloads (the same as ../shared/bench/peers_*.py, so peer numbers compare one t
           256 samples/ray, one view each (azimuth -18..18), fwd and fwd+bwd (volume gradient)
   W2      one 256x256x133 CT (one channel, mu), 16 views, 512^2 detector (1.0 mm), 512 samples/ray
   W1-cpu  4 different 64^3 volumes x 2 channels, 128^2 detector (4.0 mm), 128 samples/ray
+  W2-rect W2 with a 384 x 512 (rows x columns) detector: non-square rasters (no peer numbers)
 Each case is also run through a naive baseline that materialises every sample point and calls
 ``grid_sample`` once (same rays, same sampling), in the same process; ``ratio_vs_naive`` is
 baseline time / our time. On CPU every case runs in a fresh subprocess so ``peak_mib`` (growth
@@ -39,6 +40,9 @@ WORKLOADS = {
                channels=1),
     "W1-cpu": dict(batch=4, size=64, spacing=(5.0, 5.0, 5.2), detector=128, pixel=4.0, samples=128, views=1,
                    channels=2),
+    # W2 with a non-square (4:3) detector, 384 rows × 512 columns: ours only (the peers' script has no such case)
+    "W2-rect": dict(batch=1, size=None, spacing=(1.40625, 1.40625, 2.5), detector=(384, 512), pixel=1.0, samples=512,
+                    views=16, channels=1),
 }
 # GPU variants of the Triton backend (class attributes of TritonBackend) the benchmark can compare in one run:
 # these names, or ``xraysyn[KEY=VALUE+...]`` with the keys of VARIANT_KEYS (e.g. ``xraysyn[ft=4+ap=4+carry=0]``)
@@ -92,8 +96,8 @@ def setup(workload: str, device: str, volumes_dir: str | None):
     shape = vols.shape[2:]
     affine = torch.diag(torch.tensor([*spec["spacing"], 1.0]))
     affine[:3, 3] = -torch.tensor(spec["spacing"]) * (torch.tensor(shape, dtype=torch.float32) - 1) / 2
-    geom = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(spec["detector"],) * 2,
-                            pixel_spacing=spec["pixel"])
+    detector = spec["detector"] if isinstance(spec["detector"], tuple) else (spec["detector"],) * 2
+    geom = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=detector, pixel_spacing=spec["pixel"])
     n = spec["batch"] * spec["views"]
     poses = geom.poses(torch.linspace(-18, 18, n)).to(device)
     return vols, affine.to(device), poses, geom, spec, source

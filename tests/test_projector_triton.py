@@ -355,6 +355,38 @@ def test_public_gradient_with_the_plane_carry_uses_the_host_known_axis(monkeypat
     assert len(seen) == 1 and seen[0] in (0, 1, 2), seen
 
 
+def test_public_api_tiles_non_square_detectors(monkeypatch):
+    """Rays of a non-square detector (9 rows × 20 columns) are marched in 2-D tiles of the detector raster
+    (width 20) by the forward, its backward, the adjoint and the fused CT2Xray march and its backward — the
+    width comes from the ray set-up, kept on the (saved) rays — and the values equal the reference's."""
+    from xraysyn.physics import project_and_attenuate, tube_spectrum
+
+    launches = []
+    launch = triton_backend._launch
+    monkeypatch.setattr(triton_backend, "_launch", lambda kernel, tuned, n, r, width, tile_w, *rest, **kw: (
+        launches.append((width, tile_w)), launch(kernel, tuned, n, r, width, tile_w, *rest, **kw))[1])
+    monkeypatch.setattr(TritonBackend, "FORWARD_TILE_WIDTH", 4)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_TILE_WIDTH", 8)
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 20), pixel_spacing=3.0)
+    affine = _affine((4.0, 3.0, 3.5)).to(DEVICE)
+    poses = geometry.poses(torch.tensor([10.0, 100.0]), torch.tensor([5.0, -20.0])).to(DEVICE)
+    volume = torch.rand(1, 2, 7, 6, 8, device=DEVICE, requires_grad=True)
+    weights = torch.rand(2, 2, 9, 20, device=DEVICE)
+    (forward_project(volume, affine, poses, geometry, num_samples=9, backend="triton") * weights).sum().backward()
+    adjoint = forward_project_adjoint(weights, affine, poses, geometry, (7, 6, 8), num_samples=9, backend="triton")
+    assert launches == [(20, 4), (20, 8), (20, 8)], launches
+    reference = volume.detach().clone().requires_grad_(True)
+    (forward_project(reference, affine, poses, geometry, num_samples=9, backend="reference") * weights).sum().backward()
+    _assert_close(volume.grad, reference.grad)
+    _assert_close(adjoint, reference.grad)
+    launches.clear()
+    densities = (volume.detach() * 1.5).requires_grad_(True)
+    _, i_atten, _ = project_and_attenuate(densities, affine, poses, geometry, tube_spectrum(120.0), num_samples=9,
+                                          backend="triton", fused=True)
+    i_atten.sum().backward()
+    assert launches == [(20, 4), (20, 8)], launches
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("pack", [2, 4])
 @pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["b1c1", "b3c2"])

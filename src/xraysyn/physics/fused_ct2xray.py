@@ -69,7 +69,7 @@ class ProjectAttenuate(torch.autograd.Function):
         vol, vec, vol_strides, pack = tb._marched_volume(densities, memory_budget_mib, prepared)
         rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
         fwd, _, tuned = _kernels()
-        width, tile_w = tb._ray_tiling(r, None, forward=True)
+        width, tile_w = tb._ray_tiling(r, None, forward=True, direction=direction)
         args = (vol, thick, lse, i_atten, line, mu, log_w, *rays, r, width, *densities.shape[2:], m, mu.shape[1],
                 1.0 / MM_PER_CM, *vol_strides, *ray_strides, *thick.stride(), *mu.stride())
         meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
@@ -113,7 +113,7 @@ class ProjectAttenuate(torch.autograd.Function):
         if n and r:
             rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
             _, adj, tuned = _kernels()
-            width, tile_w = tb._ray_tiling(r, None, forward=False)
+            width, tile_w = tb._ray_tiling(r, None, forward=False, direction=direction)
             args = (buffer, thick, lse, grad_i, grad_line, direct, mu, log_w, *rays, r, width, d, h, w, m,
                     mu.shape[1], 1.0 / MM_PER_CM, *grad_strides, *ray_strides, *thick.stride(), *mu.stride())
             meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,

@@ -42,6 +42,9 @@ _INDEX_BOUND_ATTR = "_xraysyn_index_bound"
 # Attribute that build_rays sets on the direction tensors it makes: the voxel axis the rays cross most cells
 # along (dominant_axis), computed on the host from the views' geometry.
 _DOMINANT_AXIS_ATTR = "_xraysyn_dominant_axis"
+# Attribute that build_rays sets on the direction tensors it makes: the detector's columns, the width of the
+# raster the rays come from (row-major), so the marches tile non-square detectors too (see _ray_tiling).
+_DETECTOR_COLS_ATTR = "_xraysyn_detector_cols"
 # Rays per program and warps per program when not autotuning (the interpreter, or a forced config).
 _DEFAULT_BLOCK_R = 128
 _DEFAULT_NUM_WARPS = 4
@@ -267,13 +270,19 @@ def _next_power_of_two(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _ray_tiling(n_rays: int, detector_cols: int | None, *, forward: bool) -> tuple[int, int]:
+def _ray_tiling(n_rays: int, detector_cols: int | None, *, forward: bool,
+                direction: torch.Tensor | None = None) -> tuple[int, int]:
     """``(width, TILE_W)``: the raster width the forward (or adjoint) march tiles (0 = no tiling) and its
-    tile width (``TritonBackend.FORWARD_TILE_WIDTH`` / ``ADJOINT_TILE_WIDTH``)."""
+    tile width (``TritonBackend.FORWARD_TILE_WIDTH`` / ``ADJOINT_TILE_WIDTH``). The width is
+    ``detector_cols`` when given, else the detector columns this module's :func:`build_rays` noted on the
+    rays' ``direction``, else the side of a square detector; rays of an unknown raster are marched in runs
+    (any width gives the same values: it only groups rays into programs for cache locality)."""
     tile_w = int(TritonBackend.FORWARD_TILE_WIDTH if forward else TritonBackend.ADJOINT_TILE_WIDTH)
     if detector_cols is None:
-        side = math.isqrt(n_rays)  # a square detector is the common case; any width is still correct
-        detector_cols = side if side * side == n_rays else 0
+        detector_cols = getattr(direction, _DETECTOR_COLS_ATTR, None)
+        if detector_cols is None or n_rays % detector_cols:
+            side = math.isqrt(n_rays)  # a square detector is the common case
+            detector_cols = side if side * side == n_rays else 0
     if tile_w <= 0 or detector_cols < tile_w:
         return 0, 0
     return int(detector_cols), tile_w
@@ -461,7 +470,7 @@ class TritonBackend:
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         kernels = _kernels()
         fwd, tuned = kernels.forward, kernels.tuned
-        width, tile_w = _ray_tiling(r, detector_cols, forward=True)
+        width, tile_w = _ray_tiling(r, detector_cols, forward=True, direction=direction)
         args = (vol, out, *rays, r, width, *volume.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
                 "PACK": pack, **forward_switches(tuned)}
@@ -515,7 +524,7 @@ class TritonBackend:
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         kernels = _kernels()
         adj, tuned = kernels.adjoint, kernels.tuned
-        width, tile_w = _ray_tiling(r, detector_cols, forward=False)
+        width, tile_w = _ray_tiling(r, detector_cols, forward=False, direction=direction)
         buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device, memory_budget_mib)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
@@ -866,5 +875,6 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     index = torch.from_numpy(volume_index.copy()).to(device)
     setattr(index, _INDEX_BOUND_ATTR, n_vol)
     setattr(direction, _DOMINANT_AXIS_ATTR, dominant)
+    setattr(direction, _DETECTOR_COLS_ATTR, int(cols))
     return RaySet(origin=origin_dev, direction=direction, t_near=t_near, delta=delta, n_samples=n_samples,
                   volume_index=index, length=length)
