@@ -95,15 +95,20 @@ def trace_table(rows: list[dict], top: int = 3) -> str:
     traced = [row for row in rows if isinstance(row.get("trace"), dict) and "error" not in row]
     if not traced:
         return ""
-    lines = ["| workload | mode | implementation | wall | host lead | GPU busy | gaps | tail | longest GPU activities (ms) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| workload | mode | implementation | wall | host lead | GPU busy | gaps | tail | longest GPU activities (ms) "
+             "| longest CUDA API calls (host ms) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+
+    def longest(items: list[dict], count: int) -> str:
+        return ", ".join(f"{k['name']} {k['ms']:.3f}" + (f" ×{k['per_call']:g}" if k["per_call"] != 1 else "")
+                         for k in items[:count])
+
     for row in sorted(traced, key=lambda r: (r["workload"], r["mode"], r["impl"])):
         t = row["trace"]
-        kernels = ", ".join(f"{k['name']} {k['ms']:.3f}" + (f" ×{k['per_call']:g}" if k["per_call"] != 1 else "")
-                            for k in t.get("kernels", [])[:top])
         cells = [row["workload"], row["mode"], f"`{row['impl']}`"]
         cells += [f"{t[key]:.3f}" for key in ("wall_ms", "lead_ms", "busy_ms", "gaps_ms", "tail_ms")]
-        lines.append("| " + " | ".join(cells + [kernels]) + " |")
+        lines.append("| " + " | ".join(cells + [longest(t.get("kernels", []), top),
+                                                longest(t.get("api_calls", []), 2)]) + " |")
     return "\n".join(lines)
 
 

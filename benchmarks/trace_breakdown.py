@@ -15,7 +15,10 @@ exports the trace as Chrome-trace JSON and splits every call's wall time (ms) in
 * ``kernels``: per GPU activity name (kernels by name, ``Memcpy DtoH`` / ``Memset`` and so on, names cut
   to 80 characters), its duration summed per call and how many times it ran per call;
 * ``host_waits_ms`` / ``host_waits``: CUDA runtime or driver calls that block the host
-  (``*Synchronize``, blocking ``cudaMemcpy``), summed per call.
+  (``*Synchronize``, blocking ``cudaMemcpy``), summed per call;
+* ``api_calls``: every CUDA runtime / driver call by name (launches, allocations such as ``cudaMalloc`` —
+  a caching allocator that has to allocate afresh every call shows here —, copies, synchronisations), its
+  host time summed per call and how many times it ran per call, longest first.
 
 Per-call values are medians over the traced calls (kernel rows: means). The split is pure arithmetic
 over the trace's events (``breakdown(events)``), tested on synthetic events; on a CPU-only torch the
@@ -67,9 +70,14 @@ def breakdown(events: list[dict], label: str = CALL_LABEL) -> dict:
                 if e.get("cat") in HOST_API_CATEGORIES]
     per_call = defaultdict(list)
     kernel_ms, kernel_count = defaultdict(float), defaultdict(int)
+    api_ms, api_count = defaultdict(float), defaultdict(int)
     for start, end in calls:
         mine = [g for g in gpu if start <= g[0] < end]
         wall = (end - start) / 1e3
+        for h_start, h_end, name in host_api:
+            if start <= h_start < end:
+                api_ms[name] += (h_end - h_start) / 1e3
+                api_count[name] += 1
         waits = [h for h in host_api if start <= h[0] < end and _blocks_host(h[2])]
         per_call["wall_ms"].append(wall)
         per_call["host_waits_ms"].append(sum(h[1] - h[0] for h in waits) / 1e3)
@@ -93,6 +101,8 @@ def breakdown(events: list[dict], label: str = CALL_LABEL) -> dict:
     result["calls"] = n
     result["kernels"] = [{"name": name, "ms": round(kernel_ms[name] / n, 4), "per_call": round(kernel_count[name] / n, 2)}
                          for name in sorted(kernel_ms, key=kernel_ms.get, reverse=True)]
+    result["api_calls"] = [{"name": name, "ms": round(api_ms[name] / n, 4), "per_call": round(api_count[name] / n, 2)}
+                           for name in sorted(api_ms, key=api_ms.get, reverse=True)]
     return result
 
 

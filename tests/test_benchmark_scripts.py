@@ -149,7 +149,9 @@ def test_gpu_report_tables_targets_peers_and_variants(tmp_path):
     traced = dict(impl="xraysyn", workload="W2", mode="adj", ms=24.0, trace=dict(
         wall_ms=24.1, lead_ms=0.2, busy_ms=23.5, gaps_ms=0.3, tail_ms=0.1,
         kernels=[dict(name="march_adjoint_kernel", ms=22.9, per_call=1), dict(name="Memset (Device)", ms=0.1, per_call=2),
-                 dict(name="unpack", ms=0.05, per_call=1), dict(name="fourth", ms=0.01, per_call=1)]))
+                 dict(name="unpack", ms=0.05, per_call=1), dict(name="fourth", ms=0.01, per_call=1)],
+        api_calls=[dict(name="cudaMalloc", ms=0.4, per_call=2), dict(name="cuLaunchKernelEx", ms=0.02, per_call=3),
+                   dict(name="cudaEventRecord", ms=0.001, per_call=1)]))
     assert gpu_report.gather_table(rows) == ""
     kernels = [dict(case="march-fwd[defaults]", workload="W2", ms=8.0, gsamples_per_s=250.0),
                dict(case="gather-only[256x8,tiles4]", workload="W2", ms=5.0),
@@ -161,4 +163,5 @@ def test_gpu_report_tables_targets_peers_and_variants(tmp_path):
         "| W2 | 8.000 | 250.0 | `gather-only[packed4,64x2,tiles8]` | 6.000 | 75% |"]
     table = gpu_report.trace_table(rows + [traced]).splitlines()
     assert table[-1] == ("| W2 | adj | `xraysyn` | 24.100 | 0.200 | 23.500 | 0.300 | 0.100 | "
-                         "march_adjoint_kernel 22.900, Memset (Device) 0.100 ×2, unpack 0.050 |")
+                         "march_adjoint_kernel 22.900, Memset (Device) 0.100 ×2, unpack 0.050 | "
+                         "cudaMalloc 0.400 ×2, cuLaunchKernelEx 0.020 ×3 |")

@@ -47,6 +47,8 @@ def test_breakdown_of_two_hand_made_calls():
     assert kernels["march_forward_kernel"]["ms"] == pytest.approx((0.6 + 0.8) / 2)
     assert kernels["pack_corners_kernel"]["per_call"] == pytest.approx(0.5)
     assert out["kernels"][0]["name"] == "march_forward_kernel"  # largest first
+    assert out["api_calls"] == [{"name": "cudaStreamSynchronize", "ms": 0.025, "per_call": 0.5},
+                                {"name": "cuLaunchKernelEx", "ms": 0.004, "per_call": 0.5}]
     # each call's parts add up to its wall time (lead + busy + gaps + tail), checked per call through medians
     single = tb.breakdown(events[:1] + events[2:7])
     assert single["lead_ms"] + single["busy_ms"] + single["gaps_ms"] + single["tail_ms"] == pytest.approx(1.0)
