@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import ProjectorInputError, api, forward_project, frames
+from xraysyn.projector import build_rays as build_rays_reference
 from xraysyn.projector.host_memo import HostMemo, array_key
 
 GEOMETRY = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=(6.0, 7.0))
@@ -201,7 +202,55 @@ def test_the_layout_prepared_ahead_is_the_one_marched(monkeypatch):
     torch.testing.assert_close(mismatched.permute(0, 2, 1).reshape(out.shape), out.detach(), rtol=1e-6, atol=1e-7)
 
 
+def test_to_device_copies_without_sharing_memory():
+    """``frames.to_device``: the values (converted to the dtype asked for) in fresh memory, also from a
+    read-only array (the host memo's) and from a CPU tensor on the CPU device."""
+    memo_like = np.arange(6.0).reshape(2, 3)
+    memo_like.flags.writeable = False
+    out = frames.to_device(memo_like, torch.device("cpu"), torch.float32)
+    assert out.dtype == torch.float32 and out.tolist() == memo_like.tolist()
+    out += 1.0  # writable, and the array is untouched
+    assert memo_like[1, 2] == 5.0
+    source = torch.arange(4, dtype=torch.int64)
+    copy = frames.to_device(source, torch.device("cpu"))
+    copy[0] = 9
+    assert source[0] == 0 and copy.dtype == torch.int64
+
+
 # ------------------------------------------------------------------------------------------ GPU
+def _queue_long_gpu_work() -> torch.cuda.Stream:
+    """Queue a kernel that spins for ~0.5 s on the current stream; returns the stream (``query()`` is False
+    while it runs)."""
+    torch.cuda.synchronize()
+    torch.cuda._sleep(1_000_000_000)
+    return torch.cuda.current_stream()
+
+
+@pytest.mark.cuda
+def test_cuda_host_to_device_copies_do_not_wait_for_queued_work():
+    """``frames.to_device``, the one-launch ray set-up from host frames and frames given (partly or wholly)
+    in host memory for a GPU queue their host→device copies without synchronising the stream (a plain
+    ``.to("cuda")`` from pageable memory would wait for the long kernel queued before them, as it would
+    wait for the volume's packing pass), and the values arrive."""
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=6.0)
+    poses = geometry.poses(torch.tensor([25.0, -40.0]))
+    host = frames.HostFrames(poses.double().numpy(), AFFINE[None].double().numpy(), None)
+    poses_gpu, affines_gpu = poses.cuda(), AFFINE[None].cuda()  # before the long kernel: .cuda() would wait
+    stream = _queue_long_gpu_work()
+    values = frames.to_device(np.arange(5.0), torch.device("cuda"), torch.float32)
+    rays = triton_backend.build_rays(poses_gpu, affines_gpu, (5, 6, 4), geometry, step_mm=1.0, host_frames=host)
+    cuda = torch.device("cuda")
+    mixed = frames.frame_tensors(AFFINE.numpy(), poses_gpu, [1.0, 2.0, 3.0], 1, torch.float32, cuda)  # host + GPU
+    placed, _ = frames.placed_frame_tensors(AFFINE, poses, None, 1, torch.float32, cuda)  # all given on the host
+    assert not stream.query(), "a host→device copy waited for the GPU work queued before it"
+    assert all(t.is_cuda for t in (*mixed, *placed[:2]))
+    torch.cuda.synchronize()
+    assert values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    expected = build_rays_reference(poses, AFFINE[None], (5, 6, 4), geometry, step_mm=1.0)
+    torch.testing.assert_close(rays.t_near.cpu(), expected.t_near, rtol=1e-5, atol=1e-4)
+    assert torch.equal(rays.n_samples.cpu(), expected.n_samples.to(rays.n_samples.dtype))
+
+
 @pytest.mark.cuda
 def test_cuda_host_copy_sees_the_work_queued_before_it():
     """The pinned, non-blocking frame copy returns the values the GPU computed before it was queued, even

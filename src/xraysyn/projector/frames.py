@@ -21,7 +21,8 @@ from xraysyn.projector.errors import ProjectorInputError
 from xraysyn.projector.host_memo import HostMemo, array_key
 
 __all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "PendingFrames", "check_finite_host", "check_frames_host",
-           "frame_tensors", "in_host_memory", "needs_scan", "placed_frame_tensors", "prepare_frames", "read_values"]
+           "frame_tensors", "in_host_memory", "needs_scan", "placed_frame_tensors", "prepare_frames", "read_values",
+           "to_device"]
 
 NONFINITE_VOLUME = "volume contains non-finite values (NaN or inf)"
 # Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
@@ -87,8 +88,30 @@ def read_values(tensor: torch.Tensor) -> np.ndarray:
     return np.asarray(tensor.tolist(), dtype=np.float64)
 
 
+def to_device(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A copy of host ``values`` (numpy array or CPU tensor) on ``device``, in ``dtype`` if given, that never
+    shares memory with ``values``. For a CUDA device the copy is staged in pinned memory and queued without
+    blocking: a plain ``.to("cuda")`` from pageable memory synchronises the stream, i.e. waits for every
+    kernel queued before it (here: the volume's packing pass), which would keep the host from queueing the
+    next launches while the GPU works."""
+    tensor = torch.from_numpy(np.array(values)) if isinstance(values, np.ndarray) else torch.as_tensor(values)
+    if dtype is not None and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    if device.type != "cuda" or tensor.requires_grad:  # (a tensor in an autograd graph keeps the plain copy)
+        return tensor.to(device=device, copy=True)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _on_device(value, dtype, device) -> torch.Tensor:
+    """A frame argument as a ``dtype`` tensor on ``device``; one given in host memory for a GPU is copied
+    there without synchronising (:func:`to_device`)."""
+    if device.type == "cuda" and in_host_memory(value):
+        return to_device(value if isinstance(value, (torch.Tensor, np.ndarray)) else np.asarray(value), device, dtype)
+    return torch.as_tensor(value, dtype=dtype, device=device)
+
+
 def _affines_tensor(world_from_voxel, batch: int, dtype, device) -> torch.Tensor:
-    a = torch.as_tensor(world_from_voxel, dtype=dtype, device=device)
+    a = _on_device(world_from_voxel, dtype, device)
     if a.dim() == 2:
         a = a.unsqueeze(0)
     if a.dim() != 3 or a.shape[-2:] != (4, 4):
@@ -101,7 +124,7 @@ def _affines_tensor(world_from_voxel, batch: int, dtype, device) -> torch.Tensor
 
 
 def _poses_tensor(poses, batch: int, dtype, device) -> torch.Tensor:
-    p = torch.as_tensor(poses, dtype=dtype, device=device)
+    p = _on_device(poses, dtype, device)
     if p.dim() == 2:
         p = p.unsqueeze(0)
     if p.dim() != 3 or p.shape[-2:] != (4, 4):
@@ -116,7 +139,7 @@ def _poses_tensor(poses, batch: int, dtype, device) -> torch.Tensor:
 def _isocenter_tensor(isocenter, batch: int, dtype, device):
     if isocenter is None:
         return None
-    c = torch.as_tensor(isocenter, dtype=dtype, device=device)
+    c = _on_device(isocenter, dtype, device)
     if c.dim() == 1:
         c = c.unsqueeze(0)
     if c.shape[-1] != 3 or c.dim() != 2 or c.shape[0] not in (1, batch):
@@ -197,7 +220,7 @@ def placed_frame_tensors(world_from_voxel, poses, isocenter, batch: int, dtype, 
         placed = frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, device)
         return placed, placed
     host = frame_tensors(world_from_voxel, poses, isocenter, batch, dtype, torch.device("cpu"))
-    return tuple(None if t is None else t.to(device) for t in host), host
+    return tuple(None if t is None else to_device(t, device) for t in host), host
 
 
 def prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device, values=None,

@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from xraysyn.projector import static_volume
+from xraysyn.projector import frames, static_volume
 from xraysyn.projector.host_memo import HostMemo, array_key
 
 __all__ = ["PreparedVolume", "run_before_launch", "TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
@@ -737,7 +737,7 @@ def backproject(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: tor
     host = np.concatenate([[geometry.sdd, row0, col0, row_mm, col_mm, tiny],
                            np.concatenate([cam_lin, cam_off[..., None]], -1).ravel(), source_to_voxel.ravel(),
                            source_voxel.ravel()])
-    params = torch.from_numpy(host).to(device=device, dtype=acc_dtype)  # one host→device copy
+    params = frames.to_device(host, device, acc_dtype)  # one host→device copy, queued without waiting
     detector, camera_from_voxel = params[:6], params[6:6 + 12 * b]
     rel, src = params[6 + 12 * b:6 + 24 * b], params[6 + 24 * b:]
     out = torch.empty(b, c, d, h, w, dtype=acc_dtype, device=device)
@@ -859,7 +859,7 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     host, volume_index, dominant = _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, (d, h, w),
                                                      geometry, step_mm, num_samples, acc_dtype)
     # copies: the memo's read-only arrays must not become the storage of tensors a caller could write to
-    params = torch.from_numpy(host.copy()).to(device=device, dtype=acc_dtype)
+    params = frames.to_device(host, device, acc_dtype)  # queued without waiting for the packing pass
     direction = torch.empty(n_views, n_rays, 3, dtype=acc_dtype, device=device)
     t_near = torch.empty(n_views, n_rays, dtype=acc_dtype, device=device)
     delta = torch.empty_like(t_near)
@@ -872,7 +872,7 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
             BLOCK_R=_SETUP_BLOCK_R, ACC=_accumulator(acc_dtype), FIXED_SAMPLES=num_samples is not None, num_warps=4)
     # the sources (voxel coordinates): the first 3 of each view's 12 numbers after the 7 shared ones (one view op)
     origin_dev = params.as_strided((n_views, 3), (12, 1), params.storage_offset() + 7)
-    index = torch.from_numpy(volume_index.copy()).to(device)
+    index = frames.to_device(volume_index, device)
     setattr(index, _INDEX_BOUND_ATTR, n_vol)
     setattr(direction, _DOMINANT_AXIS_ATTR, dominant)
     setattr(direction, _DETECTOR_COLS_ATTR, int(cols))
