@@ -77,7 +77,7 @@ def _gather_limit(volume, rays, detector_cols: int, timed, pack: int = 1) -> tup
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from gather_only_kernel import gather_only_kernel, gather_only_packed_kernel
 
-    from xraysyn.projector.triton_backend import _pack_corners
+    from xraysyn.projector.triton_backend import _pack_corners, _programs
 
     b, c, d, h, w = volume.shape
     n, r = rays.t_near.shape
@@ -99,7 +99,7 @@ def _gather_limit(volume, rays, detector_cols: int, timed, pack: int = 1) -> tup
     best = (float("inf"), {})
     for tile_w in GATHER_TILE_WIDTHS:
         for block_r, warps in ((64, 2), (128, 4), (256, 8)):
-            grid = (-(-detector_cols // tile_w) * -(-(r // detector_cols) // (block_r // tile_w)), n)
+            grid = (_programs(r, block_r, detector_cols, tile_w), n)
             ms = timed(lambda: kernel[grid](*args, BLOCK_R=block_r, TILE_W=tile_w, num_warps=warps, **meta))
             if ms < best[0]:
                 best = (ms, {"BLOCK_R": block_r, "num_warps": warps, "TILE_W": tile_w})

@@ -74,14 +74,16 @@ def breakdown(events: list[dict], label: str = CALL_LABEL) -> dict:
     for start, end in calls:
         mine = [g for g in gpu if start <= g[0] < end]
         wall = (end - start) / 1e3
+        wait_ms, waits = 0.0, 0
         for h_start, h_end, name in host_api:
             if start <= h_start < end:
                 api_ms[name] += (h_end - h_start) / 1e3
                 api_count[name] += 1
-        waits = [h for h in host_api if start <= h[0] < end and _blocks_host(h[2])]
+                if _blocks_host(name):
+                    wait_ms, waits = wait_ms + (h_end - h_start) / 1e3, waits + 1
         per_call["wall_ms"].append(wall)
-        per_call["host_waits_ms"].append(sum(h[1] - h[0] for h in waits) / 1e3)
-        per_call["host_waits"].append(len(waits))
+        per_call["host_waits_ms"].append(wait_ms)
+        per_call["host_waits"].append(waits)
         if not mine:
             for key, value in (("lead_ms", wall), ("busy_ms", 0.0), ("gaps_ms", 0.0), ("tail_ms", 0.0)):
                 per_call[key].append(value)

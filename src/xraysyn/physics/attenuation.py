@@ -20,7 +20,8 @@ from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
 from xraysyn.projector.host_memo import HostMemo, array_key
 
-__all__ = ["attenuate", "log_attenuation", "display_image", "spectral_coefficients", "DEFAULT_ENERGY_CHUNK"]
+__all__ = ["attenuate", "log_attenuation", "display_image", "coefficients_for", "spectral_coefficients",
+           "DEFAULT_ENERGY_CHUNK"]
 
 DEFAULT_ENERGY_CHUNK = 32
 """Energies processed at once; bounds the ``(N, chunk, rows, cols)`` temporary."""
@@ -55,6 +56,15 @@ def spectral_coefficients(spectrum: Spectrum, materials: Sequence[str], table: M
     return kept
 
 
+def coefficients_for(spectrum: Spectrum, mass_attenuation: torch.Tensor | None, materials: Sequence[str],
+                     table: MaterialTable | None, *, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mass_attenuation, log_weights)``: the ``mass_attenuation`` given (as is) with the spectrum's log
+    weights, or both from :func:`spectral_coefficients` when it is None."""
+    if mass_attenuation is None:
+        return spectral_coefficients(spectrum, materials, table, dtype=dtype, device=device)
+    return mass_attenuation, spectrum.log_weights(dtype=dtype, device=device)
+
+
 def _check_thickness(thickness: torch.Tensor, materials: Sequence[str], check_finite: bool = True) -> None:
     if not isinstance(thickness, torch.Tensor) or thickness.dim() != 4 or not thickness.is_floating_point():
         shape = tuple(thickness.shape) if isinstance(thickness, torch.Tensor) else type(thickness).__name__
@@ -87,11 +97,8 @@ def log_attenuation(thickness: torch.Tensor, spectrum: Spectrum, *, mass_attenua
         raise ValueError(f"spectrum must be a Spectrum, got {type(spectrum).__name__}")
     if int(energy_chunk) < 1:
         raise ValueError(f"energy_chunk must be >= 1, got {energy_chunk}")
-    if mass_attenuation is None:
-        mass_attenuation, log_w = spectral_coefficients(spectrum, materials, table, dtype=thickness.dtype,
-                                                        device=thickness.device)
-    else:
-        log_w = spectrum.log_weights(dtype=thickness.dtype, device=thickness.device)
+    mass_attenuation, log_w = coefficients_for(spectrum, mass_attenuation, materials, table, dtype=thickness.dtype,
+                                               device=thickness.device)
     mass_attenuation = mass_attenuation.to(dtype=thickness.dtype, device=thickness.device)
     n_energies = spectrum.energies_keV.size
     if tuple(mass_attenuation.shape) != (len(materials), n_energies):

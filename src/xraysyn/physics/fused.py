@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from xraysyn.physics.attenuation import spectral_coefficients
+from xraysyn.physics.attenuation import coefficients_for
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
 from xraysyn.projector.triton_backend import _triton_importable, interpreting
@@ -198,11 +198,8 @@ def fused_attenuate(thickness: torch.Tensor, spectrum: Spectrum, *, mass_attenua
         raise ValueError(f"spectrum must be a Spectrum, got {type(spectrum).__name__}")  # noqa: TRY004
     if check_finite and not torch.isfinite(thickness).all():
         raise ValueError("thickness contains non-finite values (NaN or inf)")
-    if mass_attenuation is None:
-        mass_attenuation, log_w = spectral_coefficients(spectrum, materials, table, dtype=thickness.dtype,
-                                                        device=thickness.device)
-    else:
-        log_w = spectrum.log_weights(dtype=thickness.dtype, device=thickness.device)
+    mass_attenuation, log_w = coefficients_for(spectrum, mass_attenuation, materials, table, dtype=thickness.dtype,
+                                               device=thickness.device)
     mass_attenuation = torch.as_tensor(mass_attenuation, dtype=thickness.dtype, device=thickness.device)
     n_energies = spectrum.energies_keV.size
     if tuple(mass_attenuation.shape) != (len(materials), n_energies):

@@ -89,12 +89,15 @@ def read_values(tensor: torch.Tensor) -> np.ndarray:
 
 
 def to_device(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A copy of host ``values`` (numpy array or CPU tensor) on ``device``, in ``dtype`` if given, that never
+    """A copy of host ``values`` (numpy array, CPU tensor or nested sequence) on ``device``, in ``dtype`` if given, that never
     shares memory with ``values``. For a CUDA device the copy is staged in pinned memory and queued without
     blocking: a plain ``.to("cuda")`` from pageable memory synchronises the stream, i.e. waits for every
     kernel queued before it (here: the volume's packing pass), which would keep the host from queueing the
     next launches while the GPU works."""
-    tensor = torch.from_numpy(np.array(values)) if isinstance(values, np.ndarray) else torch.as_tensor(values)
+    if isinstance(values, np.ndarray):
+        tensor = torch.from_numpy(np.array(values))  # a copy: memo arrays are read-only
+    else:
+        tensor = torch.as_tensor(values, dtype=dtype)
     if dtype is not None and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
     if device.type != "cuda" or tensor.requires_grad:  # (a tensor in an autograd graph keeps the plain copy)
@@ -106,7 +109,7 @@ def _on_device(value, dtype, device) -> torch.Tensor:
     """A frame argument as a ``dtype`` tensor on ``device``; one given in host memory for a GPU is copied
     there without synchronising (:func:`to_device`)."""
     if device.type == "cuda" and in_host_memory(value):
-        return to_device(value if isinstance(value, (torch.Tensor, np.ndarray)) else np.asarray(value), device, dtype)
+        return to_device(value, device, dtype)
     return torch.as_tensor(value, dtype=dtype, device=device)
 
 
