@@ -62,14 +62,15 @@ for stage in $stages; do
              } 2>&1 | tee "$OUT/sweep.jsonl" ;;
     defaults) # the shipped switches: kernels alone (torch vs Triton-built rays, autotuned configs, the gather limit)
              # and the API with the volume work started ahead of the rays (default) and after them (ahead=0, as
-             # measured before), the volume marked static, and the plane carry across z (the trace stage times the
+             # measured before), the volume marked static, the ray set-up queued every call (kr=0: no kept ray
+             # sets, what a training loop drawing new poses pays), and the plane carry across z (the trace stage times the
              # shipped defaults' adjoint and the plane carry across the rays' axis); adjoints do not read the volume,
              # so the volume variants are timed forward and forward+backward only
              { timeout 120 python3 benchmarks/gpu_kernels.py --only "defaults,gather-only"
-               timeout 90 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
-                 --impls "xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd --reps 10
-               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
-                 --impls "xraysyn,xraysyn[ahead=0],xraysyn-static" --modes fwd,fwd+bwd --reps 10
+               timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+                 --impls "xraysyn,xraysyn[ahead=0],xraysyn-static,xraysyn[kr=0]" --modes fwd,fwd+bwd --reps 10
+               timeout 120 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls "xraysyn,xraysyn[ahead=0],xraysyn-static,xraysyn[kr=0]" --modes fwd,fwd+bwd --reps 10
                timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn[cmax=4+plane=0]" --modes fwd+bwd,adj --reps 10
                # a non-square detector: tiled along its raster now, against runs of rays (what it got before)

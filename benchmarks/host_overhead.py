@@ -7,7 +7,8 @@ ray set-up parameters, launches): with the device idle at the start of a call, W
 full. Here the Triton kernels are replaced by no-op launchers and the tensors are tiny CPU tensors
 (the interpreter path), so what is timed is Python, numpy and torch dispatch — the part a GPU cannot
 hide — per call of ``forward_project`` (8 volumes, 8 views, 2 channels; the same poses every call, as
-the benchmarks, and ``[new poses]``: different poses every call, so no per-geometry memo can hit —
+the benchmarks; ``[rays not kept]``: the same with ``TritonBackend.KEEP_RAYS_MIB = 0``, the ray set-up
+queued every call; ``[new poses]``: different poses every call, so no per-geometry memo can hit —
 a training loop drawing random views), ``forward_project`` with the
 fused CT2Xray (``project_and_attenuate(fused=True)``: the separate steps would attenuate the stubs'
 uninitialised images) and ``backproject``. Prints one JSON line per call kind (median over ``--calls``
@@ -15,7 +16,10 @@ calls, µs) and ``after_last_sync_us``: from the call's last device→host wait 
 the launch of its main kernel (the march, or BP's gather) — the part of the host's work during which a
 GPU has finished everything queued and idles —, and ``before_first_kernel_us``: from the call's start to its
 first kernel launch (the forward's packing pass ahead of the rays), which a GPU idle at the call's start
-waits for; ``--profile`` adds the top functions by cumulative time.
+waits for, and ``until_main_us``: from the call's start to the main kernel's launch — on a GPU idle at the
+call's start the main kernel starts no earlier, so whatever of it exceeds the GPU work queued before the
+main kernel (W1: packing pass ≈ 0.13 ms, ray set-up) adds to the call's wall time; ``--profile`` adds the top
+functions by cumulative time.
 """
 
 from __future__ import annotations
@@ -84,12 +88,30 @@ def _before_first_kernel_us(start: float) -> float | None:
     return None if first is None else (first - start) * 1e6
 
 
+def _until_main_us(start: float) -> float | None:
+    """µs from the call's start to its main kernel's launch (the march, or BP's gather): on a GPU idle at the
+    start of the call, the main kernel cannot start earlier, so when this exceeds the GPU work queued before
+    it (the forward's packing pass and ray set-up) the difference is added to the call's wall time."""
+    main = next((t for name, t in _EVENTS if name == "main"), None)
+    return None if main is None else (main - start) * 1e6
+
+
 def _after_last_sync_us() -> float | None:
     """µs from the last synchronisation to the main kernel's launch in the call just made: on a GPU, the
     time the device idles (host-bound) within the call, once the work queued before the sync is done."""
     main = next((t for name, t in _EVENTS if name == "main"), None)
     syncs = [t for name, t in _EVENTS if name == "sync" and main is not None and t <= main]
     return (main - syncs[-1]) * 1e6 if syncs else None
+
+
+def _without_kept_rays(call):
+    from xraysyn.projector.triton_backend import TritonBackend
+
+    kept, TritonBackend.KEEP_RAYS_MIB = TritonBackend.KEEP_RAYS_MIB, 0
+    try:
+        return call()
+    finally:
+        TritonBackend.KEEP_RAYS_MIB = kept
 
 
 def main(argv=None) -> None:
@@ -116,6 +138,9 @@ def main(argv=None) -> None:
     thickness = torch.rand(8, 2, 16, 16) * 5.0  # g/cm²
     calls = {
         "forward_project": lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
+        # the same without the ray sets kept on the device (TritonBackend.KEEP_RAYS_MIB = 0): the set-up every call
+        "forward_project[rays not kept]": lambda: _without_kept_rays(
+            lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton")),
         "forward_project[new poses]": lambda: forward_project(volume, affine, pose_sets[next(next_set) % len(pose_sets)],
                                                               geometry, num_samples=256, backend="triton"),
         "project_and_attenuate[fused]": lambda: project_and_attenuate(volume, affine, poses, geometry, spectrum,
@@ -128,19 +153,22 @@ def main(argv=None) -> None:
         for name, call in calls.items():
             for _ in range(20):
                 call()
-            times, gaps, leads = [], [], []
+            times, gaps, leads, untils = [], [], [], []
             for _ in range(args.calls):
                 _EVENTS.clear()
                 start = time.perf_counter()
                 call()
                 times.append((time.perf_counter() - start) * 1e6)
-                for values, value in ((gaps, _after_last_sync_us()), (leads, _before_first_kernel_us(start))):
+                for values, value in ((gaps, _after_last_sync_us()), (leads, _before_first_kernel_us(start)),
+                                      (untils, _until_main_us(start))):
                     if value is not None:
                         values.append(value)
             print(json.dumps({"call": name, "host_us_median": round(statistics.median(times), 1),
                               "host_us_min": round(min(times), 1),
                               "before_first_kernel_us_median": round(statistics.median(leads), 1) if leads else None,
                               "after_last_sync_us_median": round(statistics.median(gaps), 1) if gaps else None,
+                              "until_main_us_median": round(statistics.median(untils), 1) if untils else None,
+                              "until_main_us_min": round(min(untils), 1) if untils else None,
                               "calls": args.calls, "torch": torch.__version__}), flush=True)
             if args.profile:
                 profiler = cProfile.Profile()

@@ -74,11 +74,13 @@ def test_host_overhead_benchmark_runs():
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [row["call"] for row in rows] == ["forward_project", "forward_project[new poses]",
-                                             "project_and_attenuate[fused]", "backproject", "fused_attenuate"]
+    assert [row["call"] for row in rows] == ["forward_project", "forward_project[rays not kept]",
+                                             "forward_project[new poses]", "project_and_attenuate[fused]",
+                                             "backproject", "fused_attenuate"]
     assert all(0 < row["host_us_min"] <= row["host_us_median"] for row in rows)
     forward = rows[0]  # the forward's first kernel (the packing pass) comes before its last sync and launch
     assert 0 < forward["before_first_kernel_us_median"] and 0 < forward["after_last_sync_us_median"]
+    assert forward["before_first_kernel_us_median"] < forward["until_main_us_median"] <= forward["host_us_median"]
 
 
 def test_projector_benchmark_variants_name_backend_switches(monkeypatch):

@@ -227,11 +227,12 @@ def _queue_long_gpu_work() -> torch.cuda.Stream:
 
 
 @pytest.mark.cuda
-def test_cuda_host_to_device_copies_do_not_wait_for_queued_work():
+def test_cuda_host_to_device_copies_do_not_wait_for_queued_work(monkeypatch):
     """``frames.to_device``, the one-launch ray set-up from host frames and frames given (partly or wholly)
     in host memory for a GPU queue their host→device copies without synchronising the stream (a plain
     ``.to("cuda")`` from pageable memory would wait for the long kernel queued before them, as it would
     wait for the volume's packing pass), and the values arrive."""
+    monkeypatch.setattr(triton_backend.TritonBackend, "KEEP_RAYS_MIB", 0)  # the set-up's copies, every call
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=6.0)
     poses = geometry.poses(torch.tensor([25.0, -40.0]))
     host = frames.HostFrames(poses.double().numpy(), AFFINE[None].double().numpy(), None)
@@ -317,3 +318,115 @@ def test_cuda_frames_given_on_the_host_are_not_copied_back(monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ProjectorInputError, match="orthonormal"):
         forward_project(volume, AFFINE, poses * 1.5, geometry, step_mm=0.9)
+
+
+# ------------------------------------------------------------------------------------------ kept ray sets
+class _FakeRays:
+    """A stand-in with a RaySet's tensor attributes: one float32 tensor of ``nbytes`` and a view of it."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.origin = torch.zeros(nbytes // 4)
+        self.direction = self.origin[:1]
+
+
+def test_kept_rays_are_bounded_in_bytes_and_drop_the_least_recently_used():
+    from xraysyn.projector.kept_rays import KeptRays, ray_set_bytes
+
+    a, b, c = (_FakeRays(400) for _ in range(3))
+    assert ray_set_bytes(a) == 400  # a view of the same storage is counted once
+    kept = KeptRays()
+    assert kept.put("a", a, max_bytes=1000) and kept.put("b", b, max_bytes=1000)
+    assert kept.get("a") is a  # "a" is now the most recent: "b" goes first
+    assert kept.put("c", c, max_bytes=1000)
+    assert kept.get("b") is None and kept.get("a") is a and kept.get("c") is c
+    assert len(kept) == 2 and kept.kept_bytes == 800
+    assert not kept.put("big", _FakeRays(2000), max_bytes=1000)  # larger than the bound: never kept
+    assert kept.get("big") is None and len(kept) == 2
+    assert kept.put("a", a, max_bytes=400)  # a smaller bound drops the others
+    assert len(kept) == 1 and kept.kept_bytes == 400 and kept.get("c") is None
+    kept.clear()
+    assert len(kept) == 0 and kept.kept_bytes == 0 and kept.get("a") is None
+
+
+@pytest.fixture
+def counted_ray_setups(monkeypatch):
+    """The Triton ray set-up kernel's launches, counted (the kept ray sets forgotten before and after)."""
+    triton_backend._KEPT_RAYS.clear()
+    kernels = triton_backend._kernels()
+    launches = []
+
+    class Counted:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernels.ray_setup[grid]
+
+    monkeypatch.setattr(triton_backend, "_KERNELS", kernels._replace(ray_setup=Counted()))
+    yield launches
+    triton_backend._KEPT_RAYS.clear()
+
+
+@needs_triton
+def test_a_geometry_met_again_reuses_its_ray_set(counted_ray_setups, monkeypatch):
+    """Same frames, shape, detector and sampling: the kept ray set is returned and no set-up is launched;
+    anything that changes the rays (sampling, detector, volume shape, dtype) gets its own set, with the
+    values of the torch ray set-up; KEEP_RAYS_MIB = 0 keeps none."""
+    poses = GEOMETRY.poses(torch.tensor([17.0, -52.0])).to(DEVICE)
+    affines = AFFINE[None].to(DEVICE)
+    narrow = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 4), pixel_spacing=(6.0, 7.0))
+
+    def rays(shape=(5, 6, 4), geometry=GEOMETRY, dtype=torch.float32, **sampling):
+        sampling = sampling or {"step_mm": 1.5}
+        return triton_backend.build_rays(poses.to(dtype), affines.to(dtype), shape, geometry, **sampling)
+
+    first = rays()
+    assert rays().direction is first.direction and len(counted_ray_setups) == 1
+    cases = {"step": ((5, 6, 4), GEOMETRY, {"step_mm": 1.25}), "samples": ((5, 6, 4), GEOMETRY, {"num_samples": 9}),
+             "shape": ((5, 6, 5), GEOMETRY, {"step_mm": 1.5}), "detector": ((5, 6, 4), narrow, {"step_mm": 1.5})}
+    made = {name: rays(shape, geometry, **sampling) for name, (shape, geometry, sampling) in cases.items()}
+    made["float64"] = rays(dtype=torch.float64)
+    assert len(counted_ray_setups) == 6 and len({id(r.direction) for r in (first, *made.values())}) == 6
+    for name, (shape, geometry, sampling) in cases.items():
+        reference = build_rays_reference(poses.cpu(), AFFINE[None], shape, geometry, **sampling)
+        torch.testing.assert_close(made[name].t_near.cpu(), reference.t_near, rtol=1e-5, atol=1e-4)
+        assert torch.equal(made[name].n_samples.cpu(), reference.n_samples.to(torch.int32))
+    assert made["float64"].t_near.dtype == torch.float64
+    assert rays(num_samples=9).direction is made["samples"].direction and len(counted_ray_setups) == 6
+    monkeypatch.setattr(triton_backend.TritonBackend, "KEEP_RAYS_MIB", 0)
+    assert rays().direction is not first.direction and len(counted_ray_setups) == 7
+
+
+@needs_triton
+def test_public_calls_with_kept_rays_match_the_reference(counted_ray_setups):
+    """forward_project and its adjoint, called twice each with one geometry, run one ray set-up between them
+    and give the reference's values every time."""
+    gen = torch.Generator().manual_seed(3)
+    volume = torch.rand(2, 2, 5, 6, 4, generator=gen).to(DEVICE)
+    poses = GEOMETRY.poses(torch.tensor([5.0, 65.0, -20.0, 110.0])).to(DEVICE)
+    images = torch.rand(4, 2, 6, 5, generator=gen).to(DEVICE)
+    expected = forward_project(volume.cpu(), AFFINE, poses.cpu(), GEOMETRY, step_mm=1.0, backend="reference")
+    expected_adj = api.forward_project_adjoint(images.cpu(), AFFINE, poses.cpu(), GEOMETRY, (5, 6, 4), num_volumes=2,
+                                               step_mm=1.0, backend="reference")
+    for _ in range(2):
+        got = forward_project(volume, AFFINE, poses, GEOMETRY, step_mm=1.0, backend="triton")
+        got_adj = api.forward_project_adjoint(images, AFFINE, poses, GEOMETRY, (5, 6, 4), num_volumes=2,
+                                              step_mm=1.0, backend="triton")
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got_adj.cpu(), expected_adj, rtol=1e-4, atol=1e-5)
+    assert len(counted_ray_setups) == 1
+
+
+@needs_triton
+@pytest.mark.cuda
+def test_cuda_ray_sets_are_kept_per_stream(counted_ray_setups):
+    """A ray set queued on one CUDA stream is not handed to a call on another (it may still be under way)."""
+    poses = GEOMETRY.poses(torch.tensor([12.0])).cuda()
+    affines = AFFINE[None].cuda()
+    first = triton_backend.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        other = triton_backend.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0)
+    torch.cuda.synchronize()
+    assert other.direction is not first.direction and len(counted_ray_setups) == 2
+    assert torch.equal(other.n_samples, first.n_samples)
+    assert triton_backend.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0).direction is first.direction

@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from xraysyn.projector import frames, static_volume
+from xraysyn.projector import frames, kept_rays, static_volume
 from xraysyn.projector.host_memo import HostMemo, array_key
 
 __all__ = ["PreparedVolume", "run_before_launch", "TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
@@ -60,6 +60,8 @@ _SETUP_BLOCK_R = 256
 # (isocenter, inverse affine) of recently met affines (small numpy arrays).
 _RAY_SETUP_PARAMS = HostMemo(max_entries=64)
 _VOLUME_TERMS = HostMemo(max_entries=64)
+# Ray sets (device tensors) of recently met geometries, within TritonBackend.KEEP_RAYS_MIB (see kept_rays.py).
+_KEPT_RAYS = kept_rays.KeptRays()
 # Launch configurations tried once per (rays, channels) on the GPU: (rays per program, warps), and for
 # the forward march also the samples per loop iteration (1, 2 or 4: more gathers in flight per thread).
 _TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
@@ -427,6 +429,10 @@ class TritonBackend:
     FORWARD_WARPS = 0
     ADJOINT_BLOCK_R = 0
     ADJOINT_WARPS = 0
+    # Device memory (MiB) for ray sets kept for geometries met again (exact key: the frames' values, volume
+    # shape, detector, sampling, dtype, device and stream; see kept_rays.py): a call with a recent geometry
+    # skips the ray set-up (its launch, copies and allocations). 0 keeps none. W1's set is 15 MB.
+    KEEP_RAYS_MIB = 64
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter, or a
     # pinned launch configuration).
     FORWARD_UNROLL = 1
@@ -794,10 +800,11 @@ def _source_world(pose: np.ndarray, iso: np.ndarray) -> np.ndarray:
 
 def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_shape, geometry, step_mm, num_samples,
                       acc_dtype):
-    """``(params, volume_index, dominant axis)``: what the ray set-up kernel reads (float64 numpy) — the
-    detector numbers, then per view the source in voxel coordinates (3) and the camera-to-voxel map (9) —,
+    """``((params, volume_index, dominant axis), key)``: what the ray set-up kernel reads (float64 numpy) —
+    the detector numbers, then per view the source in voxel coordinates (3) and the camera-to-voxel map (9) —,
     each view's volume (int64 numpy) and the voxel axis the views' optical axes run along most
-    (:func:`dominant_axis`). A handful of 4 × 4 operations in float64 numpy (each ~1 µs; torch pays ~10 µs a
+    (:func:`dominant_axis`); ``key``: everything the rays depend on, exactly (frames' bytes, shape,
+    detector, sampling, dtype). A handful of 4 × 4 operations in float64 numpy (each ~1 µs; torch pays ~10 µs a
     call), skipped for frames and geometry met recently (:mod:`~xraysyn.projector.host_memo`)."""
     pose, affines, iso, voxel_from_world = _host_frames(poses, world_from_voxel, isocenter, host_frames,
                                                         spatial_shape)
@@ -806,7 +813,7 @@ def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_s
            num_samples, acc_dtype)
     kept = _RAY_SETUP_PARAMS.get(key)
     if kept is not None:
-        return kept
+        return kept, key
     n_views, n_vol = pose.shape[0], affines.shape[0]
     volume_index = np.repeat(np.arange(n_vol), n_views // n_vol)
     if step_mm is None and num_samples is None:
@@ -825,7 +832,7 @@ def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_s
     # the middle ray's direction is the camera's optical axis: column 2 of each view's camera→voxel map
     dominant = int(np.argmax(np.abs(camera_to_voxel[:, :, 2]).sum(0))) if n_views else 0
     _RAY_SETUP_PARAMS.put(key, (params, volume_index, dominant))
-    return params, volume_index, dominant
+    return (params, volume_index, dominant), key
 
 
 def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shape, geometry, *,
@@ -856,8 +863,14 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     n_rays = rows * cols
     if n_views * n_rays * 3 > _INT32_LIMIT:
         raise TritonBackendInputError(f"{n_views} views × {n_rays} rays exceed 32-bit indexing; split the views")
-    host, volume_index, dominant = _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, (d, h, w),
-                                                     geometry, step_mm, num_samples, acc_dtype)
+    (host, volume_index, dominant), key = _ray_setup_params(poses, world_from_voxel, isocenter, host_frames,
+                                                            (d, h, w), geometry, step_mm, num_samples, acc_dtype)
+    keep_bytes = int(TritonBackend.KEEP_RAYS_MIB * 2**20)
+    if keep_bytes > 0:
+        key = (key, kept_rays.device_key(device))
+        kept = _KEPT_RAYS.get(key)
+        if kept is not None:
+            return kept
     # copies: the memo's read-only arrays must not become the storage of tensors a caller could write to
     params = frames.to_device(host, device, acc_dtype)  # queued without waiting for the packing pass
     direction = torch.empty(n_views, n_rays, 3, dtype=acc_dtype, device=device)
@@ -876,5 +889,8 @@ def build_rays(poses: torch.Tensor, world_from_voxel: torch.Tensor, spatial_shap
     setattr(index, _INDEX_BOUND_ATTR, n_vol)
     setattr(direction, _DOMINANT_AXIS_ATTR, dominant)
     setattr(direction, _DETECTOR_COLS_ATTR, int(cols))
-    return RaySet(origin=origin_dev, direction=direction, t_near=t_near, delta=delta, n_samples=n_samples,
+    rays = RaySet(origin=origin_dev, direction=direction, t_near=t_near, delta=delta, n_samples=n_samples,
                   volume_index=index, length=length)
+    if keep_bytes > 0:
+        _KEPT_RAYS.put(key, rays, keep_bytes)
+    return rays
