@@ -202,6 +202,24 @@ def test_the_layout_prepared_ahead_is_the_one_marched(monkeypatch):
     torch.testing.assert_close(mismatched.permute(0, 2, 1).reshape(out.shape), out.detach(), rtol=1e-6, atol=1e-7)
 
 
+def test_the_volume_work_is_queued_before_the_frames(monkeypatch):
+    """prepare_march starts the volume's layout copy (the packing pass) before it places and copies the
+    frames, so the GPU begins it as early as the call allows; bad frames still raise their own error."""
+    from xraysyn.projector.triton_backend import TritonBackend
+
+    order = []
+    prepare, placed = TritonBackend.prepare_volume, frames.placed_frame_tensors
+    monkeypatch.setattr(TritonBackend, "prepare_volume",
+                        staticmethod(lambda *args, **kwargs: order.append("volume") or prepare(*args, **kwargs)))
+    monkeypatch.setattr(frames, "placed_frame_tensors", lambda *args: order.append("frames") or placed(*args))
+    volume = torch.rand(1, 2, 5, 6, 4, device=DEVICE)
+    poses = GEOMETRY.poses(torch.tensor([25.0])).to(DEVICE)
+    api.prepare_march(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
+    assert order == ["volume", "frames"]
+    with pytest.raises(ProjectorInputError, match="poses must have shape"):
+        api.prepare_march(volume, AFFINE.to(DEVICE), poses[0, :3], GEOMETRY, step_mm=2.0, backend="triton")
+
+
 def test_to_device_copies_without_sharing_memory():
     """``frames.to_device``: the values (converted to the dtype asked for) in fresh memory, also from a
     read-only array (the host memo's) and from a CPU tensor on the CPU device."""
@@ -265,6 +283,33 @@ def test_cuda_host_copy_sees_the_work_queued_before_it():
     assert copied[0].shape == (64, 4, 4) and copied[1].shape == (2, 3, 3)
     assert (copied[0] == 3.0).all() and (copied[1] == 3.0).all()
     assert torch.isfinite(later).all()
+
+
+@needs_triton
+@pytest.mark.cuda
+@pytest.mark.parametrize("pose_dtype", [torch.float32, torch.float64])
+def test_cuda_frames_are_copied_beside_the_volume_work(pose_dtype, monkeypatch):
+    """With a long kernel standing in for the packing pass, prepare_march validates the frames (converted
+    and copied back on a stream beside it) and sets up the rays while that kernel still runs; the march
+    then gives the reference's values (float64 poses: converted beside, read after the join)."""
+    from xraysyn.projector.triton_backend import TritonBackend
+
+    prepare = TritonBackend.prepare_volume
+
+    def slow(volume, memory_budget_mib=512.0, check_finite=False):
+        torch.cuda._sleep(1_000_000_000)  # ~0.5 s on the current stream, queued before the packing pass
+        return prepare(volume, memory_budget_mib, check_finite=check_finite)
+
+    monkeypatch.setattr(TritonBackend, "prepare_volume", staticmethod(slow))
+    monkeypatch.setattr(TritonBackend, "KEEP_RAYS_MIB", 0)
+    volume = torch.rand(2, 2, 5, 6, 4, device="cuda")
+    poses = GEOMETRY.poses(torch.tensor([31.0, -8.0])).to("cuda", pose_dtype)
+    torch.cuda.synchronize()
+    march = api.prepare_march(volume, AFFINE.cuda(), poses, GEOMETRY, step_mm=1.0, backend="triton")
+    assert not torch.cuda.current_stream().query(), "the frames' copy waited for the volume work"
+    out = api.march_prepared(march, GEOMETRY)
+    expected = forward_project(volume.cpu(), AFFINE, poses.cpu().float(), GEOMETRY, step_mm=1.0, backend="reference")
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.cuda

@@ -729,10 +729,10 @@ def test_public_api_passes_low_precision_volumes_to_the_kernels(dtype, monkeypat
 
 def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
     """Validation and the Triton ray set-up (and BP) share one float64 host copy of poses, affines and
-    isocenter: one device→host transfer for them per call. The forward queues that copy first, then the
-    volume's packing pass (which also scans it for NaN/inf), then the ray set-up, and reads the scan's
-    one-value probe last, in the forward right before the march's launch (a second, late transfer): the GPU
-    packs while the host validates, sets up rays and prepares the launch. BP copies the frames with the images' extrema, in one transfer."""
+    isocenter: one device→host transfer for them per call. The forward queues the volume's packing pass
+    (which also scans it for NaN/inf) first, then that copy (on a stream beside it), then the ray set-up, and
+    reads the scan's one-value probe last, in the forward right before the march's launch (a second, late
+    transfer): the GPU packs while the host validates, sets up rays and prepares the launch. BP copies the frames with the images' extrema, in one transfer."""
     from xraysyn.projector import frames
 
     events, given = [], []
@@ -763,8 +763,8 @@ def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
     iso = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 3.0]], device=DEVICE)
     volume = torch.rand(2, 2, 5, 6, 4, device=DEVICE)
     out = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="triton")
-    # poses, affines, iso; the packing pass with its scan; rays; the forward's set-up; the probe; the march
-    assert events == ["copy3", "pack+scan", "rays", "ray args", "read1", "march"], events
+    # the packing pass with its scan; poses, affines, iso; rays; the forward's set-up; the probe; the march
+    assert events == ["pack+scan", "copy3", "rays", "ray args", "read1", "march"], events
     assert len(given) == 1 and given[0] is not None  # the ray set-up reused the validation's host copy
     expected = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="reference")
     _assert_close(out, expected)

@@ -145,26 +145,27 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
         raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
     spatial = _check_spatial_shape(volume.shape[2:])
     dtype = _compute_dtype(volume.dtype)
-    (affines, pose_t, iso), to_copy = frames.placed_frame_tensors(world_from_voxel, poses, isocenter, b, dtype,
-                                                                  volume.device)
-    ray_grad = torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in (pose_t, affines, iso)
-    )
-    chosen = _select_backend(backend, volume.device, ray_grad)
+    chosen = _select_backend(backend, volume.device, frames.any_requires_grad(world_from_voxel, poses, isocenter))
     # the Triton kernels read fp16/bf16 volumes as stored (half the bytes to gather) and accumulate in
     # float32; the other backends get a float32 copy
     low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
     vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
     scan = frames.needs_scan(volume)
     prepare_volume = getattr(chosen, "prepare_volume", None) if getattr(chosen, "PREPARE_AHEAD", False) else None
-    # One device→host copy of the frames (and, for backends that cannot scan asynchronously, of the volume's
-    # extrema). A backend with prepare_volume starts its volume work (copy into the marched layout, fused
-    # NaN/inf scan) on the GPU right after the copy is queued, and that work runs while the host validates
-    # the frames and sets up the rays; its scan result is read by the backend's forward right before it
-    # launches the march (before_launch), so nothing the host does up to the launch waits for the GPU.
-    pending = frames.PendingFrames(to_copy, volume if scan and prepare_volume is None else None)
+    # A backend with prepare_volume starts its volume work (copy into the marched layout, fused NaN/inf scan)
+    # first, so the GPU begins it as early as the call allows; the frames' conversions and their one
+    # device→host copy go on a stream beside it (they wait for the work queued before the call, not for the
+    # packing pass), and the volume work runs while the host validates the frames and sets up the rays. Its
+    # scan result is read by the backend's forward right before it launches the march (before_launch).
+    # Other backends copy the volume's extrema back with the frames (one transfer).
+    beside = frames.stream_beside(volume.device) if prepare_volume is not None else None
     prepared = prepare_volume(vol, memory_budget_mib, check_finite=scan) if prepare_volume is not None else None
+    with frames.on_stream(beside):
+        (affines, pose_t, iso), to_copy = frames.placed_frame_tensors(world_from_voxel, poses, isocenter, b, dtype,
+                                                                      volume.device)
+        pending = frames.PendingFrames(to_copy, volume if scan and prepare_volume is None else None)
     host_frames = pending.finish()
+    frames.join_stream(beside)  # the frames' device tensors, made beside, are safe on the current stream
     rays = _build_rays(chosen, host_frames, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
                        isocenter=iso)
     if prepared is not None and prepared.finite_probe is not None:

@@ -9,6 +9,7 @@ checks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -20,9 +21,9 @@ from xraysyn.projector import static_volume
 from xraysyn.projector.errors import ProjectorInputError
 from xraysyn.projector.host_memo import HostMemo, array_key
 
-__all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "PendingFrames", "check_finite_host", "check_frames_host",
-           "frame_tensors", "in_host_memory", "needs_scan", "placed_frame_tensors", "prepare_frames", "read_values",
-           "to_device"]
+__all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "PendingFrames", "any_requires_grad", "check_finite_host",
+           "check_frames_host", "frame_tensors", "in_host_memory", "join_stream", "needs_scan", "on_stream",
+           "placed_frame_tensors", "prepare_frames", "read_values", "stream_beside", "to_device"]
 
 NONFINITE_VOLUME = "volume contains non-finite values (NaN or inf)"
 # Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
@@ -211,6 +212,42 @@ class PendingFrames:
         frames = HostFrames(host[0], host[1], host[2] if self._has_iso else None)
         check_frames_host(frames)
         return frames
+
+
+def any_requires_grad(*values) -> bool:
+    """Whether autograd is on and one of the frame arguments ``values`` is a tensor that requires a gradient
+    (their device copies made by :func:`frame_tensors` then do too)."""
+    return torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def stream_beside(device: torch.device):
+    """A CUDA stream beside ``device``'s current one that has waited for everything queued on it so far
+    (one per device, made once): work queued on it next — the frames' conversions and their device→host
+    copy — runs without waiting for what the current stream gets after this call (the volume's packing
+    pass). None for a device that is not CUDA."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _SIDE_STREAMS.get(index)
+    if stream is None:
+        stream = _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    stream.wait_stream(torch.cuda.current_stream(index))
+    return stream
+
+
+def on_stream(stream):
+    """Context: ``stream`` current (a :func:`stream_beside` result), or nothing for None."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def join_stream(stream) -> None:
+    """Make the current stream wait for ``stream``'s work (None: nothing to wait for), so what was made
+    there is safe to use on the current stream."""
+    if stream is not None:
+        torch.cuda.current_stream(stream.device).wait_stream(stream)
 
 
 def placed_frame_tensors(world_from_voxel, poses, isocenter, batch: int, dtype, device):
