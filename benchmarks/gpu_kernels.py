@@ -61,10 +61,11 @@ ONE_CHANNEL_ONLY = ("plane carry",)  # the cases of --smoke's one-channel worklo
 # the TritonBackend switches the cases set, and the baseline each case changes one of (the defaults
 # before the 2026-11-26 sweep, with the corner carry allowed at any pack so the carry cases carry)
 SWITCHES = ("FORWARD_TILE_WIDTH", "ADJOINT_TILE_WIDTH", "FORWARD_PACK", "ADJOINT_PACK", "MERGE_RUNS", "CARRY_CORNERS",
-            "CARRY_MAX_PACK", "ADJOINT_PLANE_AXIS", "REUSE_CORNERS", "COPY_CHANNELS_LAST")
+            "CARRY_MAX_PACK", "ADJOINT_PLANE_AXIS", "REUSE_CORNERS", "COPY_CHANNELS_LAST", "FORWARD_VIEWS_INNER",
+            "ADJOINT_VIEWS_INNER")
 BASELINE = {"FORWARD_TILE_WIDTH": 8, "ADJOINT_TILE_WIDTH": 8, "FORWARD_PACK": 1, "ADJOINT_PACK": 1, "MERGE_RUNS": True,
             "CARRY_CORNERS": True, "CARRY_MAX_PACK": 4, "ADJOINT_PLANE_AXIS": 0, "REUSE_CORNERS": False,
-            "COPY_CHANNELS_LAST": True}
+            "COPY_CHANNELS_LAST": True, "FORWARD_VIEWS_INNER": False, "ADJOINT_VIEWS_INNER": False}
 TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide and runs of consecutive rays
 FORWARD_ONLY_TILE_WIDTHS = (4, 16)  # other tile shapes, timed for the forward only
 GATHER_TILE_WIDTHS = (4, 8)  # the gather limit: the best of these tile widths (the forward's default is 4)
@@ -240,6 +241,13 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
                 lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuned_kernel=_kernels().adjoint)
         TritonBackend.ADJOINT_PLANE_AXIS = 0
         measure("march-adj[defaults+plane carry z,api rays]",
+                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuned_kernel=_kernels().adjoint)
+        set_switches(defaults)
+    if n_views > b:  # several views per volume: their programs interleaved tile by tile (a slab at a time)
+        TritonBackend.FORWARD_VIEWS_INNER = TritonBackend.ADJOINT_VIEWS_INNER = True
+        measure("march-fwd[defaults+views inner,api rays]", lambda: TritonBackend.forward(volume, *api_args),
+                tuned_kernel=_kernels().forward)
+        measure("march-adj[defaults+views inner,api rays]",
                 lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuned_kernel=_kernels().adjoint)
         set_switches(defaults)
     if wanted("march-adj[defaults"):

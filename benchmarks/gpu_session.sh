@@ -71,19 +71,23 @@ for stage in $stages; do
                  --impls "xraysyn,xraysyn[ahead=0],xraysyn-static,xraysyn[kr=0]" --modes fwd,fwd+bwd --reps 10
                timeout 120 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn,xraysyn[ahead=0],xraysyn-static,xraysyn[kr=0]" --modes fwd,fwd+bwd --reps 10
-               timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
-                 --impls "xraysyn[cmax=4+plane=0]" --modes fwd+bwd,adj --reps 10
+               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls "xraysyn[cmax=4+plane=0],xraysyn[cmax=4+avi=1],xraysyn[fvi=1+avi=1]" --modes fwd+bwd,adj --reps 10
+               timeout 60 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls "xraysyn[fvi=1]" --modes fwd --reps 10
                # a non-square detector: tiled along its raster now, against runs of rays (what it got before)
                timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2-rect \
                  --impls "xraysyn,xraysyn[ft=0+at=0]" --modes fwd,adj --reps 10
              } 2>&1 | tee "$OUT/defaults.jsonl" ;;
     trace)   # the shipped defaults through the public API, each case timed and then 3 calls profiled: where a call's
              # time goes (host lead, GPU busy, gaps, tail, per-kernel ms; benchmarks/trace_breakdown.py) — the W1
-             # forward's distance to its target and the packed W2 adjoint's kernel-vs-API gap, kernel by kernel
+             # forward's distance to its target and the packed W2 adjoint's kernel-vs-API gap, kernel by kernel;
+             # W2 also with the plane carry (cmax=4) and with the adjoint's programs interleaved over the views
+             # (avi=1: a slab of the 139 MB packed buffer at a time instead of most of it, against a 60 MB L2)
              { timeout 70 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls xraysyn --modes fwd,fwd+bwd,adj --reps 10 --trace 3
-               timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
-                 --impls "xraysyn,xraysyn[cmax=4]" --modes fwd,fwd+bwd,adj --reps 10 --trace 3
+               timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls "xraysyn,xraysyn[cmax=4],xraysyn[avi=1]" --modes fwd,fwd+bwd,adj --reps 10 --trace 3
              } 2>&1 | tee "$OUT/trace.jsonl" ;;
     configs) # every launch configuration the autotuner tries, pinned, through the public API, next to the autotuned
              # default in the same run: is the packed adjoint's kernel-vs-API gap the autotuner's choice, and which

@@ -69,6 +69,28 @@ def test_adjoint_atomic_count_on_a_hand_counted_path():
     assert count(cells, dead_tail)["merged"] == 8  # the ray ends in its first cell: one flush
 
 
+def test_march_footprint_replays_the_kernels_launch_order():
+    """The footprint script's launch order takes every (tile, view) once, interleaves G views tile by tile,
+    and its tiles are the kernels' 2-D ray blocks; a hand-checked footprint: one tile's rays on a line."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import torch
+    from march_footprint import BLOCK_R, TILE_W, launch_order, tile_rays, window
+
+    order = launch_order(n_tiles=5, n_views=6, group=3)
+    assert sorted(order) == [(t, v) for t in range(5) for v in range(6)]
+    assert order[:4] == [(0, 0), (0, 1), (0, 2), (1, 0)] and order[15] == (0, 3)
+    assert launch_order(5, 6, 1)[:6] == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (0, 1)]
+    assert window(order, 5, 4) == order[4:8]  # centred on the first program of the middle tile (2)
+    rays = tile_rays(1, width=10)  # tiles 4 wide: columns 4..7 of rows 0..BLOCK_R/TILE_W - 1 (10 of them exist)
+    assert torch.equal(rays, torch.tensor([r * 10 + c for r in range(10) for c in range(4, 8)]))
+    assert BLOCK_R // TILE_W >= 10
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "march_footprint.py"), "--workloads",
+                           "smoke", "--in-flight", "4"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["order"], r["views_in_flight"]) for r in rows] == [("view after view", 1), ("views inner", 2)]
+
+
 def test_host_overhead_benchmark_runs():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"), "--calls", "5"],
                           capture_output=True, text=True, timeout=300, check=False)

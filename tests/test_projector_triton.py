@@ -387,6 +387,59 @@ def test_public_api_tiles_non_square_detectors(monkeypatch):
     assert launches == [(20, 4), (20, 8)], launches
 
 
+@pytest.mark.parametrize("tile_w", [0, 4])
+def test_views_interleaved_per_volume_match_the_reference(tile_w, monkeypatch):
+    """FORWARD_/ADJOINT_VIEWS_INNER: the march launches (tiles per view × V, views / V) programs for V views per
+    volume and each program finds its (tile, view) by interleaving — the forward, its backward, the adjoint
+    and the fused CT2Xray march and its backward give the reference's values (every ray once, none twice);
+    views not grouped per volume (V = 1, or views not a multiple of the volumes) launch as before."""
+    from xraysyn.physics import project_and_attenuate, tube_spectrum
+
+    grids = []
+    programs = triton_backend._programs
+
+    def launched(kernel, tuned, n, r, width, tw, *rest, **kw):
+        group = triton_backend.view_group(n, kw.get("items", 0), forward=kw["forward"])
+        grids.append((programs(r, triton_backend._DEFAULT_BLOCK_R, width, tw) * group, n // group))
+        return launch(kernel, tuned, n, r, width, tw, *rest, **kw)
+
+    launch = triton_backend._launch
+    monkeypatch.setattr(triton_backend, "_launch", launched)
+    for switch, value in (("FORWARD_VIEWS_INNER", True), ("ADJOINT_VIEWS_INNER", True),
+                          ("FORWARD_TILE_WIDTH", tile_w), ("ADJOINT_TILE_WIDTH", tile_w)):
+        monkeypatch.setattr(TritonBackend, switch, value)
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 12), pixel_spacing=3.0)
+    affine = _affine((4.0, 3.0, 3.5)).to(DEVICE)
+    poses = geometry.poses(torch.tensor([10.0, 100.0, -35.0, 60.0, 0.0, 170.0]),
+                           torch.tensor([5.0, -20.0, 0.0, 30.0, -10.0, 15.0])).to(DEVICE)
+    volume = torch.rand(2, 2, 7, 6, 8, device=DEVICE, requires_grad=True)  # 3 views per volume
+    weights = torch.rand(6, 2, 9, 12, device=DEVICE)
+    (forward_project(volume, affine, poses, geometry, num_samples=9, backend="triton") * weights).sum().backward()
+    adjoint = forward_project_adjoint(weights, affine, poses, geometry, (7, 6, 8), num_volumes=2, num_samples=9,
+                                      backend="triton")
+    tiles = programs(9 * 12, triton_backend._DEFAULT_BLOCK_R, 12 if tile_w else 0, tile_w)
+    assert grids == [(tiles * 3, 2)] * 3, grids
+    reference = volume.detach().clone().requires_grad_(True)
+    expected = forward_project(reference, affine, poses, geometry, num_samples=9, backend="reference")
+    (expected * weights).sum().backward()
+    _assert_close(volume.grad, reference.grad)
+    _assert_close(adjoint, reference.grad)
+    densities = (volume.detach() * 1.5).requires_grad_(True)
+    _, i_atten, _ = project_and_attenuate(densities, affine, poses, geometry, tube_spectrum(120.0), num_samples=9,
+                                          backend="triton", fused=True)
+    (i_atten * weights).sum().backward()
+    ref_densities = (volume.detach() * 1.5).requires_grad_(True)
+    _, ref_i, _ = project_and_attenuate(ref_densities, affine, poses, geometry, tube_spectrum(120.0),
+                                        num_samples=9, backend="reference")
+    (ref_i * weights).sum().backward()
+    _assert_close(i_atten, ref_i)
+    _assert_close(densities.grad, ref_densities.grad)
+    assert grids[3:] == [(tiles * 3, 2)] * 2, grids
+    assert triton_backend.view_group(6, 4, forward=True) == 1 and triton_backend.view_group(6, 6, forward=False) == 1
+    monkeypatch.setattr(TritonBackend, "ADJOINT_VIEWS_INNER", False)
+    assert triton_backend.view_group(6, 2, forward=False) == 1 and triton_backend.view_group(6, 2, forward=True) == 3
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("pack", [2, 4])
 @pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["b1c1", "b3c2"])

@@ -4,7 +4,7 @@ Each case draws (from its own seed) a volume shape, channel count (1–4), batch
 even detector (1–13 pixels a side), a sheared or plain affine with an offset origin, poses from any azimuth
 and elevation, either sampling (a sample count or a step), a channels-first or permuted (non-contiguous)
 volume, and a random combination of the backend's switches (tile widths, packs, merging, corner carry,
-plane carry axis, corner reuse, volume work ahead). Forward values and the adjoint must equal the
+plane carry axis, corner reuse, volume work ahead, views interleaved). Forward values and the adjoint must equal the
 reference to the issue's 1e-4 (relative to the largest value). A failure names the seed and every
 drawn value. A few cases run with the tests; ``-m slow`` runs many more. On a GPU the same cases run on
 CUDA tensors.
@@ -46,7 +46,8 @@ def _draw(seed: int) -> dict:
                       FORWARD_PACK=rng.choice([1, 2, 4]), ADJOINT_PACK=rng.choice([1, 2, 4]),
                       MERGE_RUNS=rng.random() < 0.85, CARRY_CORNERS=rng.random() < 0.7,
                       CARRY_MAX_PACK=rng.choice([1, 2, 4]), ADJOINT_PLANE_AXIS=rng.choice([-1, 0, 1, 2]),
-                      REUSE_CORNERS=rng.random() < 0.3, PREPARE_AHEAD=rng.random() < 0.8),
+                      REUSE_CORNERS=rng.random() < 0.3, PREPARE_AHEAD=rng.random() < 0.8,
+                      FORWARD_VIEWS_INNER=rng.random() < 0.5, ADJOINT_VIEWS_INNER=rng.random() < 0.5),
     )
 
 

@@ -78,7 +78,7 @@ class ProjectAttenuate(torch.autograd.Function):
         tb.run_before_launch(prepared)
         if n and r:
             with tb._on(device):
-                tb._launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True)
+                tb._launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True, items=b)
         else:  # no rays: nothing attenuates
             thick.zero_()
             lse.zero_()
@@ -120,7 +120,7 @@ class ProjectAttenuate(torch.autograd.Function):
                     "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
                     "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **switches}
             with tb._on(device):
-                tb._launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False)
+                tb._launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False, items=b)
         grad = tb._finish_gradient(buffer, ctx.volume_shape, pack, switches["PLANE"]).to(ctx.volume_dtype)
         return (grad,) + (None,) * 10
 

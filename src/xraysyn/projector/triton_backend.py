@@ -317,24 +317,39 @@ def pinned_launch(forward: bool) -> tuple[int, int] | None:
     return block_r, warps or _DEFAULT_NUM_WARPS
 
 
+def view_group(n_views: int, n_items: int, *, forward: bool) -> int:
+    """Views whose programs a march interleaves (``_tile_and_view`` in the kernels): with
+    ``TritonBackend.FORWARD_VIEWS_INNER`` / ``ADJOINT_VIEWS_INNER`` the views of one volume (``n_views /
+    n_items`` when the views come volume-major, as the public API orders them), else 1 (view after view)."""
+    inner = TritonBackend.FORWARD_VIEWS_INNER if forward else TritonBackend.ADJOINT_VIEWS_INNER
+    if not inner or n_items <= 0 or n_views % n_items:
+        return 1
+    return n_views // n_items
+
+
 def _launch(kernel, tuned: bool, grid_views: int, n_rays: int, width: int, tile_w: int, args, meta, *,
-            forward: bool):
-    """Launch a march kernel: autotuned on the GPU unless ``TritonBackend`` pins its configuration
-    (:func:`pinned_launch`; the forward's samples per loop iteration are then ``FORWARD_UNROLL``)."""
+            forward: bool, items: int = 0):
+    """Launch a march kernel over ``grid_views`` views of ``items`` volumes: autotuned on the GPU unless
+    ``TritonBackend`` pins its configuration (:func:`pinned_launch`; the forward's samples per loop iteration
+    are then ``FORWARD_UNROLL``); the programs of each volume's views interleaved tile by tile when
+    :func:`view_group` says so."""
+    group = view_group(grid_views, items, forward=forward)
+
+    def grid(block_r: int) -> tuple[int, int]:
+        return _programs(n_rays, block_r, width, tile_w) * group, grid_views // group
+
     pinned = pinned_launch(forward)
     if pinned is not None:
         block_r, warps = max(pinned[0], tile_w), pinned[1]
         if forward:
             meta = {**meta, "UNROLL": int(TritonBackend.FORWARD_UNROLL)}
         untuned = kernel.fn if tuned else kernel
-        untuned[(_programs(n_rays, block_r, width, tile_w), grid_views)](*args, BLOCK_R=block_r, num_warps=warps,
-                                                                         **meta)
+        untuned[grid(block_r)](*args, BLOCK_R=block_r, num_warps=warps, **meta)
     elif tuned:
-        kernel[lambda m: (_programs(n_rays, m["BLOCK_R"], width, tile_w), grid_views)](*args, **meta)
+        kernel[lambda m: grid(m["BLOCK_R"])](*args, **meta)
     else:
         block_r = max(min(_DEFAULT_BLOCK_R, _next_power_of_two(max(n_rays, 1))), tile_w)
-        kernel[(_programs(n_rays, block_r, width, tile_w), grid_views)](
-            *args, BLOCK_R=block_r, num_warps=_DEFAULT_NUM_WARPS, **meta)
+        kernel[grid(block_r)](*args, BLOCK_R=block_r, num_warps=_DEFAULT_NUM_WARPS, **meta)
 
 
 def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -433,6 +448,14 @@ class TritonBackend:
     # shape, detector, sampling, dtype, device and stream; see kept_rays.py): a call with a recent geometry
     # skips the ray set-up (its launch, copies and allocations). 0 keeps none. W1's set is 15 MB.
     KEEP_RAYS_MIB = 64
+    # Order in which a march's programs run (see view_group): False = every tile of one view, then the next
+    # view; True = one tile in each view of a volume, then the next tile. Several views of one volume (W2: 16
+    # views of one CT) cross the same slab of it through the same detector tile, so interleaving them keeps
+    # the data that programs running at the same time touch to a slab instead of most of the volume — the
+    # adjoint's packed 4-slot buffer (W2: 139 MB) and the forward's packed copy exceed the GPU's L2 cache
+    # (60 MB on an H200), a slab does not. Same values either way (exact tests); not yet timed, so off.
+    FORWARD_VIEWS_INNER = False
+    ADJOINT_VIEWS_INNER = False
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter, or a
     # pinned launch configuration).
     FORWARD_UNROLL = 1
@@ -482,7 +505,7 @@ class TritonBackend:
                 "PACK": pack, **forward_switches(tuned)}
         run_before_launch(prepared)
         with _on(device):
-            _launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True)
+            _launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True, items=b)
         return out
 
     @staticmethod
@@ -538,7 +561,7 @@ class TritonBackend:
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
                 "PACK": pack, **switches}
         with _on(device):
-            _launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False)
+            _launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False, items=b)
         return _finish_gradient(buffer, (b, c, d, h, w), pack, switches["PLANE"])
 
 

@@ -58,21 +58,44 @@ def _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, s, size_d, size_h, size_w, ACC:
 
 
 @triton.jit
-def _ray_block(n_rays, width, BLOCK_R: tl.constexpr, TILE_W: tl.constexpr):
-    """Ray indices ``(BLOCK_R,)`` of this program and their validity mask.
+def _tiles_per_view(n_rays, width, BLOCK_R: tl.constexpr, TILE_W: tl.constexpr):
+    """Programs one view's rays take (``triton_backend._programs`` on the host)."""
+    if TILE_W == 0:
+        tiles = (n_rays + BLOCK_R - 1) // BLOCK_R
+    else:
+        rows = (n_rays + width - 1) // width
+        tiles = ((width + TILE_W - 1) // TILE_W) * ((rows + BLOCK_R // TILE_W - 1) // (BLOCK_R // TILE_W))
+    return tiles
+
+
+@triton.jit
+def _tile_and_view(n_rays, width, BLOCK_R: tl.constexpr, TILE_W: tl.constexpr):
+    """``(tile, view)`` of this program. The grid is ``(tiles per view × G, views / G)``, launched in order of
+    its first index: consecutive programs take one tile in each of ``G`` consecutive views (the views of one
+    volume, whose rays through the same tile of the detector cross the same slab of it), then the next
+    tile. ``G = 1``: every tile of one view, then the next view."""
+    tiles = _tiles_per_view(n_rays, width, BLOCK_R, TILE_W)
+    group = tl.num_programs(0) // tiles
+    pid = tl.program_id(0)
+    tile = pid // group
+    return tile, tl.program_id(1) * group + (pid - tile * group)
+
+
+@triton.jit
+def _ray_block(tile, n_rays, width, BLOCK_R: tl.constexpr, TILE_W: tl.constexpr):
+    """Ray indices ``(BLOCK_R,)`` of ray block ``tile`` of a view and their validity mask.
 
     ``TILE_W = 0``: ``BLOCK_R`` consecutive rays. Otherwise rays are read as a raster of rows of
     ``width`` (the detector columns) and each program takes a ``(BLOCK_R // TILE_W) × TILE_W``
     tile of it, so that neighbouring lanes march neighbouring rays in 2-D and share cache lines
-    of the volume. Either way the programs cover each ray index in ``[0, n_rays)`` exactly once.
+    of the volume. Either way the blocks cover each ray index in ``[0, n_rays)`` exactly once.
     """
     lane = tl.arange(0, BLOCK_R)
     if TILE_W == 0:
-        rays = tl.program_id(0) * BLOCK_R + lane
+        rays = tile * BLOCK_R + lane
         ok = rays < n_rays
     else:
         tiles_per_row = (width + TILE_W - 1) // TILE_W
-        tile = tl.program_id(0)
         tile_row = tile // tiles_per_row
         row = tile_row * (BLOCK_R // TILE_W) + lane // TILE_W
         col = (tile - tile_row * tiles_per_row) * TILE_W + lane % TILE_W
@@ -105,8 +128,8 @@ def _program_rays(base_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr
                   TILE_W: tl.constexpr):
     """What every march kernel starts with: this program's view, rays and channels, the pointer to its
     item's volume (or gradient) and the rays' parameters, and the largest sample count among them."""
-    view = tl.program_id(1)
-    rays, ray_ok = _ray_block(n_rays, width, BLOCK_R, TILE_W)
+    tile, view = _tile_and_view(n_rays, width, BLOCK_R, TILE_W)
+    rays, ray_ok = _ray_block(tile, n_rays, width, BLOCK_R, TILE_W)
     chan = tl.arange(0, BLOCK_C)
     chan_ok = chan < n_channels
     item = tl.load(vidx_ptr + view).to(tl.int64)
