@@ -36,8 +36,8 @@ WORKLOADS = {  # as in benchmarks/projector.py
 }
 
 
-def cell_paths(spec: dict, ray_stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cells (N, R', S, 3) int64, live (N, R', S) bool)`` of every ``ray_stride``-th ray of every view."""
+def workload_rays(spec: dict):
+    """The float64 torch :class:`~xraysyn.projector.rays.RaySet` of a workload's views (one volume)."""
     from xraysyn.geometry import ConeBeamGeometry
     from xraysyn.projector import build_rays
 
@@ -47,7 +47,13 @@ def cell_paths(spec: dict, ray_stride: int) -> tuple[torch.Tensor, torch.Tensor]
     geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(spec["detector"],) * 2,
                                 pixel_spacing=spec["pixel"])
     poses = geometry.poses(torch.linspace(-18, 18, spec["views"], dtype=torch.float64))
-    rays = build_rays(poses, affine[None], shape, geometry, num_samples=spec["samples"])
+    return build_rays(poses, affine[None], shape, geometry, num_samples=spec["samples"])
+
+
+def cell_paths(spec: dict, ray_stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cells (N, R', S, 3) int64, live (N, R', S) bool)`` of every ``ray_stride``-th ray of every view."""
+    shape = spec["shape"]
+    rays = workload_rays(spec)
     pick = torch.arange(0, spec["detector"] ** 2, ray_stride)
     k = torch.arange(spec["samples"], dtype=torch.float64)
     t = rays.t_near[:, pick, None] + (k + 0.5) * rays.delta[:, pick, None]

@@ -21,22 +21,9 @@ import json
 
 import torch
 
-from adjoint_atomics import WORKLOADS  # noqa: I001 (sibling script: the same workload geometry)
+from adjoint_atomics import WORKLOADS, workload_rays  # noqa: I001 (sibling script: the same workloads)
 
 BLOCK_R, TILE_W, LINE_BYTES, SLOT_BYTES = 128, 4, 128, 16
-
-
-def _rays(spec: dict):
-    from xraysyn.geometry import ConeBeamGeometry
-    from xraysyn.projector import build_rays
-
-    shape = spec["shape"]
-    affine = torch.diag(torch.tensor([*spec["spacing"], 1.0], dtype=torch.float64))
-    affine[:3, 3] = -torch.tensor(spec["spacing"], dtype=torch.float64) * (torch.tensor(shape) - 1) / 2
-    geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(spec["detector"],) * 2,
-                                pixel_spacing=spec["pixel"])
-    poses = geometry.poses(torch.linspace(-18, 18, spec["views"], dtype=torch.float64))
-    return build_rays(poses, affine[None], shape, geometry, num_samples=spec["samples"])
 
 
 def launch_order(n_tiles: int, n_views: int, group: int) -> list[tuple[int, int]]:
@@ -99,7 +86,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     for name in args.workloads.split(","):
         spec = WORKLOADS[name]
-        rays = _rays(spec)
+        rays = workload_rays(spec)
         width = spec["detector"]
         n_tiles = -(-width // TILE_W) * -(-width // (BLOCK_R // TILE_W))
         views = spec["views"]
