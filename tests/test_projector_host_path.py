@@ -436,8 +436,11 @@ def test_a_geometry_met_again_reuses_its_ray_set(counted_ray_setups, monkeypatch
         assert torch.equal(made[name].n_samples.cpu(), reference.n_samples.to(torch.int32))
     assert made["float64"].t_near.dtype == torch.float64
     assert rays(num_samples=9).direction is made["samples"].direction and len(counted_ray_setups) == 6
+    triton_backend.TritonBackend.clear_kept_rays()
+    assert len(triton_backend._KEPT_RAYS) == 0
+    assert rays().direction is not first.direction and len(counted_ray_setups) == 7  # made again, kept again
     monkeypatch.setattr(triton_backend.TritonBackend, "KEEP_RAYS_MIB", 0)
-    assert rays().direction is not first.direction and len(counted_ray_setups) == 7
+    assert rays().direction is not first.direction and len(counted_ray_setups) == 8
 
 
 @needs_triton

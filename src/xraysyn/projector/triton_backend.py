@@ -463,6 +463,12 @@ class TritonBackend:
     READS_LOW_PRECISION = True
 
     @staticmethod
+    def clear_kept_rays() -> None:
+        """Drop the ray sets kept for recent geometries (``KEEP_RAYS_MIB``), returning their device memory
+        to PyTorch's allocator."""
+        _KEPT_RAYS.clear()
+
+    @staticmethod
     def build_rays(*args, **kwargs):
         """This backend's ray set-up: the one-launch kernel, :func:`build_rays` of this module (which also
         takes ``host_frames``)."""
