@@ -165,7 +165,7 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
                                                                       volume.device)
         pending = frames.PendingFrames(to_copy, volume if scan and prepare_volume is None else None)
     host_frames = pending.finish()
-    frames.join_stream(beside)  # the frames' device tensors, made beside, are safe on the current stream
+    frames.join_stream(beside, (affines, pose_t, iso))  # the frames' device tensors, made beside, now safe here
     rays = _build_rays(chosen, host_frames, pose_t, affines, spatial, geometry, step_mm=step_mm, num_samples=num_samples,
                        isocenter=iso)
     if prepared is not None and prepared.finite_probe is not None:

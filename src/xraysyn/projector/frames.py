@@ -243,11 +243,17 @@ def on_stream(stream):
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
-def join_stream(stream) -> None:
+def join_stream(stream, tensors=()) -> None:
     """Make the current stream wait for ``stream``'s work (None: nothing to wait for), so what was made
-    there is safe to use on the current stream."""
-    if stream is not None:
-        torch.cuda.current_stream(stream.device).wait_stream(stream)
+    there is safe to use on the current stream; ``tensors`` made there are also recorded as used on the
+    current stream, so the allocator does not hand their memory out again before its work is done."""
+    if stream is None:
+        return
+    current = torch.cuda.current_stream(stream.device)
+    current.wait_stream(stream)
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+            tensor.record_stream(current)
 
 
 def placed_frame_tensors(world_from_voxel, poses, isocenter, batch: int, dtype, device):
