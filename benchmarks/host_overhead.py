@@ -12,9 +12,11 @@ queued every call; ``[new poses]``: different poses every call, so no per-geomet
 a training loop drawing random views), ``forward_project`` with the
 fused CT2Xray (``project_and_attenuate(fused=True)``: the separate steps would attenuate the stubs'
 uninitialised images) and ``backproject``. Prints one JSON line per call kind (median over ``--calls``
-calls, µs) and ``after_last_sync_us``: from the call's last device→host wait (a GPU synchronisation) to
-the launch of its main kernel (the march, or BP's gather) — the part of the host's work during which a
-GPU has finished everything queued and idles —, and ``before_first_kernel_us``: from the call's start to its
+calls, µs) and ``after_last_sync_us``: from the call's last device→host wait before its main kernel's
+launch (the march, or BP's gather) to that launch — for BP the part of the host's work during which a GPU
+has finished everything queued and idles; for the forward, whose frames are copied beside the packing pass
+and whose scan result is read after the launch, only the host's work after the frames arrived, while the
+GPU may still pack —, and ``before_first_kernel_us``: from the call's start to its
 first kernel launch (the forward's packing pass ahead of the rays), which a GPU idle at the call's start
 waits for, and ``until_main_us``: from the call's start to the main kernel's launch — on a GPU idle at the
 call's start the main kernel starts no earlier, so whatever of it exceeds the GPU work queued before the

@@ -145,9 +145,12 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 @needs_triton
 @pytest.mark.parametrize("layout", ["packed", "channels-last copy", "in place"])
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_non_finite_volumes_raise_on_every_layout(layout, monkeypatch):
     """The scan runs fused into the packing pass, or as one reduction for the unpacked layouts; either way
-    a NaN or inf anywhere raises one clear error and nothing is returned."""
+    a NaN or inf anywhere raises one clear error and nothing is returned (the march, queued before the
+    check's result is read, runs over the bad values and its result is dropped: the interpreter's numpy
+    warns about them)."""
     from xraysyn.physics import project_and_attenuate, tube_spectrum
     from xraysyn.projector.triton_backend import TritonBackend
 
@@ -352,8 +355,6 @@ def test_cuda_frames_given_on_the_host_are_not_copied_back(monkeypatch):
             super().__init__(tensors)
 
     monkeypatch.setattr(frames, "HostCopy", SpyCopy)
-    read_values = frames.read_values
-    monkeypatch.setattr(frames, "read_values", lambda t: copied.append([t.device.type]) or read_values(t))
     geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(33, 31), pixel_spacing=3.0)
     poses = geometry.poses(torch.tensor([-40.0, 75.0]))  # CPU tensors
     volume = torch.rand(2, 2, 20, 24, 18, device="cuda")

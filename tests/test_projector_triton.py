@@ -783,9 +783,11 @@ def test_public_api_passes_low_precision_volumes_to_the_kernels(dtype, monkeypat
 def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
     """Validation and the Triton ray set-up (and BP) share one float64 host copy of poses, affines and
     isocenter: one device→host transfer for them per call. The forward queues the volume's packing pass
-    (which also scans it for NaN/inf) first, then that copy (on a stream beside it), then the ray set-up, and
-    reads the scan's one-value probe last, in the forward right before the march's launch (a second, late
-    transfer): the GPU packs while the host validates, sets up rays and prepares the launch. BP copies the frames with the images' extrema, in one transfer."""
+    (which also scans it for NaN/inf) first, then that copy (on a stream beside it), then the ray set-up; the
+    scan's one-value probe is copied back right before the march's launch (a second, late transfer) and
+    waited for and checked right after it: the GPU packs while the host validates, sets up rays and prepares
+    the launch, and goes on to the march without waiting for the host. BP copies the frames with the images'
+    extrema, in one transfer."""
     from xraysyn.projector import frames
 
     events, given = [], []
@@ -794,12 +796,15 @@ def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
     class SpyCopy(host_copy):
         def __init__(self, tensors):
             events.append(f"copy{len(tensors)}")
+            self.spied = len(tensors)
             super().__init__(tensors)
+
+        def wait(self):
+            events.append(f"wait{self.spied}")
+            return super().wait()
 
     pack, build_rays, host_frames = triton_backend._pack_corners, triton_backend.build_rays, triton_backend._host_frames
     monkeypatch.setattr(frames, "HostCopy", SpyCopy)
-    read_values = frames.read_values
-    monkeypatch.setattr(frames, "read_values", lambda t: events.append(f"read{t.numel()}") or read_values(t))
     monkeypatch.setattr(triton_backend, "_pack_corners",
                         lambda *args: events.append("pack+scan" if args[2] is not None else "pack") or pack(*args))
     monkeypatch.setattr(triton_backend, "build_rays",
@@ -816,21 +821,22 @@ def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
     iso = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 3.0]], device=DEVICE)
     volume = torch.rand(2, 2, 5, 6, 4, device=DEVICE)
     out = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="triton")
-    # the packing pass with its scan; poses, affines, iso; rays; the forward's set-up; the probe; the march
-    assert events == ["pack+scan", "copy3", "rays", "ray args", "read1", "march"], events
+    # the packing pass with its scan; poses, affines, iso copied and read; rays; the forward's set-up; the probe's
+    # copy queued; the march; the probe read
+    assert events == ["pack+scan", "copy3", "wait3", "rays", "ray args", "copy1", "march", "wait1"], events
     assert len(given) == 1 and given[0] is not None  # the ray set-up reused the validation's host copy
     expected = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="reference")
     _assert_close(out, expected)
     events.clear()
     monkeypatch.setattr(TritonBackend, "PREPARE_AHEAD", False)  # the earlier order: extrema with the frames
     out = forward_project(volume, affines, poses, geometry, num_samples=5, isocenter=iso, backend="triton")
-    assert events == ["copy5", "rays", "pack", "ray args", "march"], events  # poses, affines, iso, min, max
+    assert events == ["copy5", "wait5", "rays", "pack", "ray args", "march"], events  # poses, affines, iso, extrema
     _assert_close(out, expected)
     events.clear()
     given.clear()
     images = torch.rand(2, 2, 5, 6, device=DEVICE)
     bp = backproject(images, affines, poses, geometry, (5, 6, 4), isocenter=iso, backend="triton")
-    assert events == ["copy5"] and len(given) == 1 and given[0] is not None  # poses, affines, iso, min, max
+    assert events == ["copy5", "wait5"] and len(given) == 1 and given[0] is not None  # poses, affines, iso, extrema
     _assert_close(bp, backproject(images, affines, poses, geometry, (5, 6, 4), isocenter=iso, backend="reference"))
 
 

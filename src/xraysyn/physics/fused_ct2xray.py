@@ -75,11 +75,12 @@ class ProjectAttenuate(torch.autograd.Function):
         meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
                 "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
                 "N_CHUNKS": _energy_chunks(mu.shape[1]), **tb.forward_switches(tuned)}
-        tb.run_before_launch(prepared)
         if n and r:
-            with tb._on(device):
+            with tb.checked_launch(prepared), tb._on(device):
                 tb._launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True, items=b)
-        else:  # no rays: nothing attenuates
+        else:  # no rays: nothing attenuates (the volume is checked all the same)
+            with tb.checked_launch(prepared):
+                pass
             thick.zero_()
             lse.zero_()
             i_atten.fill_(1.0)

@@ -156,7 +156,7 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     # first, so the GPU begins it as early as the call allows; the frames' conversions and their one
     # device→host copy go on a stream beside it (they wait for the work queued before the call, not for the
     # packing pass), and the volume work runs while the host validates the frames and sets up the rays. Its
-    # scan result is read by the backend's forward right before it launches the march (before_launch).
+    # scan result is copied back right before the march's launch and checked right after it (before_launch).
     # Other backends copy the volume's extrema back with the frames (one transfer).
     beside = frames.stream_beside(volume.device) if prepare_volume is not None else None
     prepared = prepare_volume(vol, memory_budget_mib, check_finite=scan) if prepare_volume is not None else None
@@ -174,13 +174,14 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
 
 
 def _finite_check(probe: torch.Tensor, volume: torch.Tensor):
-    """The deferred NaN/inf check of ``volume`` from its scan's ``probe`` (a few floats: one plain
-    device→host read when run)."""
+    """The deferred NaN/inf check of ``volume`` from its scan's ``probe`` (a few floats), in two steps (see
+    ``PreparedVolume.before_launch``): queue the probe's device→host copy, then check what arrived."""
 
-    def check() -> None:
-        frames.check_finite_host([frames.read_values(probe)], volume, frames.NONFINITE_VOLUME)
+    def queue():
+        copy = frames.HostCopy([probe])
+        return lambda: frames.check_finite_host(copy.wait(), volume, frames.NONFINITE_VOLUME)
 
-    return check
+    return queue
 
 
 def forward_project(

@@ -23,7 +23,7 @@ from xraysyn.projector.host_memo import HostMemo, array_key
 
 __all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "PendingFrames", "any_requires_grad", "check_finite_host",
            "check_frames_host", "frame_tensors", "in_host_memory", "join_stream", "needs_scan", "on_stream",
-           "placed_frame_tensors", "prepare_frames", "read_values", "stream_beside", "to_device"]
+           "placed_frame_tensors", "prepare_frames", "stream_beside", "to_device"]
 
 NONFINITE_VOLUME = "volume contains non-finite values (NaN or inf)"
 # Rotation blocks of poses must be orthonormal to this tolerance (float32 round-off of composed rotations).
@@ -59,7 +59,8 @@ class HostCopy:
             return
         dtype = tensors[0].dtype
         with torch.no_grad():
-            flat = torch.cat([t.reshape(-1) if t.dtype == dtype else t.reshape(-1).to(dtype) for t in tensors])
+            parts = [t.reshape(-1) if t.dtype == dtype else t.reshape(-1).to(dtype) for t in tensors]
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts)  # (one tensor: copied as it is, no cat)
         if flat.is_cuda:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)
@@ -81,12 +82,6 @@ class HostCopy:
             out.append(flat[start:start + size].reshape(shape))
             start += size
         return out
-
-
-def read_values(tensor: torch.Tensor) -> np.ndarray:
-    """A few values of ``tensor`` as a float64 numpy array: one plain device→host read (a synchronisation
-    on a GPU), cheaper than :class:`HostCopy` for a single small tensor that is needed at once."""
-    return np.asarray(tensor.tolist(), dtype=np.float64)
 
 
 def to_device(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

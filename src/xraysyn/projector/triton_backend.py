@@ -33,7 +33,7 @@ import torch
 from xraysyn.projector import frames, kept_rays, static_volume
 from xraysyn.projector.host_memo import HostMemo, array_key
 
-__all__ = ["PreparedVolume", "run_before_launch", "TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "interpreting"]
+__all__ = ["PreparedVolume", "TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "checked_launch", "interpreting"]
 
 _INT32_LIMIT = 2**31 - 1
 # Attribute that build_rays sets on the volume_index tensors it makes: their exclusive upper bound, so
@@ -496,7 +496,8 @@ class TritonBackend:
         n, r = _check_rays(origin, direction, t_near, delta, n_samples, volume_index, b, c)
         acc_dtype = _acc_torch_dtype(volume.dtype)
         if n == 0 or r == 0 or c == 0:
-            run_before_launch(prepared)
+            with checked_launch(prepared):
+                pass
             return torch.zeros(n, r, c, dtype=acc_dtype, device=device)
         # channel-major memory, (N, R, C) view: the kernel writes every (ray, channel) through the
         # strides, and the image layout (N, C, rows, cols) the API returns is then a free view
@@ -509,8 +510,7 @@ class TritonBackend:
         args = (vol, out, *rays, r, width, *volume.shape[2:], c, *vol_strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
                 "PACK": pack, **forward_switches(tuned)}
-        run_before_launch(prepared)
-        with _on(device):
+        with checked_launch(prepared), _on(device):
             _launch(fwd, tuned, n, r, width, tile_w, args, meta, forward=True, items=b)
         return out
 
@@ -577,20 +577,28 @@ class PreparedVolume(NamedTuple):
     when asked, ``finite_probe``: a small float32 device tensor whose values are all finite exactly when
     the volume's are (read it with one device→host copy when the result is needed).
 
-    ``before_launch`` (set by the caller, e.g. ``forward_project``): a check the forward runs right before it
-    launches the march (reading ``finite_probe`` there, as late as possible, lets the GPU pack while the host
-    is still busy with everything up to the launch); it raises to stop the march."""
+    ``before_launch`` (set by the caller, e.g. ``forward_project``): a check of the volume in two steps, run
+    around the march's launch by :func:`checked_launch`: called right before the launch it queues the read of
+    ``finite_probe`` (a device→host copy behind the packing pass) and returns the rest of the check, which
+    runs right after the launch and raises if the volume is not finite. So the GPU packs while the host is
+    busy with everything up to the launch, and the march is queued before the host waits for the pass: the
+    GPU goes on to the march without waiting for the host to launch it. A march over a volume that fails the
+    check has its result dropped."""
 
     source: torch.Tensor
     marched: tuple
     finite_probe: torch.Tensor | None
-    before_launch: Callable[[], None] | None = None
+    before_launch: Callable[[], Callable[[], None]] | None = None
 
 
-def run_before_launch(prepared: PreparedVolume | None) -> None:
-    """Run ``prepared.before_launch`` if there is one (see :class:`PreparedVolume`)."""
-    if prepared is not None and prepared.before_launch is not None:
-        prepared.before_launch()
+@contextlib.contextmanager
+def checked_launch(prepared: PreparedVolume | None):
+    """Context around a march's launch: ``prepared.before_launch``'s read queued before it, its check (which
+    may raise) after it (see :class:`PreparedVolume`); nothing without one."""
+    finish = prepared.before_launch() if prepared is not None and prepared.before_launch is not None else None
+    yield
+    if finish is not None:
+        finish()
 
 
 def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe: torch.Tensor | None = None):
