@@ -60,7 +60,8 @@ class HostCopy:
         dtype = tensors[0].dtype
         with torch.no_grad():
             parts = [t.reshape(-1) if t.dtype == dtype else t.reshape(-1).to(dtype) for t in tensors]
-            flat = parts[0] if len(parts) == 1 else torch.cat(parts)  # (one tensor: copied as it is, no cat)
+            # one device tensor: copied to the host as it is (in stream order), no cat kernel first
+            flat = parts[0] if len(parts) == 1 and parts[0].is_cuda else torch.cat(parts)
         if flat.is_cuda:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)
