@@ -23,6 +23,8 @@ import torch
 
 from adjoint_atomics import WORKLOADS, workload_rays  # noqa: I001 (sibling script: the same workloads)
 
+from xraysyn.projector.triton_backend import _programs
+
 BLOCK_R, TILE_W, LINE_BYTES, SLOT_BYTES = 128, 4, 128, 16
 
 
@@ -88,7 +90,7 @@ def main(argv=None) -> None:
         spec = WORKLOADS[name]
         rays = workload_rays(spec)
         width = spec["detector"]
-        n_tiles = -(-width // TILE_W) * -(-width // (BLOCK_R // TILE_W))
+        n_tiles = _programs(width * width, BLOCK_R, width, TILE_W)  # the kernels' programs per view
         views = spec["views"]
         # W1's views look at 8 different volumes (one each): the groups are of one view, nothing to interleave
         per_volume = views if name != "W1" else 1

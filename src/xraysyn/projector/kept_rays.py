@@ -16,10 +16,9 @@ the marches; nothing in the projector writes to a ray set.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import torch
+
+from xraysyn.projector.host_memo import HostMemo
 
 __all__ = ["KeptRays", "ray_set_bytes"]
 
@@ -45,53 +44,39 @@ def device_key(device: torch.device) -> tuple:
     return device.type, device.index
 
 
-class KeptRays:
-    """A least-recently-used map (thread-safe) from exact geometry keys to ray sets, bounded in bytes."""
+class KeptRays(HostMemo):
+    """A least-recently-used map (thread-safe) from exact geometry keys to ray sets, bounded in bytes (the
+    :class:`~xraysyn.projector.host_memo.HostMemo` lookup, with its own size-bounded ``put``)."""
 
     def __init__(self) -> None:
-        self._entries: OrderedDict = OrderedDict()  # key -> (ray set, bytes)
+        super().__init__(max_entries=1)  # (unused: the bound is in bytes)
+        self._sizes: dict = {}
         self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        """The ray set kept under ``key`` (now the most recently used), or None."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            self._entries.move_to_end(key)
-            return entry[0]
 
     def put(self, key, rays, max_bytes: int) -> bool:
         """Keep ``rays`` under ``key`` if it fits ``max_bytes``, dropping the least recently used sets until all
         kept sets fit; returns whether it was kept."""
         size = ray_set_bytes(rays)
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]
-            if size > max_bytes:
-                self._shrink(max_bytes)
-                return False
-            self._entries[key] = (rays, size)
-            self._bytes += size
-            self._shrink(max_bytes)
-            return True
-
-    def _shrink(self, max_bytes: int) -> None:
-        while self._entries and self._bytes > max_bytes:
-            _, (_, size) = self._entries.popitem(last=False)
-            self._bytes -= size
+            if self._entries.pop(key, None) is not None:
+                self._bytes -= self._sizes.pop(key)
+            kept = size <= max_bytes
+            if kept:
+                self._entries[key] = rays
+                self._sizes[key] = size
+                self._bytes += size
+            while self._entries and self._bytes > max_bytes:
+                old, _ = self._entries.popitem(last=False)
+                self._bytes -= self._sizes.pop(old)
+            return kept
 
     def clear(self) -> None:
         """Drop every kept set (their device memory returns to PyTorch's allocator)."""
         with self._lock:
             self._entries.clear()
+            self._sizes.clear()
             self._bytes = 0
 
     @property
     def kept_bytes(self) -> int:
         return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._entries)
