@@ -158,8 +158,9 @@ def test_fused_kernels_compile_for_sm90():
         common = {"BLOCK_R": 128, "BLOCK_C": block_c, "ACC": "tl.float32", "VEC": vec, "TILE_W": 8, "PACK": pack,
                   "N_MAT": channels, "BLOCK_E": 32, "N_CHUNKS": 4}
         specs.append({"module": module, "kernel": "march_attenuate_kernel",
-                      "constexprs": {**common, "UNROLL": 2, "REUSE": pack == 1},
-                      "pointer_types": ints, "aligned": ["vol_ptr"]})
+                      "constexprs": {**common, "UNROLL": 2, "REUSE": pack == 1 and channels == 2,
+                                     "BRICK": 4 * (channels != 2 or pack != 1)},
+                      "pointer_types": {**ints, "occ_ptr": "*u8"}, "aligned": ["vol_ptr"]})
         specs.append({"module": module, "kernel": "march_attenuate_adjoint_kernel",
                       "constexprs": {**common, "MERGE_RUNS": True, "HAS_GRAD_THICK": channels != 1, "CARRY": True},
                       "pointer_types": ints, "aligned": ["grad_ptr"]})

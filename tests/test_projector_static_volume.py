@@ -39,10 +39,10 @@ def counted(monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
-    def counting_pack(volume, slots, finite_probe=None):
+    def counting_pack(volume, slots, finite_probe=None, *marking):
         counts["pack"] += 1
         counts["scan"] += finite_probe is not None
-        return pack(volume, slots, finite_probe)
+        return pack(volume, slots, finite_probe, *marking)
 
     monkeypatch.setattr(torch, "aminmax", counting("scan", aminmax))
     monkeypatch.setattr(triton_backend, "_pack_corners", counting_pack)

@@ -906,15 +906,16 @@ def test_kernels_compile_for_sm90():
     ints = {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}
     aligned = ["vol_ptr", "grad_ptr", "out_ptr", "s_vb", "s_vd", "s_vh"]
     specs = []
-    for vol_type, acc_type, channels, vec, tile_w, merge, pack in COMPILE_VARIANTS:
+    for i, (vol_type, acc_type, channels, vec, tile_w, merge, pack) in enumerate(COMPILE_VARIANTS):
         block_c = 1 << max(0, channels - 1).bit_length()
         common = {"BLOCK_R": 128, "BLOCK_C": block_c, "ACC": "tl." + {"fp32": "float32", "fp64": "float64"}[acc_type],
                   "VEC": vec, "TILE_W": tile_w}
         adjoint_vec = vec if pack == 1 else channels * pack
         specs.append({"module": module, "kernel": "march_forward_kernel",
                       "constexprs": {**common, "VEC": adjoint_vec, "UNROLL": FORWARD_UNROLL, "PACK": pack,
-                                     "REUSE": merge},
-                      "pointer_types": {**ints, "vol_ptr": "*" + vol_type}, "default_pointer": "*" + acc_type,
+                                     "REUSE": merge and pack == 1 and i % 2 == 0, "BRICK": 4 * (i % 2)},
+                      "pointer_types": {**ints, "vol_ptr": "*" + vol_type, "occ_ptr": "*u8"},
+                      "default_pointer": "*" + acc_type,
                       "aligned": aligned})
         specs.append({"module": module, "kernel": "march_adjoint_kernel",
                       "constexprs": {**common, "VEC": adjoint_vec, "MERGE_RUNS": merge, "PACK": pack, "CARRY": merge,
@@ -925,8 +926,9 @@ def test_kernels_compile_for_sm90():
                       "default_pointer": "*" + acc_type})
     packed_variants = [variant for variant in COMPILE_VARIANTS if variant[6] > 1]
     pack_specs = [{"module": module, "kernel": "pack_corners_kernel", "default_pointer": "*" + vol_type,
-                   "pointer_types": {"probe_ptr": "*fp32"}, "aligned": ["dst_ptr"],
-                   "constexprs": {"BLOCK_V": 256, "PACK": pack, "K": channels * pack, "CHECK_FINITE": i % 2 == 0}}
+                   "pointer_types": {"probe_ptr": "*fp32", "occ_ptr": "*fp32"}, "aligned": ["dst_ptr"],
+                   "constexprs": {"BLOCK_V": 256, "PACK": pack, "K": channels * pack, "CHECK_FINITE": i % 2 == 0,
+                                  "BRICK": 0}}
                   for i, (vol_type, _, channels, _, _, _, pack) in enumerate(packed_variants)]
     pack_specs += [{"module": module, "kernel": "unpack_corners_kernel", "default_pointer": "*fp32",
                     "constexprs": {"BLOCK_V": 256, "BLOCK_C": channels, "PACK": pack}}
@@ -938,7 +940,19 @@ def test_kernels_compile_for_sm90():
                                    "MERGE_RUNS": True, "PACK": 4, "CARRY": True, "PLANE": plane}} for plane in (1, 2)]
     plane_specs += [{"module": module, "kernel": "unpack_corners_kernel", "default_pointer": "*fp32",
                      "constexprs": {"BLOCK_V": 256, "BLOCK_C": 1, "PACK": 4, "PLANE": plane}} for plane in (1, 2)]
-    ptx = compile_ptx(specs + pack_specs + plane_specs)
+    # empty space skipping's marking (in the packing pass, or on its own for any layout) and dilation
+    marking_specs = [{"module": module, "kernel": "pack_corners_kernel", "default_pointer": "*fp32",
+                      "pointer_types": {"probe_ptr": "*fp32", "occ_ptr": "*fp32"}, "aligned": ["dst_ptr"],
+                      "constexprs": {"BLOCK_V": 256, "PACK": 2, "K": 4, "CHECK_FINITE": True, "BRICK": 4}},
+                     {"module": module, "kernel": "mark_occupied_kernel", "default_pointer": "*fp16",
+                      "pointer_types": {"occ_ptr": "*fp32"}, "constexprs": {"BLOCK_V": 256, "BLOCK_C": 4, "BRICK": 8}},
+                     {"module": module, "kernel": "dilate_occupancy_kernel", "default_pointer": "*fp32",
+                      "pointer_types": {"dst_ptr": "*u8"}, "constexprs": {"BLOCK": 256}}]
+    ptx = compile_ptx(specs + pack_specs + plane_specs + marking_specs)
+    for variant_ptx in ptx[-len(marking_specs):]:
+        assert ".entry" in variant_ptx
+    for i in range(len(COMPILE_VARIANTS)):  # the walk's one-byte look-ups are in the variants that skip
+        assert bool(re.search(r"ld\.global(\.\w+)*\.[ub]8", ptx[3 * i])) == (i % 2 == 1), i
     for plane_ptx in ptx[len(specs) + len(pack_specs):len(specs) + len(pack_specs) + 2]:
         atomics = re.findall(r"\b(?:red|atom)\.global\.[\w.]+", plane_ptx)
         assert len(atomics) == 4 and all(a.endswith(".v4.f32") for a in atomics), set(atomics)  # 2 flush sites × 2

@@ -3,8 +3,9 @@
 Each case draws (from its own seed) a volume shape, channel count (1–4), batch, views per volume, an odd or
 even detector (1–13 pixels a side), a sheared or plain affine with an offset origin, poses from any azimuth
 and elevation, either sampling (a sample count or a step), a channels-first or permuted (non-contiguous)
-volume, and a random combination of the backend's switches (tile widths, packs, merging, corner carry,
-plane carry axis, corner reuse, volume work ahead, views interleaved). Forward values and the adjoint must equal the
+volume, zeros outside a random corner box of the volume or none, and a random combination of the backend's
+switches (tile widths, packs, merging, corner carry, plane carry axis, corner reuse, volume work ahead, views
+interleaved, empty space skipping's brick). Forward values and the adjoint must equal the
 reference to the issue's 1e-4 (relative to the largest value). A failure names the seed and every
 drawn value. A few cases run with the tests; ``-m slow`` runs many more. On a GPU the same cases run on
 CUDA tensors.
@@ -47,7 +48,10 @@ def _draw(seed: int) -> dict:
                       MERGE_RUNS=rng.random() < 0.85, CARRY_CORNERS=rng.random() < 0.7,
                       CARRY_MAX_PACK=rng.choice([1, 2, 4]), ADJOINT_PLANE_AXIS=rng.choice([-1, 0, 1, 2]),
                       REUSE_CORNERS=rng.random() < 0.3, PREPARE_AHEAD=rng.random() < 0.8,
-                      FORWARD_VIEWS_INNER=rng.random() < 0.5, ADJOINT_VIEWS_INNER=rng.random() < 0.5),
+                      FORWARD_VIEWS_INNER=rng.random() < 0.5, ADJOINT_VIEWS_INNER=rng.random() < 0.5,
+                      SKIP_EMPTY_BRICK=rng.choice([0, 2, 4, 8])),
+        # drawn last, so that the values above stay those of earlier versions for each seed
+        empty_corner=[rng.random() for _ in range(3)] if rng.random() < 0.5 else None,
     )
 
 
@@ -64,6 +68,11 @@ def _check(seed: int, monkeypatch) -> None:
                                 pixel_spacing=case["pixel"])
     poses = geometry.poses(torch.tensor(case["azimuths"]), torch.tensor(case["elevations"])).double()
     volume = torch.rand(case["batch"], case["channels"], *case["shape"], generator=gen, dtype=torch.float64)
+    if case["empty_corner"] is not None:  # zeros outside a box from the volume's start (empty space to skip)
+        stop = [max(1, round(f * n)) for f, n in zip(case["empty_corner"], case["shape"])]
+        kept = torch.zeros_like(volume)
+        kept[:, :, :stop[0], :stop[1], :stop[2]] = 1.0
+        volume = volume * kept
     sampling = case["sampling"]
     expected = forward_project(volume, affines, poses, geometry, backend="reference", **sampling)
     images = torch.rand(expected.shape, generator=gen, dtype=torch.float64)

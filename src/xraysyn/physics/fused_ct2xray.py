@@ -66,14 +66,15 @@ class ProjectAttenuate(torch.autograd.Function):
         log_w = log_weights.detach().to(device=device, dtype=torch.float32).contiguous()
         thick = torch.empty(n, m, r, dtype=torch.float32, device=device).permute(0, 2, 1)  # image layout, free
         lse, i_atten, line = (torch.empty(n, r, dtype=torch.float32, device=device) for _ in range(3))
-        vol, vec, vol_strides, pack = tb._marched_volume(densities, memory_budget_mib, prepared)
+        marched = tb._marched_volume(densities, memory_budget_mib, prepared)
         rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
         fwd, _, tuned = _kernels()
         width, tile_w = tb._ray_tiling(r, None, forward=True, direction=direction)
-        args = (vol, thick, lse, i_atten, line, mu, log_w, *rays, r, width, *densities.shape[2:], m, mu.shape[1],
-                1.0 / MM_PER_CM, *vol_strides, *ray_strides, *thick.stride(), *mu.stride())
-        meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
-                "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
+        args = (marched.tensor, marched.occupancy_or_any(), thick, lse, i_atten, line, mu, log_w, *rays, r, width,
+                *densities.shape[2:], m, mu.shape[1], 1.0 / MM_PER_CM, *marched.strides, *ray_strides,
+                *thick.stride(), *mu.stride())
+        meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": marched.vec,
+                "TILE_W": tile_w, "PACK": marched.pack, "BRICK": marched.brick, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
                 "N_CHUNKS": _energy_chunks(mu.shape[1]), **tb.forward_switches(tuned)}
         if n and r:
             with tb.checked_launch(prepared), tb._on(device):

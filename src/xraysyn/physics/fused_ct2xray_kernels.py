@@ -19,7 +19,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from xraysyn.projector.triton_kernels import _integrate, _program_rays, _scatter_rays
+from xraysyn.projector.triton_kernels import (
+    _integrate,
+    _occupied_range,
+    _program_rays,
+    _scatter_rays,
+)
 
 __all__ = ["march_attenuate_adjoint_kernel", "march_attenuate_kernel"]
 
@@ -46,7 +51,7 @@ def _exponents(thick, chan, mu_ptr, logw_ptr, e0, n_energies, s_mm, s_me,
 
 @triton.jit
 def march_attenuate_kernel(
-    vol_ptr, thick_ptr, lse_ptr, i_ptr, line_ptr, mu_ptr, logw_ptr,
+    vol_ptr, occ_ptr, thick_ptr, lse_ptr, i_ptr, line_ptr, mu_ptr, logw_ptr,
     origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
     n_rays, width, size_d, size_h, size_w, n_channels, n_energies, scale,
     s_vb, s_vc, s_vd, s_vh, s_vw,
@@ -59,14 +64,20 @@ def march_attenuate_kernel(
     s_mm, s_me,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr, TILE_W: tl.constexpr,
     UNROLL: tl.constexpr, PACK: tl.constexpr, N_MAT: tl.constexpr, BLOCK_E: tl.constexpr, N_CHUNKS: tl.constexpr,
-    REUSE: tl.constexpr = False,
+    REUSE: tl.constexpr = False, BRICK: tl.constexpr = 0,
 ):
-    """Per ray: thicknesses ``t[n, r, m] = scale · ∫ density_m`` (g/cm²) and ``L``, ``I_atten``, ``−L`` ``(N, R)``."""
+    """Per ray: thicknesses ``t[n, r, m] = scale · ∫ density_m`` (g/cm²) and ``L``, ``I_atten``, ``−L`` ``(N, R)``.
+    ``occ_ptr`` / ``BRICK``: empty space skipping, as in ``march_forward_kernel``."""
     view, rays, ray_ok, chan, chan_ok, vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _program_rays(
         vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels, s_vb,
         s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, BLOCK_R, BLOCK_C, ACC, VEC, TILE_W)
-    integral = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
-                          size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK, REUSE)
+    if BRICK > 0:
+        first, ns, n_max = _occupied_range(occ_ptr, vidx_ptr, view, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok,
+                                           size_d, size_h, size_w, ACC, BRICK)
+    else:
+        first = 0
+    integral = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, first, ns, n_max, ray_ok, chan, chan_ok, size_d,
+                          size_h, size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK, REUSE)
     thick = integral.to(tl.float32) * scale
     run_max = tl.full([BLOCK_R], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_R], tl.float32)

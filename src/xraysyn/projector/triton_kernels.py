@@ -31,8 +31,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["backproject_gather_kernel", "march_adjoint_kernel", "march_forward_kernel", "pack_corners_kernel",
-           "ray_setup_kernel", "unpack_corners_kernel"]
+from xraysyn.projector.empty_space import WALK_MAX_STRIDE, WALK_ROUNDING_VOXELS
+
+__all__ = ["backproject_gather_kernel", "dilate_occupancy_kernel", "march_adjoint_kernel", "march_forward_kernel",
+           "mark_occupied_kernel", "pack_corners_kernel", "ray_setup_kernel", "unpack_corners_kernel"]
 
 # Largest finite float32: a value above it in magnitude (after conversion to float32) is inf.
 _FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
@@ -409,12 +411,59 @@ def _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s, size_
         return wx * (gz * (gy * q00 + fy2 * q01) + fz2 * (gy * q10 + fy2 * q11))
 
 
+# Empty space skipping (``march_forward_kernel``'s ``BRICK``; the rule and why it is exact:
+# :mod:`xraysyn.projector.empty_space`).
+_WALK_ROUNDING_VOXELS = tl.constexpr(WALK_ROUNDING_VOXELS)
+_WALK_MAX_STRIDE = tl.constexpr(WALK_MAX_STRIDE)
+
+
 @triton.jit
-def _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h, size_w,
-               s_vc, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+def _occupied_range(occ_ptr, vidx_ptr, view, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, size_d, size_h, size_w,
+                    ACC: tl.constexpr, BRICK: tl.constexpr):
+    """``(first, end, n_max)``: the samples ``first .. end - 1`` (int32 ``(BLOCK_R,)``) of each ray that may
+    have a non-zero trilinear corner, and the block's largest ``end - first``; every other sample's 8 corners
+    are zero in every channel, so skipping it leaves the line integral bit-for-bit the same.
+
+    ``occ_ptr``: per volume a ``(⌈D/BRICK⌉, ⌈H/BRICK⌉, ⌈W/BRICK⌉)`` uint8 grid, non-zero for a brick with a
+    non-zero voxel or a neighbour that has one (``pack_corners_kernel`` / ``mark_occupied_kernel`` and
+    ``dilate_occupancy_kernel``). The walk looks up the brick of the cell of every ``stride``-th sample;
+    ``first`` is the first marked look-up's sample, ``end`` one stride after the last (at most ``ns``); no
+    marked look-up: ``first = end = 0``. :func:`xraysyn.projector.empty_space.occupied_range` is the same rule
+    in torch, with the argument why no non-zero sample is missed."""
+    item = tl.load(vidx_ptr + view).to(tl.int64)
+    size_bh = (size_h + BRICK - 1) // BRICK
+    size_bw = (size_w + BRICK - 1) // BRICK
+    occ = occ_ptr + item * ((size_d + BRICK - 1) // BRICK) * size_bh * size_bw
+    step = dt * tl.maximum(tl.maximum(tl.abs(dz), tl.abs(dy)), tl.abs(dx))  # voxels per sample, largest axis
+    reach = BRICK - 1.0 - _WALK_ROUNDING_VOXELS
+    stride = (reach / tl.maximum(step, reach / _WALK_MAX_STRIDE)).to(tl.int32) + 1
+    walks = tl.where(ray_ok, (ns + stride - 1) // stride, 0)
+    none = tl.zeros_like(ns) - 1
+    first_walk = none
+    last_walk = none
+    for j in range(tl.max(walks, axis=0)):
+        iz, _, iy, _, ix, _ = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, j * stride, size_d, size_h, size_w,
+                                              ACC)
+        brick = ((iz // BRICK) * size_bh + iy // BRICK) * size_bw + ix // BRICK
+        marked = tl.load(occ + brick, mask=j < walks, other=0) != 0
+        first_walk = tl.where(marked & (first_walk < 0), j, first_walk)
+        last_walk = tl.where(marked, j, last_walk)
+    found = first_walk >= 0
+    first = tl.where(found, first_walk * stride, 0)
+    end = tl.where(found, tl.minimum(ns, (last_walk + 1) * stride), 0)
+    return first, end, tl.max(end - first, axis=0)
+
+
+@triton.jit
+def _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, first, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
+               size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
                VEC: tl.constexpr, UNROLL: tl.constexpr, PACK: tl.constexpr, REUSE: tl.constexpr):
     """Line integrals ``(BLOCK_R, BLOCK_C)`` (voxel value × mm) of a block of rays through one volume ``vol``:
-    the packed layout (``PACK > 1``), corners kept across samples (``REUSE``) or 8 loads per sample."""
+    the packed layout (``PACK > 1``), corners kept across samples (``REUSE``) or 8 loads per sample.
+
+    Each ray marches its samples ``first .. ns - 1`` (``first``: 0, or per ray from :func:`_occupied_range`,
+    whose skipped samples add exact zeros), ``n_max`` (the block's largest ``ns - first``) loop iterations.
+    ``REUSE`` marches from sample 0 (the host never combines it with skipping)."""
     if VEC > 1 and PACK == 1:
         chan_off = chan[None, :]  # channel stride 1 (the host's condition for VEC > 1)
     else:
@@ -424,7 +473,7 @@ def _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, cha
         slots = tl.zeros([BLOCK_R, BLOCK_C * PACK], dtype=ACC)
         for s0 in range(0, n_max, UNROLL):
             for u in tl.static_range(UNROLL):
-                slots += _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, s0 + u,
+                slots += _sample_packed(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, kk, first + s0 + u,
                                         size_d, size_h, size_w, s_vd, s_vh, ACC, PACK, BLOCK_C * PACK)
         acc = tl.sum(tl.reshape(slots, [BLOCK_R, BLOCK_C, PACK]), axis=2)
     elif REUSE:
@@ -434,14 +483,14 @@ def _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, cha
         acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
         for s0 in range(0, n_max, UNROLL):  # UNROLL samples per iteration: more independent gathers in flight
             for u in tl.static_range(UNROLL):
-                acc += _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, s0 + u,
+                acc += _sample(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, chan_ok, chan_off, first + s0 + u,
                                size_d, size_h, size_w, s_vd, s_vh, s_vw, ACC, VEC)
     return acc * dt[:, None]
 
 
 @triton.jit
 def march_forward_kernel(
-    vol_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
+    vol_ptr, occ_ptr, out_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr,
     n_rays, width, size_d, size_h, size_w, n_channels,
     s_vb, s_vc, s_vd, s_vh, s_vw,
     s_on, s_oa,
@@ -451,20 +500,28 @@ def march_forward_kernel(
     s_nn, s_nr,
     s_gn, s_gr, s_gc,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr, TILE_W: tl.constexpr,
-    UNROLL: tl.constexpr, PACK: tl.constexpr = 1, REUSE: tl.constexpr = False,
+    UNROLL: tl.constexpr, PACK: tl.constexpr = 1, REUSE: tl.constexpr = False, BRICK: tl.constexpr = 0,
 ):
     """``out[n, r, c] = delta * Σ_s trilinear(volume[volume_index[n], c], p_s)`` for one block of rays.
 
     ``PACK = 1``: ``vol_ptr`` is the volume (any strides; ``VEC`` as in :func:`_gather`). ``PACK = 2`` or
     ``4``: it is the packed ``(B, D, H, W, C · PACK)`` layout of :func:`_sample_packed` (``BLOCK_C == C``,
     ``VEC = C · PACK``, strides in voxels), read with ``8 / PACK`` vector loads per sample.
+
+    ``BRICK > 0``: empty space skipping: ``occ_ptr`` is the dilated brick occupancy of
+    :func:`_occupied_range` (``(B, ⌈D/BRICK⌉, ⌈H/BRICK⌉, ⌈W/BRICK⌉)`` uint8), and each ray marches only the
+    samples it may find non-zero (the same sums: the others add exact zeros). ``BRICK = 0``: unused.
     """
     view, rays, ray_ok, chan, chan_ok, vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _program_rays(
         vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels, s_vb,
         s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, BLOCK_R, BLOCK_C, ACC, VEC, TILE_W)
-
-    acc = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h, size_w,
-                     s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK, REUSE)
+    if BRICK > 0:
+        first, ns, n_max = _occupied_range(occ_ptr, vidx_ptr, view, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok,
+                                           size_d, size_h, size_w, ACC, BRICK)
+    else:
+        first = 0
+    acc = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, first, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
+                     size_w, s_vc, s_vd, s_vh, s_vw, BLOCK_R, BLOCK_C, ACC, VEC, UNROLL, PACK, REUSE)
     out = out_ptr + view * s_gn + (rays * s_gr)[:, None] + (chan * s_gc)[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=ray_ok[:, None] & chan_ok[None, :])
 
@@ -882,8 +939,9 @@ def ray_setup_kernel(
 
 
 @triton.jit
-def pack_corners_kernel(src_ptr, dst_ptr, probe_ptr, n_voxels, size_h, size_w, s_b, s_c, s_d, s_h, s_w,
-                        BLOCK_V: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr, CHECK_FINITE: tl.constexpr):
+def pack_corners_kernel(src_ptr, dst_ptr, probe_ptr, occ_ptr, n_voxels, size_h, size_w, s_b, s_c, s_d, s_h, s_w,
+                        BLOCK_V: tl.constexpr, PACK: tl.constexpr, K: tl.constexpr, CHECK_FINITE: tl.constexpr,
+                        BRICK: tl.constexpr = 0):
     """The packed-corner layout of :func:`_sample_packed` in one pass: ``dst (B, D, H, W, K)``, slot
     ``c · PACK + 2 · yo + xo`` of voxel ``(z, y, x)`` = ``src[b, c, z, y + yo, x + xo]`` (indices clamped to
     the last row / column, which is never a cell's base). ``src`` has any strides (in elements); each
@@ -892,7 +950,10 @@ def pack_corners_kernel(src_ptr, dst_ptr, probe_ptr, n_voxels, size_h, size_w, s
     ``CHECK_FINITE``: also the volume's NaN/inf scan, for free in the same pass — a program that read a
     non-finite value writes +inf to ``probe_ptr[0]`` (float32, zeroed by the caller; every voxel is read
     as slot 0 of itself, and only voxels of the volume are read), so the probe stays finite exactly when
-    the volume is. One plain store per offending program, no atomics."""
+    the volume is. One plain store per offending program, no atomics.
+
+    ``BRICK > 0``: also marks, in ``occ_ptr`` (zeroed by the caller), the bricks holding a non-zero voxel
+    (:func:`_mark_bricks`), for the empty space skipping of the forward march."""
     item = tl.program_id(1).to(tl.int64)
     vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     ok = vox < n_voxels
@@ -910,6 +971,10 @@ def pack_corners_kernel(src_ptr, dst_ptr, probe_ptr, n_voxels, size_h, size_w, s
         bad = ((v != v) | (tl.abs(v) > _FLOAT32_MAX)).to(tl.int32)  # noqa: PLR0124 (v != v: NaN)
         any_bad = tl.max(tl.max(bad, axis=1), axis=0)
         tl.store(probe_ptr, float("inf"), mask=any_bad > 0)
+    if BRICK > 0:  # the voxel's own slots (xo = yo = 0) of every channel
+        own = ((kk % PACK) == 0)[None, :]
+        nonzero = tl.max(tl.where(own & (values != 0), 1, 0), axis=1) > 0
+        _mark_bricks(occ_ptr, item, z, y, x, nonzero & ok, n_voxels // (size_h * size_w), size_h, size_w, BRICK)
 
 
 @triton.jit
@@ -942,3 +1007,54 @@ def unpack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, n_channels
         total += tl.load(slots + here - (u_step + v_step) * k + 3, mask=both & (u_ok & v_ok)[:, None], other=0.0)
     dst = dst_ptr + item * n_channels * n_voxels + (chan * n_voxels)[None, :] + vox[:, None]
     tl.store(dst, total, mask=both)
+
+
+@triton.jit
+def _mark_bricks(occ_ptr, item, z, y, x, nonzero, size_d, size_h, size_w, BRICK: tl.constexpr):
+    """Store 1.0 at the brick ``(z, y, x) // BRICK`` of item ``item`` in ``occ_ptr`` (float32, per item a
+    ``(⌈D/BRICK⌉, ⌈H/BRICK⌉, ⌈W/BRICK⌉)`` grid) for each voxel with ``nonzero``. Many voxels store the same
+    value to one brick: plain stores, no atomics needed."""
+    size_bh = (size_h + BRICK - 1) // BRICK
+    size_bw = (size_w + BRICK - 1) // BRICK
+    per_item = ((size_d + BRICK - 1) // BRICK) * size_bh * size_bw
+    brick = item * per_item + ((z // BRICK) * size_bh + y // BRICK) * size_bw + x // BRICK
+    tl.store(occ_ptr + brick, 1.0, mask=nonzero)
+
+
+@triton.jit
+def mark_occupied_kernel(src_ptr, occ_ptr, n_voxels, size_h, size_w, n_channels, s_b, s_c, s_d, s_h, s_w,
+                         BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, BRICK: tl.constexpr):
+    """The brick marking of ``pack_corners_kernel`` on its own, for volumes the forward reads unpacked:
+    ``src (B, C, D, H, W)`` with any strides (elements), ``occ_ptr`` float32 zeroed by the caller."""
+    item = tl.program_id(1).to(tl.int64)
+    vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    ok = vox < n_voxels
+    z, y, x = _voxel_indices(vox, size_h, size_w)
+    chan = tl.arange(0, BLOCK_C)
+    both = ok[:, None] & (chan < n_channels)[None, :]
+    src = src_ptr + item * s_b + (chan * s_c)[None, :] + (z * s_d + y * s_h + x * s_w)[:, None]
+    values = tl.load(src, mask=both, other=0.0)
+    nonzero = tl.max(tl.where(both & (values != 0), 1, 0), axis=1) > 0
+    _mark_bricks(occ_ptr, item, z, y, x, nonzero, n_voxels // (size_h * size_w), size_h, size_w, BRICK)
+
+
+@triton.jit
+def dilate_occupancy_kernel(src_ptr, dst_ptr, size_bd, size_bh, size_bw, BLOCK: tl.constexpr):
+    """``dst`` (uint8) = 1 where a brick or any of its 26 neighbours is marked in ``src`` (float32), per item
+    ``(size_bd, size_bh, size_bw)`` bricks: the grid :func:`_occupied_range` walks."""
+    item = tl.program_id(1).to(tl.int64)
+    per_item = size_bd * size_bh * size_bw
+    brick = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = brick < per_item
+    bz, by, bx = _voxel_indices(brick, size_bh, size_bw)
+    src = src_ptr + item * per_item
+    marked = tl.zeros([BLOCK], dtype=tl.float32)
+    for oz in tl.static_range(3):
+        nz = bz + (oz - 1)
+        for oy in tl.static_range(3):
+            ny = by + (oy - 1)
+            for ox in tl.static_range(3):
+                nx = bx + (ox - 1)
+                inside = ok & (nz >= 0) & (nz < size_bd) & (ny >= 0) & (ny < size_bh) & (nx >= 0) & (nx < size_bw)
+                marked = tl.maximum(marked, tl.load(src + (nz * size_bh + ny) * size_bw + nx, mask=inside, other=0.0))
+    tl.store(dst_ptr + item * per_item + brick, (marked > 0).to(tl.uint8), mask=ok)

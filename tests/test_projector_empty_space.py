@@ -1,0 +1,271 @@
+"""Empty space skipping of the Triton forward march (``TritonBackend.SKIP_EMPTY_BRICK``).
+
+Truths: the marks against a closed form and a brute-force dilation; the torch rule
+(:mod:`xraysyn.projector.empty_space`) against the sampling itself (every sample it skips has eight zero
+corners); the kernels' walk against the torch rule (a made-up occupancy makes the skipped samples matter);
+and the public forward with skipping against the same forward without it (bit for bit) and the float64
+reference, on sparse volumes. Kernels run through Triton's CPU interpreter without a GPU (tiny sizes).
+"""
+
+import itertools
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from xraysyn.geometry import ConeBeamGeometry
+from xraysyn.physics.fused_ct2xray import project_and_attenuate
+from xraysyn.physics.spectra import tube_spectrum
+from xraysyn.projector import build_rays, forward_project, mark_static_volume, triton_backend
+from xraysyn.projector.empty_space import (
+    brick_grid,
+    dilate_bricks,
+    occupied_bricks,
+    occupied_range,
+    walk_stride,
+)
+from xraysyn.projector.reference import march_forward
+from xraysyn.projector.triton_backend import MarchedVolume, PreparedVolume, TritonBackend, TritonBackendInputError
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+needs_triton = pytest.mark.skipif(not triton_backend.available(), reason="Triton cannot run here")
+
+
+def _sparse_volume(gen, batch, channels, shape, boxes=2, specks=3):
+    """Zeros except a few random boxes and single voxels (random channels), values in [0.5, 1.5)."""
+    volume = torch.zeros(batch, channels, *shape)
+    for b in range(batch):
+        for _ in range(boxes):
+            lo = [int(torch.randint(0, n, (1,), generator=gen)) for n in shape]
+            hi = [min(n, low + int(torch.randint(1, 4, (1,), generator=gen))) for low, n in zip(lo, shape)]
+            c = int(torch.randint(0, channels, (1,), generator=gen))
+            box = volume[b, c, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            box.copy_(torch.rand(box.shape, generator=gen) + 0.5)
+        for _ in range(specks):
+            z, y, x = (int(torch.randint(0, n, (1,), generator=gen)) for n in shape)
+            volume[b, int(torch.randint(0, channels, (1,), generator=gen)), z, y, x] = 1.0
+    return volume
+
+
+def _rays(gen, batch, views, shape, detector=(7, 9), **sampling):
+    geometry = ConeBeamGeometry(sdd=320.0, sid=210.0, detector_shape=detector, pixel_spacing=5.0)
+    azimuths = torch.rand(batch * views, generator=gen) * 360 - 180
+    elevations = torch.rand(batch * views, generator=gen) * 100 - 50
+    affine = torch.diag(torch.tensor([4.0, 3.0, 3.5, 1.0]))
+    affine[0, 1] = 0.4
+    affines = affine.expand(batch, 4, 4)
+    rays = build_rays(geometry.poses(azimuths, elevations), affines, shape, geometry, **sampling)
+    return rays, geometry, affines, geometry.poses(azimuths, elevations)
+
+
+def _ray_args(rays):
+    return rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index
+
+
+# --- the marks -------------------------------------------------------------------------------------------------
+
+
+def test_marks_are_the_bricks_of_non_zero_voxels_and_their_neighbours():
+    volume = torch.zeros(2, 3, 9, 5, 12)
+    volume[0, 2, 8, 4, 11] = -0.5  # the last, partial brick of every axis; negative values count
+    volume[1, 0, 0, 0, 4] = 2.0
+    marks = occupied_bricks(volume, 4)
+    assert marks.shape == (2, *brick_grid((9, 5, 12), 4)) == (2, 3, 2, 3)
+    expected = torch.zeros_like(marks)
+    expected[0, 2, 1, 2] = expected[1, 0, 0, 1] = True
+    assert torch.equal(marks, expected)
+    dilated = dilate_bricks(marks)
+    brute = torch.zeros_like(marks)
+    for b, z, y, x in itertools.product(*(range(n) for n in marks.shape)):
+        brute[b, z, y, x] = marks[b, max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].any()
+    assert torch.equal(dilated, brute) and int(dilated.sum()) == 2 * 2 * 2 + 2 * 2 * 3  # a corner brick, an edge one
+
+
+@needs_triton
+@pytest.mark.parametrize("pack", [1, 2, 4])
+@pytest.mark.parametrize("brick", [2, 4])
+def test_kernels_mark_and_dilate_as_the_reference(pack, brick, monkeypatch):
+    """The packing pass (packs 2 and 4) or the marking pass (unpacked, here a non-contiguous fp16 volume) and
+    the dilation give the torch rule's occupancy."""
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
+    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", brick)
+    gen = torch.Generator().manual_seed(pack * 10 + brick)
+    volume = _sparse_volume(gen, 2, 1 if pack == 4 else 2, (14, 17, 12), boxes=1, specks=1)
+    if pack == 1:
+        volume = volume.half().transpose(2, 4).contiguous().transpose(2, 4)
+    marched = TritonBackend.prepare_volume(volume.to(DEVICE), check_finite=True).marched
+    assert marched.pack == pack and marched.brick == brick
+    expected = dilate_bricks(occupied_bricks(volume, brick))
+    assert not expected.all() and expected.any()
+    assert torch.equal(marched.occupancy.cpu().bool(), expected)
+
+
+@needs_triton
+def test_no_marks_without_skipping_or_with_corner_reuse(monkeypatch):
+    volume = torch.rand(1, 2, 4, 5, 6, device=DEVICE)
+    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 0)
+    assert TritonBackend.prepare_volume(volume).marched.occupancy is None
+    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 4)
+    monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", True)  # its loop starts at sample 0
+    assert TritonBackend.prepare_volume(volume).marched.brick == 0
+    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 3)
+    with pytest.raises(TritonBackendInputError, match="SKIP_EMPTY_BRICK"):
+        TritonBackend.prepare_volume(volume)
+
+
+# --- the rule --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("brick", [2, 4, 8])
+@pytest.mark.parametrize("sampling", [dict(step_mm=0.6), dict(step_mm=3.0), dict(num_samples=5)])
+def test_every_sample_skipped_has_eight_zero_corners(brick, sampling):
+    """The rule's range against the samples themselves (float32 positions, as marched): outside ``[first,
+    end)`` no sample's cell has a non-zero corner, and the rule does skip samples (else the test is empty)."""
+    gen = torch.Generator().manual_seed(brick)
+    shape = (4 * brick + 3, 5 * brick + 1, 3 * brick + 2)
+    volume = _sparse_volume(gen, 3, 2, shape, boxes=1, specks=1)
+    rays, *_ = _rays(gen, 3, 3, shape, detector=(15, 13), **sampling)
+    occupancy = dilate_bricks(occupied_bricks(volume, brick))
+    first, end = occupied_range(*_ray_args(rays), occupancy, shape, brick)
+    n = rays.n_samples.long()
+    k = torch.arange(int(n.max()))
+    t = rays.t_near[..., None] + (k + 0.5) * rays.delta[..., None]
+    p = rays.origin[:, None, None, :] + t[..., None] * rays.direction[:, :, None, :]
+    size = torch.tensor(shape)
+    cell = torch.minimum(torch.minimum(p.clamp(min=0.0), (size - 1).float()).long(), size - 2)
+    nonzero = (volume != 0).any(dim=1)
+    item = rays.volume_index[:, None, None].expand(cell.shape[:3])
+    touches = torch.zeros(cell.shape[:3], dtype=torch.bool)
+    for corner in itertools.product((0, 1), repeat=3):
+        c = cell + torch.tensor(corner)
+        touches |= nonzero[item, c[..., 0], c[..., 1], c[..., 2]]
+    skipped = (k < n[..., None]) & ((k < first[..., None]) | (k >= end[..., None]))
+    assert not (touches & skipped).any()
+    assert skipped.sum() > 0.2 * n.sum()  # sparse volumes: most samples are skipped
+    assert touches.any()
+
+
+def test_walk_stride_follows_the_bound():
+    """``(stride − 1) · step`` stays below ``brick − 1`` voxels (less the rounding allowance) and one more
+    sample would not."""
+    direction = torch.tensor([[[0.3, -0.9, 0.1], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+    delta = torch.tensor([[0.7, 1.0, 1e-9]])
+    stride = walk_stride(direction, delta, 4)
+    step = 0.7 * 0.9
+    assert int(stride[0, 0]) == 1 + int(2.95 / step)
+    assert (stride[0, 0] - 1) * step <= 2.95 < stride[0, 0] * step
+    assert int(stride[0, 1]) == int(stride[0, 2]) == (1 << 20) + 1  # no move: one look-up covers the ray
+
+
+# --- the kernels -----------------------------------------------------------------------------------------------
+
+
+@needs_triton
+@pytest.mark.parametrize("pack", [1, 2])
+def test_kernel_walk_is_the_rule(pack, monkeypatch):
+    """A made-up occupancy (random marks over a volume without zeros) makes the kernel drop whatever lies outside
+    its walk's range: the forward then equals the reference summed over the rule's range only."""
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
+    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 2)
+    gen = torch.Generator().manual_seed(pack)
+    shape = (11, 13, 9)
+    volume = torch.rand(2, 2, *shape, generator=gen) + 0.5
+    rays, *_ = _rays(gen, 2, 2, shape, step_mm=0.8)
+    made_up = torch.rand(2, *brick_grid(shape, 2), generator=gen) < 0.15
+    prepared = TritonBackend.prepare_volume(volume.to(DEVICE))
+    marched = prepared.marched._replace(occupancy=made_up.to(torch.uint8).to(DEVICE))
+    got = TritonBackend.forward(volume.to(DEVICE), *(a.to(DEVICE) for a in _ray_args(rays)), detector_cols=9,
+                                prepared=PreparedVolume(prepared.source, marched, None))
+    first, end = occupied_range(*_ray_args(rays), made_up, shape, 2)
+    kept = end - first
+    assert 0 < int(kept.sum()) < 0.9 * int(rays.n_samples.sum())  # the made-up marks cut real samples
+    double = [a.double() if a.is_floating_point() else a for a in _ray_args(rays)]
+    expected = march_forward(volume.double(), double[0], double[1], double[2] + first * double[3], double[3],
+                             kept, double[5])
+    err = float((got.double().cpu() - expected).abs().max())
+    assert err <= 1e-5 * float(expected.abs().max())
+
+
+SKIP_CASES = [(1, 2, dict(step_mm=2.0)), (2, 4, dict(num_samples=7))]
+MORE_SKIP_CASES = [(4, 8, dict(step_mm=0.9)), (2, 2, dict(step_mm=2.5)), (1, 4, dict(num_samples=3)),
+                   (1, 2, dict(step_mm=0.9))]
+
+
+def _check_bit_for_bit(pack, brick, sampling, monkeypatch):
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
+    gen = torch.Generator().manual_seed(brick + pack)
+    shape = (10, 14, 9)
+    volume = _sparse_volume(gen, 2, 1 if pack == 4 else 2, shape).to(DEVICE)
+    _, geometry, affines, poses = _rays(gen, 2, 2, shape, detector=(8, 9), **sampling)
+    got = {}
+    for skip in (0, brick):
+        monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", skip)
+        got[skip] = forward_project(volume, affines.to(DEVICE), poses.to(DEVICE), geometry, backend="triton",
+                                    **sampling)
+    assert torch.equal(got[brick], got[0])
+    expected = forward_project(volume.double().cpu(), affines.double(), poses.double(), geometry,
+                               backend="reference", **sampling)
+    assert float((got[brick].double().cpu() - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
+
+
+@needs_triton
+@pytest.mark.parametrize(("pack", "brick", "sampling"), SKIP_CASES)
+def test_forward_with_skipping_is_bit_for_bit_the_forward_without(pack, brick, sampling, monkeypatch):
+    """Sparse volumes, oblique views from anywhere, fine and coarse steps: skipping changes nothing (exact
+    zeros are what it skips), and both equal the float64 reference."""
+    _check_bit_for_bit(pack, brick, sampling, monkeypatch)
+
+
+@needs_triton
+@pytest.mark.slow
+@pytest.mark.parametrize(("pack", "brick", "sampling"), MORE_SKIP_CASES)
+def test_more_layouts_and_bricks_skip_bit_for_bit(pack, brick, sampling, monkeypatch):
+    _check_bit_for_bit(pack, brick, sampling, monkeypatch)
+
+
+@needs_triton
+def test_fused_ct2xray_skips_exactly(monkeypatch):
+    from xraysyn.physics.materials import BONE, TISSUE
+
+    gen = torch.Generator().manual_seed(3)
+    shape = (8, 10, 7)
+    densities = (_sparse_volume(gen, 1, 2, shape) * 1.5).to(DEVICE)
+    _, geometry, affines, poses = _rays(gen, 1, 2, shape)
+    out = {}
+    for skip in (0, 4):
+        monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", skip)
+        out[skip] = project_and_attenuate(densities, affines.to(DEVICE), poses.to(DEVICE), geometry,
+                                          tube_spectrum(90.0), materials=(BONE, TISSUE), fused=True,
+                                          backend="triton", step_mm=1.5)
+    for with_skip, without in zip(out[4], out[0]):
+        assert torch.equal(with_skip, without)
+    assert float(out[4][0].abs().max()) > 0
+
+
+@needs_triton
+def test_static_volume_remakes_its_occupancy_when_it_changes():
+    """A marked volume keeps its occupancy with its packed copy; a write into an empty region must not be
+    skipped by the marks of the previous version."""
+    gen = torch.Generator().manual_seed(5)
+    shape = (12, 12, 12)
+    volume = torch.zeros(1, 1, *shape, device=DEVICE)
+    volume[0, 0, 1:3, 1:3, 1:3] = 1.0
+    mark_static_volume(volume)
+    _, geometry, affines, poses = _rays(gen, 1, 3, shape)
+    project = lambda v, backend: forward_project(v, affines.to(DEVICE), poses.to(DEVICE), geometry,  # noqa: E731
+                                                 backend=backend, step_mm=1.0)
+    project(volume, "triton")
+    with torch.no_grad():
+        volume[0, 0, 8:11, 8:11, 8:11] = 2.0  # bricks that were empty
+    got = project(volume, "triton")
+    expected = project(volume.double().cpu(), "reference")
+    assert float((got.double().cpu() - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
+
+
+def test_marched_volume_without_occupancy_hands_any_pointer():
+    tensor = torch.zeros(3)
+    assert MarchedVolume(tensor, 1, (), 1).occupancy_or_any() is tensor
