@@ -66,7 +66,10 @@ for stage in $stages; do
              # sets, what a training loop drawing new poses pays), and the plane carry across z (the trace stage times the
              # shipped defaults' adjoint and the plane carry across the rays' axis); adjoints do not read the volume,
              # so the volume variants are timed forward and forward+backward only
+             # empty space skipping's brick (skip=0: off) on the forward, the W1 target's lever
              { timeout 120 python3 benchmarks/gpu_kernels.py --only "defaults,gather-only"
+               timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1,W2 \
+                 --impls "xraysyn,xraysyn[skip=0],xraysyn[skip=2],xraysyn[skip=8]" --modes fwd --reps 10
                timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls "xraysyn,xraysyn[ahead=0],xraysyn-static,xraysyn[kr=0]" --modes fwd,fwd+bwd --reps 10
                timeout 120 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
@@ -83,9 +86,10 @@ for stage in $stages; do
              # time goes (host lead, GPU busy, gaps, tail, per-kernel ms; benchmarks/trace_breakdown.py) — the W1
              # forward's distance to its target and the packed W2 adjoint's kernel-vs-API gap, kernel by kernel;
              # W2 also with the plane carry (cmax=4) and with the adjoint's programs interleaved over the views
-             # (avi=1: a slab of the 139 MB packed buffer at a time instead of most of it, against a 60 MB L2)
-             { timeout 70 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
-                 --impls xraysyn --modes fwd,fwd+bwd,adj --reps 10 --trace 3
+             # (avi=1: a slab of the 139 MB packed buffer at a time instead of most of it, against a 60 MB L2);
+             # W1 also without empty space skipping (skip=0)
+             { timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+                 --impls "xraysyn,xraysyn[skip=0]" --modes fwd,fwd+bwd,adj --reps 10 --trace 3
                timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn,xraysyn[cmax=4],xraysyn[avi=1]" --modes fwd,fwd+bwd,adj --reps 10 --trace 3
              } 2>&1 | tee "$OUT/trace.jsonl" ;;

@@ -60,8 +60,8 @@ def _stub_kernels() -> None:
     from xraysyn.projector import frames
     from xraysyn.projector import triton_backend as tb
 
-    # forward, adjoint, tuned, BP gather, ray set-up, pack, unpack
-    tb._KERNELS = tb._Kernels(_NoLaunch(True), _NoLaunch(), False, _NoLaunch(True), *([_NoLaunch()] * 3))
+    # forward, adjoint, tuned, BP gather, ray set-up, pack, unpack, brick marking, marks dilation
+    tb._KERNELS = tb._Kernels(_NoLaunch(True), _NoLaunch(), False, _NoLaunch(True), *([_NoLaunch()] * 5))
     fused_ct2xray._KERNELS = (_NoLaunch(True), _NoLaunch(), False)
     fused._KERNELS = (_NoLaunch(True), _NoLaunch())
     wait = frames.HostCopy.wait
@@ -106,14 +106,16 @@ def _after_last_sync_us() -> float | None:
     return (main - syncs[-1]) * 1e6 if syncs else None
 
 
-def _without_kept_rays(call):
+def _switched(switch: str, value, call):
+    """``call()`` with ``TritonBackend.<switch>`` set to ``value`` (restored after)."""
     from xraysyn.projector.triton_backend import TritonBackend
 
-    kept, TritonBackend.KEEP_RAYS_MIB = TritonBackend.KEEP_RAYS_MIB, 0
+    kept = getattr(TritonBackend, switch)
+    setattr(TritonBackend, switch, value)
     try:
         return call()
     finally:
-        TritonBackend.KEEP_RAYS_MIB = kept
+        setattr(TritonBackend, switch, kept)
 
 
 def main(argv=None) -> None:
@@ -141,8 +143,13 @@ def main(argv=None) -> None:
     calls = {
         "forward_project": lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
         # the same without the ray sets kept on the device (TritonBackend.KEEP_RAYS_MIB = 0): the set-up every call
-        "forward_project[rays not kept]": lambda: _without_kept_rays(
-            lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton")),
+        "forward_project[rays not kept]": lambda: _switched(
+            "KEEP_RAYS_MIB", 0, lambda: forward_project(volume, affine, poses, geometry, num_samples=256,
+                                                        backend="triton")),
+        # the same without empty space skipping (TritonBackend.SKIP_EMPTY_BRICK = 0: no marks, no dilation)
+        "forward_project[no skipping]": lambda: _switched(
+            "SKIP_EMPTY_BRICK", 0, lambda: forward_project(volume, affine, poses, geometry, num_samples=256,
+                                                           backend="triton")),
         "forward_project[new poses]": lambda: forward_project(volume, affine, pose_sets[next(next_set) % len(pose_sets)],
                                                               geometry, num_samples=256, backend="triton"),
         "project_and_attenuate[fused]": lambda: project_and_attenuate(volume, affine, poses, geometry, spectrum,

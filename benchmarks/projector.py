@@ -50,7 +50,8 @@ VARIANT_KEYS = {"ft": "FORWARD_TILE_WIDTH", "at": "ADJOINT_TILE_WIDTH", "fp": "F
                 "carry": "CARRY_CORNERS", "reuse": "REUSE_CORNERS", "copy": "COPY_CHANNELS_LAST",
                 "ahead": "PREPARE_AHEAD", "fbr": "FORWARD_BLOCK_R", "fw": "FORWARD_WARPS", "fu": "FORWARD_UNROLL",
                 "abr": "ADJOINT_BLOCK_R", "aw": "ADJOINT_WARPS", "cmax": "CARRY_MAX_PACK", "plane": "ADJOINT_PLANE_AXIS",
-                "kr": "KEEP_RAYS_MIB", "fvi": "FORWARD_VIEWS_INNER", "avi": "ADJOINT_VIEWS_INNER"}
+                "kr": "KEEP_RAYS_MIB", "fvi": "FORWARD_VIEWS_INNER", "avi": "ADJOINT_VIEWS_INNER",
+                "skip": "SKIP_EMPTY_BRICK"}
 TRITON_VARIANTS = {
     "xraysyn-packed": {"FORWARD_PACK": 4, "ADJOINT_PACK": 4},  # packed corners, the widest C allows
     "xraysyn-reuse": {"REUSE_CORNERS": True},  # forward keeps cell corners across samples

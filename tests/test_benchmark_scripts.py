@@ -91,13 +91,28 @@ def test_march_footprint_replays_the_kernels_launch_order():
     assert [(r["order"], r["views_in_flight"]) for r in rows] == [("view after view", 1), ("views inner", 2)]
 
 
+def test_empty_space_replay_reports_the_samples_kept():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "empty_space.py"), "--workloads", "W1-cpu",
+                           "--bricks", "2,8", "--every", "2"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [row["brick"] for row in rows] == [2, 8]
+    for row in rows:  # (the phantom's rays all meet its body near their ends: little or nothing is skipped)
+        assert 0 < row["kept_per_ray"] <= 1
+        assert all(0 < row[f"kept_per_{tile}"] <= 1 for tile in ("warp", "program_64", "program_128", "program_256"))
+        assert 0 < row["walk_lookups_per_ray"] < row["samples_per_ray"]
+    fine, coarse = rows
+    assert fine["kept_per_ray"] <= coarse["kept_per_ray"] and fine["walk_lookups_per_ray"] > coarse["walk_lookups_per_ray"]
+    assert fine["marks_bytes"] == 4 * 32 ** 3 and coarse["marks_bytes"] == 4 * 8 ** 3
+
+
 def test_host_overhead_benchmark_runs():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"), "--calls", "5"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [row["call"] for row in rows] == ["forward_project", "forward_project[rays not kept]",
-                                             "forward_project[new poses]", "project_and_attenuate[fused]",
+                                             "forward_project[no skipping]", "forward_project[new poses]", "project_and_attenuate[fused]",
                                              "backproject", "fused_attenuate"]
     assert all(0 < row["host_us_min"] <= row["host_us_median"] for row in rows)
     forward = rows[0]  # the forward's first kernel (the packing pass) comes before its last sync and launch
