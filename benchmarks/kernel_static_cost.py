@@ -1,4 +1,4 @@
-"""Static cost of the adjoint march kernel's variants on sm_90, without a GPU.
+"""Static cost of the march kernels' variants on sm_90, without a GPU.
 
     python benchmarks/kernel_static_cost.py [--variants pack4,pack4+plane-carry-y]
 
@@ -6,7 +6,8 @@ Compiles each variant of ``march_adjoint_kernel`` (one channel, the W2 case: 4 c
 128 rays per program) to PTX with Triton, assembles it with the ``ptxas`` shipped in Triton's wheel and
 disassembles the cubin with ``cuobjdump``. Prints one JSON line per variant: registers per thread, spill
 bytes, SASS instructions in all and in the sample loop (the largest backward branch), and the atomic
-(``RED``/``ATOM``) instructions in that loop.
+(``RED``/``ATOM``) and global load (``LDG``) instructions in that loop. The ``fwd-*`` variants are the forward
+march as W1 runs it, without and with empty space skipping.
 
 Why: on the H200 the packed W2 adjoint's time followed neither its atomic requests alone nor its
 instructions alone. The general corner carry at 4 slots kept 95 % of the requests and took 21.0 ms against
@@ -37,6 +38,14 @@ VARIANTS = {
     "pack4": {"PACK": 4, "VEC": 4, "CARRY": False},
     "pack4+plane-carry-z": {"PACK": 4, "VEC": 4, "CARRY": True, "PLANE": 0},
     "pack4+plane-carry-y": {"PACK": 4, "VEC": 4, "CARRY": True, "PLANE": 1},
+}
+# the forward march as W1 runs it (two channels, 2 corner slots, tiles 4 wide, 128 rays per program, one sample
+# per loop iteration), without and with empty space skipping (its walk is a second, shorter loop)
+_FORWARD = {"BLOCK_R": 128, "BLOCK_C": 2, "ACC": "tl.float32", "VEC": 4, "TILE_W": 4, "UNROLL": 1, "PACK": 2,
+            "REUSE": False}
+FORWARD_VARIANTS = {
+    "fwd-pack2": {**_FORWARD, "BRICK": 0},
+    "fwd-pack2+skip4": {**_FORWARD, "BRICK": 4},
 }
 
 
@@ -86,7 +95,11 @@ def measure(names: list[str]) -> list[dict]:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from triton_compile_helper import compile_ptx
 
-    specs = [{"module": "xraysyn.projector.triton_kernels", "kernel": "march_adjoint_kernel",
+    specs = [{"module": "xraysyn.projector.triton_kernels", "kernel": "march_forward_kernel",
+              "pointer_types": {"nsamp_ptr": "*i32", "vidx_ptr": "*i64", "occ_ptr": "*u8"}, "default_pointer": "*fp32",
+              "aligned": ["vol_ptr", "out_ptr", "s_vb", "s_vd", "s_vh"], "constexprs": FORWARD_VARIANTS[name]}
+             if name in FORWARD_VARIANTS else
+             {"module": "xraysyn.projector.triton_kernels", "kernel": "march_adjoint_kernel",
               "pointer_types": {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}, "default_pointer": "*fp32",
               "aligned": ["grad_ptr", "s_vb", "s_vd", "s_vh"], "constexprs": {**_COMMON, **VARIANTS[name]}}
              for name in names]
@@ -103,18 +116,20 @@ def measure(names: list[str]) -> list[dict]:
                 "sass_instructions": len(re.findall(r"/\*[0-9a-f]{4,}\*/\s+[^;]*;", sass)),
                 "loop_instructions": len(body),
                 "loop_atomics": sum(bool(re.match(r"(?:@!?U?P\w+\s+)?(?:RED|ATOM)", text.strip())) for text in body),
+                "loop_loads": sum(bool(re.match(r"(?:@!?U?P\w+\s+)?LDG", text.strip())) for text in body),
             })
     return rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
+    known = [*VARIANTS, *FORWARD_VARIANTS]
+    parser.add_argument("--variants", default=",".join(known), help="comma list of " + ", ".join(known))
     args = parser.parse_args(argv)
     names = [name for name in args.variants.split(",") if name]
-    unknown = [name for name in names if name not in VARIANTS]
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(known)}")
     for row in measure(names):
         print(json.dumps(row), flush=True)
 

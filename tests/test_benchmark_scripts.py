@@ -142,11 +142,12 @@ def test_projector_benchmark_variants_name_backend_switches(monkeypatch):
 
 def test_kernel_static_cost_reports_registers_and_the_sample_loop():
     """The sm_90 static cost of two adjoint variants (Triton's own ptxas and cuobjdump, no GPU): the plane carry
-    adds instructions to the sample loop but no atomic sites (2 vector atomics per cell flush either way)."""
+    adds instructions to the sample loop but no atomic sites (2 vector atomics per cell flush either way); and
+    of the forward without and with empty space skipping."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kernel_static_cost.py"),
-                           "--variants", "pack4,pack4+plane-carry-y"], capture_output=True, text=True, env=env,
-                          timeout=600, check=False)
+                           "--variants", "pack4,pack4+plane-carry-y,fwd-pack2,fwd-pack2+skip4"], capture_output=True,
+                          text=True, env=env, timeout=600, check=False)
     if proc.returncode != 0 and "no ptxas" in proc.stderr:
         pytest.skip("this triton ships no ptxas")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -155,6 +156,12 @@ def test_kernel_static_cost_reports_registers_and_the_sample_loop():
     assert plain["loop_atomics"] == carry["loop_atomics"] == 2
     assert 0 < plain["loop_instructions"] < carry["loop_instructions"] < plain["sass_instructions"]
     assert plain["spill_bytes"] == carry["spill_bytes"] == 0 and 0 < plain["registers"] <= 255
+    # the forward's sample loop: 4 vector loads per sample (two channels, 2 slots) with or without empty space
+    # skipping, whose walk adds a loop of its own, not work to this one (at most the per-lane sample index)
+    forward, skipping = rows["fwd-pack2"], rows["fwd-pack2+skip4"]
+    assert forward["loop_loads"] == skipping["loop_loads"] == 4 and forward["loop_atomics"] == 0
+    assert forward["loop_instructions"] <= skipping["loop_instructions"] <= forward["loop_instructions"] + 3
+    assert skipping["sass_instructions"] > forward["sass_instructions"]
 
 
 def test_gpu_report_tables_targets_peers_and_variants(tmp_path):
