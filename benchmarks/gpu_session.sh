@@ -33,7 +33,8 @@ for stage in $stages; do
              tail -5 "$OUT/tests.log" ;;
     gputests) timeout 200 python3 -m pytest -q -p no:cacheprovider -m cuda \
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_fused_ct2xray.py \
-               tests/test_projector_host_path.py tests/test_projector_triton_random.py > "$OUT/tests.log" 2>&1
+               tests/test_projector_host_path.py tests/test_projector_triton_random.py \
+               tests/test_projector_empty_space.py > "$OUT/tests.log" 2>&1
              tail -5 "$OUT/tests.log" ;;
     kernels) timeout 200 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
     host)    timeout 60 python3 benchmarks/host_overhead.py --calls 1000 2>&1 | tee "$OUT/host.jsonl" ;;

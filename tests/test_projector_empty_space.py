@@ -165,6 +165,8 @@ def test_walk_stride_follows_the_bound():
 
 
 @needs_triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="compares float32 positions bit for bit with the CPU's: "
+                    "the interpreter computes them as torch does, compiled code may contract them into FMAs")
 @pytest.mark.parametrize("pack", [1, 2])
 def test_kernel_walk_is_the_rule(pack, monkeypatch):
     """A made-up occupancy (random marks over a volume without zeros) makes the kernel drop whatever lies outside
@@ -269,3 +271,33 @@ def test_static_volume_remakes_its_occupancy_when_it_changes():
 def test_marched_volume_without_occupancy_hands_any_pointer():
     tensor = torch.zeros(3)
     assert MarchedVolume(tensor, 1, (), 1).occupancy_or_any() is tensor
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("channels", [1, 2])
+def test_cuda_skipping_on_a_ct_like_volume(channels, monkeypatch):
+    """Compiled kernels on a CT-like volume (a body ellipse in a field-of-view cylinder, zeros outside both, as
+    attenuation from HU is): skipping gives the forward without it (to float32 rounding of the sample
+    positions, which the compiler may contract differently per variant) and the float64 reference."""
+    d, h, w = 48, 64, 56
+    _, y, x = torch.meshgrid(torch.arange(d, dtype=torch.float32), torch.linspace(-1, 1, h), torch.linspace(-1, 1, w),
+                             indexing="ij")
+    body = (y / 0.6) ** 2 + (x / 0.85) ** 2 <= 1.0
+    gen = torch.Generator().manual_seed(channels)
+    density = torch.where(body, 0.8 + 0.4 * torch.rand(d, h, w, generator=gen), torch.zeros(()))
+    volume = torch.stack([density * (1.0 + c) for c in range(channels)])[None].repeat(2, 1, 1, 1, 1)
+    volume[1] *= 0.5
+    geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(96, 80), pixel_spacing=2.0)
+    poses = geometry.poses(torch.tensor([-40.0, 0.0, 25.0, 90.0]), torch.tensor([0.0, 5.0, -10.0, 0.0]))
+    affines = torch.diag(torch.tensor([2.5, 2.0, 2.0, 1.0])).expand(2, 4, 4)
+    got = {}
+    for skip in (0, 4):
+        monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", skip)
+        got[skip] = forward_project(volume.cuda(), affines.cuda(), poses.cuda(), geometry, backend="triton",
+                                    step_mm=1.0).cpu()
+    torch.testing.assert_close(got[4], got[0], rtol=1e-6, atol=1e-6 * float(got[0].abs().max()))
+    expected = forward_project(volume.double(), affines.double(), poses.double(), geometry, backend="reference",
+                               step_mm=1.0)
+    assert float((got[4].double() - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
+
