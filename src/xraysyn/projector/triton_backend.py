@@ -549,11 +549,12 @@ class TritonBackend:
         _check_volume_size(volume.shape[1], volume.shape[2:])
         brick = _skip_brick()
         n_marks = volume.shape[0] * math.prod(brick_grid(volume.shape[2:], brick)) if brick else 0
-        # one zeroed buffer (one fill) for the scan's probe and the bricks' marks
-        zeroed = torch.zeros(int(check_finite) + n_marks, dtype=torch.float32, device=volume.device)
+        # one zeroed buffer (one fill) for the scan's probe and the bricks' marks, if either is wanted
+        size = int(check_finite) + n_marks
+        zeroed = torch.zeros(size, dtype=torch.float32, device=volume.device) if size else None
         probe = zeroed[:1] if check_finite else None
-        marched, scanned = _marched_layout(volume, memory_budget_mib, probe, zeroed[int(check_finite):] if n_marks
-                                           else None)
+        marks = zeroed[int(check_finite):] if n_marks else None
+        marched, scanned = _marched_layout(volume, memory_budget_mib, probe, marks)
         if check_finite and not scanned:
             probe = torch.stack(torch.aminmax(volume.detach().reshape(-1))).float()
         return PreparedVolume(volume, marched, probe)
