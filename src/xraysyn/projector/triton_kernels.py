@@ -978,6 +978,19 @@ def pack_corners_kernel(src_ptr, dst_ptr, probe_ptr, occ_ptr, n_voxels, size_h, 
 
 
 @triton.jit
+def _voxel_block(n_voxels, size_h, size_w, n_channels, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
+    """What a pass over voxels starts with (grid ``(voxel blocks, items)``): the item, this program's
+    ``BLOCK_V`` flat voxel indices and their ``(z, y, x)``, the channels, and the ``(BLOCK_V, BLOCK_C)`` mask of
+    voxels and channels that exist."""
+    item = tl.program_id(1).to(tl.int64)
+    vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    z, y, x = _voxel_indices(vox, size_h, size_w)
+    chan = tl.arange(0, BLOCK_C)
+    both = (vox < n_voxels)[:, None] & (chan < n_channels)[None, :]
+    return item, vox, z, y, x, chan, both
+
+
+@triton.jit
 def unpack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, n_channels,
                           BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, PACK: tl.constexpr, PLANE: tl.constexpr = 0):
     """The gradient from the packed adjoint's slots, one pass: ``dst (B, C, D, H, W)`` contiguous, voxel
@@ -985,12 +998,7 @@ def unpack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, n_channels
     (``src (B, D, H, W, C · PACK)``, slot ``c · PACK + 2 · uo + vo``; ``PACK = 2``: ``v = x``, ``uo = 0``;
     ``PACK = 4``: ``(u, v)`` the two axes other than ``PLANE`` in ``(z, y, x)`` order, see
     :func:`_scatter_cell_packed`)."""
-    item = tl.program_id(1).to(tl.int64)
-    vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
-    ok = vox < n_voxels
-    z, y, x = _voxel_indices(vox, size_h, size_w)
-    chan = tl.arange(0, BLOCK_C)
-    both = ok[:, None] & (chan < n_channels)[None, :]
+    item, vox, z, y, x, chan, both = _voxel_block(n_voxels, size_h, size_w, n_channels, BLOCK_V, BLOCK_C)
     k = n_channels * PACK
     slots = src_ptr + item * n_voxels * k + (chan * PACK)[None, :]
     here = (vox * k)[:, None]
@@ -1026,12 +1034,7 @@ def mark_occupied_kernel(src_ptr, occ_ptr, n_voxels, size_h, size_w, n_channels,
                          BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, BRICK: tl.constexpr):
     """The brick marking of ``pack_corners_kernel`` on its own, for volumes the forward reads unpacked:
     ``src (B, C, D, H, W)`` with any strides (elements), ``occ_ptr`` float32 zeroed by the caller."""
-    item = tl.program_id(1).to(tl.int64)
-    vox = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
-    ok = vox < n_voxels
-    z, y, x = _voxel_indices(vox, size_h, size_w)
-    chan = tl.arange(0, BLOCK_C)
-    both = ok[:, None] & (chan < n_channels)[None, :]
+    item, vox, z, y, x, chan, both = _voxel_block(n_voxels, size_h, size_w, n_channels, BLOCK_V, BLOCK_C)
     src = src_ptr + item * s_b + (chan * s_c)[None, :] + (z * s_d + y * s_h + x * s_w)[:, None]
     values = tl.load(src, mask=both, other=0.0)
     nonzero = tl.max(tl.where(both & (values != 0), 1, 0), axis=1) > 0
