@@ -97,11 +97,29 @@ def test_kernels_mark_and_dilate_as_the_reference(pack, brick, monkeypatch):
     volume = _sparse_volume(gen, 2, 1 if pack == 4 else 2, (14, 17, 12), boxes=1, specks=1)
     if pack == 1:
         volume = volume.half().transpose(2, 4).contiguous().transpose(2, 4)
-    marched = TritonBackend.prepare_volume(volume.to(DEVICE), check_finite=True).marched
+    prepared = TritonBackend.prepare_volume(volume.to(DEVICE), check_finite=True)
+    marched = prepared.marched
     assert marched.pack == pack and marched.brick == brick
     expected = dilate_bricks(occupied_bricks(volume, brick))
     assert not expected.all() and expected.any()
-    assert torch.equal(marched.occupancy.cpu().bool(), expected)
+    got = marched.occupancy.cpu()
+    assert got.shape == (2, 1 + expected[0].numel())
+    assert torch.equal(got[:, 1:].bool(), expected.flatten(1))
+    assert got[:, 0].tolist() == [1, 1]  # each volume has unmarked bricks: its rays walk
+    if pack > 1:  # the probe shares the marks' zeroed buffer: still zero (finite volume)
+        assert float(prepared.finite_probe.cpu()[0]) == 0.0
+
+
+@needs_triton
+def test_a_volume_without_unmarked_bricks_is_flagged_and_marched_whole(monkeypatch):
+    """Dense volumes (a network's output has no exact zeros) mark every brick: the flag stays 0, and the
+    march skips the walk; a volume with one empty region sets it."""
+    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 2)
+    volume = torch.rand(2, 1, 8, 9, 10) + 0.1
+    volume[1, :, :, :, :4] = 0.0  # x = 0..3 zero: brick 0 along x (of 5) stays unmarked after the dilation
+    occupancy = TritonBackend.prepare_volume(volume.to(DEVICE)).marched.occupancy.cpu()
+    assert occupancy[:, 0].tolist() == [0, 1]
+    assert occupancy[0, 1:].all() and not occupancy[1, 1:].all()
 
 
 @needs_triton
@@ -179,7 +197,9 @@ def test_kernel_walk_is_the_rule(pack, monkeypatch):
     rays, *_ = _rays(gen, 2, 2, shape, step_mm=0.8)
     made_up = torch.rand(2, *brick_grid(shape, 2), generator=gen) < 0.15
     prepared = TritonBackend.prepare_volume(volume.to(DEVICE))
-    marched = prepared.marched._replace(occupancy=made_up.to(torch.uint8).to(DEVICE))
+    flags = torch.ones(2, 1, dtype=torch.uint8)  # "some brick is unmarked": walk
+    occupancy = torch.cat([flags, made_up.flatten(1).to(torch.uint8)], dim=1)
+    marched = prepared.marched._replace(occupancy=occupancy.to(DEVICE))
     got = TritonBackend.forward(volume.to(DEVICE), *(a.to(DEVICE) for a in _ray_args(rays)), detector_cols=9,
                                 prepared=PreparedVolume(prepared.source, marched, None))
     first, end = occupied_range(*_ray_args(rays), made_up, shape, 2)
@@ -190,6 +210,12 @@ def test_kernel_walk_is_the_rule(pack, monkeypatch):
                              kept, double[5])
     err = float((got.double().cpu() - expected).abs().max())
     assert err <= 1e-5 * float(expected.abs().max())
+    # the flag 0 ("no brick unmarked") skips the walk: the same made-up marks then cut nothing
+    flagged_dense = marched._replace(occupancy=torch.cat([0 * flags, made_up.flatten(1).to(torch.uint8)], 1).to(DEVICE))
+    whole = TritonBackend.forward(volume.to(DEVICE), *(a.to(DEVICE) for a in _ray_args(rays)), detector_cols=9,
+                                  prepared=PreparedVolume(prepared.source, flagged_dense, None))
+    unskipped = march_forward(volume.double(), *double)
+    assert float((whole.double().cpu() - unskipped).abs().max()) <= 1e-5 * float(unskipped.abs().max())
 
 
 SKIP_CASES = [(1, 2, dict(step_mm=2.0)), (2, 4, dict(num_samples=7))]

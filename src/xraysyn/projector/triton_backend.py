@@ -59,6 +59,8 @@ _PACK_BLOCK_V = 256
 _DILATE_BLOCK = 256
 # Brick edges (voxels) SKIP_EMPTY_BRICK accepts (0 = off); the walk's exactness bound needs at least 2.
 _SKIP_BRICKS = (0, 2, 4, 8, 16, 32)
+_FLOAT32_BYTES = 4
+_ALIGN_BYTES = 16
 # Rays per program of the ray set-up kernel.
 _SETUP_BLOCK_R = 256
 # The ray set-up's host-side numbers for recently met frames and geometries, and the per-volume terms
@@ -547,14 +549,8 @@ class TritonBackend:
             raise TritonBackendInputError("volume must be a floating-point tensor of shape (B, C, D, H, W)")
         _check_device(volume)
         _check_volume_size(volume.shape[1], volume.shape[2:])
-        brick = _skip_brick()
-        n_marks = volume.shape[0] * math.prod(brick_grid(volume.shape[2:], brick)) if brick else 0
-        # one zeroed buffer (one fill) for the scan's probe and the bricks' marks, if either is wanted
-        size = int(check_finite) + n_marks
-        zeroed = torch.zeros(size, dtype=torch.float32, device=volume.device) if size else None
-        probe = zeroed[:1] if check_finite else None
-        marks = zeroed[int(check_finite):] if n_marks else None
-        marched, scanned = _marched_layout(volume, memory_budget_mib, probe, marks)
+        probe, skipping = _zeroed_buffers(volume, _skip_brick(), check_finite)
+        marched, scanned = _marched_layout(volume, memory_budget_mib, probe, skipping)
         if check_finite and not scanned:
             probe = torch.stack(torch.aminmax(volume.detach().reshape(-1))).float()
         return PreparedVolume(volume, marched, probe)
@@ -602,8 +598,9 @@ class MarchedVolume(NamedTuple):
     """The volume as the forward march kernels read it: ``tensor`` (the packed corner layout, strides in
     voxels, or the volume / its channels-last copy), ``vec`` (elements per addressing unit), ``strides``
     (batch, channel, z, y, x in units of ``vec``), ``pack`` (corner slots per channel, 1 = unpacked) and, for
-    empty space skipping (``brick`` > 0, see ``TritonBackend.SKIP_EMPTY_BRICK``), ``occupancy``: the dilated
-    brick marks ``(B, ⌈D/brick⌉, ⌈H/brick⌉, ⌈W/brick⌉)`` uint8."""
+    empty space skipping (``brick`` > 0, see ``TritonBackend.SKIP_EMPTY_BRICK``), ``occupancy``: ``(B, 1 + Π
+    brick_grid)`` uint8, per volume a flag (1: some brick is unmarked, so the walk may skip samples) and the
+    dilated brick marks ``(⌈D/brick⌉, ⌈H/brick⌉, ⌈W/brick⌉)`` flattened."""
 
     tensor: torch.Tensor
     vec: int
@@ -648,20 +645,23 @@ def checked_launch(prepared: PreparedVolume | None):
 
 
 def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe: torch.Tensor | None = None,
-                    marks: torch.Tensor | None = None) -> tuple[MarchedVolume, bool]:
+                    skipping: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[MarchedVolume, bool]:
     """``(MarchedVolume, scanned)``: the layout the forward march kernels read for ``volume (B, C, D, H, W)`` —
     the packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a channels-last view —
     with its brick occupancy when ``SKIP_EMPTY_BRICK`` is on; copies and occupancy are reused while a volume
     marked static is unchanged (:mod:`xraysyn.projector.static_volume`). ``finite_probe`` (a zeroed
     one-element float32 tensor): the packing pass also scans the volume into it; ``scanned`` says whether it
-    did (False when no packing pass ran: unpacked layout, or a kept copy). ``marks``: a zeroed float32 buffer
-    of ``B · Π brick_grid`` elements the marking may use (else allocated when needed)."""
+    did (False when no packing pass ran: unpacked layout, or a kept copy). ``skipping``: zeroed ``(marks,
+    occupancy)`` buffers for empty space skipping (:func:`_zeroed_buffers`; else allocated when needed)."""
     pack = _forward_pack(volume, memory_budget_mib)
     brick = _skip_brick()
 
+    if brick and skipping is None:
+        skipping = _zeroed_buffers(volume, brick)[1]
+
     def occupancy(marked: bool = False) -> torch.Tensor | None:
-        """The dilated occupancy from ``marks`` (already marked by the packing pass when ``marked``)."""
-        return _occupancy(volume, brick, marks, marked) if brick else None
+        """The occupancy from the marks (made by the packing pass when ``marked``, else by a marking pass)."""
+        return _occupancy(volume, brick, *skipping, marked=marked) if brick else None
 
     if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
         d, h, w = volume.shape[2:]
@@ -669,10 +669,7 @@ def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe
 
         def pack_now():
             ran.append(True)
-            nonlocal marks
-            if brick and marks is None:
-                marks = _zeroed_marks(volume, brick)
-            packed = _pack_corners(volume.detach(), pack, finite_probe, marks if brick else None, brick)
+            packed = _pack_corners(volume.detach(), pack, finite_probe, skipping[0] if brick else None, brick)
             return packed, occupancy(marked=True)
 
         packed, occ = static_volume.layout_copy(volume, ("packed", pack, brick), pack_now)
@@ -697,24 +694,36 @@ def _skip_brick() -> int:
     return 0 if TritonBackend.REUSE_CORNERS else int(brick)
 
 
-def _zeroed_marks(volume: torch.Tensor, brick: int) -> torch.Tensor:
-    return torch.zeros(volume.shape[0] * math.prod(brick_grid(volume.shape[2:], brick)), dtype=torch.float32,
-                       device=volume.device)
+def _zeroed_buffers(volume: torch.Tensor, brick: int, check_finite: bool = False):
+    """``(probe, (marks, occupancy))`` in one zeroed allocation (one fill), each ``None`` when not wanted: the
+    NaN/inf scan's one-float32 probe (``check_finite``) and, for empty space skipping (``brick > 0``), the
+    bricks' float32 marks ``(B · Π brick_grid,)`` and the uint8 occupancy ``(B, 1 + Π brick_grid)`` (its flags
+    must start at zero; see :class:`MarchedVolume`)."""
+    b = volume.shape[0]
+    n_bricks = math.prod(brick_grid(volume.shape[2:], brick)) if brick else 0
+    head = _ALIGN_BYTES if check_finite else 0  # each part starts 16-byte aligned, as allocations do
+    marks_bytes = -(-_FLOAT32_BYTES * b * n_bricks // _ALIGN_BYTES) * _ALIGN_BYTES
+    size = head + (marks_bytes + b * (n_bricks + 1) if brick else 0)
+    if size == 0:
+        return None, None
+    zeroed = torch.zeros(size, dtype=torch.uint8, device=volume.device)
+    probe = zeroed[:_FLOAT32_BYTES].view(torch.float32) if check_finite else None
+    if not brick:
+        return probe, None
+    return probe, (zeroed[head:head + _FLOAT32_BYTES * b * n_bricks].view(torch.float32),
+                   zeroed[head + marks_bytes:].view(b, n_bricks + 1))
 
 
-def _occupancy(volume: torch.Tensor, brick: int, marks: torch.Tensor | None = None,
+def _occupancy(volume: torch.Tensor, brick: int, marks: torch.Tensor, occupancy: torch.Tensor, *,
                marked: bool = False) -> torch.Tensor:
-    """The dilated brick occupancy ``(B, ⌈D/brick⌉, ⌈H/brick⌉, ⌈W/brick⌉)`` uint8 of ``volume (B, C, D, H, W)``
-    that the forward's empty space skipping walks: 1 where the brick or a neighbour holds a non-zero voxel.
-    ``marks``: a zeroed float32 buffer for the bricks' marks, already filled by the packing pass when
-    ``marked`` (else marked here, one pass over the volume)."""
+    """``occupancy`` (see :class:`MarchedVolume`) made for ``volume (B, C, D, H, W)``: per volume the flag and the
+    dilated marks — 1 where the brick or a neighbour holds a non-zero voxel — that the forward's empty space
+    skipping walks. ``marks`` / ``occupancy``: zeroed buffers (:func:`_zeroed_buffers`); the marks already
+    made by the packing pass when ``marked``, else here (one pass over the volume)."""
     b, c, d, h, w = volume.shape
     grid = brick_grid((d, h, w), brick)
     n_voxels, n_bricks = d * h * w, math.prod(grid)
-    if marks is None:
-        marks = _zeroed_marks(volume, brick)
     kernels = _kernels()
-    occupancy = torch.empty(b, *grid, dtype=torch.uint8, device=volume.device)
     with _on(volume.device):
         if not marked:
             block_c = _next_power_of_two(c)

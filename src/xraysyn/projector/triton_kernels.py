@@ -418,40 +418,46 @@ _WALK_MAX_STRIDE = tl.constexpr(WALK_MAX_STRIDE)
 
 
 @triton.jit
-def _occupied_range(occ_ptr, vidx_ptr, view, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok, size_d, size_h, size_w,
-                    ACC: tl.constexpr, BRICK: tl.constexpr):
+def _occupied_range(occ_ptr, vidx_ptr, view, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max, ray_ok, size_d, size_h,
+                    size_w, ACC: tl.constexpr, BRICK: tl.constexpr):
     """``(first, end, n_max)``: the samples ``first .. end - 1`` (int32 ``(BLOCK_R,)``) of each ray that may
     have a non-zero trilinear corner, and the block's largest ``end - first``; every other sample's 8 corners
     are zero in every channel, so skipping it leaves the line integral bit-for-bit the same.
 
-    ``occ_ptr``: per volume a ``(⌈D/BRICK⌉, ⌈H/BRICK⌉, ⌈W/BRICK⌉)`` uint8 grid, non-zero for a brick with a
-    non-zero voxel or a neighbour that has one (``pack_corners_kernel`` / ``mark_occupied_kernel`` and
-    ``dilate_occupancy_kernel``). The walk looks up the brick of the cell of every ``stride``-th sample;
-    ``first`` is the first marked look-up's sample, ``end`` one stride after the last (at most ``ns``); no
-    marked look-up: ``first = end = 0``. :func:`xraysyn.projector.empty_space.occupied_range` is the same rule
-    in torch, with the argument why no non-zero sample is missed."""
+    ``occ_ptr``: per volume a flag byte, non-zero when some brick is unmarked, then a ``(⌈D/BRICK⌉,
+    ⌈H/BRICK⌉, ⌈W/BRICK⌉)`` uint8 grid, non-zero for a brick with a non-zero voxel or a neighbour that has
+    one (``pack_corners_kernel`` / ``mark_occupied_kernel`` and ``dilate_occupancy_kernel``). A volume without
+    unmarked bricks has nothing to skip: its rays keep ``0 .. ns - 1`` without a walk. Otherwise the walk looks
+    up the brick of the cell of every ``stride``-th sample; ``first`` is the first marked look-up's sample,
+    ``end`` one stride after the last (at most ``ns``); no marked look-up: ``first = end = 0``.
+    :func:`xraysyn.projector.empty_space.occupied_range` is the same rule in torch, with the argument why no
+    non-zero sample is missed."""
     item = tl.load(vidx_ptr + view).to(tl.int64)
     size_bh = (size_h + BRICK - 1) // BRICK
     size_bw = (size_w + BRICK - 1) // BRICK
-    occ = occ_ptr + item * ((size_d + BRICK - 1) // BRICK) * size_bh * size_bw
-    step = dt * tl.maximum(tl.maximum(tl.abs(dz), tl.abs(dy)), tl.abs(dx))  # voxels per sample, largest axis
-    reach = BRICK - 1.0 - _WALK_ROUNDING_VOXELS
-    stride = (reach / tl.maximum(step, reach / _WALK_MAX_STRIDE)).to(tl.int32) + 1
-    walks = tl.where(ray_ok, (ns + stride - 1) // stride, 0)
-    none = tl.zeros_like(ns) - 1
-    first_walk = none
-    last_walk = none
-    for j in range(tl.max(walks, axis=0)):
-        iz, _, iy, _, ix, _ = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, j * stride, size_d, size_h, size_w,
-                                              ACC)
-        brick = ((iz // BRICK) * size_bh + iy // BRICK) * size_bw + ix // BRICK
-        marked = tl.load(occ + brick, mask=j < walks, other=0) != 0
-        first_walk = tl.where(marked & (first_walk < 0), j, first_walk)
-        last_walk = tl.where(marked, j, last_walk)
-    found = first_walk >= 0
-    first = tl.where(found, first_walk * stride, 0)
-    end = tl.where(found, tl.minimum(ns, (last_walk + 1) * stride), 0)
-    return first, end, tl.max(end - first, axis=0)
+    occ = occ_ptr + item * (((size_d + BRICK - 1) // BRICK) * size_bh * size_bw + 1)
+    first = tl.zeros_like(ns)
+    end = ns
+    if tl.load(occ) != 0:
+        step = dt * tl.maximum(tl.maximum(tl.abs(dz), tl.abs(dy)), tl.abs(dx))  # voxels per sample, largest axis
+        reach = BRICK - 1.0 - _WALK_ROUNDING_VOXELS
+        stride = (reach / tl.maximum(step, reach / _WALK_MAX_STRIDE)).to(tl.int32) + 1
+        walks = tl.where(ray_ok, (ns + stride - 1) // stride, 0)
+        none = tl.zeros_like(ns) - 1
+        first_walk = none
+        last_walk = none
+        for j in range(tl.max(walks, axis=0)):
+            iz, _, iy, _, ix, _ = _sample_cell(oz, oy, ox, dz, dy, dx, t0, dt, j * stride, size_d, size_h, size_w,
+                                               ACC)
+            brick = ((iz // BRICK) * size_bh + iy // BRICK) * size_bw + ix // BRICK
+            marked = tl.load(occ + 1 + brick, mask=j < walks, other=0) != 0
+            first_walk = tl.where(marked & (first_walk < 0), j, first_walk)
+            last_walk = tl.where(marked, j, last_walk)
+        found = first_walk >= 0
+        first = tl.where(found, first_walk * stride, 0)
+        end = tl.where(found, tl.minimum(ns, (last_walk + 1) * stride), 0)
+        n_max = tl.max(end - first, axis=0)
+    return first, end, n_max
 
 
 @triton.jit
@@ -508,16 +514,16 @@ def march_forward_kernel(
     ``4``: it is the packed ``(B, D, H, W, C · PACK)`` layout of :func:`_sample_packed` (``BLOCK_C == C``,
     ``VEC = C · PACK``, strides in voxels), read with ``8 / PACK`` vector loads per sample.
 
-    ``BRICK > 0``: empty space skipping: ``occ_ptr`` is the dilated brick occupancy of
-    :func:`_occupied_range` (``(B, ⌈D/BRICK⌉, ⌈H/BRICK⌉, ⌈W/BRICK⌉)`` uint8), and each ray marches only the
-    samples it may find non-zero (the same sums: the others add exact zeros). ``BRICK = 0``: unused.
+    ``BRICK > 0``: empty space skipping: ``occ_ptr`` holds per volume a flag and the dilated brick occupancy
+    (uint8, see :func:`_occupied_range`), and each ray marches only the samples it may find non-zero (the same
+    sums: the others add exact zeros). ``BRICK = 0``: unused.
     """
     view, rays, ray_ok, chan, chan_ok, vol, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max = _program_rays(
         vol_ptr, origin_ptr, dir_ptr, tnear_ptr, delta_ptr, nsamp_ptr, vidx_ptr, n_rays, width, n_channels, s_vb,
         s_on, s_oa, s_dn, s_dr, s_da, s_tn, s_tr, s_en, s_er, s_nn, s_nr, BLOCK_R, BLOCK_C, ACC, VEC, TILE_W)
     if BRICK > 0:
-        first, ns, n_max = _occupied_range(occ_ptr, vidx_ptr, view, oz, oy, ox, dz, dy, dx, t0, dt, ns, ray_ok,
-                                           size_d, size_h, size_w, ACC, BRICK)
+        first, ns, n_max = _occupied_range(occ_ptr, vidx_ptr, view, oz, oy, ox, dz, dy, dx, t0, dt, ns, n_max,
+                                           ray_ok, size_d, size_h, size_w, ACC, BRICK)
     else:
         first = 0
     acc = _integrate(vol, oz, oy, ox, dz, dy, dx, t0, dt, first, ns, n_max, ray_ok, chan, chan_ok, size_d, size_h,
@@ -1043,8 +1049,10 @@ def mark_occupied_kernel(src_ptr, occ_ptr, n_voxels, size_h, size_w, n_channels,
 
 @triton.jit
 def dilate_occupancy_kernel(src_ptr, dst_ptr, size_bd, size_bh, size_bw, BLOCK: tl.constexpr):
-    """``dst`` (uint8) = 1 where a brick or any of its 26 neighbours is marked in ``src`` (float32), per item
-    ``(size_bd, size_bh, size_bw)`` bricks: the grid :func:`_occupied_range` walks."""
+    """The grid :func:`_occupied_range` walks, per item ``(size_bd, size_bh, size_bw)`` bricks: ``dst`` (uint8,
+    per item a flag byte then the grid; the flags zeroed by the caller) = 1 where a brick or any of its 26
+    neighbours is marked in ``src`` (float32, per item the grid), and the item's flag = 1 when some brick is
+    not (plain stores of the same value, no atomics)."""
     item = tl.program_id(1).to(tl.int64)
     per_item = size_bd * size_bh * size_bw
     brick = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -1060,4 +1068,7 @@ def dilate_occupancy_kernel(src_ptr, dst_ptr, size_bd, size_bh, size_bw, BLOCK: 
                 nx = bx + (ox - 1)
                 inside = ok & (nz >= 0) & (nz < size_bd) & (ny >= 0) & (ny < size_bh) & (nx >= 0) & (nx < size_bw)
                 marked = tl.maximum(marked, tl.load(src + (nz * size_bh + ny) * size_bw + nx, mask=inside, other=0.0))
-    tl.store(dst_ptr + item * per_item + brick, (marked > 0).to(tl.uint8), mask=ok)
+    dst = dst_ptr + item * (per_item + 1)
+    tl.store(dst + 1 + brick, (marked > 0).to(tl.uint8), mask=ok)
+    some_unmarked = tl.max((ok & (marked == 0)).to(tl.int32), axis=0)
+    tl.store(dst, tl.full([], 1, tl.uint8), mask=some_unmarked > 0)
