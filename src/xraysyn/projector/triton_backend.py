@@ -476,7 +476,9 @@ class TritonBackend:
     # CPU replay of the walk (benchmarks/empty_space.py, W1 / W2 volumes and rays): samples the march still
     # runs, per program of 128 rays, 0.94 / 0.87 (brick 8), 0.83 / 0.79 (4), 0.77 / 0.75 (2), for 11 / 24,
     # 25 / 56 and 73 / 164 walk look-ups per ray against 256 / 512 samples. Memory: 1 byte (+ 4 bytes while
-    # marking) per brick. Not yet timed on a GPU; off with REUSE_CORNERS (whose loop starts at sample 0).
+    # marking) per brick. A volume with no unmarked brick (no exact zeros, e.g. a network's output) is flagged
+    # by the dilation and its rays skip the walk. Not yet timed on a GPU; off with REUSE_CORNERS (whose loop
+    # starts at sample 0).
     SKIP_EMPTY_BRICK = 4
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter, or a
     # pinned launch configuration).
