@@ -60,7 +60,7 @@ _DILATE_BLOCK = 256
 # Brick edges (voxels) SKIP_EMPTY_BRICK accepts (0 = off); the walk's exactness bound needs at least 2.
 _SKIP_BRICKS = (0, 2, 4, 8, 16, 32)
 _FLOAT32_BYTES = 4
-_ALIGN_BYTES = 16
+_ALIGN_FLOATS = 4  # 16 bytes
 # Rays per program of the ray set-up kernel.
 _SETUP_BLOCK_R = 256
 # The ray set-up's host-side numbers for recently met frames and geometries, and the per-volume terms
@@ -600,9 +600,9 @@ class MarchedVolume(NamedTuple):
     """The volume as the forward march kernels read it: ``tensor`` (the packed corner layout, strides in
     voxels, or the volume / its channels-last copy), ``vec`` (elements per addressing unit), ``strides``
     (batch, channel, z, y, x in units of ``vec``), ``pack`` (corner slots per channel, 1 = unpacked) and, for
-    empty space skipping (``brick`` > 0, see ``TritonBackend.SKIP_EMPTY_BRICK``), ``occupancy``: ``(B, 1 + Π
-    brick_grid)`` uint8, per volume a flag (1: some brick is unmarked, so the walk may skip samples) and the
-    dilated brick marks ``(⌈D/brick⌉, ⌈H/brick⌉, ⌈W/brick⌉)`` flattened."""
+    empty space skipping (``brick`` > 0, see ``TritonBackend.SKIP_EMPTY_BRICK``), ``occupancy``: flat uint8,
+    per volume ``1 + Π brick_grid`` bytes — a flag (1: some brick is unmarked, so the walk may skip samples)
+    and the dilated brick marks ``(⌈D/brick⌉, ⌈H/brick⌉, ⌈W/brick⌉)`` — possibly followed by padding."""
 
     tensor: torch.Tensor
     vec: int
@@ -697,23 +697,22 @@ def _skip_brick() -> int:
 
 
 def _zeroed_buffers(volume: torch.Tensor, brick: int, check_finite: bool = False):
-    """``(probe, (marks, occupancy))`` in one zeroed allocation (one fill), each ``None`` when not wanted: the
+    """``(probe, (marks, occupancy))``, each ``None`` when not wanted, zeroed in one allocation (one fill): the
     NaN/inf scan's one-float32 probe (``check_finite``) and, for empty space skipping (``brick > 0``), the
-    bricks' float32 marks ``(B · Π brick_grid,)`` and the uint8 occupancy ``(B, 1 + Π brick_grid)`` (its flags
-    must start at zero; see :class:`MarchedVolume`)."""
-    b = volume.shape[0]
-    n_bricks = math.prod(brick_grid(volume.shape[2:], brick)) if brick else 0
-    head = _ALIGN_BYTES if check_finite else 0  # each part starts 16-byte aligned, as allocations do
-    marks_bytes = -(-_FLOAT32_BYTES * b * n_bricks // _ALIGN_BYTES) * _ALIGN_BYTES
-    size = head + (marks_bytes + b * (n_bricks + 1) if brick else 0)
-    if size == 0:
-        return None, None
-    zeroed = torch.zeros(size, dtype=torch.uint8, device=volume.device)
-    probe = zeroed[:_FLOAT32_BYTES].view(torch.float32) if check_finite else None
+    bricks' float32 marks ``(B · Π brick_grid,)`` and the flat uint8 occupancy ``(B · (1 + Π brick_grid),)``
+    (its flags must start at zero; see :class:`MarchedVolume`). Few tensor operations: this is on the
+    forward's host path."""
     if not brick:
-        return probe, None
-    return probe, (zeroed[head:head + _FLOAT32_BYTES * b * n_bricks].view(torch.float32),
-                   zeroed[head + marks_bytes:].view(b, n_bricks + 1))
+        return (torch.zeros(1, dtype=torch.float32, device=volume.device) if check_finite else None), None
+    b = volume.shape[0]
+    n_marks = b * math.prod(brick_grid(volume.shape[2:], brick))
+    head = _ALIGN_FLOATS if check_finite else 0  # the parts start 16-byte aligned, as allocations do
+    marks_end = head + n_marks
+    occupancy_at = -(-marks_end // _ALIGN_FLOATS) * _ALIGN_FLOATS
+    occupancy_floats = -(-(n_marks + b) // _FLOAT32_BYTES)
+    zeroed = torch.zeros(occupancy_at + occupancy_floats, dtype=torch.float32, device=volume.device)
+    probe = zeroed[:1] if check_finite else None
+    return probe, (zeroed[head:marks_end], zeroed[occupancy_at:].view(torch.uint8))
 
 
 def _occupancy(volume: torch.Tensor, brick: int, marks: torch.Tensor, occupancy: torch.Tensor, *,
