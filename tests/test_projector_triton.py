@@ -926,7 +926,7 @@ def test_kernels_compile_for_sm90():
                       "default_pointer": "*" + acc_type})
     packed_variants = [variant for variant in COMPILE_VARIANTS if variant[6] > 1]
     pack_specs = [{"module": module, "kernel": "pack_corners_kernel", "default_pointer": "*" + vol_type,
-                   "pointer_types": {"probe_ptr": "*fp32", "occ_ptr": "*fp32"}, "aligned": ["dst_ptr"],
+                   "pointer_types": {"probe_ptr": "*fp32", "occ_ptr": "*u8"}, "aligned": ["dst_ptr"],
                    "constexprs": {"BLOCK_V": 256, "PACK": pack, "K": channels * pack, "CHECK_FINITE": i % 2 == 0,
                                   "BRICK": 0}}
                   for i, (vol_type, _, channels, _, _, _, pack) in enumerate(packed_variants)]
@@ -942,12 +942,12 @@ def test_kernels_compile_for_sm90():
                      "constexprs": {"BLOCK_V": 256, "BLOCK_C": 1, "PACK": 4, "PLANE": plane}} for plane in (1, 2)]
     # empty space skipping's marking (in the packing pass, or on its own for any layout) and dilation
     marking_specs = [{"module": module, "kernel": "pack_corners_kernel", "default_pointer": "*fp32",
-                      "pointer_types": {"probe_ptr": "*fp32", "occ_ptr": "*fp32"}, "aligned": ["dst_ptr"],
+                      "pointer_types": {"probe_ptr": "*fp32", "occ_ptr": "*u8"}, "aligned": ["dst_ptr"],
                       "constexprs": {"BLOCK_V": 256, "PACK": 2, "K": 4, "CHECK_FINITE": True, "BRICK": 4}},
                      {"module": module, "kernel": "mark_occupied_kernel", "default_pointer": "*fp16",
-                      "pointer_types": {"occ_ptr": "*fp32"}, "constexprs": {"BLOCK_V": 256, "BLOCK_C": 4, "BRICK": 8}},
-                     {"module": module, "kernel": "dilate_occupancy_kernel", "default_pointer": "*fp32",
-                      "pointer_types": {"dst_ptr": "*u8"}, "constexprs": {"BLOCK": 256}}]
+                      "pointer_types": {"occ_ptr": "*u8"}, "constexprs": {"BLOCK_V": 256, "BLOCK_C": 4, "BRICK": 8}},
+                     {"module": module, "kernel": "dilate_occupancy_kernel", "default_pointer": "*u8",
+                      "constexprs": {"BLOCK": 256}}]
     ptx = compile_ptx(specs + pack_specs + plane_specs + marking_specs)
     for variant_ptx in ptx[-len(marking_specs):]:
         assert ".entry" in variant_ptx

@@ -59,8 +59,6 @@ _PACK_BLOCK_V = 256
 _DILATE_BLOCK = 256
 # Brick edges (voxels) SKIP_EMPTY_BRICK accepts (0 = off); the walk's exactness bound needs at least 2.
 _SKIP_BRICKS = (0, 2, 4, 8, 16, 32)
-_FLOAT32_BYTES = 4
-_ALIGN_FLOATS = 4  # 16 bytes
 # Rays per program of the ray set-up kernel.
 _SETUP_BLOCK_R = 256
 # The ray set-up's host-side numbers for recently met frames and geometries, and the per-volume terms
@@ -475,10 +473,10 @@ class TritonBackend:
     # CTs converted to attenuation have exact zeros wherever HU <= -1000 (air, the field of view's padding).
     # CPU replay of the walk (benchmarks/empty_space.py, W1 / W2 volumes and rays): samples the march still
     # runs, per program of 128 rays, 0.94 / 0.87 (brick 8), 0.83 / 0.79 (4), 0.77 / 0.75 (2), for 11 / 24,
-    # 25 / 56 and 73 / 164 walk look-ups per ray against 256 / 512 samples. Memory: 1 byte (+ 4 bytes while
-    # marking) per brick. A volume with no unmarked brick (no exact zeros, e.g. a network's output) is flagged
-    # by the dilation and its rays skip the walk. Not yet timed on a GPU; off with REUSE_CORNERS (whose loop
-    # starts at sample 0).
+    # 25 / 56 and 73 / 164 walk look-ups per ray against 256 / 512 samples. Memory: 2 bytes per brick (the
+    # marks and their dilation). A volume with no unmarked brick (no exact zeros, e.g. a network's output) is
+    # flagged by the dilation and its rays skip the walk. Not yet timed on a GPU; off with REUSE_CORNERS (whose
+    # loop starts at sample 0).
     SKIP_EMPTY_BRICK = 4
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter, or a
     # pinned launch configuration).
@@ -551,8 +549,9 @@ class TritonBackend:
             raise TritonBackendInputError("volume must be a floating-point tensor of shape (B, C, D, H, W)")
         _check_device(volume)
         _check_volume_size(volume.shape[1], volume.shape[2:])
-        probe, skipping = _zeroed_buffers(volume, _skip_brick(), check_finite)
-        marched, scanned = _marched_layout(volume, memory_budget_mib, probe, skipping)
+        brick = _skip_brick()
+        probe, skipping = _zeroed_buffers(volume, brick, check_finite)
+        marched, scanned = _marched_layout(volume, memory_budget_mib, probe, skipping, brick)
         if check_finite and not scanned:
             probe = torch.stack(torch.aminmax(volume.detach().reshape(-1))).float()
         return PreparedVolume(volume, marched, probe)
@@ -602,7 +601,8 @@ class MarchedVolume(NamedTuple):
     (batch, channel, z, y, x in units of ``vec``), ``pack`` (corner slots per channel, 1 = unpacked) and, for
     empty space skipping (``brick`` > 0, see ``TritonBackend.SKIP_EMPTY_BRICK``), ``occupancy``: flat uint8,
     per volume ``1 + Π brick_grid`` bytes — a flag (1: some brick is unmarked, so the walk may skip samples)
-    and the dilated brick marks ``(⌈D/brick⌉, ⌈H/brick⌉, ⌈W/brick⌉)`` — possibly followed by padding."""
+    and the dilated brick marks ``(⌈D/brick⌉, ⌈H/brick⌉, ⌈W/brick⌉)`` —, then per volume the undilated marks
+    they were made from."""
 
     tensor: torch.Tensor
     vec: int
@@ -647,23 +647,25 @@ def checked_launch(prepared: PreparedVolume | None):
 
 
 def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe: torch.Tensor | None = None,
-                    skipping: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[MarchedVolume, bool]:
+                    skipping: torch.Tensor | None = None,
+                    brick: int | None = None) -> tuple[MarchedVolume, bool]:
     """``(MarchedVolume, scanned)``: the layout the forward march kernels read for ``volume (B, C, D, H, W)`` —
     the packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a channels-last view —
     with its brick occupancy when ``SKIP_EMPTY_BRICK`` is on; copies and occupancy are reused while a volume
     marked static is unchanged (:mod:`xraysyn.projector.static_volume`). ``finite_probe`` (a zeroed
     one-element float32 tensor): the packing pass also scans the volume into it; ``scanned`` says whether it
-    did (False when no packing pass ran: unpacked layout, or a kept copy). ``skipping``: zeroed ``(marks,
-    occupancy)`` buffers for empty space skipping (:func:`_zeroed_buffers`; else allocated when needed)."""
+    did (False when no packing pass ran: unpacked layout, or a kept copy). ``skipping``: the zeroed occupancy
+    buffer for empty space skipping (:func:`_zeroed_buffers`; else allocated when needed) and ``brick``
+    (:func:`_skip_brick`, when the caller has it)."""
     pack = _forward_pack(volume, memory_budget_mib)
-    brick = _skip_brick()
+    brick = _skip_brick() if brick is None else brick
 
     if brick and skipping is None:
         skipping = _zeroed_buffers(volume, brick)[1]
 
-    def occupancy(marked: bool = False) -> torch.Tensor | None:
-        """The occupancy from the marks (made by the packing pass when ``marked``, else by a marking pass)."""
-        return _occupancy(volume, brick, *skipping, marked=marked) if brick else None
+    def occupancy() -> torch.Tensor | None:
+        """The occupancy of a volume no packing pass marks (a marking pass, then the dilation)."""
+        return _occupancy(volume, brick, skipping) if brick else None
 
     if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
         d, h, w = volume.shape[2:]
@@ -671,8 +673,9 @@ def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe
 
         def pack_now():
             ran.append(True)
-            packed = _pack_corners(volume.detach(), pack, finite_probe, skipping[0] if brick else None, brick)
-            return packed, occupancy(marked=True)
+            if not brick:
+                return _pack_corners(volume.detach(), pack, finite_probe), None
+            return _pack_corners(volume.detach(), pack, finite_probe, skipping, brick), skipping
 
         packed, occ = static_volume.layout_copy(volume, ("packed", pack, brick), pack_now)
         marched = MarchedVolume(packed, volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack, occ, brick)
@@ -697,42 +700,40 @@ def _skip_brick() -> int:
 
 
 def _zeroed_buffers(volume: torch.Tensor, brick: int, check_finite: bool = False):
-    """``(probe, (marks, occupancy))``, each ``None`` when not wanted, zeroed in one allocation (one fill): the
-    NaN/inf scan's one-float32 probe (``check_finite``) and, for empty space skipping (``brick > 0``), the
-    bricks' float32 marks ``(B · Π brick_grid,)`` and the flat uint8 occupancy ``(B · (1 + Π brick_grid),)``
-    (its flags must start at zero; see :class:`MarchedVolume`). Few tensor operations: this is on the
-    forward's host path."""
+    """``(probe, occupancy)``, each ``None`` when not wanted: the NaN/inf scan's one-float32 probe
+    (``check_finite``) and, for empty space skipping (``brick > 0``), the zeroed uint8 buffer of the
+    occupancy and the bricks' marks (see :class:`MarchedVolume`), one tensor the kernels address
+    without views (few tensor operations: this is on the forward's host path)."""
+    probe = torch.zeros(1, dtype=torch.float32, device=volume.device) if check_finite else None
     if not brick:
-        return (torch.zeros(1, dtype=torch.float32, device=volume.device) if check_finite else None), None
-    b = volume.shape[0]
-    n_marks = b * math.prod(brick_grid(volume.shape[2:], brick))
-    head = _ALIGN_FLOATS if check_finite else 0  # the parts start 16-byte aligned, as allocations do
-    marks_end = head + n_marks
-    occupancy_at = -(-marks_end // _ALIGN_FLOATS) * _ALIGN_FLOATS
-    occupancy_floats = -(-(n_marks + b) // _FLOAT32_BYTES)
-    zeroed = torch.zeros(occupancy_at + occupancy_floats, dtype=torch.float32, device=volume.device)
-    probe = zeroed[:1] if check_finite else None
-    return probe, (zeroed[head:marks_end], zeroed[occupancy_at:].view(torch.uint8))
+        return probe, None
+    n_bricks = _bricks(tuple(volume.shape[2:]), brick)
+    return probe, torch.zeros(volume.shape[0] * (2 * n_bricks + 1), dtype=torch.uint8, device=volume.device)
 
 
-def _occupancy(volume: torch.Tensor, brick: int, marks: torch.Tensor, occupancy: torch.Tensor, *,
-               marked: bool = False) -> torch.Tensor:
-    """``occupancy`` (see :class:`MarchedVolume`) made for ``volume (B, C, D, H, W)``: per volume the flag and the
+@functools.lru_cache(maxsize=64)
+def _bricks(spatial_shape: tuple, brick: int) -> int:
+    return math.prod(brick_grid(spatial_shape, brick))
+
+
+def _dilate(occupancy: torch.Tensor, items: int, grid: tuple) -> None:
+    """Queue ``dilate_occupancy_kernel`` (inside the caller's device context)."""
+    _kernels().dilate_occupancy[(-(-math.prod(grid) // _DILATE_BLOCK), items)](
+        occupancy, *grid, BLOCK=_DILATE_BLOCK, num_warps=4)
+
+
+def _occupancy(volume: torch.Tensor, brick: int, occupancy: torch.Tensor) -> torch.Tensor:
+    """``occupancy`` (zeroed, :func:`_zeroed_buffers`; see :class:`MarchedVolume`) made for ``volume (B, C, D,
+    H, W)`` by a marking pass (for layouts no packing pass marks) and the dilation: per volume the flag and the
     dilated marks — 1 where the brick or a neighbour holds a non-zero voxel — that the forward's empty space
-    skipping walks. ``marks`` / ``occupancy``: zeroed buffers (:func:`_zeroed_buffers`); the marks already
-    made by the packing pass when ``marked``, else here (one pass over the volume)."""
+    skipping walks."""
     b, c, d, h, w = volume.shape
-    grid = brick_grid((d, h, w), brick)
-    n_voxels, n_bricks = d * h * w, math.prod(grid)
-    kernels = _kernels()
+    n_voxels = d * h * w
     with _on(volume.device):
-        if not marked:
-            block_c = _next_power_of_two(c)
-            kernels.mark_occupied[(-(-n_voxels // _PACK_BLOCK_V), b)](
-                volume.detach(), marks, n_voxels, h, w, c, *volume.stride(), BLOCK_V=_PACK_BLOCK_V, BLOCK_C=block_c,
-                BRICK=brick, num_warps=4)
-        kernels.dilate_occupancy[(-(-n_bricks // _DILATE_BLOCK), b)](marks, occupancy, *grid, BLOCK=_DILATE_BLOCK,
-                                                                      num_warps=4)
+        _kernels().mark_occupied[(-(-n_voxels // _PACK_BLOCK_V), b)](
+            volume.detach(), occupancy, n_voxels, h, w, c, *volume.stride(), BLOCK_V=_PACK_BLOCK_V,
+            BLOCK_C=_next_power_of_two(c), BRICK=brick, num_warps=4)
+        _dilate(occupancy, b, brick_grid((d, h, w), brick))
     return occupancy
 
 
@@ -811,7 +812,7 @@ def _forward_pack(volume: torch.Tensor, memory_budget_mib: float) -> int:
 
 
 def _pack_corners(volume: torch.Tensor, pack: int, finite_probe: torch.Tensor | None = None,
-                  marks: torch.Tensor | None = None, brick: int = 0) -> torch.Tensor:
+                  occupancy: torch.Tensor | None = None, brick: int = 0) -> torch.Tensor:
     """``(B, C, D, H, W)`` (any strides) → ``(B, D, H, W, C · pack)`` with slot ``c · pack + 2 · yo + xo`` of
     voxel ``(z, y, x)`` = channel ``c`` of voxel ``(z, y + yo, x + xo)`` (``pack`` 2: x neighbours, 4: x
     and y), in one kernel pass.
@@ -822,9 +823,9 @@ def _pack_corners(volume: torch.Tensor, pack: int, finite_probe: torch.Tensor | 
 
     ``finite_probe`` (optional, a zeroed float32 tensor of one element on the volume's device): the same
     pass also scans the volume, setting the probe to +inf if any value is NaN or inf (asynchronously).
-    ``marks`` and ``brick`` (optional, both or neither): the pass also marks (1.0) the bricks of ``brick³``
-    voxels holding a non-zero value in ``marks`` (zeroed float32, ``B · Π brick_grid`` elements; see
-    :func:`_occupancy`).
+    ``occupancy`` and ``brick`` (optional, both or neither; :func:`_zeroed_buffers`): the pass also marks the
+    bricks of ``brick³`` voxels holding a non-zero value, and the dilation queued right after it fills the
+    occupancy (see :func:`_occupancy`).
     """
     b, c, d, h, w = volume.shape
     packed = torch.empty(b, d, h, w, c * pack, dtype=volume.dtype, device=volume.device)
@@ -832,9 +833,11 @@ def _pack_corners(volume: torch.Tensor, pack: int, finite_probe: torch.Tensor | 
     with _on(volume.device):
         _kernels().pack_corners[(-(-n_voxels // _PACK_BLOCK_V), b)](
             volume, packed, finite_probe if finite_probe is not None else packed,
-            marks if marks is not None and brick else packed, n_voxels, h, w, *volume.stride(),
+            occupancy if brick else packed, n_voxels, h, w, *volume.stride(),
             BLOCK_V=_PACK_BLOCK_V, PACK=pack, K=c * pack, CHECK_FINITE=finite_probe is not None,
-            BRICK=brick if marks is not None else 0, num_warps=4)
+            BRICK=brick, num_warps=4)
+        if brick:
+            _dilate(occupancy, b, brick_grid((d, h, w), brick))
     return packed
 
 

@@ -1025,21 +1025,24 @@ def unpack_corners_kernel(src_ptr, dst_ptr, n_voxels, size_h, size_w, n_channels
 
 @triton.jit
 def _mark_bricks(occ_ptr, item, z, y, x, nonzero, size_d, size_h, size_w, BRICK: tl.constexpr):
-    """Store 1.0 at the brick ``(z, y, x) // BRICK`` of item ``item`` in ``occ_ptr`` (float32, per item a
-    ``(⌈D/BRICK⌉, ⌈H/BRICK⌉, ⌈W/BRICK⌉)`` grid) for each voxel with ``nonzero``. Many voxels store the same
-    value to one brick: plain stores, no atomics needed."""
+    """Store 1 at the brick ``(z, y, x) // BRICK`` of item ``item`` in the marks for each voxel with
+    ``nonzero``. ``occ_ptr``: the uint8 buffer of :func:`_occupied_range` — per item a flag byte and the
+    dilated grid — followed by the marks, per item a ``(⌈D/BRICK⌉, ⌈H/BRICK⌉, ⌈W/BRICK⌉)`` grid (zeroed by
+    the caller); the items are the launch grid's second axis. Many voxels store the same value to one
+    brick: plain stores, no atomics needed."""
     size_bh = (size_h + BRICK - 1) // BRICK
     size_bw = (size_w + BRICK - 1) // BRICK
     per_item = ((size_d + BRICK - 1) // BRICK) * size_bh * size_bw
-    brick = item * per_item + ((z // BRICK) * size_bh + y // BRICK) * size_bw + x // BRICK
-    tl.store(occ_ptr + brick, 1.0, mask=nonzero)
+    marks = occ_ptr + tl.num_programs(1).to(tl.int64) * (per_item + 1) + item * per_item
+    brick = ((z // BRICK) * size_bh + y // BRICK) * size_bw + x // BRICK
+    tl.store(marks + brick, tl.full(brick.shape, 1, tl.uint8), mask=nonzero)
 
 
 @triton.jit
 def mark_occupied_kernel(src_ptr, occ_ptr, n_voxels, size_h, size_w, n_channels, s_b, s_c, s_d, s_h, s_w,
                          BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, BRICK: tl.constexpr):
     """The brick marking of ``pack_corners_kernel`` on its own, for volumes the forward reads unpacked:
-    ``src (B, C, D, H, W)`` with any strides (elements), ``occ_ptr`` float32 zeroed by the caller."""
+    ``src (B, C, D, H, W)`` with any strides (elements), ``occ_ptr`` as in :func:`_mark_bricks`."""
     item, vox, z, y, x, chan, both = _voxel_block(n_voxels, size_h, size_w, n_channels, BLOCK_V, BLOCK_C)
     src = src_ptr + item * s_b + (chan * s_c)[None, :] + (z * s_d + y * s_h + x * s_w)[:, None]
     values = tl.load(src, mask=both, other=0.0)
@@ -1048,18 +1051,18 @@ def mark_occupied_kernel(src_ptr, occ_ptr, n_voxels, size_h, size_w, n_channels,
 
 
 @triton.jit
-def dilate_occupancy_kernel(src_ptr, dst_ptr, size_bd, size_bh, size_bw, BLOCK: tl.constexpr):
-    """The grid :func:`_occupied_range` walks, per item ``(size_bd, size_bh, size_bw)`` bricks: ``dst`` (uint8,
-    per item a flag byte then the grid; the flags zeroed by the caller) = 1 where a brick or any of its 26
-    neighbours is marked in ``src`` (float32, per item the grid), and the item's flag = 1 when some brick is
-    not (plain stores of the same value, no atomics)."""
+def dilate_occupancy_kernel(occ_ptr, size_bd, size_bh, size_bw, BLOCK: tl.constexpr):
+    """The grid :func:`_occupied_range` walks, from the marks (``occ_ptr`` as in :func:`_mark_bricks`; the launch
+    grid's second axis the items): per item ``(size_bd, size_bh, size_bw)`` bricks set to 1 where the brick or
+    any of its 26 neighbours is marked, and the item's flag byte (zeroed by the caller) set to 1 when some
+    brick is not (plain stores of the same value, no atomics)."""
     item = tl.program_id(1).to(tl.int64)
     per_item = size_bd * size_bh * size_bw
     brick = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = brick < per_item
     bz, by, bx = _voxel_indices(brick, size_bh, size_bw)
-    src = src_ptr + item * per_item
-    marked = tl.zeros([BLOCK], dtype=tl.float32)
+    src = occ_ptr + tl.num_programs(1).to(tl.int64) * (per_item + 1) + item * per_item
+    marked = tl.zeros([BLOCK], dtype=tl.int32)
     for oz in tl.static_range(3):
         nz = bz + (oz - 1)
         for oy in tl.static_range(3):
@@ -1067,8 +1070,9 @@ def dilate_occupancy_kernel(src_ptr, dst_ptr, size_bd, size_bh, size_bw, BLOCK: 
             for ox in tl.static_range(3):
                 nx = bx + (ox - 1)
                 inside = ok & (nz >= 0) & (nz < size_bd) & (ny >= 0) & (ny < size_bh) & (nx >= 0) & (nx < size_bw)
-                marked = tl.maximum(marked, tl.load(src + (nz * size_bh + ny) * size_bw + nx, mask=inside, other=0.0))
-    dst = dst_ptr + item * (per_item + 1)
+                here = tl.load(src + (nz * size_bh + ny) * size_bw + nx, mask=inside, other=0)
+                marked = tl.maximum(marked, here.to(tl.int32))
+    dst = occ_ptr + item * (per_item + 1)
     tl.store(dst + 1 + brick, (marked > 0).to(tl.uint8), mask=ok)
     some_unmarked = tl.max((ok & (marked == 0)).to(tl.int32), axis=0)
     tl.store(dst, tl.full([], 1, tl.uint8), mask=some_unmarked > 0)
