@@ -618,7 +618,7 @@ class MarchedVolume(NamedTuple):
 
 class PreparedVolume(NamedTuple):
     """What :meth:`TritonBackend.prepare_volume` made ahead of a forward march: the ``source`` volume, the
-    ``marched`` layout the kernels read (``(tensor, VEC, strides, PACK)``, as :func:`_marched_volume`) and,
+    ``marched`` layout the kernels read (a :class:`MarchedVolume`, as :func:`_marched_volume`) and,
     when asked, ``finite_probe``: a small float32 device tensor whose values are all finite exactly when
     the volume's are (read it with one device→host copy when the result is needed).
 
@@ -713,6 +713,7 @@ def _zeroed_buffers(volume: torch.Tensor, brick: int, check_finite: bool = False
 
 @functools.lru_cache(maxsize=64)
 def _bricks(spatial_shape: tuple, brick: int) -> int:
+    """Bricks of one ``(D, H, W)`` volume (remembered: this is on the forward's host path)."""
     return math.prod(brick_grid(spatial_shape, brick))
 
 
