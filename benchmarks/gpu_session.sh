@@ -89,7 +89,7 @@ for stage in $stages; do
              # W2 also with the plane carry (cmax=4) and with the adjoint's programs interleaved over the views
              # (avi=1: a slab of the 139 MB packed buffer at a time instead of most of it, against a 60 MB L2);
              # W1 also without empty space skipping (skip=0)
-             { timeout 80 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
+             { timeout 100 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
                  --impls "xraysyn,xraysyn[skip=0]" --modes fwd,fwd+bwd,adj --reps 10 --trace 3
                timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn,xraysyn[cmax=4],xraysyn[avi=1]" --modes fwd,fwd+bwd,adj --reps 10 --trace 3
