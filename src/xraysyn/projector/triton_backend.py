@@ -549,9 +549,8 @@ class TritonBackend:
             raise TritonBackendInputError("volume must be a floating-point tensor of shape (B, C, D, H, W)")
         _check_device(volume)
         _check_volume_size(volume.shape[1], volume.shape[2:])
-        brick = _skip_brick()
-        probe, skipping = _zeroed_buffers(volume, brick, check_finite)
-        marched, scanned = _marched_layout(volume, memory_budget_mib, probe, skipping, brick)
+        probe = torch.zeros(1, dtype=torch.float32, device=volume.device) if check_finite else None
+        marched, scanned = _marched_layout(volume, memory_budget_mib, probe)
         if check_finite and not scanned:
             probe = torch.stack(torch.aminmax(volume.detach().reshape(-1))).float()
         return PreparedVolume(volume, marched, probe)
@@ -646,26 +645,20 @@ def checked_launch(prepared: PreparedVolume | None):
         finish()
 
 
-def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe: torch.Tensor | None = None,
-                    skipping: torch.Tensor | None = None,
-                    brick: int | None = None) -> tuple[MarchedVolume, bool]:
+def _marched_layout(volume: torch.Tensor, memory_budget_mib: float,
+                    finite_probe: torch.Tensor | None = None) -> tuple[MarchedVolume, bool]:
     """``(MarchedVolume, scanned)``: the layout the forward march kernels read for ``volume (B, C, D, H, W)`` —
     the packed corner layout (strides in voxels) when ``FORWARD_PACK`` applies, else a channels-last view —
     with its brick occupancy when ``SKIP_EMPTY_BRICK`` is on; copies and occupancy are reused while a volume
     marked static is unchanged (:mod:`xraysyn.projector.static_volume`). ``finite_probe`` (a zeroed
     one-element float32 tensor): the packing pass also scans the volume into it; ``scanned`` says whether it
-    did (False when no packing pass ran: unpacked layout, or a kept copy). ``skipping``: the zeroed occupancy
-    buffer for empty space skipping (:func:`_zeroed_buffers`; else allocated when needed) and ``brick``
-    (:func:`_skip_brick`, when the caller has it)."""
+    did (False when no packing pass ran: unpacked layout, or a kept copy)."""
     pack = _forward_pack(volume, memory_budget_mib)
-    brick = _skip_brick() if brick is None else brick
-
-    if brick and skipping is None:
-        skipping = _zeroed_buffers(volume, brick)[1]
+    brick = _skip_brick()
 
     def occupancy() -> torch.Tensor | None:
         """The occupancy of a volume no packing pass marks (a marking pass, then the dilation)."""
-        return _occupancy(volume, brick, skipping) if brick else None
+        return _occupancy(volume, brick, _zeroed_occupancy(volume, brick)) if brick else None
 
     if pack > 1:  # packed corner slots (B, D, H, W, C · pack), strides in voxels
         d, h, w = volume.shape[2:]
@@ -675,7 +668,8 @@ def _marched_layout(volume: torch.Tensor, memory_budget_mib: float, finite_probe
             ran.append(True)
             if not brick:
                 return _pack_corners(volume.detach(), pack, finite_probe), None
-            return _pack_corners(volume.detach(), pack, finite_probe, skipping, brick), skipping
+            occ = _zeroed_occupancy(volume, brick)
+            return _pack_corners(volume.detach(), pack, finite_probe, occ, brick), occ
 
         packed, occ = static_volume.layout_copy(volume, ("packed", pack, brick), pack_now)
         marched = MarchedVolume(packed, volume.shape[1] * pack, (d * h * w, 1, h * w, w, 1), pack, occ, brick)
@@ -699,16 +693,12 @@ def _skip_brick() -> int:
     return 0 if TritonBackend.REUSE_CORNERS else int(brick)
 
 
-def _zeroed_buffers(volume: torch.Tensor, brick: int, check_finite: bool = False):
-    """``(probe, occupancy)``, each ``None`` when not wanted: the NaN/inf scan's one-float32 probe
-    (``check_finite``) and, for empty space skipping (``brick > 0``), the zeroed uint8 buffer of the
-    occupancy and the bricks' marks (see :class:`MarchedVolume`), one tensor the kernels address
-    without views (few tensor operations: this is on the forward's host path)."""
-    probe = torch.zeros(1, dtype=torch.float32, device=volume.device) if check_finite else None
-    if not brick:
-        return probe, None
+def _zeroed_occupancy(volume: torch.Tensor, brick: int) -> torch.Tensor:
+    """The zeroed uint8 buffer of empty space skipping's occupancy and the bricks' marks (see
+    :class:`MarchedVolume`): one tensor the kernels address without views (this is on the forward's host
+    path)."""
     n_bricks = _bricks(tuple(volume.shape[2:]), brick)
-    return probe, torch.zeros(volume.shape[0] * (2 * n_bricks + 1), dtype=torch.uint8, device=volume.device)
+    return torch.zeros(volume.shape[0] * (2 * n_bricks + 1), dtype=torch.uint8, device=volume.device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -724,7 +714,7 @@ def _dilate(occupancy: torch.Tensor, items: int, grid: tuple) -> None:
 
 
 def _occupancy(volume: torch.Tensor, brick: int, occupancy: torch.Tensor) -> torch.Tensor:
-    """``occupancy`` (zeroed, :func:`_zeroed_buffers`; see :class:`MarchedVolume`) made for ``volume (B, C, D,
+    """``occupancy`` (zeroed, :func:`_zeroed_occupancy`; see :class:`MarchedVolume`) made for ``volume (B, C, D,
     H, W)`` by a marking pass (for layouts no packing pass marks) and the dilation: per volume the flag and the
     dilated marks — 1 where the brick or a neighbour holds a non-zero voxel — that the forward's empty space
     skipping walks."""
@@ -824,7 +814,7 @@ def _pack_corners(volume: torch.Tensor, pack: int, finite_probe: torch.Tensor | 
 
     ``finite_probe`` (optional, a zeroed float32 tensor of one element on the volume's device): the same
     pass also scans the volume, setting the probe to +inf if any value is NaN or inf (asynchronously).
-    ``occupancy`` and ``brick`` (optional, both or neither; :func:`_zeroed_buffers`): the pass also marks the
+    ``occupancy`` and ``brick`` (optional, both or neither; :func:`_zeroed_occupancy`): the pass also marks the
     bricks of ``brick³`` voxels holding a non-zero value, and the dilation queued right after it fills the
     occupancy (see :func:`_occupancy`).
     """
