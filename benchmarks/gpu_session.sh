@@ -4,7 +4,7 @@
 # and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
 #
 #   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests: the cuda-marked tests of the kernels'
-#                                                                   files only) trace defaults configs api sweep peers kernels step host
+#                                                                   files only) trace trace2 core defaults configs api sweep peers kernels step host
 #
 # Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
@@ -94,6 +94,15 @@ for stage in $stages; do
                timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                  --impls "xraysyn,xraysyn[cmax=4],xraysyn[avi=1]" --modes fwd,fwd+bwd,adj --reps 10 --trace 3
              } 2>&1 | tee "$OUT/trace.jsonl" ;;
+    core)    # the four targets with the shipped defaults, and the forward with each skipping brick (skip=0: off)
+             { timeout 110 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1,W2 \
+                 --impls "xraysyn,xraysyn[skip=0],xraysyn[skip=2],xraysyn[skip=8]" --modes fwd --reps 10
+               timeout 90 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1,W2 \
+                 --impls "xraysyn" --modes fwd+bwd,adj --reps 10
+             } 2>&1 | tee "$OUT/core.jsonl" ;;
+    trace2)  # the packed W2 adjoint's kernel-vs-API gap alone, kernel by kernel (see trace)
+             timeout 120 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+               --impls "xraysyn,xraysyn[avi=1]" --modes adj,fwd+bwd --reps 10 --trace 3 2>&1 | tee "$OUT/trace2.jsonl" ;;
     configs) # every launch configuration the autotuner tries, pinned, through the public API, next to the autotuned
              # default in the same run: is the packed adjoint's kernel-vs-API gap the autotuner's choice, and which
              # configuration is fastest where the API runs it (each row also says the configuration it ran)
