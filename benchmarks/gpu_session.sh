@@ -4,7 +4,7 @@
 # and the peer renderers (nanodrr, flashdrr) on the same volumes, poses, detectors and samples.
 #
 #   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests: the cuda-marked tests of the kernels'
-#                                                                   files only) trace trace2 core defaults configs api sweep peers kernels step host
+#                                                                   files only) trace trace2 core adjw2 defaults configs api sweep peers kernels step host
 #
 # Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
@@ -100,6 +100,15 @@ for stage in $stages; do
                timeout 90 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1,W2 \
                  --impls "xraysyn" --modes fwd+bwd,adj --reps 10
              } 2>&1 | tee "$OUT/core.jsonl" ;;
+    adjw2)   # the W2 adjoint, the one target missed (session 9: fwd+bwd 28.6 ms, of which the adjoint kernel 22.4 ms):
+             # kernel level in one process, the shipped defaults on torch- and Triton-built rays beside run s1's cases
+             # with 4 slots (the adjoint that took 15.4 ms there: no carry, tiles 8); then through the API the plane carry (across
+             # the rays' axis, across z), tiles 8, and both, adjoint alone and forward + backward
+             { timeout 150 python3 benchmarks/gpu_kernels.py --workloads W2 --only "march-adj[defaults,packed4]"
+               timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
+                 --impls "xraysyn,xraysyn[cmax=4],xraysyn[cmax=4+plane=0],xraysyn[at=8],xraysyn[at=8+cmax=4]" \
+                 --modes adj,fwd+bwd --reps 10
+             } 2>&1 | tee "$OUT/adjw2.jsonl" ;;
     trace2)  # the packed W2 adjoint's kernel-vs-API gap alone, kernel by kernel (see trace)
              timeout 120 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
                --impls "xraysyn,xraysyn[avi=1]" --modes adj,fwd+bwd --reps 10 --trace 3 2>&1 | tee "$OUT/trace2.jsonl" ;;
