@@ -315,9 +315,26 @@ def test_cuda_frames_are_copied_beside_the_volume_work(pose_dtype, monkeypatch):
     torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-5)
 
 
+def _assert_near_float64(actual: torch.Tensor, truth: torch.Tensor, relative: float, what: str) -> None:
+    """``actual`` (float32) within ``relative`` × max |truth| of the float64 ``truth`` everywhere.
+
+    Two float32 implementations are not compared element by element: each rounds its sums in its own order,
+    and a volume gradient also carries the forward's rounding (the cotangent of ``out.square().sum()`` is
+    ``2 · out``). On the public forward's case below (seed 0, CPU) the float32 torch reference itself is
+    8.6e-5 × max |grad| from float64 (forward 6.8e-6 × max), up to 2.4× the element-wise rtol = atol = 1e-4
+    this test used to apply between the two float32 results; the Triton kernels (CPU interpreter) 9.2e-5
+    (forward 7.7e-6)."""
+    scale = float(truth.abs().max())
+    assert scale > 0, f"{what}: the test must produce non-zero values"
+    err = float((actual.detach().double() - truth.detach()).abs().max())
+    assert err <= relative * scale, f"{what}: max error {err:.3g} exceeds {relative:g} × {scale:.3g}"
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("layout", ["packed", "channels-last copy", "in place"])
 def test_cuda_public_forward_scans_and_matches_reference(layout, monkeypatch):
+    """The public forward and its volume gradient on the GPU, with each marched layout, against the float64
+    reference; a NaN or inf in the last voxel raises."""
     from xraysyn.projector.triton_backend import TritonBackend
 
     if layout != "packed":
@@ -330,11 +347,11 @@ def test_cuda_public_forward_scans_and_matches_reference(layout, monkeypatch):
     volume = torch.rand(3, 2, 40, 48, 36, device="cuda", requires_grad=True)
     out = forward_project(volume, affine, poses, geometry, step_mm=0.9)
     out.square().sum().backward()
-    reference = volume.detach().clone().requires_grad_(True)
-    ref = forward_project(reference, affine, poses, geometry, step_mm=0.9, backend="reference")
+    truth = volume.detach().double().requires_grad_(True)
+    ref = forward_project(truth, affine.double(), poses.double(), geometry, step_mm=0.9, backend="reference")
     ref.square().sum().backward()
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(volume.grad, reference.grad, rtol=1e-4, atol=1e-4)
+    _assert_near_float64(out, ref, 5e-5, "forward")
+    _assert_near_float64(volume.grad, truth.grad, 5e-4, "volume gradient")
     for bad in (float("nan"), float("inf"), -float("inf")):
         broken = volume.detach().clone()
         broken[2, 1, 39, 47, 35] = bad
@@ -360,8 +377,9 @@ def test_cuda_frames_given_on_the_host_are_not_copied_back(monkeypatch):
     volume = torch.rand(2, 2, 20, 24, 18, device="cuda")
     out = forward_project(volume, AFFINE, poses, geometry, step_mm=0.9)
     assert copied == [["cpu", "cpu"], ["cuda"]], copied  # frames from the host; the probe from the GPU
-    ref = forward_project(volume, AFFINE.cuda(), poses.cuda(), geometry, step_mm=0.9, backend="reference")
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    ref = forward_project(volume.double(), AFFINE.cuda().double(), poses.cuda().double(), geometry, step_mm=0.9,
+                          backend="reference")
+    _assert_near_float64(out, ref, 5e-5, "forward")
     with pytest.raises(ProjectorInputError, match="orthonormal"):
         forward_project(volume, AFFINE, poses * 1.5, geometry, step_mm=0.9)
 
