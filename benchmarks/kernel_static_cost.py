@@ -14,6 +14,10 @@ instructions alone. The general corner carry at 4 slots kept 95 % of the request
 15.4 ms without it, with 220 against 95 loop instructions (``gpu_kernels.md``). Counting both before a GPU
 is lent tells whether a change can pay: ``benchmarks/adjoint_atomics.py`` counts the requests, this the
 instructions.
+
+The kernels compiled are those ``xraysyn`` imports: ``PYTHONPATH=<checkout of an older commit>/src`` compiles
+that commit's (switches it does not have yet are left out), e.g. to compare the loop of run s1's commit with
+today's.
 """
 
 from __future__ import annotations
@@ -101,7 +105,8 @@ def measure(names: list[str]) -> list[dict]:
              if name in FORWARD_VARIANTS else
              {"module": "xraysyn.projector.triton_kernels", "kernel": "march_adjoint_kernel",
               "pointer_types": {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}, "default_pointer": "*fp32",
-              "aligned": ["grad_ptr", "s_vb", "s_vd", "s_vh"], "constexprs": {**_COMMON, **VARIANTS[name]}}
+              "aligned": ["grad_ptr", "s_vb", "s_vd", "s_vh"], "constexprs": {**_COMMON, **VARIANTS[name]},
+              "skip_absent": True}
              for name in names]
     ptxas, cuobjdump = _tools()
     rows = []

@@ -33,7 +33,8 @@ def _compile_one(spec: dict) -> str:
 
     kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     constexprs = {k: getattr(tl, v[3:]) if isinstance(v, str) and v.startswith("tl.") else v
-                  for k, v in spec["constexprs"].items()}
+                  for k, v in spec["constexprs"].items()
+                  if not spec.get("skip_absent") or k in kernel.arg_names}
     for param in kernel.params:  # constexprs left out take their defaults (else they would become i32 arguments)
         if param.is_constexpr and param.name not in constexprs:
             if not param.has_default:
@@ -61,7 +62,8 @@ def compile_ptx(specs: list[dict]) -> list[str]:
     Each spec: ``module`` and ``kernel`` (names), ``constexprs`` (name → value; Triton dtypes as
     ``"tl.float32"``), optional ``pointer_types`` (name → ``"*fp16"``...), ``default_pointer``,
     ``aligned`` (argument names, where present, declared divisible by 16 as the launcher does for
-    aligned pointers and strides). Integer arguments are ``i32``. Skips the test when this Triton lacks
+    aligned pointers and strides), ``num_warps`` (default 4), ``skip_absent`` (constexprs the kernel does not
+    have are left out instead of failing: for kernels of older commits). Integer arguments are ``i32``. Skips the test when this Triton lacks
     the ahead-of-time compile API used here.
     """
     try:
