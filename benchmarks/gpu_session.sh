@@ -102,12 +102,16 @@ for stage in $stages; do
              } 2>&1 | tee "$OUT/core.jsonl" ;;
     adjw2)   # the W2 adjoint, the one target missed (session 9: fwd+bwd 28.6 ms, of which the adjoint kernel 22.4 ms):
              # kernel level in one process, the shipped defaults on torch- and Triton-built rays beside run s1's cases
-             # with 4 slots (the adjoint that took 15.4 ms there: no carry, tiles 8); then through the API the plane carry (across
-             # the rays' axis, across z), tiles 8, and both, adjoint alone and forward + backward
+             # with 4 slots (the adjoint that took 15.4 ms there: no carry, tiles 8); then through the API each launch
+             # configuration pinned (the autotuner chose 256 rays and 8 warps), the plane carry (across the rays' axis,
+             # across z), tiles 8, and both: the adjoint alone, and forward + backward for the likely winners
              { timeout 150 python3 benchmarks/gpu_kernels.py --workloads W2 --only "march-adj[defaults,packed4]"
-               timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
-                 --impls "xraysyn,xraysyn[cmax=4],xraysyn[cmax=4+plane=0],xraysyn[at=8],xraysyn[at=8+cmax=4]" \
-                 --modes adj,fwd+bwd --reps 10
+               a=$(python3 -c 'from xraysyn.projector.triton_backend import _TUNING_CONFIGS as c
+print(",".join(f"xraysyn[abr={r}+aw={w}]" for r, w in c))')
+               timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --modes adj \
+                 --impls "xraysyn,$a,xraysyn[cmax=4],xraysyn[cmax=4+plane=0],xraysyn[at=8],xraysyn[at=8+cmax=4]" --reps 10
+               timeout 90 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --modes fwd+bwd \
+                 --impls "xraysyn,xraysyn[cmax=4],xraysyn[at=8+cmax=4]" --reps 10
              } 2>&1 | tee "$OUT/adjw2.jsonl" ;;
     trace2)  # the packed W2 adjoint's kernel-vs-API gap alone, kernel by kernel (see trace)
              timeout 120 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \
