@@ -9,8 +9,9 @@ run, the ratios and whether the target is met; (2) every xraysyn variant per wor
 first, with its launch configuration when the row names one; (3) for rows with a profiler ``trace``
 (``projector.py --trace N``), where a call's time goes: host lead, GPU busy, gaps, tail and the three
 longest GPU activities; (4) from ``benchmarks/gpu_kernels.py`` rows, the shipped forward march against the
-gather-only kernel of the same (widest) packed layout: the fraction of the gather limit reached. Rows with
-an ``error`` are listed as such.
+gather-only kernel of the same (widest) packed layout: the fraction of the gather limit reached; (5) every
+``gpu_kernels.py`` row per workload, fastest first, with its launch configuration. Rows with an ``error`` are
+listed as such.
 ``--run`` keeps only rows carrying that ``run`` label (files recorded under ``benchmarks/results/``).
 """
 
@@ -144,6 +145,19 @@ def gather_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def kernel_table(rows: list[dict]) -> str:
+    """``benchmarks/gpu_kernels.py`` rows (kernels alone, CUDA events) per workload, fastest first, with the launch
+    configuration the autotuner chose where the row names it; empty without such rows."""
+    cases = [row for row in rows if "case" in row and ("ms" in row or "error" in row)]
+    if not cases:
+        return ""
+    lines = ["| workload | kernel case | ms | launch configuration |", "|---|---|---:|---|"]
+    for row in sorted(cases, key=lambda r: (r.get("workload", ""), r.get("ms", float("inf")))):
+        ms = "error: " + str(row["error"])[:60] if "error" in row else f"{row['ms']:.3f}"
+        lines.append(f"| {row.get('workload', '')} | `{row['case']}` | {ms} | {row.get('config', '')} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="JSON-lines files of one GPU session")
@@ -155,7 +169,7 @@ def main(argv=None) -> None:
     print(targets_table(rows))
     print()
     print(variants_table(rows))
-    for extra in (trace_table(rows), gather_table(rows)):
+    for extra in (trace_table(rows), gather_table(rows), kernel_table(rows)):
         if extra:
             print()
             print(extra)

@@ -35,7 +35,8 @@ for stage in $stages; do
                tests/test_projector_triton.py tests/test_physics_fused.py tests/test_physics_fused_ct2xray.py \
                tests/test_projector_host_path.py tests/test_projector_triton_random.py \
                tests/test_projector_empty_space.py > "$OUT/tests.log" 2>&1
-             tail -5 "$OUT/tests.log" ;;
+             # each failure's one-line reason too: the reply's output tail keeps it if the files are lost
+             grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/tests.log" | cut -c1-400 ;;
     kernels) timeout 200 python3 benchmarks/gpu_kernels.py 2>&1 | tee "$OUT/kernels.jsonl" ;;
     host)    timeout 60 python3 benchmarks/host_overhead.py --calls 1000 2>&1 | tee "$OUT/host.jsonl" ;;
     api)     { timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W1 \
@@ -137,3 +138,5 @@ print(",".join(["xraysyn"] + [f"xraysyn[fbr={r}+fw={w}+fu={u}]" for r, w, u in c
   esac
   echo "stage $stage: $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
 done
+# the tables of everything timed, last, so the reply's output tail holds them even if the files do not survive
+python3 benchmarks/gpu_report.py "$OUT"/*.jsonl 2>&1 | cut -c1-300 | tail -80

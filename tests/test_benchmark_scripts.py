@@ -207,6 +207,14 @@ def test_gpu_report_tables_targets_peers_and_variants(tmp_path):
                dict(case="gather-only[packed2,64x2,tiles8]", workload="W1", ms=1.0)]  # no W1 march row
     assert gpu_report.gather_table(kernels).splitlines()[2:] == [
         "| W2 | 8.000 | 250.0 | `gather-only[packed4,64x2,tiles8]` | 6.000 | 75% |"]
+    assert gpu_report.kernel_table(rows) == ""
+    adjoints = [dict(case="march-adj[defaults]", workload="W2", ms=22.4, config="{'BLOCK_R': 256} warps=8"),
+                dict(case="march-adj[merged,tiles8,packed4]", workload="W2", ms=15.4),
+                dict(case="march-adj[defaults,api rays]", workload="W2", error="out of memory")]
+    assert gpu_report.kernel_table(adjoints).splitlines()[2:] == [
+        "| W2 | `march-adj[merged,tiles8,packed4]` | 15.400 |  |",
+        "| W2 | `march-adj[defaults]` | 22.400 | {'BLOCK_R': 256} warps=8 |",
+        "| W2 | `march-adj[defaults,api rays]` | error: out of memory |  |"]
     table = gpu_report.trace_table(rows + [traced]).splitlines()
     assert table[-1] == ("| W2 | adj | `xraysyn` | 24.100 | 0.200 | 23.500 | 0.300 | 0.100 | "
                          "march_adjoint_kernel 22.900, Memset (Device) 0.100 ×2, unpack 0.050 | "
