@@ -74,6 +74,11 @@ def targets_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ms_cell(row: dict, digits: int) -> str:
+    """A row's time in ms with ``digits`` decimals, or its error (first 60 characters)."""
+    return "error: " + str(row["error"])[:60] if "error" in row else f"{row['ms']:.{digits}f}"
+
+
 def variants_table(rows: list[dict]) -> str:
     """Every xraysyn implementation per (workload, mode), fastest first."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -85,8 +90,7 @@ def variants_table(rows: list[dict]) -> str:
     for (workload, mode), group in sorted(groups.items()):
         for row in sorted(group, key=lambda r: (("error" in r), r.get("ms", float("inf")))):
             config = "; ".join(str(row[k]) for k in ("forward_config", "adjoint_config") if k in row)
-            ms = "error: " + str(row["error"])[:60] if "error" in row else f"{row['ms']:.2f}"
-            lines.append(f"| {workload} | {mode} | `{row['impl']}` | {ms} | {config} |")
+            lines.append(f"| {workload} | {mode} | `{row['impl']}` | {_ms_cell(row, 2)} | {config} |")
     return "\n".join(lines)
 
 
@@ -153,8 +157,7 @@ def kernel_table(rows: list[dict]) -> str:
         return ""
     lines = ["| workload | kernel case | ms | launch configuration |", "|---|---|---:|---|"]
     for row in sorted(cases, key=lambda r: (r.get("workload", ""), r.get("ms", float("inf")))):
-        ms = "error: " + str(row["error"])[:60] if "error" in row else f"{row['ms']:.3f}"
-        lines.append(f"| {row.get('workload', '')} | `{row['case']}` | {ms} | {row.get('config', '')} |")
+        lines.append(f"| {row.get('workload', '')} | `{row['case']}` | {_ms_cell(row, 3)} | {row.get('config', '')} |")
     return "\n".join(lines)
 
 

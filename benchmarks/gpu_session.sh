@@ -23,6 +23,11 @@ p = torch.cuda.get_device_properties(0)
 print(json.dumps(dict(gpu=p.name, sms=p.multi_processor_count, l2_mib=getattr(p, "L2_cache_size", 0) / 2**20,
                       torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda)))
 PY
+# the adjoint variants pinned to each launch configuration the autotuner tries (xraysyn[abr=R+aw=W], comma list)
+pinned_adjoints() {
+  python3 -c 'from xraysyn.projector.triton_backend import _TUNING_CONFIGS as c
+print(",".join(f"xraysyn[abr={r}+aw={w}]" for r, w in c))'
+}
 for stage in $stages; do
   start=$(date +%s)
   case $stage in
@@ -107,10 +112,8 @@ for stage in $stages; do
              # configuration pinned (the autotuner chose 256 rays and 8 warps), the plane carry (across the rays' axis,
              # across z), tiles 8, and both: the adjoint alone, and forward + backward for the likely winners
              { timeout 150 python3 benchmarks/gpu_kernels.py --workloads W2 --only "march-adj[defaults,packed4]"
-               a=$(python3 -c 'from xraysyn.projector.triton_backend import _TUNING_CONFIGS as c
-print(",".join(f"xraysyn[abr={r}+aw={w}]" for r, w in c))')
                timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --modes adj \
-                 --impls "xraysyn,$a,xraysyn[cmax=4],xraysyn[cmax=4+plane=0],xraysyn[at=8],xraysyn[at=8+cmax=4]" --reps 10
+                 --impls "xraysyn,$(pinned_adjoints),xraysyn[cmax=4],xraysyn[cmax=4+plane=0],xraysyn[at=8],xraysyn[at=8+cmax=4]" --reps 10
                timeout 90 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --modes fwd+bwd \
                  --impls "xraysyn,xraysyn[cmax=4],xraysyn[at=8+cmax=4]" --reps 10
              } 2>&1 | tee "$OUT/adjw2.jsonl" ;;
@@ -120,8 +123,7 @@ print(",".join(f"xraysyn[abr={r}+aw={w}]" for r, w in c))')
     configs) # every launch configuration the autotuner tries, pinned, through the public API, next to the autotuned
              # default in the same run: is the packed adjoint's kernel-vs-API gap the autotuner's choice, and which
              # configuration is fastest where the API runs it (each row also says the configuration it ran)
-             a=$(python3 -c 'from xraysyn.projector.triton_backend import _TUNING_CONFIGS as c
-print(",".join(["xraysyn"] + [f"xraysyn[abr={r}+aw={w}]" for r, w in c]))')
+             a="xraysyn,$(pinned_adjoints)"
              f=$(python3 -c 'from xraysyn.projector.triton_backend import _FORWARD_TUNING_CONFIGS as c
 print(",".join(["xraysyn"] + [f"xraysyn[fbr={r}+fw={w}+fu={u}]" for r, w, u in c]))')
              { timeout 90 python3 benchmarks/gpu_kernels.py --only ct2xray

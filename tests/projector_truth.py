@@ -1,5 +1,6 @@
 """Independent truths for projector tests: detector pixel positions written from the documented
-convention (not from the library's pose code) and float64 closed-form chord lengths."""
+convention (not from the library's pose code) and float64 closed-form chord lengths; and the comparison
+the kernel tests make against a reference."""
 
 from __future__ import annotations
 
@@ -50,3 +51,14 @@ def box_chords(source, pixels, lo, hi):
     tmin = np.nanmax(np.minimum(t1, t2), axis=-1)
     tmax = np.nanmin(np.maximum(t1, t2), axis=-1)
     return np.clip(tmax - tmin, 0, None)
+
+
+def assert_close_to_scale(actual, expected, rtol: float = 1e-4, what: str = "values") -> None:
+    """``max |actual − expected| ≤ rtol × max |expected|`` (computed in float64): the issue's float32 agreement,
+    relative to the largest value. Not element by element: two float32 implementations round their sums in
+    their own orders, so small elements differ by more than ``rtol`` of themselves."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    scale = float(expected.abs().max())
+    assert scale > 0, f"{what}: the test must produce non-zero values"
+    err = float((actual - expected).abs().max())
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} exceeds {rtol:g} × {scale:.3g}"

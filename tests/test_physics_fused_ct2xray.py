@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
+from projector_truth import assert_close_to_scale as _assert_close
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.physics import ct2xray, tube_spectrum
 from xraysyn.physics.fused_ct2xray import project_and_attenuate
@@ -45,13 +46,6 @@ def _outputs_and_grad(densities, affine, poses, materials, weights, fused, backe
     loss = (weights[0] * thick).sum() + (weights[1] * i_atten).sum() + (weights[2] * line).sum()
     loss.backward()
     return thick.detach(), i_atten.detach(), line.detach(), leaf.grad
-
-
-def _assert_close(actual, expected, rtol=1e-4):
-    scale = float(expected.abs().max())
-    assert scale > 0
-    err = float((actual.double() - expected.double()).abs().max())
-    assert err <= rtol * scale, f"max error {err:.3g} exceeds {rtol:g} × {scale:.3g}"
 
 
 @pytest.mark.parametrize("layout", ["plain", "reuse+carry", "packed2", "packed4"])

@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from projector_truth import box_chords, pixel_rays
+from projector_truth import assert_close_to_scale, box_chords, pixel_rays
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import (
@@ -50,11 +50,7 @@ def _rays(geometry, affines, shape, azimuths, elevations, device=DEVICE, dtype=t
 
 
 def _assert_close(actual, expected, rtol=RTOL):
-    actual, expected = actual.detach(), expected.detach()
-    scale = float(expected.abs().max())
-    assert scale > 0, "the test must produce non-zero values"
-    err = float((actual.to(expected.dtype) - expected).abs().max())
-    assert err <= rtol * scale, f"max error {err:.3g} exceeds {rtol:g} × {scale:.3g}"
+    assert_close_to_scale(actual, expected, rtol)
 
 
 # (batch, views per volume, channels, spatial shape, detector, sampling)
