@@ -27,7 +27,10 @@ once outside the timed region, so these are the kernels alone):
   atten-fused / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
   ct2xray[...]             projection + attenuation, forward + backward (two channels): the spectral sum
                            fused into the march kernels / the march then the separate attenuation kernel
-  march-*[defaults(,api rays)]  the shipped switches, on the torch rays / the Triton ray set-up's rays
+  march-*[defaults(,api rays)]  the shipped switches, on the torch rays / the Triton ray set-up's rays (one
+                           channel: the autotuner also chooses the plane carry; ``carry_trials_ms`` gives its
+                           trials' best with the carry off and on); ``...,no plane carry`` / ``+plane carry``:
+                           the carry off / forced on
 Each case changes one switch of BASELINE (tiles 8, unpacked: the defaults before the 2026-11-26 sweep);
 adjoint and forward rows also give the launch configuration the autotuner chose (``config``).
 ``--only march-adj,ct2xray`` times only the cases whose name contains one of the parts.
@@ -61,11 +64,12 @@ ONE_CHANNEL_ONLY = ("plane carry",)  # the cases of --smoke's one-channel worklo
 # the TritonBackend switches the cases set, and the baseline each case changes one of (the defaults
 # before the 2026-11-26 sweep, with the corner carry allowed at any pack so the carry cases carry)
 SWITCHES = ("FORWARD_TILE_WIDTH", "ADJOINT_TILE_WIDTH", "FORWARD_PACK", "ADJOINT_PACK", "MERGE_RUNS", "CARRY_CORNERS",
-            "CARRY_MAX_PACK", "ADJOINT_PLANE_AXIS", "REUSE_CORNERS", "COPY_CHANNELS_LAST", "FORWARD_VIEWS_INNER",
-            "ADJOINT_VIEWS_INNER")
+            "CARRY_MAX_PACK", "TUNE_PLANE_CARRY", "ADJOINT_PLANE_AXIS", "REUSE_CORNERS", "COPY_CHANNELS_LAST",
+            "FORWARD_VIEWS_INNER", "ADJOINT_VIEWS_INNER")
 BASELINE = {"FORWARD_TILE_WIDTH": 8, "ADJOINT_TILE_WIDTH": 8, "FORWARD_PACK": 1, "ADJOINT_PACK": 1, "MERGE_RUNS": True,
-            "CARRY_CORNERS": True, "CARRY_MAX_PACK": 4, "ADJOINT_PLANE_AXIS": 0, "REUSE_CORNERS": False,
-            "COPY_CHANNELS_LAST": True, "FORWARD_VIEWS_INNER": False, "ADJOINT_VIEWS_INNER": False}
+            "CARRY_CORNERS": True, "CARRY_MAX_PACK": 4, "TUNE_PLANE_CARRY": False, "ADJOINT_PLANE_AXIS": 0,
+            "REUSE_CORNERS": False, "COPY_CHANNELS_LAST": True, "FORWARD_VIEWS_INNER": False,
+            "ADJOINT_VIEWS_INNER": False}
 TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide and runs of consecutive rays
 FORWARD_ONLY_TILE_WIDTHS = (4, 16)  # other tile shapes, timed for the forward only
 GATHER_TILE_WIDTHS = (4, 8)  # the gather limit: the best of these tile widths (the forward's default is 4)
@@ -135,7 +139,9 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     from xraysyn.physics import attenuate, tube_spectrum
     from xraysyn.physics.fused import fused_attenuate
     from xraysyn.projector import backproject, build_rays
-    from xraysyn.projector.triton_backend import TritonBackend, _kernels, _pack_corners
+    from xraysyn.projector.triton_backend import TritonBackend, _pack_corners
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from projector import forget_launch_choices, march_tuners, tuner_choice
     from xraysyn.projector.triton_backend import backproject as bp_gather
     from xraysyn.projector.triton_backend import build_rays as triton_build_rays
 
@@ -165,17 +171,19 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
             row["gather_gb_per_s"] = round(counted_samples * 8 * channels * 4 / (ms * 1e-3) / 1e9, 1)
         print(json.dumps({**row, **extra}), flush=True)
 
-    def measure(case: str, fn, counted_samples: int | None = samples, tuned_kernel=None) -> None:
-        """Time ``fn`` and print the case (if wanted); ``tuned_kernel``: also the launch configuration the
-        autotuner chose for it."""
+    fwd_tuners, adj_tuners = march_tuners(True), march_tuners(False)
+
+    def measure(case: str, fn, counted_samples: int | None = samples, tuners=None) -> None:
+        """Time ``fn`` and print the case (if wanted); ``tuners``: the march's autotuned kernel objects, whose
+        choice for it (launch configuration, and the plane carry's trials when tuned) the row also gives."""
         if not wanted(case):
             return
+        if tuners is not None:
+            forget_launch_choices(tuners)
         ms = timed(fn)
         extra = {}
-        best = getattr(tuned_kernel, "best_config", None)
-        if best is not None:
-            extra["config"] = f"{best.kwargs} warps={best.num_warps}"
-        if tuned_kernel is not None:  # the switches the case ran with, so a row's label can be checked
+        if tuners is not None:  # the switches the case ran with, so a row's label can be checked
+            extra.update(tuner_choice(tuners))
             extra["switches"] = {switch: getattr(TritonBackend, switch) for switch in SWITCHES}
         emit(case, ms, counted_samples, **extra)
 
@@ -196,23 +204,23 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     for tile in TILE_WIDTHS:
         TritonBackend.FORWARD_TILE_WIDTH = TritonBackend.ADJOINT_TILE_WIDTH = tile
         label = f"tiles{tile}" if tile else "runs"
-        measure(f"march-fwd[{label}]", forward, tuned_kernel=_kernels().forward)
+        measure(f"march-fwd[{label}]", forward, tuners=fwd_tuners)
         for scheme, merge, carry in (("merged+carry", True, True), ("merged", True, False), ("naive", False, False)):
             TritonBackend.MERGE_RUNS, TritonBackend.CARRY_CORNERS = merge, carry
-            measure(f"march-adj[{scheme},{label}]", adjoint, tuned_kernel=_kernels().adjoint)
+            measure(f"march-adj[{scheme},{label}]", adjoint, tuners=adj_tuners)
     for tile in FORWARD_ONLY_TILE_WIDTHS:
         TritonBackend.FORWARD_TILE_WIDTH = tile
-        measure(f"march-fwd[tiles{tile}]", forward, tuned_kernel=_kernels().forward)
+        measure(f"march-fwd[tiles{tile}]", forward, tuners=fwd_tuners)
     # back to tiles 8 both ways (the tile loop ended on runs), as the labels below say
     TritonBackend.FORWARD_TILE_WIDTH = TritonBackend.ADJOINT_TILE_WIDTH = 8
     TritonBackend.MERGE_RUNS = True
     TritonBackend.REUSE_CORNERS = True
-    measure("march-fwd[tiles8,reuse]", forward, tuned_kernel=_kernels().forward)
+    measure("march-fwd[tiles8,reuse]", forward, tuners=fwd_tuners)
     if channels > 1:  # the volume here is channels-first: march it in place, without the channels-last copy
         TritonBackend.COPY_CHANNELS_LAST = False
-        measure("march-fwd[tiles8,reuse,in place]", forward, tuned_kernel=_kernels().forward)
+        measure("march-fwd[tiles8,reuse,in place]", forward, tuners=fwd_tuners)
         TritonBackend.REUSE_CORNERS = False
-        measure("march-fwd[tiles8,in place]", forward, tuned_kernel=_kernels().forward)
+        measure("march-fwd[tiles8,in place]", forward, tuners=fwd_tuners)
         TritonBackend.COPY_CHANNELS_LAST = True
     TritonBackend.REUSE_CORNERS = False
     for pack in (2, 4):
@@ -220,7 +228,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
             TritonBackend.ADJOINT_PACK = pack
             for scheme, carry in (("merged+carry", True), ("merged", False)):
                 TritonBackend.CARRY_CORNERS = carry
-                measure(f"march-adj[{scheme},tiles8,packed{pack}]", adjoint, tuned_kernel=_kernels().adjoint)
+                measure(f"march-adj[{scheme},tiles8,packed{pack}]", adjoint, tuners=adj_tuners)
     TritonBackend.ADJOINT_PACK, TritonBackend.CARRY_CORNERS = 1, True
 
     # the defaults as shipped, on rays from torch build_rays (as every case above) and from the Triton ray set-up
@@ -229,26 +237,30 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     api_rays = triton_build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
     api_args = (api_rays.origin, api_rays.direction, api_rays.t_near, api_rays.delta, api_rays.n_samples,
                 api_rays.volume_index)
-    measure("march-fwd[defaults]", forward, tuned_kernel=_kernels().forward)
+    measure("march-fwd[defaults]", forward, tuners=fwd_tuners)
     measure("march-fwd[defaults,api rays]", lambda: TritonBackend.forward(volume, *api_args),
-            tuned_kernel=_kernels().forward)
-    measure("march-adj[defaults]", adjoint, tuned_kernel=_kernels().adjoint)
+            tuners=fwd_tuners)
+    measure("march-adj[defaults]", adjoint, tuners=adj_tuners)
     measure("march-adj[defaults,api rays]", lambda: TritonBackend.adjoint(grad, volume.shape, *api_args),
-            tuned_kernel=_kernels().adjoint)
-    if channels == 1:  # 4 slots: the plane carry across the rays' dominant axis, and across z
+            tuners=adj_tuners)
+    if channels == 1:  # 4 slots: the plane carry off, forced on across the rays' dominant axis, and across z
+        TritonBackend.TUNE_PLANE_CARRY = False
+        measure("march-adj[defaults,no plane carry,api rays]",
+                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuners=adj_tuners)
+        TritonBackend.TUNE_PLANE_CARRY = True
         TritonBackend.CARRY_MAX_PACK = 4
         measure("march-adj[defaults+plane carry,api rays]",
-                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuned_kernel=_kernels().adjoint)
+                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuners=adj_tuners)
         TritonBackend.ADJOINT_PLANE_AXIS = 0
         measure("march-adj[defaults+plane carry z,api rays]",
-                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuned_kernel=_kernels().adjoint)
+                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuners=adj_tuners)
         set_switches(defaults)
     if n_views > b:  # several views per volume: their programs interleaved tile by tile (a slab at a time)
         TritonBackend.FORWARD_VIEWS_INNER = TritonBackend.ADJOINT_VIEWS_INNER = True
         measure("march-fwd[defaults+views inner,api rays]", lambda: TritonBackend.forward(volume, *api_args),
-                tuned_kernel=_kernels().forward)
+                tuners=fwd_tuners)
         measure("march-adj[defaults+views inner,api rays]",
-                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuned_kernel=_kernels().adjoint)
+                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuners=adj_tuners)
         set_switches(defaults)
     if wanted("march-adj[defaults"):
         same = (api_rays.n_samples == rays.n_samples).float().mean()
@@ -260,7 +272,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     for pack in (2, 4):
         if channels * pack <= 4:
             TritonBackend.FORWARD_PACK = pack
-            measure(f"march-fwd[tiles8,packed{pack}]", forward, tuned_kernel=_kernels().forward)
+            measure(f"march-fwd[tiles8,packed{pack}]", forward, tuners=fwd_tuners)
             measure(f"pack-corners[{pack}]", lambda: _pack_corners(volume, pack), None)
         if channels * pack <= 8:
             TritonBackend.FORWARD_PACK = pack

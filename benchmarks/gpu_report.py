@@ -89,7 +89,8 @@ def variants_table(rows: list[dict]) -> str:
     lines = ["| workload | mode | implementation | ms | launch configuration |", "|---|---|---|---:|---|"]
     for (workload, mode), group in sorted(groups.items()):
         for row in sorted(group, key=lambda r: (("error" in r), r.get("ms", float("inf")))):
-            config = "; ".join(str(row[k]) for k in ("forward_config", "adjoint_config") if k in row)
+            config = "; ".join([*(str(row[k]) for k in ("forward_config", "adjoint_config") if k in row),
+                                *_carry_trials(row.get("adjoint_carry_trials_ms"))])
             lines.append(f"| {workload} | {mode} | `{row['impl']}` | {_ms_cell(row, 2)} | {config} |")
     return "\n".join(lines)
 
@@ -157,8 +158,17 @@ def kernel_table(rows: list[dict]) -> str:
         return ""
     lines = ["| workload | kernel case | ms | launch configuration |", "|---|---|---:|---|"]
     for row in sorted(cases, key=lambda r: (r.get("workload", ""), r.get("ms", float("inf")))):
-        lines.append(f"| {row.get('workload', '')} | `{row['case']}` | {_ms_cell(row, 3)} | {row.get('config', '')} |")
+        config = "; ".join([*([row["config"]] if "config" in row else []), *_carry_trials(row.get("carry_trials_ms"))])
+        lines.append(f"| {row.get('workload', '')} | `{row['case']}` | {_ms_cell(row, 3)} | {config} |")
     return "\n".join(lines)
+
+
+def _carry_trials(trials) -> list[str]:
+    """The autotuner's best trial with the plane carry off and on (``{"off": ms, "on": ms}``), as one cell
+    item, or nothing."""
+    if not isinstance(trials, dict) or not trials:
+        return []
+    return ["autotuner's trials: plane carry " + ", ".join(f"{k} {trials[k]} ms" for k in ("off", "on") if k in trials)]
 
 
 def main(argv=None) -> None:

@@ -6,7 +6,7 @@
 #   OUT=results_dir bash benchmarks/gpu_session.sh [stage ...]     stages: tests (or gputests: the cuda-marked tests of the kernels'
 #                                                                   files only) trace trace2 core adjw2 defaults configs api sweep peers kernels step host
 #
-# Expects (prepared on a networked machine, see benchmarks/gpu_kernels.md):
+# Expects (prepared on a networked machine by benchmarks/prepare_gpu_inputs.sh, see benchmarks/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
 #   .gpu/vols/   ct128.npy / ct256.npy from ../shared/bench/prepare_volumes.py (the example chest CT)
 #   .gpu/bench/  copies of ../shared/bench/peers_gpu.py and its torchio stub
@@ -109,13 +109,15 @@ for stage in $stages; do
     adjw2)   # the W2 adjoint, the one target missed (session 9: fwd+bwd 28.6 ms, of which the adjoint kernel 22.4 ms):
              # kernel level in one process, the shipped defaults on torch- and Triton-built rays beside run s1's cases
              # with 4 slots (the adjoint that took 15.4 ms there: no carry, tiles 8); then through the API each launch
-             # configuration pinned (the autotuner chose 256 rays and 8 warps), the plane carry (across the rays' axis,
-             # across z), tiles 8, and both: the adjoint alone, and forward + backward for the likely winners
+             # configuration pinned (the autotuner chose 256 rays and 8 warps; pinned runs carry nothing at 4 slots), the
+             # shipped default (the autotuner also picks the plane carry; rows give its trials off / on) and without that
+             # choice (tpc=0: carry off), the plane carry forced on (across the rays' axis, across z), tiles 8, and
+             # both: the adjoint alone, and forward + backward for the likely winners
              { timeout 150 python3 benchmarks/gpu_kernels.py --workloads W2 --only "march-adj[defaults,packed4]"
-               timeout 150 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --modes adj \
-                 --impls "xraysyn,$(pinned_adjoints),xraysyn[cmax=4],xraysyn[cmax=4+plane=0],xraysyn[at=8],xraysyn[at=8+cmax=4]" --reps 10
+               timeout 180 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --modes adj \
+                 --impls "xraysyn,xraysyn[tpc=0],$(pinned_adjoints),xraysyn[cmax=4],xraysyn[cmax=4+plane=0],xraysyn[at=8],xraysyn[at=8+cmax=4]" --reps 10
                timeout 90 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 --modes fwd+bwd \
-                 --impls "xraysyn,xraysyn[cmax=4],xraysyn[at=8+cmax=4]" --reps 10
+                 --impls "xraysyn,xraysyn[tpc=0],xraysyn[at=8+cmax=4]" --reps 10
              } 2>&1 | tee "$OUT/adjw2.jsonl" ;;
     trace2)  # the packed W2 adjoint's kernel-vs-API gap alone, kernel by kernel (see trace)
              timeout 120 python3 benchmarks/projector.py --device cuda --volumes .gpu/vols --workloads W2 \

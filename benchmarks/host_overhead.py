@@ -62,7 +62,7 @@ def _stub_kernels() -> None:
 
     # forward, adjoint, tuned, BP gather, ray set-up, pack, unpack, brick marking, marks dilation
     tb._KERNELS = tb._Kernels(_NoLaunch(True), _NoLaunch(), False, _NoLaunch(True), *([_NoLaunch()] * 5))
-    fused_ct2xray._KERNELS = (_NoLaunch(True), _NoLaunch(), False)
+    fused_ct2xray._KERNELS = fused_ct2xray._FusedKernels(_NoLaunch(True), _NoLaunch(), False)
     fused._KERNELS = (_NoLaunch(True), _NoLaunch())
     wait = frames.HostCopy.wait
 

@@ -51,7 +51,7 @@ VARIANT_KEYS = {"ft": "FORWARD_TILE_WIDTH", "at": "ADJOINT_TILE_WIDTH", "fp": "F
                 "ahead": "PREPARE_AHEAD", "fbr": "FORWARD_BLOCK_R", "fw": "FORWARD_WARPS", "fu": "FORWARD_UNROLL",
                 "abr": "ADJOINT_BLOCK_R", "aw": "ADJOINT_WARPS", "cmax": "CARRY_MAX_PACK", "plane": "ADJOINT_PLANE_AXIS",
                 "kr": "KEEP_RAYS_MIB", "fvi": "FORWARD_VIEWS_INNER", "avi": "ADJOINT_VIEWS_INNER",
-                "skip": "SKIP_EMPTY_BRICK"}
+                "skip": "SKIP_EMPTY_BRICK", "tpc": "TUNE_PLANE_CARRY"}
 TRITON_VARIANTS = {
     "xraysyn-packed": {"FORWARD_PACK": 4, "ADJOINT_PACK": 4},  # packed corners, the widest C allows
     "xraysyn-reuse": {"REUSE_CORNERS": True},  # forward keeps cell corners across samples
@@ -193,6 +193,8 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
+        if impl.startswith("xraysyn"):
+            forget_launch_choices()
     ms = timed(step, device, reps)
     configs = launch_configs(mode) if device == "cuda" and impl.startswith("xraysyn") else {}
     if trace:  # after the timed calls: where each call's time goes (profiler trace, see trace_breakdown.py)
@@ -222,10 +224,49 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
                 mean=check, volumes=source, threads=torch.get_num_threads(), torch=torch.__version__, **configs)
 
 
+def march_tuners(forward: bool) -> tuple:
+    """The autotuned kernel objects the forward (or adjoint) march may launch (on a GPU; the adjoint has two,
+    one also tuning the plane carry, see ``TritonBackend.TUNE_PLANE_CARRY``)."""
+    from xraysyn.projector.triton_backend import _kernels
+
+    kernels = _kernels()
+    return (kernels.forward,) if forward else (kernels.adjoint, kernels.adjoint_carry_tuned)
+
+
+def forget_launch_choices(tuners=None) -> None:
+    """Clear the last choice of ``tuners`` (default: every march autotuner), so that :func:`tuner_choice`
+    reports only what the calls after this one ran."""
+    for tuner in tuners if tuners is not None else (*march_tuners(True), *march_tuners(False)):
+        if getattr(tuner, "best_config", None) is not None:
+            tuner.best_config = None
+
+
+def tuner_choice(tuners) -> dict:
+    """What the first of ``tuners`` that ran since :func:`forget_launch_choices` chose: ``config`` (e.g.
+    ``"BLOCK_R=128 warps=4"``) and, when it tuned the plane carry, ``carry_trials_ms``: its trials' best time
+    with the carry off and on (the autotuner's own timing: median of its runs, L2 flushed before each);
+    ``{}`` when none ran (not a GPU)."""
+    ran = [t for t in tuners if getattr(t, "best_config", None) is not None]
+    if not ran:
+        return {}
+    best = ran[0].best_config
+    choice = {"config": " ".join(f"{k}={v}" for k, v in best.kwargs.items()) + f" warps={best.num_warps}"}
+    trials = getattr(ran[0], "configs_timings", None) or {}
+    if "CARRY" in best.kwargs and trials:
+        best_ms = {}
+        for config, ms in trials.items():
+            label = "on" if config.kwargs["CARRY"] else "off"
+            ms = float(ms[0] if isinstance(ms, (list, tuple)) else ms)
+            best_ms[label] = round(min(best_ms.get(label, float("inf")), ms), 3)
+        choice["carry_trials_ms"] = best_ms
+    return choice
+
+
 def launch_configs(mode: str) -> dict:
     """The launch configuration each march kernel of ``mode`` ran with in the timed calls (the autotuner's
-    choice, or the one pinned on TritonBackend), e.g. ``{"adjoint_config": "BLOCK_R=128 warps=4"}``."""
-    from xraysyn.projector.triton_backend import _kernels, pinned_launch
+    choice, or the one pinned on TritonBackend), e.g. ``{"adjoint_config": "BLOCK_R=128 warps=4"}``, and
+    ``adjoint_carry_trials_ms`` when the autotuner chose the plane carry (:func:`tuner_choice`)."""
+    from xraysyn.projector.triton_backend import pinned_launch
 
     configs = {}
     for name, forward in (("forward", True), ("adjoint", False)):
@@ -235,10 +276,7 @@ def launch_configs(mode: str) -> dict:
         if pinned is not None:
             configs[f"{name}_config"] = f"pinned BLOCK_R={pinned[0]} warps={pinned[1]}"
             continue
-        best = getattr(_kernels().forward if forward else _kernels().adjoint, "best_config", None)
-        if best is not None:  # an autotuner (GPU) that ran
-            params = " ".join(f"{k}={v}" for k, v in best.kwargs.items())
-            configs[f"{name}_config"] = f"{params} warps={best.num_warps}"
+        configs.update({f"{name}_{key}": value for key, value in tuner_choice(march_tuners(forward)).items()})
     return configs
 
 

@@ -27,12 +27,13 @@ def test_gpu_kernel_benchmark_smoke_runs_every_case():
                 "march-fwd[tiles8,packed2]", "pack-corners[2]", "march-fwd[bf16 volume,packed4]", "ray-setup[triton]",
                 "bp-gather", "atten-fused", "ct2xray[fused march]", "ct2xray[march + atten-fused]",
                 "march-fwd[defaults]", "march-adj[defaults,api rays]", "march-adj[defaults+plane carry,api rays]",
-                "march-adj[defaults+plane carry z,api rays]"}
+                "march-adj[defaults+plane carry z,api rays]", "march-adj[defaults,no plane carry,api rays]"}
     assert expected <= cases, expected - cases
     assert all(row["ms"] > 0 for row in rows if "case" in row)
     plane = {row["case"]: row["switches"] for row in rows if "plane carry" in row.get("case", "")}
-    assert all(v["CARRY_MAX_PACK"] == 4 and v["ADJOINT_PACK"] == 4 for v in plane.values()), plane
+    assert all(v["CARRY_MAX_PACK"] == 4 and v["ADJOINT_PACK"] == 4 for k, v in plane.items() if "+plane" in k), plane
     assert plane["march-adj[defaults+plane carry z,api rays]"]["ADJOINT_PLANE_AXIS"] == 0
+    assert plane["march-adj[defaults,no plane carry,api rays]"]["TUNE_PLANE_CARRY"] is False
     for row in rows:  # each kernel case ran with the tiles its label names
         if row.get("case", "").startswith("march-") and "switches" in row:
             tiles = "tiles8" if "tiles8" in row["case"] else "runs" if "runs" in row["case"] else None
@@ -138,6 +139,41 @@ def test_projector_benchmark_variants_name_backend_switches(monkeypatch):
     assert bench.launch_configs("adj") == {"adjoint_config": "pinned BLOCK_R=256 warps=8"}
     assert bench.launch_configs("fwd") == {"forward_config": "pinned BLOCK_R=64 warps=4"}
     assert set(bench.launch_configs("fwd+bwd")) == {"forward_config", "adjoint_config"}
+
+
+class _Config:  # what the reports read of a triton.Config (hashable by identity, as the autotuner's keys)
+    def __init__(self, num_warps, **kwargs):
+        self.kwargs, self.num_warps = kwargs, num_warps
+
+
+class _Tuner:
+    def __init__(self, best=None, timings=None):
+        self.best_config, self.configs_timings = best, timings
+
+
+def test_tuner_choice_reports_the_kernel_object_that_ran_and_the_plane_carry_trials(tmp_path):
+    """Of the adjoint's two autotuned objects, the one that ran since the choices were forgotten is reported,
+    with the best trial per carry setting when it tuned the carry; the report shows them in its tables."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_report
+    import projector as bench
+
+    fixed = _Tuner(_Config(4, BLOCK_R=128))
+    on, off, off_slow = _Config(8, BLOCK_R=256, CARRY=True), _Config(8, BLOCK_R=256, CARRY=False), \
+        _Config(4, BLOCK_R=64, CARRY=False)
+    carry = _Tuner(on, {on: [11.0, 10.8, 11.3], off: [15.4, 15.2, 15.6], off_slow: [19.0, 18.0, 20.0]})
+    bench.forget_launch_choices((fixed,))
+    assert fixed.best_config is None and bench.tuner_choice((fixed, _Tuner())) == {}
+    choice = bench.tuner_choice((fixed, carry))
+    assert choice == {"config": "BLOCK_R=256 CARRY=True warps=8", "carry_trials_ms": {"on": 11.0, "off": 15.4}}
+    row = dict(impl="xraysyn", workload="W2", mode="adj", ms=12.0, adjoint_config=choice["config"],
+               adjoint_carry_trials_ms=choice["carry_trials_ms"])
+    assert gpu_report.variants_table([row]).splitlines()[2].endswith(
+        "| BLOCK_R=256 CARRY=True warps=8; autotuner's trials: plane carry off 15.4 ms, on 11.0 ms |")
+    kernel_row = dict(case="march-adj[defaults,api rays]", workload="W2", ms=11.5, **choice)
+    assert gpu_report.kernel_table([kernel_row]).splitlines()[2] == (
+        "| W2 | `march-adj[defaults,api rays]` | 11.500 | BLOCK_R=256 CARRY=True warps=8; "
+        "autotuner's trials: plane carry off 15.4 ms, on 11.0 ms |")
 
 
 def test_kernel_static_cost_reports_registers_and_the_sample_loop():

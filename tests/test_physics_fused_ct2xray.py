@@ -71,6 +71,31 @@ def test_fused_maps_and_gradients_match_separate_steps(materials, layout, monkey
         _assert_close(a, b)
 
 
+@pytest.mark.parametrize("carry", [False, True], ids=["autotuner-picks-off", "autotuner-picks-on"])
+def test_fused_adjoint_left_to_the_autotuner_matches_separate_steps(carry, monkeypatch):
+    """One material, 4 slots, on an autotuned backend: the fused adjoint goes through the kernel object tuned
+    over the plane carry, leaves CARRY to it, and gives the separate steps' gradient whichever it picks."""
+    from fake_autotuner import ChosenConfig
+
+    from xraysyn.physics import fused_ct2xray
+    from xraysyn.physics import fused_ct2xray_kernels as k
+
+    forward = ChosenConfig(k.march_attenuate_kernel, {"BLOCK_R": 64, "UNROLL": 1})
+    adjoint = ChosenConfig(k.march_attenuate_adjoint_kernel, {"BLOCK_R": 64, "CARRY": carry})
+    monkeypatch.setattr(fused_ct2xray, "_KERNELS", fused_ct2xray._FusedKernels(forward, None, True, adjoint))
+    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 4)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", 4)
+    densities, affine, poses = _setup((TISSUE,), seed=11)
+    n = poses.shape[0]
+    gen = torch.Generator().manual_seed(3)
+    weights = [torch.randn(n, 1, *GEOMETRY.detector_shape, generator=gen).to(DEVICE) for _ in range(3)]
+    fused = _outputs_and_grad(densities, affine, poses, (TISSUE,), weights, True, FAST)
+    separate = _outputs_and_grad(densities, affine, poses, (TISSUE,), weights, False, "reference")
+    assert [(m["PACK"], "CARRY" in m) for m in adjoint.launched] == [(4, False)]
+    for a, b in zip(fused, separate):
+        _assert_close(a, b)
+
+
 def test_only_one_gradient_output_and_low_precision_densities():
     """Gradients through I_atten alone (no thickness gradient), and bf16 densities read as stored."""
     materials = (BONE, TISSUE)

@@ -221,6 +221,50 @@ def test_corners_are_carried_up_to_the_max_pack(monkeypatch):
     assert adjoint_switches(1) == {"MERGE_RUNS": False, "CARRY": False, "PLANE": 0}
 
 
+def test_plane_carry_is_left_to_the_autotuner_only_where_it_is_free_to_choose(monkeypatch):
+    """With 4 slots, the carry allowed but not forced, and an autotuned launch, CARRY is the autotuner's:
+    not where it is forced (CARRY_MAX_PACK), switched off (CARRY_CORNERS, MERGE_RUNS, TUNE_PLANE_CARRY), the
+    pack has fewer slots (the carry is on there), the launch is pinned or nothing is tuned (the interpreter)."""
+    from xraysyn.projector.triton_backend import CARRY_TUNED, adjoint_switches
+
+    assert adjoint_switches(4, tuned=True) == {"MERGE_RUNS": True, "CARRY": CARRY_TUNED, "PLANE": 0}
+    assert [adjoint_switches(pack, tuned=True)["CARRY"] for pack in (1, 2)] == [True, True]
+    assert adjoint_switches(4)["CARRY"] is False  # not tuned
+    for switch, value in (("CARRY_MAX_PACK", 4), ("TUNE_PLANE_CARRY", False), ("CARRY_CORNERS", False),
+                          ("MERGE_RUNS", False), ("ADJOINT_BLOCK_R", 128)):
+        with monkeypatch.context() as m:
+            m.setattr(TritonBackend, switch, value)
+            assert adjoint_switches(4, tuned=True)["CARRY"] == (switch == "CARRY_MAX_PACK"), switch
+    monkeypatch.setattr(TritonBackend, "TUNE_PLANE_CARRY", 0)  # as the benchmarks' xraysyn[tpc=0] sets it
+    assert adjoint_switches(4, tuned=True)["CARRY"] is False
+    monkeypatch.setattr(TritonBackend, "TUNE_PLANE_CARRY", "yes")
+    with pytest.raises(TritonBackendInputError, match="TUNE_PLANE_CARRY must be True or False"):
+        adjoint_switches(4, tuned=True)
+
+
+@pytest.mark.parametrize("carry", [False, True], ids=["autotuner-picks-off", "autotuner-picks-on"])
+def test_adjoint_left_to_the_autotuner_matches_reference_whatever_it_picks(carry, monkeypatch):
+    """The public adjoint with 4 slots on an autotuned backend goes through the kernel object tuned over the
+    carry, leaves CARRY to it, packs across the rays' dominant axis, and gives the reference adjoint with
+    the carry on or off (what the autotuner may pick); the fixed kernel object is not used."""
+    from fake_autotuner import ChosenConfig
+
+    from xraysyn.projector import triton_kernels
+    from xraysyn.projector.triton_backend import dominant_axis
+
+    args, _, shape = _oblique_rays({"step_mm": 1.0}, azimuths=(0.0, 30.0), elevations=(0.0, -10.0))
+    axis = dominant_axis(args[1])
+    assert axis != 0, "a plane other than z, so the layout's plane is checked"
+    grad = torch.rand(*args[2].shape, 1, device=DEVICE)
+    tuner = ChosenConfig(triton_kernels.march_adjoint_kernel, {"BLOCK_R": 64, "CARRY": carry})
+    kernels = triton_backend._kernels()._replace(tuned=True, adjoint=None, adjoint_carry_tuned=tuner)
+    monkeypatch.setattr(triton_backend, "_KERNELS", kernels)
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", 4)
+    result = TritonBackend.adjoint(grad, (1, 1, *shape), *args)
+    assert [(m["PACK"], m["PLANE"], "CARRY" in m) for m in tuner.launched] == [(4, axis, False)]
+    _assert_close(result, march_adjoint(grad, (1, 1, *shape), *args))
+
+
 def _oblique_rays(sampling, azimuths=(37.0, -128.0), elevations=(21.0, -33.0)):
     """Rays through a sheared (7, 6, 8) grid whose consecutive samples stay in a cell, step along one or
     two axes, forwards and backwards (``step_mm``), or jump cells (few samples)."""
@@ -290,6 +334,7 @@ def test_plane_follows_the_rays_dominant_axis(monkeypatch):
     assert adjoint_switches(2, rays.direction)["PLANE"] == 0
     monkeypatch.setattr(TritonBackend, "CARRY_MAX_PACK", 2)
     assert adjoint_switches(4, rays.direction)["PLANE"] == 0  # no carry at 4 slots: the plane does not matter
+    assert adjoint_switches(4, rays.direction, tuned=True)["PLANE"] == known  # the autotuner may carry
     monkeypatch.setattr(TritonBackend, "ADJOINT_PLANE_AXIS", 3)
     with pytest.raises(TritonBackendInputError, match="ADJOINT_PLANE_AXIS"):
         adjoint_switches(4, rays.direction)
@@ -1031,6 +1076,19 @@ def test_cuda_plane_carry_matches_reference(plane, monkeypatch):
 
 
 @pytest.mark.cuda
+def test_cuda_autotuned_plane_carry_matches_reference():
+    """The shipped defaults with one channel: the autotuner times the 4-slot adjoint with the plane carry on
+    and off and keeps one; the result is the reference adjoint, and the choice is one of its configurations."""
+    volume, args, rays = _gpu_case(seed=9, c=1)
+    grad = torch.rand(*rays.t_near.shape, 1, device="cuda")
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    tuner = triton_backend._kernels().adjoint_carry_tuned
+    assert tuner.best_config.kwargs["CARRY"] in (False, True)
+    timings = getattr(tuner, "configs_timings", None)  # kept by Triton >= 3.2
+    assert timings is None or {c.kwargs["CARRY"] for c in timings} == {False, True}
+
+
+@pytest.mark.cuda
 def test_cuda_pinned_launch_configuration_matches_reference(monkeypatch):
     """Pinned launch configurations bypass the autotuner (its kernel is launched directly) and still match."""
     volume, args, rays = _gpu_case(seed=7)
@@ -1102,6 +1160,10 @@ def test_gpu_autotuners_build_with_valid_keys():
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("from xraysyn.projector import triton_backend as tb; from xraysyn.physics import fused_ct2xray as f; "
-            "k = tb._kernels(); g = f._kernels(); assert k.tuned and g[2]; print('ok')")
+            "k = tb._kernels(); g = f._kernels(); assert k.tuned and g.tuned; "
+            "both = {(c.kwargs['BLOCK_R'], c.num_warps, c.kwargs['CARRY']) for c in k.adjoint_carry_tuned.configs}; "
+            "assert both == {(b, w, c) for b, w in tb._TUNING_CONFIGS for c in (False, True)}, both; "
+            "assert 'CARRY' not in k.adjoint_carry_tuned.keys and 'CARRY' in k.adjoint.keys; "
+            "assert {c.kwargs['CARRY'] for c in g.adjoint_carry_tuned.configs} == {False, True}; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

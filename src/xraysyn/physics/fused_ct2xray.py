@@ -16,6 +16,7 @@ Elsewhere the function composes the unfused steps, so it can always be called.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -29,22 +30,34 @@ from xraysyn.physics.units import MM_PER_CM, areal_density_from_line_integral
 
 __all__ = ["project_and_attenuate", "ProjectAttenuate"]
 
-_KERNELS = None
+class _FusedKernels(NamedTuple):
+    """The fused march kernel objects; ``tuned``: autotuned (the GPU); ``adjoint_carry_tuned``: the adjoint
+    autotuned over the corner carry too (None when not tuned, see ``TritonBackend.TUNE_PLANE_CARRY``)."""
+
+    forward: object
+    adjoint: object
+    tuned: bool
+    adjoint_carry_tuned: object = None
 
 
-def _kernels():
-    """``(forward, adjoint, tuned)`` kernel objects, compiled on first use (``TRITON_INTERPRET`` read then)."""
+_KERNELS: _FusedKernels | None = None
+
+
+def _kernels() -> _FusedKernels:
+    """The fused kernel objects, compiled on first use (``TRITON_INTERPRET`` read then)."""
     global _KERNELS
     if _KERNELS is None:
         from xraysyn.physics import fused_ct2xray_kernels as k
         from xraysyn.projector import triton_backend as tb
 
         if tb.interpreting():
-            _KERNELS = (k.march_attenuate_kernel, k.march_attenuate_adjoint_kernel, False)
+            _KERNELS = _FusedKernels(k.march_attenuate_kernel, k.march_attenuate_adjoint_kernel, False)
         else:
-            _KERNELS = (tb.autotuned_march(k.march_attenuate_kernel, forward=True, extra_key=("n_energies",)),
-                        tb.autotuned_march(k.march_attenuate_adjoint_kernel, forward=False,
-                                           extra_key=("n_energies",)), True)
+            key = ("n_energies",)
+            _KERNELS = _FusedKernels(
+                tb.autotuned_march(k.march_attenuate_kernel, forward=True, extra_key=key),
+                tb.autotuned_march(k.march_attenuate_adjoint_kernel, forward=False, extra_key=key), True,
+                tb.autotuned_march(k.march_attenuate_adjoint_kernel, forward=False, extra_key=key, tune_carry=True))
     return _KERNELS
 
 
@@ -68,7 +81,8 @@ class ProjectAttenuate(torch.autograd.Function):
         lse, i_atten, line = (torch.empty(n, r, dtype=torch.float32, device=device) for _ in range(3))
         marched = tb._marched_volume(densities, memory_budget_mib, prepared)
         rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
-        fwd, _, tuned = _kernels()
+        kernels = _kernels()
+        fwd, tuned = kernels.forward, kernels.tuned
         width, tile_w = tb._ray_tiling(r, None, forward=True, direction=direction)
         args = (marched.tensor, marched.occupancy_or_any(), thick, lse, i_atten, line, mu, log_w, *rays, r, width,
                 *densities.shape[2:], m, mu.shape[1], 1.0 / MM_PER_CM, *marched.strides, *ray_strides,
@@ -111,16 +125,18 @@ class ProjectAttenuate(torch.autograd.Function):
             direct = torch.empty_like(thick).copy_(direct)  # the kernel reads it with t's strides
         buffer, vec, grad_strides, pack = tb._gradient_buffer(ctx.volume_shape, torch.float32, device,
                                                                 ctx.memory_budget_mib)
-        switches = tb.adjoint_switches(pack, direction)
+        kernels = _kernels()
+        tuned = kernels.tuned
+        switches = tb.adjoint_switches(pack, direction, tuned=tuned)
         if n and r:
             rays, ray_strides = tb._ray_args(origin, direction, t_near, delta, n_samples, volume_index, torch.float32)
-            _, adj, tuned = _kernels()
+            adj, launched = tb.adjoint_kernel(kernels.adjoint, kernels.adjoint_carry_tuned, switches)
             width, tile_w = tb._ray_tiling(r, None, forward=False, direction=direction)
             args = (buffer, thick, lse, grad_i, grad_line, direct, mu, log_w, *rays, r, width, d, h, w, m,
                     mu.shape[1], 1.0 / MM_PER_CM, *grad_strides, *ray_strides, *thick.stride(), *mu.stride())
             meta = {"BLOCK_C": tb._next_power_of_two(m), "ACC": tb._accumulator(torch.float32), "VEC": vec,
                     "TILE_W": tile_w, "PACK": pack, "N_MAT": m, "BLOCK_E": _BLOCK_ENERGIES,
-                    "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **switches}
+                    "N_CHUNKS": _energy_chunks(mu.shape[1]), "HAS_GRAD_THICK": has_direct, **launched}
             with tb._on(device):
                 tb._launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False, items=b)
         grad = tb._finish_gradient(buffer, ctx.volume_shape, pack, switches["PLANE"]).to(ctx.volume_dtype)

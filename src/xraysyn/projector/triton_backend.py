@@ -70,6 +70,9 @@ _KEPT_RAYS = kept_rays.KeptRays()
 # Launch configurations tried once per (rays, channels) on the GPU: (rays per program, warps), and for
 # the forward march also the samples per loop iteration (1, 2 or 4: more gathers in flight per thread).
 _TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
+# What adjoint_switches puts for CARRY when the autotuner chooses it (TritonBackend.TUNE_PLANE_CARRY): the
+# launch then goes through the adjoint kernel object whose configurations include CARRY on and off.
+CARRY_TUNED = "tuned"
 _FORWARD_TUNING_CONFIGS = ((64, 2, 1), (128, 4, 1), (256, 8, 1), (64, 2, 2), (128, 4, 2), (256, 8, 2), (128, 4, 4))
 
 
@@ -107,6 +110,7 @@ class _Kernels(NamedTuple):
     unpack_corners: object
     mark_occupied: object
     dilate_occupancy: object
+    adjoint_carry_tuned: object = None  # the adjoint autotuned over the corner carry too (None: not tuned)
 
 
 _KERNELS: _Kernels | None = None
@@ -121,26 +125,32 @@ def _kernels() -> _Kernels:
         tuned = not interpreting()
         fwd = autotuned_march(k.march_forward_kernel, forward=True) if tuned else k.march_forward_kernel
         adj = autotuned_march(k.march_adjoint_kernel, forward=False) if tuned else k.march_adjoint_kernel
+        adj_carry = autotuned_march(k.march_adjoint_kernel, forward=False, tune_carry=True) if tuned else None
         _KERNELS = _Kernels(fwd, adj, tuned, k.backproject_gather_kernel, k.ray_setup_kernel, k.pack_corners_kernel,
-                            k.unpack_corners_kernel, k.mark_occupied_kernel, k.dilate_occupancy_kernel)
+                            k.unpack_corners_kernel, k.mark_occupied_kernel, k.dilate_occupancy_kernel, adj_carry)
     return _KERNELS
 
 
-def autotuned_march(kernel, *, forward: bool, extra_key: tuple[str, ...] = ()):
+def autotuned_march(kernel, *, forward: bool, extra_key: tuple[str, ...] = (), tune_carry: bool = False):
     """``kernel`` (a forward or an adjoint march kernel, here or fused with CT2Xray) wrapped in Triton's
     autotuner: rays per program and warps (and, forward, samples per loop iteration) tuned once per
     (rays, channels, layout and scheme switches, ``extra_key``); the adjoint's gradient buffer is reset
-    between trials."""
+    between trials. ``tune_carry`` (adjoint): each launch configuration also with the corner carry on and
+    off (``CARRY`` is then the autotuner's, not the caller's; see ``TritonBackend.TUNE_PLANE_CARRY``)."""
     import triton
 
     if forward:
         configs = [triton.Config({"BLOCK_R": r, "UNROLL": u}, num_warps=w) for r, w, u in _FORWARD_TUNING_CONFIGS]
         return triton.autotune(configs, key=["n_rays", "n_channels", "TILE_W", "PACK", "REUSE", "BRICK", *extra_key])(
             kernel)
-    configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
-    return triton.autotune(configs, key=["n_rays", "n_channels", "TILE_W", "PACK", "MERGE_RUNS", "CARRY", "PLANE",
-                                         *extra_key],
-                           reset_to_zero=["grad_ptr"])(kernel)
+    if tune_carry:
+        configs = [triton.Config({"BLOCK_R": r, "CARRY": carry}, num_warps=w)
+                   for carry in (False, True) for r, w in _TUNING_CONFIGS]
+        key = ["n_rays", "n_channels", "TILE_W", "PACK", "MERGE_RUNS", "PLANE", *extra_key]
+    else:
+        configs = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in _TUNING_CONFIGS]
+        key = ["n_rays", "n_channels", "TILE_W", "PACK", "MERGE_RUNS", "CARRY", "PLANE", *extra_key]
+    return triton.autotune(configs, key=key, reset_to_zero=["grad_ptr"])(kernel)
 
 
 def forward_switches(tuned: bool) -> dict:
@@ -151,19 +161,39 @@ def forward_switches(tuned: bool) -> dict:
     return meta
 
 
-def adjoint_switches(pack: int, direction: torch.Tensor | None = None) -> dict:
+def adjoint_switches(pack: int, direction: torch.Tensor | None = None, *, tuned: bool = False) -> dict:
     """The adjoint's constexprs that follow ``TritonBackend``'s switches, for ``pack`` corner slots per channel
     and rays of ``direction (N, R, 3)`` (``PLANE``: the axis the 4-slot packing packs across, see
-    ``ADJOINT_PLANE_AXIS``; 0 when ``direction`` is not given)."""
+    ``ADJOINT_PLANE_AXIS``; 0 when ``direction`` is not given). ``tuned``: the launch is autotuned (a GPU);
+    ``CARRY`` is then :data:`CARRY_TUNED` where ``TUNE_PLANE_CARRY`` leaves the plane carry to the autotuner
+    (launch with :func:`adjoint_kernel`)."""
     merge = bool(TritonBackend.MERGE_RUNS)
-    carry = merge and bool(TritonBackend.CARRY_CORNERS) and pack <= int(TritonBackend.CARRY_MAX_PACK)
+    allowed = merge and bool(TritonBackend.CARRY_CORNERS)
+    carry = allowed and pack <= int(TritonBackend.CARRY_MAX_PACK)
+    if TritonBackend.TUNE_PLANE_CARRY not in (True, False):  # 1 and 0 too (the benchmarks' switches)
+        raise TritonBackendInputError(
+            f"TritonBackend.TUNE_PLANE_CARRY must be True or False, got {TritonBackend.TUNE_PLANE_CARRY!r}")
+    if (allowed and not carry and pack == 4 and bool(TritonBackend.TUNE_PLANE_CARRY) and tuned
+            and pinned_launch(forward=False) is None):
+        return {"MERGE_RUNS": merge, "CARRY": CARRY_TUNED, "PLANE": _adjoint_plane(pack, True, direction)}
     return {"MERGE_RUNS": merge, "CARRY": carry, "PLANE": _adjoint_plane(pack, carry, direction)}
+
+
+def adjoint_kernel(fixed, carry_tuned, switches: dict) -> tuple[object, dict]:
+    """``(kernel, constexprs)`` to launch an adjoint march with ``switches`` (:func:`adjoint_switches`):
+    ``fixed`` with every switch, or, when the autotuner chooses the carry, ``carry_tuned`` (the kernel
+    wrapped by ``autotuned_march(..., tune_carry=True)``) without ``CARRY``."""
+    if switches["CARRY"] == CARRY_TUNED:
+        if carry_tuned is None:
+            raise TritonBackendInputError("the corner carry is left to the autotuner, but the kernels are not tuned")
+        return carry_tuned, {name: value for name, value in switches.items() if name != "CARRY"}
+    return fixed, switches
 
 
 def _adjoint_plane(pack: int, carry: bool, direction: torch.Tensor | None) -> int:
     """The axis (0 = z, 1 = y, 2 = x) across which the 4-slot packed adjoint groups a cell's corners:
-    ``ADJOINT_PLANE_AXIS``, or with -1 (auto) the rays' dominant axis when the plane carry is on (a step
-    along it then keeps half the cell in registers), else 0."""
+    ``ADJOINT_PLANE_AXIS``, or with -1 (auto) the rays' dominant axis when the plane carry may run (on, or
+    left to the autotuner: a step along that axis then keeps half the cell in registers), else 0."""
     axis = TritonBackend.ADJOINT_PLANE_AXIS
     if axis not in (-1, 0, 1, 2):
         raise TritonBackendInputError(
@@ -410,8 +440,18 @@ class TritonBackend:
     # registers. Requests counted exactly (benchmarks/adjoint_atomics.py, W2): 0.101 per corner and sample
     # without carry, 0.096 with the plane across z, 0.061 across y; sample-loop instructions (sm_90,
     # benchmarks/kernel_static_cost.py) 95 without carry, 122 with it. Not yet timed on a GPU, so the carry
-    # stays off at 4 slots (CARRY_MAX_PACK = 2); benchmarks: xraysyn[cmax=4] (auto), xraysyn[cmax=4+plane=0].
+    # is not forced on at 4 slots (CARRY_MAX_PACK = 2), but left to the autotuner (TUNE_PLANE_CARRY below);
+    # benchmarks: xraysyn[cmax=4] (forced on, auto plane), xraysyn[cmax=4+plane=0], xraysyn[tpc=0] (off).
     ADJOINT_PLANE_AXIS = -1
+    # With 4 slots (one channel), the carry allowed (CARRY_CORNERS, MERGE_RUNS) but not forced on
+    # (CARRY_MAX_PACK < 4), and an autotuned launch (a GPU, no pinned ADJOINT_BLOCK_R): True = the autotuner
+    # times every launch configuration with the plane carry on and off (packed across the rays' dominant axis
+    # either way, so the buffer's layout is the same) and keeps the fastest, once per (rays, channels,
+    # switches); the result is the same either way (the same sum, reassociated). False = the carry off at 4
+    # slots. The plane carry halves the requests of a step along the plane (W2: 0.101 → 0.061 per corner and
+    # sample) for 27 more loop instructions; whether that pays depends on the GPU, so the GPU decides. Costs
+    # the first call's autotuning twice the trials (W2: ten adjoint runs of about 20 ms each, plus warm-up).
+    TUNE_PLANE_CARRY = True
     # Width of the 2-D detector tiles of the forward / adjoint march (0 = runs of consecutive rays); a tile
     # 4 wide makes a 32-lane warp an 8 × 4 patch of pixels.
     FORWARD_TILE_WIDTH = 4
@@ -581,14 +621,15 @@ class TritonBackend:
             return torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device).permute(0, 4, 1, 2, 3)
         rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
         kernels = _kernels()
-        adj, tuned = kernels.adjoint, kernels.tuned
+        tuned = kernels.tuned
         width, tile_w = _ray_tiling(r, detector_cols, forward=False, direction=direction)
         buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device, memory_budget_mib)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *grad_out.stride())
-        switches = adjoint_switches(pack, direction)
+        switches = adjoint_switches(pack, direction, tuned=tuned)
+        adj, launched = adjoint_kernel(kernels.adjoint, kernels.adjoint_carry_tuned, switches)
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
-                "PACK": pack, **switches}
+                "PACK": pack, **launched}
         with _on(device):
             _launch(adj, tuned, n, r, width, tile_w, args, meta, forward=False, items=b)
         return _finish_gradient(buffer, (b, c, d, h, w), pack, switches["PLANE"])
