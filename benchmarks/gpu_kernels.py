@@ -140,10 +140,11 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     from xraysyn.physics.fused import fused_attenuate
     from xraysyn.projector import backproject, build_rays
     from xraysyn.projector.triton_backend import TritonBackend, _pack_corners
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from projector import forget_launch_choices, march_tuners, tuner_choice
     from xraysyn.projector.triton_backend import backproject as bp_gather
     from xraysyn.projector.triton_backend import build_rays as triton_build_rays
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling benchmark, also when imported
+    from projector import forget_launch_choices, march_tuners, tuner_choice
 
     spec = WORKLOADS[name]
     shape, b, channels = spec["shape"], spec["batch"], spec["channels"]

@@ -151,7 +151,7 @@ class _Tuner:
         self.best_config, self.configs_timings = best, timings
 
 
-def test_tuner_choice_reports_the_kernel_object_that_ran_and_the_plane_carry_trials(tmp_path):
+def test_tuner_choice_reports_the_kernel_object_that_ran_and_the_plane_carry_trials():
     """Of the adjoint's two autotuned objects, the one that ran since the choices were forgotten is reported,
     with the best trial per carry setting when it tuned the carry; the report shows them in its tables."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))

@@ -30,6 +30,7 @@ from xraysyn.physics.units import MM_PER_CM, areal_density_from_line_integral
 
 __all__ = ["project_and_attenuate", "ProjectAttenuate"]
 
+
 class _FusedKernels(NamedTuple):
     """The fused march kernel objects; ``tuned``: autotuned (the GPU); ``adjoint_carry_tuned``: the adjoint
     autotuned over the corner carry too (None when not tuned, see ``TritonBackend.TUNE_PLANE_CARRY``)."""

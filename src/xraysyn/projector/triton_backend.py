@@ -70,10 +70,10 @@ _KEPT_RAYS = kept_rays.KeptRays()
 # Launch configurations tried once per (rays, channels) on the GPU: (rays per program, warps), and for
 # the forward march also the samples per loop iteration (1, 2 or 4: more gathers in flight per thread).
 _TUNING_CONFIGS = ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
+_FORWARD_TUNING_CONFIGS = ((64, 2, 1), (128, 4, 1), (256, 8, 1), (64, 2, 2), (128, 4, 2), (256, 8, 2), (128, 4, 4))
 # What adjoint_switches puts for CARRY when the autotuner chooses it (TritonBackend.TUNE_PLANE_CARRY): the
 # launch then goes through the adjoint kernel object whose configurations include CARRY on and off.
 CARRY_TUNED = "tuned"
-_FORWARD_TUNING_CONFIGS = ((64, 2, 1), (128, 4, 1), (256, 8, 1), (64, 2, 2), (128, 4, 2), (256, 8, 2), (128, 4, 4))
 
 
 class TritonBackendInputError(ValueError):
