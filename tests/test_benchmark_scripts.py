@@ -70,6 +70,33 @@ def test_adjoint_atomic_count_on_a_hand_counted_path():
     assert count(cells, dead_tail)["merged"] == 8  # the ray ends in its first cell: one flush
 
 
+def test_cross_ray_count_agrees_with_the_per_ray_count_and_merges_only_equal_addresses():
+    """Unmerged, the flushes are the per-ray count's plane-carry requests (an independent count, every
+    axis); two lanes on one path merge at every step, a path a step later only over the whole march."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import torch
+    from adjoint_atomics import WORKLOADS, cell_paths, count, cross_ray_count, plane_carry_flushes
+
+    cells, live = cell_paths(WORKLOADS["smoke"], 1)
+    cells, live = cells.reshape(-1, *cells.shape[2:]), live.reshape(-1, live.shape[-1])
+    per_ray = count(cells, live)
+    for plane, axis in enumerate("zyx"):
+        assert plane_carry_flushes(cells, live, plane)[0].numel() == per_ray[f"packed4+carry[plane {axis}]"]
+
+    # along y: (0,0,0) → (0,1,0) keeps the shared quad (1 vector), → (1,1,1) flushes both, the end both
+    path = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 1, 1]])
+    ray, step, _ = plane_carry_flushes(path[None], torch.ones(1, 3, dtype=torch.bool), 1)
+    assert sorted(step.tolist()) == [1, 2, 2, 3, 3]
+    late = torch.cat([path[:1], path])  # the same cells one step later
+    cells = torch.stack([torch.cat([path, path[-1:]]), torch.cat([path, path[-1:]]), late])
+    live = torch.tensor([[True, True, True, False]] * 2 + [[True] * 4])
+    result = cross_ray_count(cells, live, plane=1, groups=(1, 2, 4))
+    assert result["plane carry"] == 15 and result["same step, 1 lanes"] == 15
+    assert result["same step, 2 lanes"] == 10 == result["same step, 4 lanes"] == result["same step, program"]
+    # packed voxels written: (0,0,0), then (0,1,0) and (0,2,0), then (1,1,1) and (1,2,1)
+    assert result["program, any step"] == 5
+
+
 def test_march_footprint_replays_the_kernels_launch_order():
     """The footprint script's launch order takes every (tile, view) once, interleaves G views tile by tile,
     and its tiles are the kernels' 2-D ray blocks; a hand-checked footprint: one tile's rays on a line."""
