@@ -123,11 +123,10 @@ def count(cells: torch.Tensor, live: torch.Tensor) -> dict:
             shared.append(ok)
         result[label + "+carry"] = _flushed(groups, shared, change) + len(groups) * rays_hit
         if pack == 4:  # the plane carry across each axis, and across the axis with the most single steps
-            single = [int((change & (step[..., axis].abs() == 1) & (step.abs().sum(-1) == 1)).sum()) for axis in range(3)]
             for plane in range(3):
                 result[f"packed4+carry[plane {_AXES[plane]}]"] = (_flushed(_groups(4, plane), shared, change)
                                                                  + 2 * rays_hit)
-            result["packed4+carry[dominant]"] = result[f"packed4+carry[plane {_AXES[single.index(max(single))]}]"]
+            result["packed4+carry[dominant]"] = result[f"packed4+carry[plane {_AXES[dominant_plane(cells, live)]}]"]
     base = result["per-sample"]
     result["ratio_to_per_sample"] = {k: round(v / base, 3) for k, v in result.items()
                                      if k not in ("samples", "per-sample")}
@@ -165,7 +164,7 @@ def plane_carry_flushes(cells: torch.Tensor, live: torch.Tensor, plane: int):
 
 
 def dominant_plane(cells: torch.Tensor, live: torch.Tensor) -> int:
-    """The axis with the most single-axis cell steps (the ``[dominant]`` rule of :func:`count`)."""
+    """The axis with the most single-axis cell steps of cell paths ``(..., S, 3)`` (the ``[dominant]`` plane)."""
     step = cells[..., 1:, :] - cells[..., :-1, :]
     change = (step != 0).any(-1) & live[..., 1:] & live[..., :-1]
     single = [int((change & (step[..., axis].abs() == 1) & (step.abs().sum(-1) == 1)).sum()) for axis in range(3)]
