@@ -220,9 +220,17 @@ def main(argv=None) -> None:
     parser.add_argument("--block-r", type=int, default=256, help="rays per program (--cross-ray)")
     parser.add_argument("--tile-w", type=int, default=4, help="detector columns per program tile (--cross-ray)")
     args = parser.parse_args(argv)
+    for flag, value in (("--ray-stride", args.ray_stride), ("--block-r", args.block_r), ("--tile-w", args.tile_w)):
+        if value < 1:
+            sys.exit(f"{flag} must be a positive integer, got {value}")
+    if args.cross_ray < 0:
+        sys.exit(f"--cross-ray must be 0 (off) or a positive integer, got {args.cross_ray}")
     for name in args.workloads.split(","):
         if name not in WORKLOADS:
             sys.exit(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+        pixels = WORKLOADS[name]["detector"] ** 2
+        if args.ray_stride > pixels:
+            sys.exit(f"--ray-stride {args.ray_stride} exceeds {name}'s {pixels} detector pixels per view")
         if args.cross_ray > 0:
             if args.block_r % args.tile_w:
                 sys.exit(f"--block-r {args.block_r} is not a multiple of --tile-w {args.tile_w}")

@@ -70,6 +70,20 @@ def test_adjoint_atomic_count_on_a_hand_counted_path():
     assert count(cells, dead_tail)["merged"] == 8  # the ray ends in its first cell: one flush
 
 
+def test_adjoint_atomics_rejects_bad_strides_with_one_clear_message():
+    """A stride beyond the detector's pixels or a non-positive size stops before any counting, naming the flag."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import pytest
+    from adjoint_atomics import WORKLOADS, main
+
+    pixels = WORKLOADS["W1"]["detector"] ** 2
+    for argv, flag in ((["--ray-stride", str(pixels + 1)], "--ray-stride"), (["--ray-stride", "0"], "--ray-stride"),
+                       (["--cross-ray", "-1"], "--cross-ray"), (["--cross-ray", "1", "--tile-w", "0"], "--tile-w")):
+        with pytest.raises(SystemExit) as stop:
+            main(["--workloads", "W1", *argv])
+        assert flag in str(stop.value.code)
+
+
 def test_cross_ray_count_agrees_with_the_per_ray_count_and_merges_only_equal_addresses():
     """Unmerged, the flushes are the per-ray count's plane-carry requests (an independent count, every
     axis); two lanes on one path merge at every step, a path a step later only over the whole march."""
