@@ -99,13 +99,18 @@ def _flushed(groups, shared, change) -> int:
     return flushed
 
 
+def _cell_steps(cells: torch.Tensor, live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(step (..., S-1, 3), change (..., S-1))`` of cell paths ``(..., S, 3)``: each sample's move from the
+    previous one's cell, and whether a live ray left its cell there (both samples live)."""
+    step = cells[..., 1:, :] - cells[..., :-1, :]
+    return step, (step != 0).any(-1) & live[..., 1:] & live[..., :-1]
+
+
 def count(cells: torch.Tensor, live: torch.Tensor) -> dict:
     """Atomic requests per scheme (see the module docstring) for cell paths of shape ``(..., S, 3)``."""
     n_live = int(live.sum())
     rays_hit = int(live[..., 0].sum())
-    both = live[..., 1:] & live[..., :-1]
-    step = cells[..., 1:, :] - cells[..., :-1, :]
-    change = (step != 0).any(-1) & both
+    step, change = _cell_steps(cells, live)
     result = {"samples": n_live, "per-sample": 8 * n_live}
     for pack in (1, 2, 4):
         groups = _groups(pack)
@@ -137,8 +142,7 @@ def plane_carry_flushes(cells: torch.Tensor, live: torch.Tensor, plane: int):
     """The vector atomics of the 4-slot plane carry across ``plane`` for cell paths ``(R, S, 3)``:
     ``(ray, step, voxel)`` per flushed vector, ``voxel`` the packed voxel it adds to (the near quad of a
     cell goes to the cell's base voxel, the far one to the next voxel along ``plane``), as one int64 key."""
-    step = cells[:, 1:] - cells[:, :-1]
-    change = (step != 0).any(-1) & live[:, 1:] & live[:, :-1]
+    step, change = _cell_steps(cells, live)
     others = [axis for axis in range(3) if axis != plane]
     single = change & (step[..., others[0]] == 0) & (step[..., others[1]] == 0)
     up = single & (step[..., plane] == 1)  # the far quad becomes the next cell's near one: kept
@@ -165,8 +169,7 @@ def plane_carry_flushes(cells: torch.Tensor, live: torch.Tensor, plane: int):
 
 def dominant_plane(cells: torch.Tensor, live: torch.Tensor) -> int:
     """The axis with the most single-axis cell steps of cell paths ``(..., S, 3)`` (the ``[dominant]`` plane)."""
-    step = cells[..., 1:, :] - cells[..., :-1, :]
-    change = (step != 0).any(-1) & live[..., 1:] & live[..., :-1]
+    step, change = _cell_steps(cells, live)
     single = [int((change & (step[..., axis].abs() == 1) & (step.abs().sum(-1) == 1)).sum()) for axis in range(3)]
     return single.index(max(single))
 
