@@ -206,6 +206,33 @@ def test_packed_adjoint_matches_reference(case, scheme, pack, monkeypatch):
     _assert_close(result, expected)
 
 
+def test_addressing_strides_are_one_only_for_size_one_dimensions():
+    """A size-1 dimension's stride is given as 1 (its index is always 0), every other stride as it is: the
+    one-channel gradient the public adjoint and autograd hand over keeps stride rows · cols on its channel."""
+    from xraysyn.projector.triton_backend import addressing_strides
+
+    images = torch.rand(3, 1, 4, 5)
+    grad = images.reshape(3, 1, -1).permute(0, 2, 1).contiguous()  # a no-op copy: torch calls it contiguous
+    assert grad.stride() == (20, 1, 20) and addressing_strides(grad) == (20, 1, 1)
+    wide = torch.rand(3, 2, 20).permute(0, 2, 1)
+    assert addressing_strides(wide) == wide.stride() == (40, 1, 20)
+    assert addressing_strides(torch.rand(1, 6, 1)[:, ::2]) == (1, 2, 1)
+
+
+@pytest.mark.parametrize("pack", [1, 4])
+def test_one_channel_adjoint_of_a_channel_strided_gradient_matches_reference(pack, monkeypatch):
+    """The one-channel gradient as the public adjoint gives it (channel stride rows · cols, launched with
+    stride 1) scatters what the contiguous gradient does: the reference adjoint's values, unpacked and packed."""
+    volume, args, _ = _case(CASES[0], seed=5)
+    n, r = args[2].shape
+    grad = torch.rand(n, 1, r, device=DEVICE).permute(0, 2, 1).contiguous()
+    assert grad.stride()[-1] == r > 1
+    monkeypatch.setattr(TritonBackend, "ADJOINT_PACK", pack)
+    result = TritonBackend.adjoint(grad, volume.shape, *args)
+    _assert_close(result, march_adjoint(grad.clone(memory_format=torch.contiguous_format), volume.shape, *args))
+    _assert_close(result, TritonBackend.adjoint(grad.reshape(n, r).unsqueeze(-1).clone(), volume.shape, *args))
+
+
 def test_corners_are_carried_up_to_the_max_pack(monkeypatch):
     """The adjoint carries shared corners with 1 or 2 slots per channel and not with 4 (measured slower there),
     unless CARRY_MAX_PACK says otherwise; never without MERGE_RUNS or with CARRY_CORNERS off."""

@@ -99,7 +99,8 @@ def to_device(values, device: torch.device, dtype: torch.dtype | None = None) ->
         tensor = tensor.to(dtype)
     if device.type != "cuda" or tensor.requires_grad:  # (a tensor in an autograd graph keeps the plain copy)
         return tensor.to(device=device, copy=True)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    # contiguous first: an expanded view (e.g. one affine broadcast over the batch) cannot be pinned as it is
+    return tensor.contiguous().pin_memory().to(device, non_blocking=True)
 
 
 def _on_device(value, dtype, device) -> torch.Tensor:

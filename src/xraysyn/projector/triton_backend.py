@@ -390,6 +390,18 @@ def _launch(kernel, tuned: bool, grid_views: int, n_rays: int, width: int, tile_
         kernel[grid(block_r)](*args, BLOCK_R=block_r, num_warps=_DEFAULT_NUM_WARPS, **meta)
 
 
+def addressing_strides(tensor: torch.Tensor) -> tuple[int, ...]:
+    """``tensor``'s strides for a kernel's address arithmetic, with 1 for every dimension of size 1 (whose
+    index is always 0, so any stride addresses the same elements). Torch calls a tensor contiguous whatever
+    the stride of a size-1 dimension: ``images.reshape(n, 1, -1).permute(0, 2, 1).contiguous()`` (the public
+    adjoint's and autograd's one-channel gradient) keeps stride ``rows · cols`` on its channel. Triton
+    compiles a kernel specialised on the strides it is given (a stride of 1 becomes a constant). The
+    one-channel packed adjoint compiled for the large stride ran 2.2× slower: W2's public adjoint took 22.6
+    ms with the strides as given and 10.3 ms with this (H200, same run, 2026-11-27,
+    ``benchmarks/results/gpu_h200_2026-11-27_strides.jsonl``), so every such stride is made 1."""
+    return tuple(1 if size == 1 else stride for size, stride in zip(tensor.shape, tensor.stride()))
+
+
 def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``tensor`` in ``dtype`` (itself when it already is: the kernels read raw memory, no autograd)."""
     return tensor if tensor.dtype == dtype else tensor.detach().to(dtype)
@@ -625,7 +637,7 @@ class TritonBackend:
         width, tile_w = _ray_tiling(r, detector_cols, forward=False, direction=direction)
         buffer, vec, grad_strides, pack = _gradient_buffer((b, c, d, h, w), acc_dtype, device, memory_budget_mib)
         args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
-                *grad_out.stride())
+                *addressing_strides(grad_out))
         switches = adjoint_switches(pack, direction, tuned=tuned)
         adj, launched = adjoint_kernel(kernels.adjoint, kernels.adjoint_carry_tuned, switches)
         meta = {"BLOCK_C": _next_power_of_two(c), "ACC": _accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
