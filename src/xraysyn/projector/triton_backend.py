@@ -451,8 +451,10 @@ class TritonBackend:
     # along that axis (80 % of the cell changes on W2 for its dominant axis y) keeps the shared quad in
     # registers. Requests counted exactly (benchmarks/adjoint_atomics.py, W2): 0.101 per corner and sample
     # without carry, 0.096 with the plane across z, 0.061 across y; sample-loop instructions (sm_90,
-    # benchmarks/kernel_static_cost.py) 95 without carry, 122 with it. Not yet timed on a GPU, so the carry
-    # is not forced on at 4 slots (CARRY_MAX_PACK = 2), but left to the autotuner (TUNE_PLANE_CARRY below);
+    # benchmarks/kernel_static_cost.py) 95 without carry, 122 with it. Timed on one H200 (2026-11-27, W2,
+    # the autotuner's trials at 64 rays and 2 warps): 13.0 ms off, 9.5 ms on, across y; across z (plane=0,
+    # forced on) 13.3 ms. Not forced on at 4 slots (CARRY_MAX_PACK = 2) since no other GPU is timed, but left
+    # to the autotuner (TUNE_PLANE_CARRY below), which keeps it on there;
     # benchmarks: xraysyn[cmax=4] (forced on, auto plane), xraysyn[cmax=4+plane=0], xraysyn[tpc=0] (off).
     ADJOINT_PLANE_AXIS = -1
     # With 4 slots (one channel), the carry allowed (CARRY_CORNERS, MERGE_RUNS) but not forced on
@@ -462,7 +464,7 @@ class TritonBackend:
     # switches); the result is the same either way (the same sum, reassociated). False = the carry off at 4
     # slots. The plane carry halves the requests of a step along the plane (W2: 0.101 → 0.061 per corner and
     # sample) for 27 more loop instructions; whether that pays depends on the GPU, so the GPU decides. Costs
-    # the first call's autotuning twice the trials (W2: ten adjoint runs of about 20 ms each, plus warm-up).
+    # the first call's autotuning twice the trials (W2: ten adjoint runs of 10-45 ms each, plus warm-up).
     TUNE_PLANE_CARRY = True
     # Width of the 2-D detector tiles of the forward / adjoint march (0 = runs of consecutive rays); a tile
     # 4 wide makes a 32-lane warp an 8 × 4 patch of pixels.
@@ -527,8 +529,9 @@ class TritonBackend:
     # runs, per program of 128 rays, 0.94 / 0.87 (brick 8), 0.83 / 0.79 (4), 0.77 / 0.75 (2), for 11 / 24,
     # 25 / 56 and 73 / 164 walk look-ups per ray against 256 / 512 samples. Memory: 2 bytes per brick (the
     # marks and their dilation). A volume with no unmarked brick (no exact zeros, e.g. a network's output) is
-    # flagged by the dilation and its rays skip the walk. Not yet timed on a GPU; off with REUSE_CORNERS (whose
-    # loop starts at sample 0).
+    # flagged by the dilation and its rays skip the walk. Timed through the public forward on one H200
+    # (2026-11-27, W1 / W2 ms): off 1.44 / 6.48, brick 2 1.40 / 5.95, brick 4 1.37 / 5.34, brick 8 1.69 / 6.00.
+    # Off with REUSE_CORNERS (whose loop starts at sample 0).
     SKIP_EMPTY_BRICK = 4
     # Samples per loop iteration of the forward march when it is not autotuned (the interpreter, or a
     # pinned launch configuration).
