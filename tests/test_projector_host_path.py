@@ -312,6 +312,7 @@ def test_cuda_frames_are_copied_beside_the_volume_work(pose_dtype, monkeypatch):
     from xraysyn.projector.triton_backend import TritonBackend
 
     prepare = TritonBackend.prepare_volume
+    monkeypatch.setattr(TritonBackend, "KEEP_RAYS_MIB", 0)  # the set-up's copies, every call (the warm-up's too)
     volume = torch.rand(2, 2, 5, 6, 4, device="cuda")
     poses = GEOMETRY.poses(torch.tensor([31.0, -8.0])).to("cuda", pose_dtype)
     # once untimed: the first call compiles the packing and set-up kernels, which can outlast the long kernel
@@ -322,7 +323,6 @@ def test_cuda_frames_are_copied_beside_the_volume_work(pose_dtype, monkeypatch):
         return prepare(volume, memory_budget_mib, check_finite=check_finite)
 
     monkeypatch.setattr(TritonBackend, "prepare_volume", staticmethod(slow))
-    monkeypatch.setattr(TritonBackend, "KEEP_RAYS_MIB", 0)
     torch.cuda.synchronize()
     march = api.prepare_march(volume, AFFINE.cuda(), poses, GEOMETRY, step_mm=1.0, backend="triton")
     assert not torch.cuda.current_stream().query(), "the frames' copy waited for the volume work"
