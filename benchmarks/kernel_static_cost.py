@@ -97,7 +97,7 @@ def loop_body(sass: str) -> list[str]:
 
 def measure(names: list[str]) -> list[dict]:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from triton_compile_helper import compile_ptx
+    from support.triton_compile import compile_ptx
 
     specs = [{"module": "xraysyn.projector.triton_kernels", "kernel": "march_forward_kernel",
               "pointer_types": {"nsamp_ptr": "*i32", "vidx_ptr": "*i64", "occ_ptr": "*u8"}, "default_pointer": "*fp32",

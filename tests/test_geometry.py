@@ -5,7 +5,7 @@ import torch
 
 from xraysyn.geometry import ConeBeamGeometry, carm_poses, parse_angles, pose_source_position, volume_center
 
-from projector_truth import carm_frame
+from support.projector_truth import carm_frame
 
 
 @pytest.mark.parametrize("az,el", [(0, 0), (90, 0), (-30, 10), (15, -20), (180, 45)])

@@ -1,6 +1,6 @@
 """Cone-beam C-arm geometry: detector, source, poses and rays.
 
-Conventions (tested in ``tests/test_geometry.py`` and ``tests/test_projector_orientation.py``):
+Conventions (tested in ``tests/test_geometry.py`` and ``tests/projector/test_behaviour.py``):
 
 * **World** = patient RAS+ in mm (the NIfTI / nibabel convention): x grows toward the patient's
   **R**ight, y toward **A**nterior, z toward **S**uperior.

@@ -18,7 +18,7 @@ import torch
 
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import Spectrum
-from xraysyn.projector.host_memo import HostMemo, array_key
+from xraysyn.host_cache import HostMemo, array_key
 
 __all__ = ["attenuate", "log_attenuation", "display_image", "coefficients_for", "spectral_coefficients",
            "DEFAULT_ENERGY_CHUNK"]

@@ -6,7 +6,7 @@ gradient volume per thread (summed at the end) when that fits the memory budget,
 runs on one thread; either way it is the exact transpose of the forward loop.
 
 Selected automatically for CPU tensors when numba is importable; the torch reference in
-:mod:`xraysyn.projector.reference` remains the ground truth (``tests/test_projector_backends.py``).
+:mod:`xraysyn.projector.reference` remains the ground truth (``tests/projector/test_behaviour.py``).
 """
 
 from __future__ import annotations

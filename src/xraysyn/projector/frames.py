@@ -3,7 +3,7 @@ host copies, and the NaN/inf check of the values projected.
 
 Every public projector function validates its frames on the host (shapes here, values from one
 device→host copy, :class:`HostCopy`); the Triton ray set-up then reads the same host copies. Valid
-frames are remembered by value (:mod:`xraysyn.projector.host_memo`), so frames met again skip the
+frames are remembered by value (:mod:`xraysyn.host_cache`), so frames met again skip the
 checks.
 """
 
@@ -19,7 +19,7 @@ import torch
 from xraysyn.geometry import validate_affine
 from xraysyn.projector import static_volume
 from xraysyn.projector.errors import ProjectorInputError
-from xraysyn.projector.host_memo import HostMemo, array_key
+from xraysyn.host_cache import HostMemo, array_key
 
 __all__ = ["NONFINITE_VOLUME", "HostCopy", "HostFrames", "PendingFrames", "any_requires_grad", "check_finite_host",
            "check_frames_host", "frame_tensors", "in_host_memory", "join_stream", "needs_scan", "on_stream",
@@ -284,7 +284,7 @@ def prepare_frames(world_from_voxel, poses, isocenter, batch: int, dtype, device
 def check_frames_host(frames: HostFrames) -> None:
     """Validate the host copies of the poses, affines and isocenter (raises :class:`ProjectorInputError`).
     Affines (with the isocenter) and poses are remembered separately once valid
-    (:mod:`~xraysyn.projector.host_memo`): a training loop that draws new poses every step for the same
+    (:mod:`~xraysyn.host_cache`): a training loop that draws new poses every step for the same
     volumes re-checks only the poses."""
     volume_key = (array_key(frames.affines), array_key(frames.isocenter))
     if not _VALID_VOLUME_FRAMES.get(volume_key):

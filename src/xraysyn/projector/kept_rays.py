@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from xraysyn.projector.host_memo import HostMemo
+from xraysyn.host_cache import HostMemo
 
 __all__ = ["KeptRays", "ray_set_bytes"]
 
@@ -46,7 +46,7 @@ def device_key(device: torch.device) -> tuple:
 
 class KeptRays(HostMemo):
     """A least-recently-used map (thread-safe) from exact geometry keys to ray sets, bounded in bytes (the
-    :class:`~xraysyn.projector.host_memo.HostMemo` lookup, with its own size-bounded ``put``)."""
+    :class:`~xraysyn.host_cache.HostMemo` lookup, with its own size-bounded ``put``)."""
 
     def __init__(self) -> None:
         super().__init__(max_entries=1)  # (unused: the bound is in bytes)

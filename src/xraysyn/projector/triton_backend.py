@@ -2,7 +2,7 @@
 
 Same contract and signatures as :class:`xraysyn.projector.cpu_numba.NumbaBackend` (the sampling
 model of :mod:`xraysyn.projector.rays`); the torch reference in :mod:`xraysyn.projector.reference`
-stays the ground truth (``tests/test_projector_triton.py``). Selected automatically by
+stays the ground truth (``tests/projector/test_triton.py``). Selected automatically by
 :func:`xraysyn.projector.forward_project` for CUDA tensors when :func:`available` is true, or with
 ``backend="triton"``. On a machine without a GPU the kernels run on CPU tensors through Triton's
 interpreter when ``TRITON_INTERPRET=1`` is set before the first use (slow; for tests only).
@@ -32,7 +32,7 @@ import torch
 
 from xraysyn.projector import frames, kept_rays, static_volume
 from xraysyn.projector.empty_space import brick_grid
-from xraysyn.projector.host_memo import HostMemo, array_key
+from xraysyn.host_cache import HostMemo, array_key
 
 __all__ = ["PreparedVolume", "TritonBackend", "TritonBackendInputError", "available", "backproject", "build_rays", "checked_launch", "interpreting"]
 
@@ -1009,7 +1009,7 @@ def _ray_setup_params(poses, world_from_voxel, isocenter, host_frames, spatial_s
     each view's volume (int64 numpy) and the voxel axis the views' optical axes run along most
     (:func:`dominant_axis`); ``key``: everything the rays depend on, exactly (frames' bytes, shape,
     detector, sampling, dtype). A handful of 4 × 4 operations in float64 numpy (each ~1 µs; torch pays ~10 µs a
-    call), skipped for frames and geometry met recently (:mod:`~xraysyn.projector.host_memo`)."""
+    call), skipped for frames and geometry met recently (:mod:`~xraysyn.host_cache`)."""
     pose, affines, iso, voxel_from_world = _host_frames(poses, world_from_voxel, isocenter, host_frames,
                                                         spatial_shape)
     key = (array_key(pose), array_key(affines), array_key(iso), tuple(spatial_shape), geometry.sdd,

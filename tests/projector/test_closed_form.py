@@ -7,7 +7,7 @@ import torch
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import forward_project
 
-from projector_truth import box_chords, pixel_rays, sphere_chords
+from support.projector_truth import box_chords, pixel_rays, sphere_chords
 
 SPACING = (2.0, 1.6, 1.8)  # mm along i, j, k
 SHAPE = (40, 48, 44)

@@ -176,7 +176,7 @@ def test_spectral_coefficients_are_remembered_by_value():
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_kernels_compile_for_sm90():
     """The real compiler (not only the interpreter) accepts the attenuation kernels."""
-    from triton_compile_helper import compile_ptx
+    from support.triton_compile import compile_ptx
 
     sizes = {"BLOCK_P": 128, "N_MAT": 2, "BLOCK_E": 32, "N_CHUNKS": 4}
     specs = [{"module": "xraysyn.physics.fused_kernels", "kernel": name, "constexprs": sizes}

@@ -12,11 +12,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from projector_truth import assert_close_to_scale
+from support.projector_truth import assert_close_to_scale
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import ProjectorInputError, api, forward_project, frames
 from xraysyn.projector import build_rays as build_rays_reference
-from xraysyn.projector.host_memo import HostMemo, array_key
+from xraysyn.host_cache import HostMemo, array_key
 
 GEOMETRY = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=(6.0, 7.0))
 AFFINE = torch.diag(torch.tensor([4.0, 3.5, 3.0, 1.0]))

@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from projector_truth import assert_close_to_scale as _assert_close
+from support.projector_truth import assert_close_to_scale as _assert_close
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.physics import ct2xray, tube_spectrum
 from xraysyn.physics.fused_ct2xray import project_and_attenuate
@@ -75,7 +75,7 @@ def test_fused_maps_and_gradients_match_separate_steps(materials, layout, monkey
 def test_fused_adjoint_left_to_the_autotuner_matches_separate_steps(carry, monkeypatch):
     """One material, 4 slots, on an autotuned backend: the fused adjoint goes through the kernel object tuned
     over the plane carry, leaves CARRY to it, and gives the separate steps' gradient whichever it picks."""
-    from fake_autotuner import ChosenConfig
+    from support.autotuner import ChosenConfig
 
     from xraysyn.physics import fused_ct2xray
     from xraysyn.physics import fused_ct2xray_kernels as k
@@ -167,7 +167,7 @@ def test_separate_steps_scan_the_volume_not_the_thicknesses(backend, monkeypatch
 
 
 def test_fused_kernels_compile_for_sm90():
-    from triton_compile_helper import compile_ptx
+    from support.triton_compile import compile_ptx
 
     module = "xraysyn.physics.fused_ct2xray_kernels"
     ints = {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}

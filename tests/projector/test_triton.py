@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from projector_truth import assert_close_to_scale, box_chords, pixel_rays
+from support.projector_truth import assert_close_to_scale, box_chords, pixel_rays
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import (
@@ -274,7 +274,7 @@ def test_adjoint_left_to_the_autotuner_matches_reference_whatever_it_picks(carry
     """The public adjoint with 4 slots on an autotuned backend goes through the kernel object tuned over the
     carry, leaves CARRY to it, packs across the rays' dominant axis, and gives the reference adjoint with
     the carry on or off (what the autotuner may pick); the fixed kernel object is not used."""
-    from fake_autotuner import ChosenConfig
+    from support.autotuner import ChosenConfig
 
     from xraysyn.projector import triton_kernels
     from xraysyn.projector.triton_backend import dominant_axis
@@ -968,7 +968,7 @@ COMPILE_VARIANTS = [("fp32", "fp32", 2, 2, 16, True, 1), ("fp16", "fp32", 3, 1, 
 def test_kernels_compile_for_sm90():
     """The real compiler (not the interpreter) accepts every kernel variant; channel vectors become vector
     loads and vector atomics, and the adjoint issues its atomics as fire-and-forget reductions."""
-    from triton_compile_helper import compile_ptx
+    from support.triton_compile import compile_ptx
 
     module = "xraysyn.projector.triton_kernels"
     ints = {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}

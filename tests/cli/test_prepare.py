@@ -6,7 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
-from dicom_series_helper import write_axial_series
+from support.dicom_series import write_axial_series
 from typer.testing import CliRunner
 
 from xraysyn.cli import app

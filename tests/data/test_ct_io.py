@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from dicom_series_helper import write_axial_series, write_slice
+from support.dicom_series import write_axial_series, write_slice
 from pydicom.uid import generate_uid
 
 from xraysyn.data.ct_io import (

@@ -19,7 +19,7 @@ from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import build_rays, triton_backend
 from xraysyn.projector.triton_backend import _pack_corners
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
 pytestmark = pytest.mark.skipif(not triton_backend.available(), reason="Triton cannot run here")
 
 
@@ -104,7 +104,7 @@ def test_gather_limit_tries_every_tile_width_and_launch_configuration():
 
 
 def test_gather_only_kernels_compile_for_sm90(monkeypatch):
-    from triton_compile_helper import compile_ptx
+    from support.triton_compile import compile_ptx
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [BENCHMARKS, os.environ.get("PYTHONPATH")])))
     ints = {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}

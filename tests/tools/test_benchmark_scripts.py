@@ -12,7 +12,7 @@ import pytest
 # not imported here: importing triton before another test module sets TRITON_INTERPRET breaks the interpreter
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_gpu_kernel_benchmark_smoke_runs_every_case():

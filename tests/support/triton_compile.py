@@ -72,9 +72,10 @@ def compile_ptx(specs: list[dict]) -> list[str]:
     except ImportError as exc:  # pragma: no cover - depends on the installed triton
         pytest.skip(f"this triton cannot compile ahead of time: {exc}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    driver = ("import json, sys; sys.path.insert(0, sys.argv[1]); import triton_compile_helper as h; "
+    driver = ("import importlib.util, json, sys; spec = importlib.util.spec_from_file_location('h', sys.argv[1]); "
+              "h = importlib.util.module_from_spec(spec); spec.loader.exec_module(h); "
               "specs = json.loads(sys.stdin.read()); print(json.dumps([h._compile_one(s) for s in specs]))")
-    proc = subprocess.run([sys.executable, "-c", driver, os.path.dirname(os.path.abspath(__file__))],
+    proc = subprocess.run([sys.executable, "-c", driver, os.path.abspath(__file__)],
                           input=json.dumps(specs), capture_output=True, text=True, env=env, timeout=_TIMEOUT_S,
                           check=False)
     if proc.returncode != 0:
