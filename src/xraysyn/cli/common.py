@@ -1,8 +1,9 @@
-"""Helpers shared by CLI commands: turning library errors into one clear message."""
+"""Helpers shared by CLI commands: one clear message per user error, option checks, angles."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import typer
 
@@ -10,11 +11,26 @@ import typer
 EXIT_BAD_INPUT = 2
 # Exit status when the example data cannot be fetched (e.g. offline).
 EXIT_FETCH_FAILED = 1
+DEGREES_PER_TURN = 360.0
+
+
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename!s}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + str(exc) if str(exc) else ''}; use a smaller size"
+    return str(exc) or type(exc).__name__
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Report input errors as one red line on stderr and exit: 2 for bad input, 1 for a failed fetch."""
+    """Report user errors as one red line on stderr and exit: 2 for bad input, 1 for a failed fetch.
+
+    Bad input covers bad option values (``ValueError``), unreadable or unwritable paths (every
+    ``OSError``: missing, permission denied, exists, is a folder, disk full) and requests that do
+    not fit in memory (``MemoryError``; the memory guard usually refuses those earlier).
+    """
     from xraysyn.data.example import ExampleDataError
 
     try:
@@ -22,6 +38,34 @@ def user_errors():
     except ExampleDataError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(EXIT_FETCH_FAILED) from None
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    except (ValueError, OSError, MemoryError) as exc:
+        typer.secho(f"error: {_error_line(exc)}", err=True, fg=typer.colors.RED)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def require_finite(value: float | None, option: str, *, minimum: float | None = None,
+                   maximum: float | None = None, strict_minimum: bool = False, unit: str = "") -> None:
+    """Refuse NaN/inf and values outside ``[minimum, maximum]`` (``(minimum, ...`` if strict)."""
+    if value is None:
+        return
+    unit = f" {unit}" if unit else ""
+    if not math.isfinite(value):
+        raise ValueError(f"{option} must be a finite number, got {value}")
+    if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
+        relation = ">" if strict_minimum else ">="
+        raise ValueError(f"{option} must be {relation} {minimum:g}{unit}, got {value:g}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{option} must be <= {maximum:g}{unit}, got {value:g}")
+
+
+def reduce_angles_deg(angles: list[float]) -> list[float]:
+    """Angles in degrees reduced to (-180, 180] in float64 before anything rounds them to float32.
+
+    ``1e9`` degrees is 280° = -80°; reduced first, the float32 pose tensors keep that exactly
+    (float32 holds only ~7 significant digits, so ``1e9`` itself would turn into ~250°).
+    """
+    reduced = []
+    for angle in angles:
+        r = math.remainder(angle, DEGREES_PER_TURN)
+        reduced.append(DEGREES_PER_TURN / 2 if r == -DEGREES_PER_TURN / 2 else r)
+    return reduced

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import glob
+import re
 from pathlib import Path
 
 import typer
 
 from xraysyn.cli import app
-from xraysyn.cli.common import user_errors
+from xraysyn.cli.common import reduce_angles_deg, require_finite, user_errors
 
 OUTPUT_SUFFIXES = (".npy", ".png")
+PROJECT_FLOATS_PER_PIXEL = 12
+"""float32 values held per detector pixel while one view is projected: the ray set-up (origin,
+direction, entry/exit: 8), the line integral, its numpy copy and the picture/file buffers."""
 
 
 def parse_detector(text: str) -> tuple[int, int]:
@@ -49,10 +54,19 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(count)]
 
 
+def earlier_outputs(out: Path) -> list[Path]:
+    """Files an earlier run with the same ``--out`` may have written: ``out`` and ``name_NNN.ext``."""
+    pattern = re.compile(rf"{re.escape(out.stem)}_\d{{3,}}{re.escape(out.suffix)}")
+    siblings = out.parent.glob(f"{glob.escape(out.stem)}_*{glob.escape(out.suffix)}") if out.parent.is_dir() else []
+    return sorted({out, *(p for p in siblings if pattern.fullmatch(p.name))})
+
+
 @app.command("project")
 def project_command(
     volume: Path = typer.Argument(..., help="NIfTI (.nii/.nii.gz), NRRD, MHA/MHD file or DICOM series folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float line integrals) or .png (windowed)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's files of the same --out name "
+                                   "(all of them, also views the new run does not write)."),
     azimuth: str = typer.Option("0", help="Degrees: one value, a list '-9,0,9' or 'start:stop:count'."),
     elevation: str = typer.Option("0", help="Degrees, same forms as --azimuth."),
     sdd: float = typer.Option(1200.0, help="Source-detector distance (mm)."),
@@ -64,7 +78,9 @@ def project_command(
     """Integrate the raw voxel values of VOLUME along cone-beam rays (no HU conversion).
 
     Output unit: voxel value x mm. The isocenter is the volume's centre; azimuth 0 / elevation 0
-    is a PA view (row 0 superior, column 0 the patient's right).
+    is a PA view (row 0 superior, column 0 the patient's right). Views are written one by one as
+    they are computed (memory does not grow with the number of views) into a staging folder and
+    moved onto their names only when every view succeeded.
     """
     with user_errors():
         import torch
@@ -73,18 +89,26 @@ def project_command(
         from xraysyn.data.ct_io import load_volume_tensor
         from xraysyn.geometry import ConeBeamGeometry
         from xraysyn.imageio import save_npy, save_png
+        from xraysyn.memory import FLOAT32_BYTES, require_memory
+        from xraysyn.outputs import check_output_files, staged_output_files
         from xraysyn.projector import forward_project
 
+        require_finite(step, "--step", minimum=0.0, strict_minimum=True, unit="mm")
         az, el = view_angles(azimuth, elevation)
         paths = output_paths(out, len(az))
         geometry = ConeBeamGeometry(sdd=sdd, sid=sid, detector_shape=parse_detector(detector),
                                     pixel_spacing=pixel_spacing)
+        if not volume.exists():
+            raise FileNotFoundError(f"volume {str(volume)!r} does not exist")
+        stale = [p for p in earlier_outputs(out) if p not in set(paths)]
+        check_output_files(paths, stale, overwrite=overwrite)
+        rows, cols = geometry.detector_shape
+        require_memory(rows * cols * PROJECT_FLOATS_PER_PIXEL * FLOAT32_BYTES, f"one {rows}x{cols} view (--detector)")
         vol, affine = load_volume_tensor(volume)
-        poses = geometry.poses(torch.tensor(az), torch.tensor(el))
-        images = []
-        with torch.no_grad():
+        poses = geometry.poses(reduce_angles_deg(az), reduce_angles_deg(el))
+        with staged_output_files(paths, stale, overwrite=overwrite) as staged, torch.no_grad():
             for i in tqdm(range(len(az)), desc="projecting", unit="view", disable=len(az) < 2):
-                images.append(forward_project(vol, affine, poses[i:i + 1], geometry, step_mm=step)[0, 0].numpy())
-        for path, image in zip(paths, images):
-            (save_npy if path.suffix.lower() == ".npy" else save_png)(image, path)
+                image = forward_project(vol, affine, poses[i:i + 1], geometry, step_mm=step)[0, 0].numpy()
+                (save_npy if staged[i].suffix.lower() == ".npy" else save_png)(image, staged[i])
+        for path in paths:
             typer.echo(str(path))
