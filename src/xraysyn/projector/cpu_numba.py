@@ -32,6 +32,9 @@ def available() -> bool:
 
 
 if numba is not None:
+    from xraysyn.numba_cache import disk_cache_for
+
+    _CACHE = disk_cache_for(__file__)  # a temporary cache folder when no usual place is writable
 
     @njit(inline="always")
     def _cell(p, size):
@@ -67,7 +70,7 @@ if numba is not None:
         ix, fx = _cell(ox + t * dx, ww)
         return iz, iy, ix, fz, fy, fx
 
-    @njit(parallel=True, cache=True, fastmath=False)
+    @njit(parallel=True, cache=_CACHE, fastmath=False)
     def _forward_kernel(vol, origin, direction, t_near, delta, n_samples, volume_index, out):
         n_views, n_rays = t_near.shape
         _, dd, hh, ww, cc = vol.shape
@@ -93,7 +96,7 @@ if numba is not None:
             for c in range(cc):
                 out[v, r, c] *= dt
 
-    @njit(cache=True, fastmath=False)
+    @njit(cache=_CACHE, fastmath=False)
     def _adjoint_rays(grad, origin, direction, t_near, delta, n_samples, volume_index, acc, start, stop):
         n_views, n_rays = t_near.shape
         _, dd, hh, ww, cc = acc.shape
@@ -119,7 +122,7 @@ if numba is not None:
                     acc[b, iz + 1, iy + 1, ix, c] += w110 * g
                     acc[b, iz + 1, iy + 1, ix + 1, c] += w111 * g
 
-    @njit(parallel=True, cache=True, fastmath=False)
+    @njit(parallel=True, cache=_CACHE, fastmath=False)
     def _adjoint_kernel_private(grad, origin, direction, t_near, delta, n_samples, volume_index, acc_per_thread):
         n_threads = acc_per_thread.shape[0]
         total = t_near.shape[0] * t_near.shape[1]
