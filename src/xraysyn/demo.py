@@ -8,6 +8,7 @@ takes explicit paths so it also runs on your own CT.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from xraysyn.imageio import atomic_write, save_npy, save_png, window_to_uint8
+from xraysyn.memory import FLOAT32_BYTES, require_memory
+from xraysyn.outputs import check_output_folder, staged_output_folder
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -30,6 +33,33 @@ class DemoConfig:
     azimuths_deg: tuple[float, ...] = (-18.0, -9.0, 0.0, 9.0, 18.0)
     kvp: float = 120.0
     radiograph_size: int = 256
+
+    def __post_init__(self):
+        for name in ("cube_size", "detector", "radiograph_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < MIN_SIZE[name]:
+                raise ValueError(f"{name} must be an integer >= {MIN_SIZE[name]}, got {value!r}")
+        for name in ("pixel_spacing_mm", "kvp"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if not self.azimuths_deg or not all(math.isfinite(a) for a in self.azimuths_deg):
+            raise ValueError(f"azimuths_deg must be one or more finite angles, got {self.azimuths_deg!r}")
+
+    def memory_estimate_bytes(self) -> int:
+        """Bytes the simulation holds at its peak: all views at once plus the preprocessed cube."""
+        views = len(self.azimuths_deg) * self.detector**2 * DEMO_FLOATS_PER_VIEW_PIXEL
+        cube = self.cube_size**3 * DEMO_FLOATS_PER_CUBE_VOXEL
+        return (views + cube) * FLOAT32_BYTES
+
+
+MIN_SIZE = {"cube_size": 8, "detector": 1, "radiograph_size": 1}
+"""Smallest accepted sizes (voxels per side, pixels per side)."""
+DEMO_FLOATS_PER_VIEW_PIXEL = 16
+"""float32 values per detector pixel and view held by the demo: ray set-up (8), the two material
+projections and thickness maps, transmission, line integral, display image, picture copies."""
+DEMO_FLOATS_PER_CUBE_VOXEL = 6
+"""float32 values per voxel of the cube: HU, bone mask, two material densities and their copies."""
 
 
 def _montage(tiles: list[tuple[str, np.ndarray]], columns: int, tile: int) -> np.ndarray:
@@ -50,14 +80,28 @@ def _montage(tiles: list[tuple[str, np.ndarray]], columns: int, tile: int) -> np
 
 def run_demo(out_dir: str | Path, ct_path: str | Path, *, labels_path: str | Path | None = None,
              structures_path: str | Path | None = None, radiograph_path: str | Path | None = None,
-             config: DemoConfig = DemoConfig(), progress: bool = True) -> dict:
+             config: DemoConfig = DemoConfig(), progress: bool = True, overwrite: bool = False) -> dict:
     """Simulate views of a CT, decompose bone/tissue, suppress bone; prepare a real radiograph.
 
     Writes into ``out_dir``: ``montage.png`` (everything at a glance), per-view
     ``view_<az>.png``/``.npy``, ``bone_thickness.png``, ``tissue_thickness.png``,
     ``bone_suppressed.png``, ``bone_image.png``, ``radiograph.png`` (if given) and
     ``summary.json`` (settings, timings, bone-mask Dice). Returns the summary.
+
+    The folder is written as a whole: into a temporary sibling moved into place at the end; an
+    existing non-empty ``out_dir`` is refused (``OutputExistsError``) unless ``overwrite``, which
+    replaces it. The memory the configuration needs is checked first (``MemoryLimitError``).
     """
+    check_output_folder(out_dir, overwrite=overwrite, option="out_dir")
+    require_memory(config.memory_estimate_bytes(), f"the demo ({len(config.azimuths_deg)} views of "
+                   f"{config.detector}x{config.detector}, a {config.cube_size}^3 cube)")
+    with staged_output_folder(out_dir, overwrite=overwrite, option="out_dir") as staging:
+        return _run_demo(staging, ct_path, labels_path=labels_path, structures_path=structures_path,
+                         radiograph_path=radiograph_path, config=config, progress=progress)
+
+
+def _run_demo(out: Path, ct_path, *, labels_path, structures_path, radiograph_path, config: DemoConfig,
+              progress: bool) -> dict:
     from tqdm import tqdm
 
     from xraysyn.data.bone_mask import bone_mask_from_hu, bone_mask_from_labels, dice
@@ -66,8 +110,6 @@ def run_demo(out_dir: str | Path, ct_path: str | Path, *, labels_path: str | Pat
     from xraysyn.geometry import ConeBeamGeometry
     from xraysyn.physics import ct2xray, suppress_bone, tube_spectrum
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     steps = tqdm(total=5, desc="demo", unit="step", disable=not progress)
 

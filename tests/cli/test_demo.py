@@ -67,3 +67,42 @@ def test_demo_command_offline_is_one_clear_error(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d")])
     assert res.exit_code == 1 and "offline" in res.output
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--detector", "0"], "--detector must be at least"),
+    (["--detector", "-3"], "--detector must be at least"),
+    (["--size", "2"], "--size must be at least"),
+    (["--detector", "100000"], "needs about"),
+])
+def test_demo_options_are_checked_before_the_fetch(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    import xraysyn.data.example as example
+    from xraysyn.cli import app
+
+    def must_not_fetch(*a, **k):
+        raise AssertionError("fetched before the options were checked")
+
+    monkeypatch.setattr(example, "fetch_example_data", must_not_fetch)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_refuses_a_non_empty_folder_and_a_failed_run_leaves_it_intact(phantom_files, tmp_path):
+    ct, labels, structures = phantom_files
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "old.txt").write_text("earlier run")
+    config = DemoConfig(cube_size=16, detector=8, pixel_spacing_mm=50.0, azimuths_deg=(0.0,))
+    from xraysyn.outputs import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="not empty"):
+        run_demo(out, ct, config=config, progress=False)
+    with pytest.raises(FileNotFoundError):
+        run_demo(out, tmp_path / "missing.nii.gz", config=config, progress=False, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".demo")] == []
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    run_demo(out, ct, config=config, progress=False, overwrite=True)
+    assert not (out / "old.txt").exists() and (out / "summary.json").is_file()
