@@ -24,20 +24,20 @@ bias (the normalisation's shift makes one redundant); the first encoder conv and
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["NORMS", "PriorNet3D", "PriorNetConfig", "PriorNetInputError"]
+from xraysyn.models.blocks import NORMS, ConvBlock
 
-#: Normalisation layers a :class:`PriorNetConfig` can name.
-NORMS = ("batch", "instance", "none")
+__all__ = ["NORMS", "PriorNet3D", "PriorNetConfig", "PriorNetInputError"]
 
 #: Table 3: every convolution is 3×3×3 with padding 1.
 KERNEL_SIZE = 3
 PADDING = 1
+#: Volumes: three spatial dimensions.
+SPATIAL_DIMS = 3
 #: Encoder convolutions halve the volume (stride 2); the decoder upsamples by the same factor.
 DOWNSAMPLING_FACTOR = 2
 #: Table 3: LeakyReLU negative slope of the encoder.
@@ -113,26 +113,6 @@ class PriorNetConfig:
         return DOWNSAMPLING_FACTOR ** len(self.widths)
 
 
-def _norm_layer(norm: str, channels: int) -> nn.Module | None:
-    if norm == "batch":
-        return nn.BatchNorm3d(channels)
-    if norm == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
-    return None
-
-
-def _conv(in_channels: int, out_channels: int, stride: int, bias: bool) -> nn.Conv3d:
-    return nn.Conv3d(in_channels, out_channels, KERNEL_SIZE, stride=stride, padding=PADDING, bias=bias)
-
-
-def _block(layers: list[tuple[str, nn.Module | None]]) -> nn.Sequential:
-    return nn.Sequential(OrderedDict((name, layer) for name, layer in layers if layer is not None))
-
-
-def _upsample() -> nn.Upsample:
-    return nn.Upsample(scale_factor=DOWNSAMPLING_FACTOR, mode="trilinear", align_corners=False)
-
-
 class PriorNet3D(nn.Module):
     """The 3D PriorNet G: ``(B, in_channels, D, H, W)`` → ``(B, out_channels, D, H, W)`` in [-1, 1].
 
@@ -152,36 +132,26 @@ class PriorNet3D(nn.Module):
             raise PriorNetInputError(f"config must be a PriorNetConfig, got {type(config).__name__}")
         self.config = config
         widths = config.widths
-        has_norm = config.norm != "none"
 
         encoder = []
         previous = config.in_channels
         for level, width in enumerate(widths):
-            normalised = has_norm and level > 0
-            encoder.append(_block([
-                ("conv", _conv(previous, width, DOWNSAMPLING_FACTOR, bias=not normalised)),
-                ("norm", _norm_layer(config.norm, width) if normalised else None),
-                ("act", nn.LeakyReLU(config.negative_slope)),
-            ]))
+            normalised = level > 0  # Table 3: no normalisation after conv0
+            encoder.append(ConvBlock(SPATIAL_DIMS, previous, width, KERNEL_SIZE, stride=DOWNSAMPLING_FACTOR,
+                                     padding=PADDING, norm=config.norm if normalised else "none",
+                                     activation=nn.LeakyReLU(config.negative_slope)))
             previous = width
         self.encoder = nn.ModuleList(encoder)
 
         decoder = []
         for level in range(len(widths) - 2, -1, -1):
-            decoder.append(_block([
-                ("upsample", _upsample()),
-                ("conv", _conv(previous, widths[level], 1, bias=not has_norm)),
-                ("norm", _norm_layer(config.norm, widths[level])),
-                ("act", nn.ReLU()),
-            ]))
+            decoder.append(ConvBlock(SPATIAL_DIMS, previous, widths[level], KERNEL_SIZE, padding=PADDING,
+                                     norm=config.norm, activation=nn.ReLU(), upsample_factor=DOWNSAMPLING_FACTOR))
             previous = 2 * widths[level]  # after concatenation with the encoder feature
         self.decoder = nn.ModuleList(decoder)
 
-        self.head = _block([
-            ("upsample", _upsample()),
-            ("conv", _conv(previous, config.out_channels, 1, bias=True)),
-            ("act", nn.Tanh()),
-        ])
+        self.head = ConvBlock(SPATIAL_DIMS, previous, config.out_channels, KERNEL_SIZE, padding=PADDING,
+                              activation=nn.Tanh(), upsample_factor=DOWNSAMPLING_FACTOR)
 
     def check_input(self, volume: torch.Tensor) -> None:
         """Raise :class:`PriorNetInputError` unless ``volume`` is ``(B, in_channels, D, H, W)``
