@@ -4,7 +4,13 @@ detector noise and bone suppression by reverse CT2Xray (Algorithm 1).
 Units: energies keV, lengths mm, μ 1/mm, ρ g/cm³, μ/ρ cm²/g, thickness maps t_m g/cm².
 """
 
-from xraysyn.physics.attenuation import attenuate, display_image, log_attenuation
+from xraysyn.physics.attenuation import (
+    attenuate,
+    attenuate_with_coefficients,
+    display_image,
+    log_attenuation,
+    resolve_implementation,
+)
 from xraysyn.physics.ct2xray import (
     CT2XrayResult,
     ct2xray,
@@ -13,9 +19,9 @@ from xraysyn.physics.ct2xray import (
     material_density_volumes,
     material_names,
     material_thicknesses,
+    project_and_attenuate,
     radiograph_from_thickness,
 )
-from xraysyn.physics.fused_ct2xray import project_and_attenuate
 from xraysyn.physics.materials import AIR, BONE, DEFAULT_MATERIALS, TISSUE, MaterialTable
 from xraysyn.physics.noise import add_noise
 from xraysyn.physics.spectra import Spectrum, half_value_layer_mm, tabulated_kvp_range, tube_spectrum
@@ -35,7 +41,7 @@ __all__ = [
     "Spectrum", "tube_spectrum", "tabulated_kvp_range", "half_value_layer_mm",
     "DEEPDRR_CALIBRATION", "HUDensityCalibration", "hu_to_density", "density_to_hu",
     "hu_to_linear_attenuation", "linear_attenuation_per_mm", "areal_density_from_line_integral",
-    "attenuate", "log_attenuation", "display_image",
+    "attenuate", "attenuate_with_coefficients", "log_attenuation", "display_image", "resolve_implementation",
     "CT2XrayResult", "ct2xray", "drr", "default_drr_energy_keV", "material_density_volumes",
     "material_names", "material_thicknesses", "radiograph_from_thickness", "project_and_attenuate",
     "add_noise", "BoneSuppressionResult", "suppress_bone",

@@ -13,12 +13,14 @@ Soft (probabilistic) bone masks in [0, 1] are accepted; gradients reach both CT 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.physics.attenuation import attenuate, display_image
+from xraysyn.physics.attenuation import attenuate, attenuate_with_coefficients, display_image, spectral_coefficients
+from xraysyn.physics.attenuation.coefficients import check_coefficients, check_spectrum
 from xraysyn.physics.materials import AIR, BONE, DEFAULT_MATERIALS, TISSUE, MaterialTable
 from xraysyn.physics.spectra import DEFAULT_KVP, Spectrum, tube_spectrum
 from xraysyn.physics.units import (
@@ -29,12 +31,14 @@ from xraysyn.physics.units import (
     hu_to_linear_attenuation,
     linear_attenuation_per_mm,
 )
+from xraysyn.projector import forward_project
 
 __all__ = [
     "CT2XrayResult",
     "material_names",
     "material_density_volumes",
     "material_thicknesses",
+    "project_and_attenuate",
     "radiograph_from_thickness",
     "ct2xray",
     "drr",
@@ -114,25 +118,82 @@ def material_thicknesses(ct_hu: torch.Tensor, bone_mask: torch.Tensor, world_fro
     :func:`xraysyn.projector.forward_project`; ``world_from_voxel`` is ``(B, 4, 4)`` or ``(4, 4)`` mm,
     ``poses`` ``(B·V, 4, 4)`` camera_from_isocenter.
     """
-    from xraysyn.projector import forward_project
-
     densities = material_density_volumes(ct_hu, bone_mask, calibration=calibration, air_threshold_hu=air_threshold_hu)
-    projected = forward_project(densities, world_from_voxel, poses, geometry, **projector_kwargs)
-    return areal_density_from_line_integral(projected)
+    return areal_density_from_line_integral(forward_project(densities, world_from_voxel, poses, geometry,
+                                                            **projector_kwargs))
+
+
+def project_and_attenuate(densities: torch.Tensor, world_from_voxel, poses: torch.Tensor, geometry: ConeBeamGeometry,
+                          spectrum: Spectrum, *, materials: Sequence[str] = DEFAULT_MATERIALS,
+                          table: MaterialTable | None = None, mass_attenuation: torch.Tensor | None = None,
+                          log_weights: torch.Tensor | None = None, implementation: str = "auto",
+                          **projector_kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thickness maps, transmitted fraction and its negative log of material density volumes (eq. 3-6).
+
+    The density volumes go through :func:`xraysyn.projector.forward_project` (one call, one channel per
+    material), the line integrals (g/cm³ · mm) become areal densities (g/cm², divided by
+    :data:`~xraysyn.physics.units.MM_PER_CM`), and :func:`xraysyn.physics.attenuation.attenuate` sums the
+    spectrum. The densities are checked finite by the projector, so the thicknesses are not scanned again.
+
+    Args:
+        densities: ``(B, M, D, H, W)`` density (g/cm³) of each of the M ``materials`` per voxel.
+        world_from_voxel: ``(B, 4, 4)`` or ``(4, 4)`` voxel → world mm affines.
+        poses: ``(B·V, 4, 4)`` camera_from_isocenter poses (volume-major).
+        geometry: the C-arm.
+        spectrum: energies (keV) and normalised weights; None only with ``mass_attenuation`` and
+            ``log_weights`` given.
+        materials: names of the density channels in the μ/ρ ``table`` (default bone, tissue).
+        table: μ/ρ table (default the shipped one).
+        mass_attenuation, log_weights: optional ``(M, E)`` μ/ρ (cm²/g) and ``(E,)`` log weights used instead of
+            the table's and the spectrum's (both or neither).
+        implementation: of the attenuation, ``"auto"``, ``"torch"`` or ``"triton"``.
+        **projector_kwargs: ``step_mm``, ``num_samples``, ``isocenter``, ``memory_budget_mib``, ``backend``
+            as for :func:`xraysyn.projector.forward_project`.
+
+    Returns:
+        ``(thickness (B·V, M, rows, cols) g/cm², i_atten (B·V, 1, rows, cols) in [0, 1], line_integral
+        (B·V, 1, rows, cols) dimensionless)``; differentiable w.r.t. ``densities``.
+    """
+    if isinstance(materials, str) or not isinstance(densities, torch.Tensor) or densities.dim() != 5 \
+            or densities.shape[1] != len(materials):
+        shape = tuple(densities.shape) if isinstance(densities, torch.Tensor) else type(densities).__name__
+        raise ValueError(f"densities must be (B, M, D, H, W) with one channel per material {tuple(materials)!r}, "
+                         f"got {shape}")
+    if (mass_attenuation is None) != (log_weights is None):
+        raise ValueError("give both mass_attenuation and log_weights, or neither")
+    if mass_attenuation is None:
+        check_spectrum(spectrum)
+    else:
+        check_coefficients(mass_attenuation, log_weights, len(materials))
+    thickness = areal_density_from_line_integral(forward_project(densities, world_from_voxel, poses, geometry,
+                                                                 **projector_kwargs))
+    if mass_attenuation is None:  # in the thickness dtype (the projector's compute dtype)
+        mass_attenuation, log_weights = spectral_coefficients(spectrum, tuple(materials), table,
+                                                              dtype=thickness.dtype, device=thickness.device)
+    i_atten, line = attenuate_with_coefficients(thickness, mass_attenuation, log_weights,
+                                                implementation=implementation, check_finite=False,
+                                                materials=tuple(materials))
+    return thickness, i_atten, line
 
 
 def radiograph_from_thickness(thickness: torch.Tensor, spectrum: Spectrum | None = None, *,
-                              materials=DEFAULT_MATERIALS, table: MaterialTable | None = None) -> CT2XrayResult:
-    """CT2Xray from thickness maps ``(N, M, rows, cols)`` g/cm² (e.g. those a 2D network predicts)."""
+                              materials=DEFAULT_MATERIALS, table: MaterialTable | None = None,
+                              implementation: str = "auto") -> CT2XrayResult:
+    """CT2Xray from thickness maps ``(N, M, rows, cols)`` g/cm² (e.g. those a 2D network predicts, eq. 12).
+
+    ``spectrum`` defaults to the 120 kVp tube spectrum; ``implementation`` of the attenuation as for
+    :func:`xraysyn.physics.attenuation.attenuate`. Returns a :class:`CT2XrayResult` of ``(N, ...)`` tensors.
+    """
     spectrum = spectrum if spectrum is not None else tube_spectrum(DEFAULT_KVP)
-    i_atten, line_integral = attenuate(thickness, spectrum, materials=tuple(materials), table=table)
+    i_atten, line_integral = attenuate(thickness, spectrum, materials=tuple(materials), table=table,
+                                       implementation=implementation)
     return CT2XrayResult(display_image(i_atten), i_atten, line_integral, thickness, tuple(materials))
 
 
 def ct2xray(ct_hu: torch.Tensor, bone_mask: torch.Tensor, world_from_voxel, poses: torch.Tensor,
             geometry: ConeBeamGeometry, spectrum: Spectrum | None = None, *,
             calibration: HUDensityCalibration = DEEPDRR_CALIBRATION, air_threshold_hu: float | None = None,
-            table: MaterialTable | None = None, **projector_kwargs) -> CT2XrayResult:
+            table: MaterialTable | None = None, implementation: str = "auto", **projector_kwargs) -> CT2XrayResult:
     """Differentiable polychromatic radiographs of CT volumes (paper eq. 3-6).
 
     Args:
@@ -145,22 +206,20 @@ def ct2xray(ct_hu: torch.Tensor, bone_mask: torch.Tensor, world_from_voxel, pose
         calibration: HU → density fit.
         air_threshold_hu: model air (HU below this) as a separate material.
         table: μ/ρ table (default the shipped one).
-        **projector_kwargs: forwarded to the projector (``step_mm``, ``num_samples``, ...).
-
-    ``fused=True`` (a projector keyword here) makes projection and attenuation one Triton kernel each way
-    where the projector runs its Triton backend (:func:`xraysyn.physics.fused_ct2xray.project_and_attenuate`);
-    by default the steps run apart, which measured faster on an H200 (see ``FUSED_BY_DEFAULT`` there).
+        implementation: of the attenuation, ``"auto"``, ``"torch"`` or ``"triton"``
+            (:func:`xraysyn.physics.attenuation.resolve_implementation`).
+        **projector_kwargs: forwarded to :func:`xraysyn.projector.forward_project` (``step_mm``,
+            ``num_samples``, ``isocenter``, ``memory_budget_mib``, ``backend``).
 
     Returns:
         :class:`CT2XrayResult` with ``(B·V, ...)`` tensors on the input's device and dtype.
     """
-    from xraysyn.physics.fused_ct2xray import project_and_attenuate
-
     densities = material_density_volumes(ct_hu, bone_mask, calibration=calibration, air_threshold_hu=air_threshold_hu)
     spectrum = spectrum if spectrum is not None else tube_spectrum(DEFAULT_KVP)
     materials = material_names(air_threshold_hu)
     thickness, i_atten, line_integral = project_and_attenuate(densities, world_from_voxel, poses, geometry, spectrum,
-                                                              materials=materials, table=table, **projector_kwargs)
+                                                              materials=materials, table=table,
+                                                              implementation=implementation, **projector_kwargs)
     return CT2XrayResult(display_image(i_atten), i_atten, line_integral, thickness, tuple(materials))
 
 
@@ -180,8 +239,6 @@ def drr(ct_hu: torch.Tensor, world_from_voxel, poses: torch.Tensor, geometry: Co
     """
     if not isinstance(ct_hu, torch.Tensor) or ct_hu.dim() != 5 or not ct_hu.is_floating_point():
         raise ValueError("ct_hu must be a floating-point tensor (B, C, D, H, W) in HU")
-    from xraysyn.projector import forward_project
-
     table = table or MaterialTable.default()
     energy = default_drr_energy_keV() if energy_keV is None else float(energy_keV)
     water_density_g_per_cm3 = 1.0

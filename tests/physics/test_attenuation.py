@@ -1,5 +1,6 @@
-"""Fused polychromatic attenuation: values and gradients against closed forms and the reference
-:func:`xraysyn.physics.attenuation.attenuate` (autograd through log-sum-exp, an independent path).
+"""Polychromatic attenuation, both implementations: values and gradients against closed forms, the float64
+torch implementation (autograd through log-sum-exp) and gradcheck; the choice of implementation; the
+remembered coefficients.
 
 The torch implementation always runs; the Triton one runs through the CPU interpreter
 (``TRITON_INTERPRET=1``, set before triton is imported) or on a GPU, and is skipped without triton.
@@ -18,15 +19,14 @@ if not torch.cuda.is_available():
 from xraysyn.physics import (
     Spectrum,
     attenuate,
-    fused,
     tube_spectrum,
 )
-from xraysyn.physics.fused import fused_attenuate
+from xraysyn.physics.attenuation import resolve_implementation, triton_runs_on
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 IMPLS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
-    not (HAS_TRITON and fused.triton_available(DEVICE)), reason="Triton cannot run here"))]
+    not (HAS_TRITON and triton_runs_on(DEVICE)), reason="Triton cannot run here"))]
 # Triton computes in float32; the torch path in the input dtype (float64 here).
 TOLERANCE = {"torch": 1e-12, "triton": 2e-6}
 
@@ -42,8 +42,8 @@ def test_values_and_gradient_match_reference(impl):
     t = _thickness()
     t_ref = t.clone().requires_grad_()
     t_new = t.clone().requires_grad_()
-    i_ref, line_ref = attenuate(t_ref, spectrum)
-    i_new, line_new = fused_attenuate(t_new, spectrum, implementation=impl)
+    i_ref, line_ref = attenuate(t_ref, spectrum, implementation="torch")
+    i_new, line_new = attenuate(t_new, spectrum, implementation=impl)
     assert i_new.shape == line_new.shape == (2, 1, 5, 7)
     tol = TOLERANCE[impl]
     torch.testing.assert_close(line_new.double(), line_ref.detach(), rtol=tol, atol=0)
@@ -60,7 +60,7 @@ def test_monochromatic_closed_form(impl):
     """One energy: I = exp(−Σ μ t) and ∂I/∂t_m = −μ_m I exactly (Beer–Lambert)."""
     mu = torch.tensor([[0.30], [0.20], [0.15]], dtype=torch.float64, device=DEVICE)  # cm²/g, 3 materials
     t = _thickness(n=1, m=3, rows=4, cols=3, scale=5.0, seed=1).requires_grad_()
-    i_atten, line = fused_attenuate(t, Spectrum.monochromatic(60.0), mass_attenuation=mu,
+    i_atten, line = attenuate(t, Spectrum.monochromatic(60.0), mass_attenuation=mu,
                                     materials=("bone", "tissue", "air"), implementation=impl)
     optical = (t.detach() * mu[:, 0].view(1, 3, 1, 1)).sum(1, keepdim=True)
     tol = TOLERANCE[impl]
@@ -76,11 +76,11 @@ def test_thick_bodies_stay_finite(impl):
     """Line integrals far beyond float32's exp range give finite values and gradients."""
     spectrum = Spectrum(np.array([40.0, 80.0, 120.0]), np.array([0.2, 0.5, 0.3]))
     t = torch.full((1, 2, 2, 2), 3000.0, dtype=torch.float32, device=DEVICE, requires_grad=True)
-    _i_atten, line = fused_attenuate(t, spectrum, implementation=impl)
+    _i_atten, line = attenuate(t, spectrum, implementation=impl)
     line.sum().backward()
     assert torch.isfinite(line).all() and line.min() > 100
     assert torch.isfinite(t.grad).all() and t.grad.abs().max() > 0
-    _, line_ref = attenuate(t.detach(), spectrum)
+    _, line_ref = attenuate(t.detach(), spectrum, implementation="torch")
     torch.testing.assert_close(line, line_ref, rtol=1e-6, atol=0)
 
 
@@ -92,10 +92,10 @@ def test_non_contiguous_thickness(impl):
     for t in (channels_last, transposed):
         assert not t.is_contiguous()
         tt = t.clone().requires_grad_()  # clone keeps the strides
-        _, line = fused_attenuate(tt, spectrum, implementation=impl)
+        _, line = attenuate(tt, spectrum, implementation=impl)
         line.sum().backward()
         tr = t.contiguous().requires_grad_()
-        _, line_ref = attenuate(tr, spectrum)
+        _, line_ref = attenuate(tr, spectrum, implementation="torch")
         line_ref.sum().backward()
         tol = TOLERANCE[impl]
         torch.testing.assert_close(line.double(), line_ref.detach(), rtol=tol, atol=0)
@@ -105,29 +105,34 @@ def test_non_contiguous_thickness(impl):
 def test_torch_path_gradcheck():
     spectrum = Spectrum(np.array([50.0, 70.0, 90.0]), np.array([0.3, 0.4, 0.3]))
     t = _thickness(n=1, rows=3, cols=2, scale=3.0).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: fused_attenuate(x, spectrum, implementation="torch"), (t,))
+    assert torch.autograd.gradcheck(lambda x: attenuate(x, spectrum, implementation="torch"), (t,))
 
 
 def test_bad_inputs_raise_one_clear_error(monkeypatch):
     spectrum = tube_spectrum(120.0)
     t = _thickness()
     with pytest.raises(ValueError, match="implementation must be one of"):
-        fused_attenuate(t, spectrum, implementation="cuda")
+        attenuate(t, spectrum, implementation="cuda")
     with pytest.raises(ValueError, match="3 material channels but materials lists 2"):
-        fused_attenuate(_thickness(m=3), spectrum)
+        attenuate(_thickness(m=3), spectrum)
     with pytest.raises(ValueError, match=r"\(N, M, rows, cols\)"):
-        fused_attenuate(t[0], spectrum)
+        attenuate(t[0], spectrum)
     with pytest.raises(ValueError, match="non-finite"):
-        fused_attenuate(t * float("nan"), spectrum)
+        attenuate(t * float("nan"), spectrum)
     with pytest.raises(ValueError, match="mass_attenuation must have shape"):
-        fused_attenuate(t, spectrum, mass_attenuation=torch.ones(2, 3, dtype=t.dtype))
-    with pytest.raises(ValueError, match="requires grad"):
-        fused_attenuate(t, Spectrum.monochromatic(60.0),
-                        mass_attenuation=torch.ones(2, 1, dtype=t.dtype, requires_grad=True))
+        attenuate(t, spectrum, mass_attenuation=torch.ones(2, 3, dtype=t.dtype))
+    with pytest.raises(ValueError, match="spectrum must be a Spectrum"):
+        attenuate(t, [60.0])
+    with pytest.raises(ValueError, match="energy_chunk"):
+        attenuate(t, spectrum, implementation="torch", energy_chunk=0)
+    if HAS_TRITON and triton_runs_on(DEVICE):
+        with pytest.raises(ValueError, match="requires grad"):
+            attenuate(t, Spectrum.monochromatic(60.0), implementation="triton",
+                      mass_attenuation=torch.ones(2, 1, dtype=t.dtype, device=DEVICE, requires_grad=True))
     if DEVICE.type == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(ValueError, match="implementation 'triton' needs"):
-            fused_attenuate(t, spectrum, implementation="triton")
+            attenuate(t, spectrum, implementation="triton")
 
 
 def test_finite_check_can_be_left_to_a_caller_that_knows():
@@ -137,10 +142,10 @@ def test_finite_check_can_be_left_to_a_caller_that_knows():
     t = _thickness()
     t[0, 1, 2, 3] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        fused_attenuate(t, spectrum)
+        attenuate(t, spectrum)
     with pytest.raises(ValueError, match="non-finite"):
         attenuate(t.cpu(), spectrum)
-    i_atten, _ = fused_attenuate(t, spectrum, check_finite=False)
+    i_atten, _ = attenuate(t, spectrum, check_finite=False)
     assert bool(torch.isnan(i_atten[0, 0, 2, 3])) and bool(torch.isfinite(i_atten[1]).all())
     i_atten, _ = attenuate(t.cpu(), spectrum, check_finite=False)
     assert bool(torch.isnan(i_atten[0, 0, 2, 3]))
@@ -179,33 +184,65 @@ def test_kernels_compile_for_sm90():
     from support.triton_compile import compile_ptx
 
     sizes = {"BLOCK_P": 128, "N_MAT": 2, "BLOCK_E": 32, "N_CHUNKS": 4}
-    specs = [{"module": "xraysyn.physics.fused_kernels", "kernel": name, "constexprs": sizes}
+    specs = [{"module": "xraysyn.physics.attenuation.triton_kernels", "kernel": name, "constexprs": sizes}
              for name in ("attenuation_forward_kernel", "attenuation_backward_kernel")]
     for ptx in compile_ptx(specs):
         assert "ex2.approx" in ptx  # the exponentials run on the special-function unit
+
+
+def test_learned_coefficients_get_the_beer_lambert_gradient():
+    """μ/ρ that requires grad takes the torch implementation under "auto": for one energy
+    ∂I/∂μ_m = −t_m I (closed form), summed over the pixels."""
+    t = _thickness(n=1, m=2, rows=3, cols=4, scale=4.0, seed=5)
+    mu = torch.tensor([[0.25], [0.18]], dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert resolve_implementation("auto", t, mu) == "torch"
+    i_atten, _ = attenuate(t, Spectrum.monochromatic(60.0), mass_attenuation=mu)
+    i_atten.sum().backward()
+    expected = -(t * i_atten.detach()).sum(dim=(0, 2, 3))
+    torch.testing.assert_close(mu.grad[:, 0], expected, rtol=1e-12, atol=0)
+
+
+def test_auto_takes_triton_only_for_cuda_tensors_that_are_not_float64(monkeypatch):
+    from xraysyn.physics.attenuation import triton_function
+
+    cpu32 = torch.zeros(1, 2, 2, 2)
+    assert resolve_implementation("auto", cpu32) == "torch"  # CPU: torch, interpreter or not
+    assert resolve_implementation("torch", cpu32) == "torch"
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        resolve_implementation("fused", cpu32)
+    cuda_like = type("CudaLike", (), {"is_cuda": True, "dtype": torch.float32, "device": torch.device("cuda")})()
+    monkeypatch.setattr(triton_function, "_triton_installed", lambda: True)
+    assert resolve_implementation("auto", cuda_like) == "triton"
+    cuda_like.dtype = torch.float64
+    assert resolve_implementation("auto", cuda_like) == "torch"
+    cuda_like.dtype = torch.float16
+    learned = torch.ones(2, 1, requires_grad=True)
+    assert resolve_implementation("auto", cuda_like, learned) == "torch"
+    monkeypatch.setattr(triton_function, "_triton_installed", lambda: False)
+    assert resolve_implementation("auto", cuda_like) == "torch"
+    with pytest.raises(ValueError, match="implementation 'triton' needs"):
+        resolve_implementation("triton", cuda_like)
+
+
+def test_log_attenuation_is_the_torch_implementation_of_attenuate():
+    spectrum = tube_spectrum(90.0)
+    t = _thickness(seed=4)
+    from xraysyn.physics import log_attenuation
+
+    log_i = log_attenuation(t, spectrum)
+    i_atten, line = attenuate(t, spectrum, implementation="torch")
+    assert torch.equal(line, -log_i) and torch.equal(i_atten, torch.exp(log_i))
 
 
 @pytest.mark.cuda
 def test_cuda_auto_uses_triton_and_matches_reference():
     spectrum = tube_spectrum(120.0)
     t = (torch.rand(4, 2, 129, 131, device="cuda") * 30).requires_grad_()
-    _i_atten, line = fused_attenuate(t, spectrum)
+    assert resolve_implementation("auto", t) == "triton"
+    _i_atten, line = attenuate(t, spectrum)
     line.sum().backward()
     t_ref = t.detach().double().requires_grad_()
     _, line_ref = attenuate(t_ref, spectrum)
     line_ref.sum().backward()
     torch.testing.assert_close(line.double(), line_ref.detach(), rtol=1e-5, atol=0)
     torch.testing.assert_close(t.grad.double(), t_ref.grad, rtol=2e-5, atol=2e-5 * float(t_ref.grad.abs().max()))
-
-
-@pytest.mark.cuda
-def test_attenuate_routes_cuda_float32_to_the_fused_kernel():
-    from xraysyn.physics.attenuation import attenuate, log_attenuation
-
-    thickness = (torch.rand(2, 2, 33, 17, device="cuda") * 20).requires_grad_(True)
-    spectrum = tube_spectrum(120.0)
-    i_fused, line_fused = attenuate(thickness, spectrum)
-    log_ref = log_attenuation(thickness.double(), spectrum)
-    torch.testing.assert_close(line_fused.double(), -log_ref, rtol=1e-5, atol=1e-5)
-    line_fused.sum().backward()
-    assert torch.isfinite(thickness.grad).all()

@@ -1,12 +1,11 @@
-"""Triton kernels of the fused polychromatic attenuation (see :mod:`xraysyn.physics.fused`).
+"""Triton kernels of the one-pass polychromatic attenuation (launched by
+:mod:`xraysyn.physics.attenuation.triton_function`, which imports this module, and so ``triton``, on
+first use).
 
-Importing this module needs ``triton``; :mod:`xraysyn.physics.fused` imports it lazily. One program
-handles ``BLOCK_P`` pixels (flattened over images and detector positions), unrolls the ``M``
-materials and the ``N_CHUNKS`` chunks of ``BLOCK_E`` energies (both compile-time), and keeps an
+One program handles ``BLOCK_P`` pixels (flattened over images and detector positions), unrolls the
+``M`` materials and the ``N_CHUNKS`` chunks of ``BLOCK_E`` energies (both compile-time), and keeps an
 online log-sum-exp (forward) or an accumulated softmax-weighted μ/ρ (backward) per pixel. Every
-tile is two-dimensional ``(BLOCK_P, BLOCK_E)``: a three-dimensional ``(P, M, E)`` formulation
-passed Triton's interpreter but gave wrong values when compiled by Triton 3.6 on an H200. Float32
-throughout.
+tile is two-dimensional ``(BLOCK_P, BLOCK_E)`` (why: ``docs/physics.md``). Float32 throughout.
 """
 
 from __future__ import annotations
