@@ -1,5 +1,8 @@
-"""X-ray physics: μ/ρ tables, tube spectra, HU → density, CT2Xray (paper eq. 3-6), DRR mode,
-detector noise and bone suppression by reverse CT2Xray (Algorithm 1).
+"""X-ray physics: μ/ρ tables, tube spectra, HU → density, CT2Xray (paper eq. 3-6) as functions and as
+modules (:class:`CT2Xray`, :class:`RadiographFromThickness`), DRR mode, detector noise and bone
+suppression by reverse CT2Xray (Algorithm 1). CT2Xray reaches the projector through
+:func:`xraysyn.projector.forward_project` only; the attenuation has one public choice of
+implementation (``attenuate(..., implementation="auto"|"torch"|"triton")``). Notes: ``docs/physics.md``.
 
 Units: energies keV, lengths mm, μ 1/mm, ρ g/cm³, μ/ρ cm²/g, thickness maps t_m g/cm².
 """
@@ -23,6 +26,7 @@ from xraysyn.physics.ct2xray import (
     radiograph_from_thickness,
 )
 from xraysyn.physics.materials import AIR, BONE, DEFAULT_MATERIALS, TISSUE, MaterialTable
+from xraysyn.physics.module import CT2Xray, RadiographFromThickness
 from xraysyn.physics.noise import add_noise
 from xraysyn.physics.spectra import Spectrum, half_value_layer_mm, tabulated_kvp_range, tube_spectrum
 from xraysyn.physics.suppression import BoneSuppressionResult, suppress_bone
@@ -44,5 +48,6 @@ __all__ = [
     "attenuate", "attenuate_with_coefficients", "log_attenuation", "display_image", "resolve_implementation",
     "CT2XrayResult", "ct2xray", "drr", "default_drr_energy_keV", "material_density_volumes",
     "material_names", "material_thicknesses", "radiograph_from_thickness", "project_and_attenuate",
+    "CT2Xray", "RadiographFromThickness",
     "add_noise", "BoneSuppressionResult", "suppress_bone",
 ]
