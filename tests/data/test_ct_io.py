@@ -239,3 +239,34 @@ def test_load_volume_tensor_and_mask_writer(tmp_path):
     assert world_from_voxel.shape == (1, 4, 4)
     assert volume[0, 0, 1, 2, 3] == 1 and volume.sum() == 1
     np.testing.assert_allclose(world_from_voxel[0].double().numpy(), affine, atol=1e-4)
+
+
+def test_dicom_without_the_preamble_reads_like_with_it(tmp_path):
+    from xraysyn.data.ct_io import is_dicom_file, load_ct
+
+    slices = np.arange(4 * 6 * 5, dtype=np.float64).reshape(4, 6, 5) - 500.0
+    paths = write_axial_series(tmp_path / "with", slices, pixel_spacing=(2.0, 2.0), slice_step=2.0)
+    (tmp_path / "without").mkdir()
+    for path in paths:  # drop the 128-byte preamble and the 'DICM' marker, as older exports do
+        (tmp_path / "without" / path.name).write_bytes(path.read_bytes()[132:])
+    assert all(is_dicom_file(p) for p in (tmp_path / "without").iterdir())
+    with_preamble, without = load_ct(tmp_path / "with"), load_ct(tmp_path / "without")
+    np.testing.assert_array_equal(with_preamble.hu, without.hu)
+    np.testing.assert_array_equal(with_preamble.world_from_voxel, without.world_from_voxel)
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom at all" * 20)
+    assert not is_dicom_file(tmp_path / "junk.dcm")
+
+
+def test_unreadable_inputs_name_the_reason(tmp_path):
+    from xraysyn.data.ct_io import CTReadError, load_ct, write_nifti_array
+
+    (tmp_path / "niftis").mkdir()
+    write_nifti_array(np.zeros((4, 4, 4), np.float32), np.eye(4), tmp_path / "niftis" / "one.nii.gz")
+    with pytest.raises(CTReadError, match="volume file, not a DICOM slice: pass the file itself"):
+        load_ct(tmp_path / "niftis")
+    huge_header = tmp_path / "huge.nii"
+    image = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    image.header.set_data_shape((30000, 30000, 30000))  # a header promising 108 TB of voxels
+    huge_header.write_bytes(image.header.binaryblock + b"\0" * 40)
+    with pytest.raises(CTReadError, match=r"is not a readable NIfTI file: \S"):
+        load_ct(huge_header)

@@ -134,13 +134,38 @@ def _squeeze_to_3d(data: np.ndarray, source: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- DICOM
 def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` starts like a DICOM Part 10 file (128-byte preamble then ``DICM``)."""
+    """True when ``path`` holds DICOM: a Part 10 file (128-byte preamble then ``DICM``), or a file
+    without the preamble that pydicom reads with ``force=True`` into a dataset naming its SOP class,
+    modality or series (what older scanners and some exports write)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    return _forced_dicom(Path(path), stop_before_pixels=True) is not None
+
+
+_DICOM_IDENTIFYING_KEYWORDS = ("SOPClassUID", "Modality", "SeriesInstanceUID")
+"""A dataset read with ``force=True`` counts as DICOM only if it names one of these."""
+
+
+def _forced_dicom(path: Path, *, stop_before_pixels: bool):
+    """The dataset of a preamble-less DICOM file, or ``None`` when the content is not DICOM."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        if any(keyword in ds for keyword in _DICOM_IDENTIFYING_KEYWORDS):
+            return ds
+    except Exception:  # forced reads of non-DICOM bytes fail in many ways inside pydicom
+        return None
+    return None
+
+
+def _read_failure(path: Path, exc: OSError) -> CTReadError:
+    return CTReadError(f"{str(path)!r} cannot be read: {exc.strerror or exc}")
 
 
 def _series_files(folder: Path) -> list[Path]:
@@ -161,7 +186,15 @@ def _read_dicom_header(path: Path):
     try:
         return pydicom.dcmread(path, stop_before_pixels=False)
     except InvalidDicomError:
-        raise CTReadError(f"{str(path)!r} is not a DICOM file (no 'DICM' marker)") from None
+        ds = _forced_dicom(path, stop_before_pixels=False)
+        if ds is not None:
+            return ds
+        if volume_format(path):
+            raise CTReadError(f"{str(path)!r} is a {volume_format(path)} volume file, not a DICOM slice: pass the "
+                              "file itself, not its folder") from None
+        raise CTReadError(f"{str(path)!r} is not a DICOM file (no 'DICM' marker, and not DICOM without one)") from None
+    except PermissionError as exc:
+        raise _read_failure(path, exc) from None
     except Exception as exc:  # truncated files raise EOFError/OSError/struct errors deep inside pydicom
         raise CTReadError(f"{str(path)!r} is a truncated or corrupt DICOM file: {exc}") from None
 
@@ -320,8 +353,11 @@ def _load_nifti(path: Path) -> CTVolume:
     try:
         image = nib.load(str(path))
         data = np.asarray(image.get_fdata(dtype=np.float32))
+    except PermissionError as exc:
+        raise _read_failure(path, exc) from None
     except Exception as exc:
-        raise CTReadError(f"{str(path)!r} is not a readable NIfTI file: {exc}") from None
+        reason = str(exc).strip() or type(exc).__name__
+        raise CTReadError(f"{str(path)!r} is not a readable NIfTI file: {reason}") from None
     data = _squeeze_to_3d(data, str(path))
     affine = np.asarray(image.affine, dtype=np.float64)
     _check_volume(data, affine, str(path))
