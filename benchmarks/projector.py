@@ -44,21 +44,8 @@ WORKLOADS = {
     "W2-rect": dict(batch=1, size=None, spacing=(1.40625, 1.40625, 2.5), detector=(384, 512), pixel=1.0, samples=512,
                     views=16, channels=1),
 }
-# GPU variants of the Triton backend (class attributes of TritonBackend) the benchmark can compare in one run:
-# these names, or ``xraysyn[KEY=VALUE+...]`` with the keys of VARIANT_KEYS (e.g. ``xraysyn[ft=4+ap=4+carry=0]``)
-VARIANT_KEYS = {"ft": "FORWARD_TILE_WIDTH", "at": "ADJOINT_TILE_WIDTH", "fp": "FORWARD_PACK", "ap": "ADJOINT_PACK",
-                "carry": "CARRY_CORNERS", "reuse": "REUSE_CORNERS", "copy": "COPY_CHANNELS_LAST",
-                "ahead": "PREPARE_AHEAD", "fbr": "FORWARD_BLOCK_R", "fw": "FORWARD_WARPS", "fu": "FORWARD_UNROLL",
-                "abr": "ADJOINT_BLOCK_R", "aw": "ADJOINT_WARPS", "cmax": "CARRY_MAX_PACK", "plane": "ADJOINT_PLANE_AXIS",
-                "kr": "KEEP_RAYS_MIB", "fvi": "FORWARD_VIEWS_INNER", "avi": "ADJOINT_VIEWS_INNER",
-                "skip": "SKIP_EMPTY_BRICK", "tpc": "TUNE_PLANE_CARRY"}
-TRITON_VARIANTS = {
-    "xraysyn-packed": {"FORWARD_PACK": 4, "ADJOINT_PACK": 4},  # packed corners, the widest C allows
-    "xraysyn-reuse": {"REUSE_CORNERS": True},  # forward keeps cell corners across samples
-    "xraysyn-reuse-packedadj": {"REUSE_CORNERS": True, "ADJOINT_PACK": 4},  # reuse forward, packed adjoint
-    "xraysyn-reuse-nocopy": {"REUSE_CORNERS": True, "COPY_CHANNELS_LAST": False},  # no channels-last copy
-    "xraysyn-nocarry": {"CARRY_CORNERS": False},  # the adjoint as measured on 2026-11-26
-}
+# the developers' GPU tools (tools/gpu/trace_breakdown.py serves --trace)
+TOOLS_GPU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "gpu")
 MU_WATER_PER_MM = 0.02  # the peers' benchmark conversion: mu = 0.02 * (1 + HU / 1000) per mm
 BONE_HU = 200.0  # the peers' benchmark material split
 
@@ -134,20 +121,6 @@ def timed(fn, device, reps, warm=1):
     return float(np.median(times))
 
 
-def variant_overrides(impl: str) -> dict:
-    """The TritonBackend attributes an implementation name sets: a TRITON_VARIANTS name, ``xraysyn[k=v+...]``
-    (VARIANT_KEYS, integer values), or none."""
-    if not (impl.startswith("xraysyn[") and impl.endswith("]")):
-        return dict(TRITON_VARIANTS.get(impl, {}))
-    overrides = {}
-    for item in impl[len("xraysyn["):-1].split("+"):
-        key, _, value = item.partition("=")
-        if key not in VARIANT_KEYS or not value.lstrip("-").isdigit():
-            raise SystemExit(f"bad variant item {item!r} in {impl!r}: use KEY=INTEGER with KEY in {sorted(VARIANT_KEYS)}")
-        overrides[VARIANT_KEYS[key]] = int(value)
-    return overrides
-
-
 def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volumes_dir: str | None,
              trace: int = 0) -> dict:
     vols, affine, poses, geom, spec, source = setup(workload, device, volumes_dir)
@@ -156,13 +129,6 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
     static = impl == "xraysyn-static"  # the volume marked static: its scan and marched copy kept between calls
     if static:
         mark_static_volume(vols)
-    overrides = variant_overrides(impl)
-    if overrides:
-        from xraysyn.projector.triton_backend import TritonBackend
-
-        saved = {name: getattr(TritonBackend, name) for name in overrides}
-        for name, value in overrides.items():
-            setattr(TritonBackend, name, value)
 
     def project(v):
         if impl == "naive-grid_sample":
@@ -194,11 +160,13 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
         if impl.startswith("xraysyn"):
+            from xraysyn.projector.triton import forget_launch_choices
+
             forget_launch_choices()
     ms = timed(step, device, reps)
     configs = launch_configs(mode) if device == "cuda" and impl.startswith("xraysyn") else {}
-    if trace:  # after the timed calls: where each call's time goes (profiler trace, see trace_breakdown.py)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling module, also when imported
+    if trace:  # after the timed calls: where each call's time goes (profiler trace, tools/gpu/trace_breakdown.py)
+        sys.path.insert(0, TOOLS_GPU)
         from trace_breakdown import traced_breakdown
 
         def synced_step():
@@ -216,67 +184,28 @@ def run_case(impl: str, workload: str, mode: str, device: str, reps: int, volume
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     with torch.no_grad():
         check = float(project(vols).double().mean())
-    for name, value in (saved.items() if overrides else ()):
-        setattr(TritonBackend, name, value)
     n_rays = poses.shape[0] * geom.rows * geom.cols
     return dict(impl=impl, workload=workload, mode=mode, device=device, ms=round(ms, 2),
                 gsamples_per_s=round(n_rays * samples / (ms * 1e-3) / 1e9, 3), peak_mib=round(peak, 1),
                 mean=check, volumes=source, threads=torch.get_num_threads(), torch=torch.__version__, **configs)
 
 
-def march_tuners(forward: bool) -> tuple:
-    """The autotuned kernel objects the forward (or adjoint) march may launch (on a GPU; the adjoint has two,
-    one also tuning the plane carry, see ``TritonBackend.TUNE_PLANE_CARRY``)."""
-    from xraysyn.projector.triton_backend import _kernels
-
-    kernels = _kernels()
-    return (kernels.forward,) if forward else (kernels.adjoint, kernels.adjoint_carry_tuned)
-
-
-def forget_launch_choices(tuners=None) -> None:
-    """Clear the last choice of ``tuners`` (default: every march autotuner), so that :func:`tuner_choice`
-    reports only what the calls after this one ran."""
-    for tuner in tuners if tuners is not None else (*march_tuners(True), *march_tuners(False)):
-        if getattr(tuner, "best_config", None) is not None:
-            tuner.best_config = None
-
-
-def tuner_choice(tuners) -> dict:
-    """What the first of ``tuners`` that ran since :func:`forget_launch_choices` chose: ``config`` (e.g.
-    ``"BLOCK_R=128 warps=4"``) and, when it tuned the plane carry, ``carry_trials_ms``: its trials' best time
-    with the carry off and on (the autotuner's own timing: median of its runs, L2 flushed before each);
-    ``{}`` when none ran (not a GPU)."""
-    ran = [t for t in tuners if getattr(t, "best_config", None) is not None]
-    if not ran:
-        return {}
-    best = ran[0].best_config
-    choice = {"config": " ".join(f"{k}={v}" for k, v in best.kwargs.items()) + f" warps={best.num_warps}"}
-    trials = getattr(ran[0], "configs_timings", None) or {}
-    if "CARRY" in best.kwargs and trials:
-        best_ms = {}
-        for config, ms in trials.items():
-            label = "on" if config.kwargs["CARRY"] else "off"
-            ms = float(ms[0] if isinstance(ms, (list, tuple)) else ms)
-            best_ms[label] = round(min(best_ms.get(label, float("inf")), ms), 3)
-        choice["carry_trials_ms"] = best_ms
-    return choice
-
-
 def launch_configs(mode: str) -> dict:
     """The launch configuration each march kernel of ``mode`` ran with in the timed calls (the autotuner's
-    choice, or the one pinned on TritonBackend), e.g. ``{"adjoint_config": "BLOCK_R=128 warps=4"}``, and
-    ``adjoint_carry_trials_ms`` when the autotuner chose the plane carry (:func:`tuner_choice`)."""
-    from xraysyn.projector.triton_backend import pinned_launch
+    choice, or the one the Triton configuration pins), e.g. ``{"adjoint_config": "BLOCK_R=128 warps=4"}``, and
+    ``adjoint_carry_trials_ms`` when the autotuner chose the plane carry
+    (:func:`xraysyn.projector.triton.launch_choice`)."""
+    from xraysyn.projector.triton import active_config, launch_choice
 
     configs = {}
     for name, forward in (("forward", True), ("adjoint", False)):
         if (forward and mode == "adj") or (not forward and mode == "fwd"):
             continue
-        pinned = pinned_launch(forward)
+        pinned = active_config().forward_launch if forward else active_config().adjoint_launch
         if pinned is not None:
             configs[f"{name}_config"] = f"pinned BLOCK_R={pinned[0]} warps={pinned[1]}"
             continue
-        configs.update({f"{name}_{key}": value for key, value in tuner_choice(march_tuners(forward)).items()})
+        configs.update({f"{name}_{key}": value for key, value in launch_choice(forward).items()})
     return configs
 
 
@@ -285,14 +214,13 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workloads", default=None, help="comma list; default W1-cpu on CPU, W1,W2 on CUDA")
     parser.add_argument("--impls", default="naive-grid_sample,xraysyn",
-                        help="comma list of naive-grid_sample, xraysyn (auto backend), xraysyn-reference, and "
-                             "xraysyn-static (the volume marked static), the GPU variants " + ", ".join(TRITON_VARIANTS) + " or xraysyn[KEY=INT+...] with KEY "
-                             "in " + ", ".join(f"{k} ({v})" for k, v in VARIANT_KEYS.items()))
+                        help="comma list of naive-grid_sample, xraysyn (auto backend), xraysyn-reference and "
+                             "xraysyn-static (the volume marked static)")
     parser.add_argument("--modes", default="fwd,fwd+bwd", help="comma list of fwd, fwd+bwd, adj (the adjoint alone)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--trace", type=int, default=0, metavar="N",
                         help="after timing, profile N more calls per case and add where their time goes (row 'trace': "
-                             "host lead, GPU busy, gaps, tail, per-kernel ms; see benchmarks/trace_breakdown.py)")
+                             "host lead, GPU busy, gaps, tail, per-kernel ms; see tools/gpu/trace_breakdown.py)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and numba)")
     parser.add_argument("--volumes", default=os.environ.get("PEERS_VOLUMES"), help="folder with ct128.npy / ct256.npy")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one case in this process

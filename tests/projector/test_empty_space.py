@@ -18,9 +18,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.physics.fused_ct2xray import project_and_attenuate
-from xraysyn.physics.spectra import tube_spectrum
-from xraysyn.projector import build_rays, forward_project, mark_static_volume, triton_backend
+from xraysyn.projector import build_rays, forward_project, mark_static_volume
+from xraysyn.projector import triton as triton_pkg
 from xraysyn.projector.empty_space import (
     brick_grid,
     dilate_bricks,
@@ -29,10 +28,11 @@ from xraysyn.projector.empty_space import (
     walk_stride,
 )
 from xraysyn.projector.reference import march_forward
-from xraysyn.projector.triton_backend import MarchedVolume, PreparedVolume, TritonBackend, TritonBackendInputError
+from xraysyn.projector.triton import TritonBackend
+from xraysyn.projector.triton.layout import MarchedVolume, PreparedVolume
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-needs_triton = pytest.mark.skipif(not triton_backend.available(), reason="Triton cannot run here")
+needs_triton = pytest.mark.skipif(not triton_pkg.available(), reason="Triton cannot run here")
 
 
 def _sparse_volume(gen, batch, channels, shape, boxes=2, specks=3):
@@ -88,11 +88,11 @@ def test_marks_are_the_bricks_of_non_zero_voxels_and_their_neighbours():
 @needs_triton
 @pytest.mark.parametrize("pack", [1, 2, 4])
 @pytest.mark.parametrize("brick", [2, 4])
-def test_kernels_mark_and_dilate_as_the_reference(pack, brick, monkeypatch):
+def test_kernels_mark_and_dilate_as_the_reference(pack, brick, triton_config):
     """The packing pass (packs 2 and 4) or the marking pass (unpacked, here a non-contiguous fp16 volume) and
     the dilation give the torch rule's occupancy."""
-    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
-    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", brick)
+    triton_config(forward_pack=pack)
+    triton_config(skip_empty_brick=brick)
     gen = torch.Generator().manual_seed(pack * 10 + brick)
     volume = _sparse_volume(gen, 2, 1 if pack == 4 else 2, (14, 17, 12), boxes=1, specks=1)
     if pack == 1:
@@ -112,10 +112,10 @@ def test_kernels_mark_and_dilate_as_the_reference(pack, brick, monkeypatch):
 
 
 @needs_triton
-def test_a_volume_without_unmarked_bricks_is_flagged_and_marched_whole(monkeypatch):
+def test_a_volume_without_unmarked_bricks_is_flagged_and_marched_whole(triton_config):
     """Dense volumes (a network's output has no exact zeros) mark every brick: the flag stays 0, and the
     march skips the walk; a volume with one empty region sets it."""
-    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 2)
+    triton_config(skip_empty_brick=2)
     volume = torch.rand(2, 1, 8, 9, 10) + 0.1
     volume[1, :, :, :, :4] = 0.0  # x = 0..3 zero: brick 0 along x (of 5) stays unmarked after the dilation
     per_volume = 1 + 4 * 5 * 5
@@ -126,16 +126,11 @@ def test_a_volume_without_unmarked_bricks_is_flagged_and_marched_whole(monkeypat
 
 
 @needs_triton
-def test_no_marks_without_skipping_or_with_corner_reuse(monkeypatch):
+def test_no_marks_without_skipping(triton_config):
     volume = torch.rand(1, 2, 4, 5, 6, device=DEVICE)
-    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 0)
-    assert TritonBackend.prepare_volume(volume).marched.occupancy is None
-    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 4)
-    monkeypatch.setattr(TritonBackend, "REUSE_CORNERS", True)  # its loop starts at sample 0
-    assert TritonBackend.prepare_volume(volume).marched.brick == 0
-    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 3)
-    with pytest.raises(TritonBackendInputError, match="SKIP_EMPTY_BRICK"):
-        TritonBackend.prepare_volume(volume)
+    triton_config(skip_empty_brick=0)
+    marched = TritonBackend.prepare_volume(volume).marched
+    assert marched.occupancy is None and marched.brick == 0
 
 
 # --- the rule --------------------------------------------------------------------------------------------------
@@ -189,11 +184,11 @@ def test_walk_stride_follows_the_bound():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="compares float32 positions bit for bit with the CPU's: "
                     "the interpreter computes them as torch does, compiled code may contract them into FMAs")
 @pytest.mark.parametrize("pack", [1, 2])
-def test_kernel_walk_is_the_rule(pack, monkeypatch):
+def test_kernel_walk_is_the_rule(pack, triton_config):
     """A made-up occupancy (random marks over a volume without zeros) makes the kernel drop whatever lies outside
     its walk's range: the forward then equals the reference summed over the rule's range only."""
-    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
-    monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", 2)
+    triton_config(forward_pack=pack)
+    triton_config(skip_empty_brick=2)
     gen = torch.Generator().manual_seed(pack)
     shape = (11, 13, 9)
     volume = torch.rand(2, 2, *shape, generator=gen) + 0.5
@@ -226,15 +221,15 @@ MORE_SKIP_CASES = [(4, 8, dict(step_mm=0.9)), (2, 2, dict(step_mm=2.5)), (1, 4, 
                    (1, 2, dict(step_mm=0.9))]
 
 
-def _check_bit_for_bit(pack, brick, sampling, monkeypatch):
-    monkeypatch.setattr(TritonBackend, "FORWARD_PACK", pack)
+def _check_bit_for_bit(pack, brick, sampling, triton_config):
+    triton_config(forward_pack=pack)
     gen = torch.Generator().manual_seed(brick + pack)
     shape = (10, 14, 9)
     volume = _sparse_volume(gen, 2, 1 if pack == 4 else 2, shape).to(DEVICE)
     _, geometry, affines, poses = _rays(gen, 2, 2, shape, detector=(8, 9), **sampling)
     got = {}
     for skip in (0, brick):
-        monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", skip)
+        triton_config(skip_empty_brick=skip)
         got[skip] = forward_project(volume, affines.to(DEVICE), poses.to(DEVICE), geometry, backend="triton",
                                     **sampling)
     assert torch.equal(got[brick], got[0])
@@ -245,36 +240,17 @@ def _check_bit_for_bit(pack, brick, sampling, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize(("pack", "brick", "sampling"), SKIP_CASES)
-def test_forward_with_skipping_is_bit_for_bit_the_forward_without(pack, brick, sampling, monkeypatch):
+def test_forward_with_skipping_is_bit_for_bit_the_forward_without(pack, brick, sampling, triton_config):
     """Sparse volumes, oblique views from anywhere, fine and coarse steps: skipping changes nothing (exact
     zeros are what it skips), and both equal the float64 reference."""
-    _check_bit_for_bit(pack, brick, sampling, monkeypatch)
+    _check_bit_for_bit(pack, brick, sampling, triton_config)
 
 
 @needs_triton
 @pytest.mark.slow
 @pytest.mark.parametrize(("pack", "brick", "sampling"), MORE_SKIP_CASES)
-def test_more_layouts_and_bricks_skip_bit_for_bit(pack, brick, sampling, monkeypatch):
-    _check_bit_for_bit(pack, brick, sampling, monkeypatch)
-
-
-@needs_triton
-def test_fused_ct2xray_skips_exactly(monkeypatch):
-    from xraysyn.physics.materials import BONE, TISSUE
-
-    gen = torch.Generator().manual_seed(3)
-    shape = (8, 10, 7)
-    densities = (_sparse_volume(gen, 1, 2, shape) * 1.5).to(DEVICE)
-    _, geometry, affines, poses = _rays(gen, 1, 2, shape)
-    out = {}
-    for skip in (0, 4):
-        monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", skip)
-        out[skip] = project_and_attenuate(densities, affines.to(DEVICE), poses.to(DEVICE), geometry,
-                                          tube_spectrum(90.0), materials=(BONE, TISSUE), fused=True,
-                                          backend="triton", step_mm=1.5)
-    for with_skip, without in zip(out[4], out[0]):
-        assert torch.equal(with_skip, without)
-    assert float(out[4][0].abs().max()) > 0
+def test_more_layouts_and_bricks_skip_bit_for_bit(pack, brick, sampling, triton_config):
+    _check_bit_for_bit(pack, brick, sampling, triton_config)
 
 
 @needs_triton
@@ -305,7 +281,7 @@ def test_marched_volume_without_occupancy_hands_any_pointer():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("channels", [1, 2])
-def test_cuda_skipping_on_a_ct_like_volume(channels, monkeypatch):
+def test_cuda_skipping_on_a_ct_like_volume(channels, triton_config):
     """Compiled kernels on a CT-like volume (a body ellipse in a field-of-view cylinder, zeros outside both, as
     attenuation from HU is): skipping gives the forward without it (to float32 rounding of the sample
     positions, which the compiler may contract differently per variant) and the float64 reference."""
@@ -322,7 +298,7 @@ def test_cuda_skipping_on_a_ct_like_volume(channels, monkeypatch):
     affines = torch.diag(torch.tensor([2.5, 2.0, 2.0, 1.0])).expand(2, 4, 4)
     got = {}
     for skip in (0, 4):
-        monkeypatch.setattr(TritonBackend, "SKIP_EMPTY_BRICK", skip)
+        triton_config(skip_empty_brick=skip)
         got[skip] = forward_project(volume.cuda(), affines.cuda(), poses.cuda(), geometry, backend="triton",
                                     step_mm=1.0).cpu()
     torch.testing.assert_close(got[4], got[0], rtol=1e-6, atol=1e-6 * float(got[0].abs().max()))

@@ -139,7 +139,10 @@ def test_repeated_frames_skip_the_checks(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ Triton
-triton_backend = pytest.importorskip("xraysyn.projector.triton_backend")
+triton_pkg = pytest.importorskip("xraysyn.projector.triton")
+from xraysyn.projector.triton import launch as triton_launch  # noqa: E402
+from xraysyn.projector.triton import layout as triton_layout  # noqa: E402
+from xraysyn.projector.triton import rays as triton_rays  # noqa: E402
 needs_triton = pytest.mark.skipif(not (api._triton_backend() is not None), reason="Triton cannot run here")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -147,28 +150,21 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 @needs_triton
 @pytest.mark.parametrize("layout", ["packed", "channels-last copy", "in place"])
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-def test_non_finite_volumes_raise_on_every_layout(layout, monkeypatch):
-    """The scan runs fused into the packing pass, or as one reduction for the unpacked layouts; either way
-    a NaN or inf anywhere raises one clear error and nothing is returned (the march, queued before the
-    check's result is read, runs over the bad values and its result is dropped: the interpreter's numpy
-    warns about them)."""
-    from xraysyn.physics import project_and_attenuate, tube_spectrum
-    from xraysyn.projector.triton_backend import TritonBackend
-
+def test_non_finite_volumes_raise_on_every_layout(layout, triton_config):
+    """The scan runs fused into the packing pass, or as one reduction for the unpacked layouts (a channels-first
+    volume's channels-last copy, or a channels-last volume read in place); either way a NaN or inf anywhere
+    raises one clear error and nothing is returned (the march, queued before the check's result is read, runs
+    over the bad values and its result is dropped: the interpreter's numpy warns about them)."""
     channels = 2
     if layout != "packed":
-        monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 1)
-    if layout == "in place":
-        monkeypatch.setattr(TritonBackend, "COPY_CHANNELS_LAST", False)
+        triton_config(forward_pack=1)
+    memory_format = torch.channels_last_3d if layout == "in place" else torch.contiguous_format
     poses = GEOMETRY.poses(torch.tensor([25.0, -40.0])).to(DEVICE)
     for bad in (float("nan"), float("inf"), -float("inf")):
-        volume = torch.rand(2, channels, 5, 6, 4, device=DEVICE)
+        volume = torch.rand(2, channels, 5, 6, 4, device=DEVICE).contiguous(memory_format=memory_format)
         volume[1, 1, 4, 5, 3] = bad
         with pytest.raises(ProjectorInputError, match="non-finite"):
             forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
-        with pytest.raises(ProjectorInputError, match="non-finite"):  # the march fused with CT2Xray checks too
-            project_and_attenuate(volume, AFFINE.to(DEVICE), poses, GEOMETRY, tube_spectrum(90.0), fused=True,
-                                  step_mm=2.0, backend="triton")
     volume = torch.rand(2, channels, 5, 6, 4, device=DEVICE)
     out = forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
     ref = forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="reference")
@@ -179,11 +175,11 @@ def test_non_finite_volumes_raise_on_every_layout(layout, monkeypatch):
 def test_the_layout_prepared_ahead_is_the_one_marched(monkeypatch):
     """forward_project packs the volume once (ahead of the rays) and the march reads that copy; a prepared
     layout handed to the backend for another tensor is ignored (the backend makes its own)."""
-    from xraysyn.projector.triton_backend import TritonBackend
+    from xraysyn.projector.triton import TritonBackend
 
     packs = []
-    pack = triton_backend._pack_corners
-    monkeypatch.setattr(triton_backend, "_pack_corners", lambda *args: packs.append(1) or pack(*args))
+    pack = triton_layout.pack_corners
+    monkeypatch.setattr(triton_layout, "pack_corners", lambda *args: packs.append(1) or pack(*args))
     volume = torch.rand(1, 2, 5, 6, 4, device=DEVICE, requires_grad=True)
     poses = GEOMETRY.poses(torch.tensor([25.0, -40.0])).to(DEVICE)
     out = forward_project(volume, AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
@@ -209,7 +205,7 @@ def test_the_layout_prepared_ahead_is_the_one_marched(monkeypatch):
 def test_the_volume_work_is_queued_before_the_frames(monkeypatch):
     """prepare_march starts the volume's layout copy (the packing pass) before it places and copies the
     frames, so the GPU begins it as early as the call allows; bad frames still raise their own error."""
-    from xraysyn.projector.triton_backend import TritonBackend
+    from xraysyn.projector.triton import TritonBackend
 
     order = []
     prepare, placed = TritonBackend.prepare_volume, frames.placed_frame_tensors
@@ -256,12 +252,12 @@ def _queue_long_gpu_work() -> torch.cuda.Stream:
 
 
 @pytest.mark.cuda
-def test_cuda_host_to_device_copies_do_not_wait_for_queued_work(monkeypatch):
+def test_cuda_host_to_device_copies_do_not_wait_for_queued_work(triton_config):
     """``frames.to_device``, the one-launch ray set-up from host frames and frames given (partly or wholly)
     in host memory for a GPU queue their host→device copies without synchronising the stream (a plain
     ``.to("cuda")`` from pageable memory would wait for the long kernel queued before them, as it would
     wait for the volume's packing pass), and the values arrive."""
-    monkeypatch.setattr(triton_backend.TritonBackend, "KEEP_RAYS_MIB", 0)  # the set-up's copies, every call
+    triton_config(keep_rays_mib=0)  # the set-up's copies, every call
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=6.0)
     poses = geometry.poses(torch.tensor([25.0, -40.0]))
     host = frames.HostFrames(poses.double().numpy(), AFFINE[None].double().numpy(), None)
@@ -270,7 +266,7 @@ def test_cuda_host_to_device_copies_do_not_wait_for_queued_work(monkeypatch):
 
     def copies():
         values = frames.to_device(np.arange(5.0), cuda, torch.float32)
-        rays = triton_backend.build_rays(poses_gpu, affines_gpu, (5, 6, 4), geometry, step_mm=1.0, host_frames=host)
+        rays = triton_pkg.build_rays(poses_gpu, affines_gpu, (5, 6, 4), geometry, step_mm=1.0, host_frames=host)
         mixed = frames.frame_tensors(AFFINE.numpy(), poses_gpu, [1.0, 2.0, 3.0], 1, torch.float32, cuda)  # host + GPU
         placed, _ = frames.placed_frame_tensors(AFFINE, poses, None, 1, torch.float32, cuda)  # all given on the host
         return values, rays, mixed, placed
@@ -305,14 +301,14 @@ def test_cuda_host_copy_sees_the_work_queued_before_it():
 @needs_triton
 @pytest.mark.cuda
 @pytest.mark.parametrize("pose_dtype", [torch.float32, torch.float64])
-def test_cuda_frames_are_copied_beside_the_volume_work(pose_dtype, monkeypatch):
+def test_cuda_frames_are_copied_beside_the_volume_work(pose_dtype, monkeypatch, triton_config):
     """With a long kernel standing in for the packing pass, prepare_march validates the frames (converted
     and copied back on a stream beside it) and sets up the rays while that kernel still runs; the march
     then gives the reference's values (float64 poses: converted beside, read after the join)."""
-    from xraysyn.projector.triton_backend import TritonBackend
+    from xraysyn.projector.triton import TritonBackend
 
     prepare = TritonBackend.prepare_volume
-    monkeypatch.setattr(TritonBackend, "KEEP_RAYS_MIB", 0)  # the set-up's copies, every call (the warm-up's too)
+    triton_config(keep_rays_mib=0)  # the set-up's copies, every call (the warm-up's too)
     volume = torch.rand(2, 2, 5, 6, 4, device="cuda")
     poses = GEOMETRY.poses(torch.tensor([31.0, -8.0])).to("cuda", pose_dtype)
     # once untimed: the first call compiles the packing and set-up kernels, which can outlast the long kernel
@@ -334,19 +330,16 @@ def test_cuda_frames_are_copied_beside_the_volume_work(pose_dtype, monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("layout", ["packed", "channels-last copy", "in place"])
-def test_cuda_public_forward_scans_and_matches_reference(layout, monkeypatch):
-    """The public forward and its volume gradient on the GPU, with each marched layout, against the float64
-    reference; a NaN or inf in the last voxel raises."""
-    from xraysyn.projector.triton_backend import TritonBackend
-
+def test_cuda_public_forward_scans_and_matches_reference(layout, triton_config):
+    """The public forward and its volume gradient on the GPU, with each marched layout (a channels-last volume
+    is read in place), against the float64 reference; a NaN or inf in the last voxel raises."""
     if layout != "packed":
-        monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 1)
-    if layout == "in place":
-        monkeypatch.setattr(TritonBackend, "COPY_CHANNELS_LAST", False)
+        triton_config(forward_pack=1)
+    memory_format = torch.channels_last_3d if layout == "in place" else torch.contiguous_format
     geometry = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(61, 67), pixel_spacing=(3.1, 2.9))
     affine = torch.diag(torch.tensor([2.0, 1.8, 2.2, 1.0])).cuda()
     poses = geometry.poses(torch.tensor([-40.0, 10.0, 75.0])).cuda()
-    volume = torch.rand(3, 2, 40, 48, 36, device="cuda", requires_grad=True)
+    volume = torch.rand(3, 2, 40, 48, 36, device="cuda").contiguous(memory_format=memory_format).requires_grad_(True)
     out = forward_project(volume, affine, poses, geometry, step_mm=0.9)
     out.square().sum().backward()
     truth = volume.detach().double().requires_grad_(True)
@@ -417,8 +410,8 @@ def test_kept_rays_are_bounded_in_bytes_and_drop_the_least_recently_used():
 @pytest.fixture
 def counted_ray_setups(monkeypatch):
     """The Triton ray set-up kernel's launches, counted (the kept ray sets forgotten before and after)."""
-    triton_backend._KEPT_RAYS.clear()
-    kernels = triton_backend._kernels()
+    triton_rays._KEPT_RAYS.clear()
+    kernels = triton_launch.kernel_objects()
     launches = []
 
     class Counted:
@@ -426,13 +419,13 @@ def counted_ray_setups(monkeypatch):
             launches.append(grid)
             return kernels.ray_setup[grid]
 
-    monkeypatch.setattr(triton_backend, "_KERNELS", kernels._replace(ray_setup=Counted()))
+    monkeypatch.setattr(triton_launch, "_KERNELS", kernels._replace(ray_setup=Counted()))
     yield launches
-    triton_backend._KEPT_RAYS.clear()
+    triton_rays._KEPT_RAYS.clear()
 
 
 @needs_triton
-def test_a_geometry_met_again_reuses_its_ray_set(counted_ray_setups, monkeypatch):
+def test_a_geometry_met_again_reuses_its_ray_set(counted_ray_setups, triton_config):
     """Same frames, shape, detector and sampling: the kept ray set is returned and no set-up is launched;
     anything that changes the rays (sampling, detector, volume shape, dtype) gets its own set, with the
     values of the torch ray set-up; KEEP_RAYS_MIB = 0 keeps none."""
@@ -442,7 +435,7 @@ def test_a_geometry_met_again_reuses_its_ray_set(counted_ray_setups, monkeypatch
 
     def rays(shape=(5, 6, 4), geometry=GEOMETRY, dtype=torch.float32, **sampling):
         sampling = sampling or {"step_mm": 1.5}
-        return triton_backend.build_rays(poses.to(dtype), affines.to(dtype), shape, geometry, **sampling)
+        return triton_pkg.build_rays(poses.to(dtype), affines.to(dtype), shape, geometry, **sampling)
 
     first = rays()
     assert rays().direction is first.direction and len(counted_ray_setups) == 1
@@ -457,10 +450,10 @@ def test_a_geometry_met_again_reuses_its_ray_set(counted_ray_setups, monkeypatch
         assert torch.equal(made[name].n_samples.cpu(), reference.n_samples.to(torch.int32))
     assert made["float64"].t_near.dtype == torch.float64
     assert rays(num_samples=9).direction is made["samples"].direction and len(counted_ray_setups) == 6
-    triton_backend.TritonBackend.clear_kept_rays()
-    assert len(triton_backend._KEPT_RAYS) == 0
+    triton_pkg.TritonBackend.clear_kept_rays()
+    assert len(triton_rays._KEPT_RAYS) == 0
     assert rays().direction is not first.direction and len(counted_ray_setups) == 7  # made again, kept again
-    monkeypatch.setattr(triton_backend.TritonBackend, "KEEP_RAYS_MIB", 0)
+    triton_config(keep_rays_mib=0)
     assert rays().direction is not first.direction and len(counted_ray_setups) == 8
 
 
@@ -490,12 +483,12 @@ def test_cuda_ray_sets_are_kept_per_stream(counted_ray_setups):
     """A ray set queued on one CUDA stream is not handed to a call on another (it may still be under way)."""
     poses = GEOMETRY.poses(torch.tensor([12.0])).cuda()
     affines = AFFINE[None].cuda()
-    first = triton_backend.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0)
+    first = triton_pkg.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        other = triton_backend.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0)
+        other = triton_pkg.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0)
     torch.cuda.synchronize()
     assert other.direction is not first.direction and len(counted_ray_setups) == 2
     assert torch.equal(other.n_samples, first.n_samples)
-    assert triton_backend.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0).direction is first.direction
+    assert triton_pkg.build_rays(poses, affines, (5, 6, 4), GEOMETRY, step_mm=1.0).direction is first.direction

@@ -15,13 +15,14 @@ from xraysyn.projector import (
     ProjectorInputError,
     forward_project,
     mark_static_volume,
-    triton_backend,
     unmark_static_volume,
 )
-from xraysyn.projector.triton_backend import TritonBackend
+from xraysyn.projector import triton as triton_pkg
+from xraysyn.projector.triton import TritonBackend
+from xraysyn.projector.triton import layout as triton_layout
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-pytestmark = pytest.mark.skipif(not triton_backend.available(), reason="Triton cannot run here")
+pytestmark = pytest.mark.skipif(not triton_pkg.available(), reason="Triton cannot run here")
 GEOMETRY = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=(6.0, 7.0))
 AFFINE = torch.diag(torch.tensor([4.0, 3.5, 3.0, 1.0]))
 
@@ -31,7 +32,7 @@ def counted(monkeypatch):
     """Counts of the volume scans (``torch.aminmax``, or a packing pass that also scans into a finite probe)
     and of the marched copies the Triton path makes."""
     counts = {"scan": 0, "pack": 0, "channels_last": 0}
-    aminmax, pack, channels_last = torch.aminmax, triton_backend._pack_corners, triton_backend._channels_last
+    aminmax, pack, channels_last = torch.aminmax, triton_layout.pack_corners, triton_layout._channels_last
 
     def counting(name, fn):
         def wrapped(*args, **kwargs):
@@ -45,8 +46,8 @@ def counted(monkeypatch):
         return pack(volume, slots, finite_probe, *marking)
 
     monkeypatch.setattr(torch, "aminmax", counting("scan", aminmax))
-    monkeypatch.setattr(triton_backend, "_pack_corners", counting_pack)
-    monkeypatch.setattr(triton_backend, "_channels_last", counting("channels_last", channels_last))
+    monkeypatch.setattr(triton_layout, "pack_corners", counting_pack)
+    monkeypatch.setattr(triton_layout, "_channels_last", counting("channels_last", channels_last))
     return counts
 
 
@@ -60,9 +61,9 @@ def _reference(volume):
 
 
 @pytest.mark.parametrize("layout", ["packed", "channels-last"])
-def test_marked_volume_is_prepared_once_per_version(layout, counted, monkeypatch):
+def test_marked_volume_is_prepared_once_per_version(layout, counted, triton_config):
     if layout == "channels-last":
-        monkeypatch.setattr(TritonBackend, "FORWARD_PACK", 1)
+        triton_config(forward_pack=1)
     volume = torch.rand(1, 2, 5, 6, 4, device=DEVICE)
     copies = "pack" if layout == "packed" else "channels_last"
     assert mark_static_volume(volume) is volume

@@ -1,4 +1,4 @@
-"""The GPU benchmark scripts run end to end (through Triton's CPU interpreter at tiny sizes), so that a
+"""The GPU tools (tools/gpu/) and the user benchmark's helpers run end to end (through Triton's CPU interpreter at tiny sizes), so that a
 session on the lent GPU machine does not lose device time to a script error."""
 
 import importlib.util
@@ -13,46 +13,49 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS_GPU = os.path.join(ROOT, "tools", "gpu")
 
 
 def test_gpu_kernel_benchmark_smoke_runs_every_case():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_kernels.py"), "--smoke", "--reps", "1"],
+    proc = subprocess.run([sys.executable, os.path.join(TOOLS_GPU, "gpu_kernels.py"), "--smoke", "--reps", "1"],
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     cases = {row["case"] for row in rows if "case" in row}
-    expected = {"march-fwd[tiles8]", "march-fwd[tiles8,reuse]", "march-adj[merged,tiles8]", "march-adj[merged+carry,tiles8]",
+    expected = {"march-fwd[tiles8]", "march-adj[merged,tiles8]", "march-adj[merged+carry,tiles8]",
                 "march-adj[merged,tiles8,packed2]", "march-adj[merged+carry,tiles8,packed2]",
                 "march-fwd[tiles8,packed2]", "pack-corners[2]", "march-fwd[bf16 volume,packed4]", "ray-setup[triton]",
-                "bp-gather", "atten-fused", "ct2xray[fused march]", "ct2xray[march + atten-fused]",
+                "bp-gather", "atten-triton", "atten-torch", "ct2xray[march + atten-triton]",
                 "march-fwd[defaults]", "march-adj[defaults,api rays]", "march-adj[defaults+plane carry,api rays]",
                 "march-adj[defaults+plane carry z,api rays]", "march-adj[defaults,no plane carry,api rays]"}
     assert expected <= cases, expected - cases
     assert all(row["ms"] > 0 for row in rows if "case" in row)
     plane = {row["case"]: row["switches"] for row in rows if "plane carry" in row.get("case", "")}
-    assert all(v["CARRY_MAX_PACK"] == 4 and v["ADJOINT_PACK"] == 4 for k, v in plane.items() if "+plane" in k), plane
-    assert plane["march-adj[defaults+plane carry z,api rays]"]["ADJOINT_PLANE_AXIS"] == 0
-    assert plane["march-adj[defaults,no plane carry,api rays]"]["TUNE_PLANE_CARRY"] is False
+    assert all(v["carry_max_pack"] == 4 and v["adjoint_pack"] == 4 for k, v in plane.items() if "+plane" in k), plane
+    assert plane["march-adj[defaults+plane carry z,api rays]"]["adjoint_plane_axis"] == 0
+    assert plane["march-adj[defaults,no plane carry,api rays]"]["tune_plane_carry"] is False
     for row in rows:  # each kernel case ran with the tiles its label names
         if row.get("case", "").startswith("march-") and "switches" in row:
             tiles = "tiles8" if "tiles8" in row["case"] else "runs" if "runs" in row["case"] else None
-            key = "FORWARD_TILE_WIDTH" if row["case"].startswith("march-fwd") else "ADJOINT_TILE_WIDTH"
+            key = "forward_tile_width" if row["case"].startswith("march-fwd") else "adjoint_tile_width"
             if tiles is not None:
                 assert row["switches"][key] == (8 if tiles == "tiles8" else 0), row
     check = next(row for row in rows if row.get("check") == "api rays vs torch rays")
     assert check["n_samples_equal"] == 1.0 and check["t_near_max_abs_mm"] < 1e-2
     # --only: just the cases whose name contains one of the parts
-    only = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_kernels.py"), "--smoke", "--reps", "1",
+    only = subprocess.run([sys.executable, os.path.join(TOOLS_GPU, "gpu_kernels.py"), "--smoke", "--reps", "1",
                            "--only", "pack-corners"], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert only.returncode == 0, only.stderr[-3000:]
     assert {json.loads(line)["case"] for line in only.stdout.splitlines()} == {"pack-corners[2]"}
+    schemes = {row["case"]: row["switches"]["carry_max_pack"] for row in rows if row.get("case", "").startswith("march-adj[merged")}
+    assert all(value == (4 if "+carry" in case else 0) for case, value in schemes.items()), schemes
 
 
 def test_adjoint_atomic_count_on_a_hand_counted_path():
     """One ray through cells (0,0,0) → (0,0,0) → (0,1,0) → (1,1,1): 4 samples, 3 runs; the y step shares 4
     corners, the (z, x) step 2; packed groups are kept only when all their corners are."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    sys.path.insert(0, TOOLS_GPU)
     import torch
     from adjoint_atomics import count
 
@@ -72,7 +75,7 @@ def test_adjoint_atomic_count_on_a_hand_counted_path():
 
 def test_adjoint_atomics_rejects_bad_strides_with_one_clear_message():
     """A stride beyond the detector's pixels or a non-positive size stops before any counting, naming the flag."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    sys.path.insert(0, TOOLS_GPU)
     import pytest
     from adjoint_atomics import WORKLOADS, main
 
@@ -87,7 +90,7 @@ def test_adjoint_atomics_rejects_bad_strides_with_one_clear_message():
 def test_cross_ray_count_agrees_with_the_per_ray_count_and_merges_only_equal_addresses():
     """Unmerged, the flushes are the per-ray count's plane-carry requests (an independent count, every
     axis); two lanes on one path merge at every step, a path a step later only over the whole march."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    sys.path.insert(0, TOOLS_GPU)
     import torch
     from adjoint_atomics import WORKLOADS, cell_paths, count, cross_ray_count, plane_carry_flushes
 
@@ -111,30 +114,8 @@ def test_cross_ray_count_agrees_with_the_per_ray_count_and_merges_only_equal_add
     assert result["program, any step"] == 5
 
 
-def test_march_footprint_replays_the_kernels_launch_order():
-    """The footprint script's launch order takes every (tile, view) once, interleaves G views tile by tile,
-    and its tiles are the kernels' 2-D ray blocks; a hand-checked footprint: one tile's rays on a line."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import torch
-    from march_footprint import BLOCK_R, TILE_W, launch_order, tile_rays, window
-
-    order = launch_order(n_tiles=5, n_views=6, group=3)
-    assert sorted(order) == [(t, v) for t in range(5) for v in range(6)]
-    assert order[:4] == [(0, 0), (0, 1), (0, 2), (1, 0)] and order[15] == (0, 3)
-    assert launch_order(5, 6, 1)[:6] == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (0, 1)]
-    assert window(order, 5, 4) == order[4:8]  # centred on the first program of the middle tile (2)
-    rays = tile_rays(1, width=10)  # tiles 4 wide: columns 4..7 of rows 0..BLOCK_R/TILE_W - 1 (10 of them exist)
-    assert torch.equal(rays, torch.tensor([r * 10 + c for r in range(10) for c in range(4, 8)]))
-    assert BLOCK_R // TILE_W >= 10
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "march_footprint.py"), "--workloads",
-                           "smoke", "--in-flight", "4"], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [(r["order"], r["views_in_flight"]) for r in rows] == [("view after view", 1), ("views inner", 2)]
-
-
 def test_empty_space_replay_reports_the_samples_kept():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "empty_space.py"), "--workloads", "W1-cpu",
+    proc = subprocess.run([sys.executable, os.path.join(TOOLS_GPU, "empty_space.py"), "--workloads", "W1-cpu",
                            "--bricks", "2,8", "--every", "2"], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -149,34 +130,25 @@ def test_empty_space_replay_reports_the_samples_kept():
 
 
 def test_host_overhead_benchmark_runs():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"), "--calls", "5"],
+    proc = subprocess.run([sys.executable, os.path.join(TOOLS_GPU, "host_overhead.py"), "--calls", "5"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [row["call"] for row in rows] == ["forward_project", "forward_project[rays not kept]",
-                                             "forward_project[no skipping]", "forward_project[new poses]", "project_and_attenuate[fused]",
-                                             "backproject", "fused_attenuate"]
+                                             "forward_project[no skipping]", "forward_project[new poses]", "backproject"]
     assert all(0 < row["host_us_min"] <= row["host_us_median"] for row in rows)
     forward = rows[0]  # the forward's first kernel (the packing pass) comes before its last sync and launch
     assert 0 < forward["before_first_kernel_us_median"] and 0 < forward["after_last_sync_us_median"]
     assert forward["before_first_kernel_us_median"] < forward["until_main_us_median"] <= forward["host_us_median"]
 
 
-def test_projector_benchmark_variants_name_backend_switches(monkeypatch):
-    """Every ``xraysyn[KEY=INT]`` key sets an existing TritonBackend switch; pinned launch configurations
-    are reported per mode (the kernels a mode runs only)."""
+def test_projector_benchmark_reports_pinned_launch_configurations(triton_config):
+    """Pinned launch configurations (a TritonConfig's forward_launch / adjoint_launch) are reported per mode (the
+    kernels a mode runs only)."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import projector as bench
 
-    from xraysyn.projector.triton_backend import TritonBackend
-
-    for key, attribute in bench.VARIANT_KEYS.items():
-        assert hasattr(TritonBackend, attribute), (key, attribute)
-    assert bench.variant_overrides("xraysyn[abr=128+aw=4+ap=4]") == {
-        "ADJOINT_BLOCK_R": 128, "ADJOINT_WARPS": 4, "ADJOINT_PACK": 4}
-    monkeypatch.setattr(TritonBackend, "FORWARD_BLOCK_R", 64)
-    monkeypatch.setattr(TritonBackend, "ADJOINT_BLOCK_R", 256)
-    monkeypatch.setattr(TritonBackend, "ADJOINT_WARPS", 8)
+    triton_config(forward_launch=(64, 4), adjoint_launch=(256, 8))
     assert bench.launch_configs("adj") == {"adjoint_config": "pinned BLOCK_R=256 warps=8"}
     assert bench.launch_configs("fwd") == {"forward_config": "pinned BLOCK_R=64 warps=4"}
     assert set(bench.launch_configs("fwd+bwd")) == {"forward_config", "adjoint_config"}
@@ -195,17 +167,19 @@ class _Tuner:
 def test_tuner_choice_reports_the_kernel_object_that_ran_and_the_plane_carry_trials():
     """Of the adjoint's two autotuned objects, the one that ran since the choices were forgotten is reported,
     with the best trial per carry setting when it tuned the carry; the report shows them in its tables."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    sys.path.insert(0, TOOLS_GPU)
     import gpu_report
-    import projector as bench
+
+    from xraysyn.projector.triton import forget_launch_choices
+    from xraysyn.projector.triton.launch import tuner_choice
 
     fixed = _Tuner(_Config(4, BLOCK_R=128))
     on, off, off_slow = _Config(8, BLOCK_R=256, CARRY=True), _Config(8, BLOCK_R=256, CARRY=False), \
         _Config(4, BLOCK_R=64, CARRY=False)
     carry = _Tuner(on, {on: [11.0, 10.8, 11.3], off: [15.4, 15.2, 15.6], off_slow: [19.0, 18.0, 20.0]})
-    bench.forget_launch_choices((fixed,))
-    assert fixed.best_config is None and bench.tuner_choice((fixed, _Tuner())) == {}
-    choice = bench.tuner_choice((fixed, carry))
+    forget_launch_choices((fixed,))
+    assert fixed.best_config is None and tuner_choice((fixed, _Tuner())) == {}
+    choice = tuner_choice((fixed, carry))
     assert choice == {"config": "BLOCK_R=256 CARRY=True warps=8", "carry_trials_ms": {"on": 11.0, "off": 15.4}}
     row = dict(impl="xraysyn", workload="W2", mode="adj", ms=12.0, adjoint_config=choice["config"],
                adjoint_carry_trials_ms=choice["carry_trials_ms"])
@@ -222,7 +196,7 @@ def test_kernel_static_cost_reports_registers_and_the_sample_loop():
     adds instructions to the sample loop but no atomic sites (2 vector atomics per cell flush either way); and
     of the forward without and with empty space skipping."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kernel_static_cost.py"),
+    proc = subprocess.run([sys.executable, os.path.join(TOOLS_GPU, "kernel_static_cost.py"),
                            "--variants", "pack4,pack4+plane-carry-y,fwd-pack2,fwd-pack2+skip4"], capture_output=True,
                           text=True, env=env, timeout=600, check=False)
     if proc.returncode != 0 and "no ptxas" in proc.stderr:
@@ -244,7 +218,7 @@ def test_kernel_static_cost_reports_registers_and_the_sample_loop():
 def test_gpu_report_tables_targets_peers_and_variants(tmp_path):
     """The report reads one session's JSON lines (logs in between are skipped) and says per target whether
     the shipped defaults met it, with the peers' same-run times and ratios; variants fastest first."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    sys.path.insert(0, TOOLS_GPU)
     import gpu_report
 
     lines = [

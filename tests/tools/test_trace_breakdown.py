@@ -1,4 +1,4 @@
-"""benchmarks/trace_breakdown.py: the split of a call's wall time from a profiler trace, on hand-made
+"""tools/gpu/trace_breakdown.py: the split of a call's wall time from a profiler trace, on hand-made
 traces whose answer is known, and one real (CPU) profiler trace."""
 
 import os
@@ -7,7 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, os.path.join(ROOT, "tools", "gpu"))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # projector.py, the user benchmark that serves --trace
 
 import trace_breakdown as tb  # noqa: E402
 

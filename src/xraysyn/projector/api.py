@@ -68,7 +68,7 @@ def _check_sampling(step_mm, num_samples, memory_budget_mib) -> None:
 def _triton_backend():
     """The Triton GPU backend if it can run here (CUDA tensors, or TRITON_INTERPRET=1 on CPU), else None."""
     try:
-        from xraysyn.projector import triton_backend
+        from xraysyn.projector import triton as triton_backend
     except ImportError:
         return None
     return triton_backend if triton_backend.available() else None
@@ -151,7 +151,7 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
     vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
     scan = frames.needs_scan(volume)
-    prepare_volume = getattr(chosen, "prepare_volume", None) if getattr(chosen, "PREPARE_AHEAD", False) else None
+    prepare_volume = getattr(chosen, "prepare_volume", None)
     # A backend with prepare_volume starts its volume work (copy into the marched layout, fused NaN/inf scan)
     # first, so the GPU begins it as early as the call allows; the frames' conversions and their one
     # device→host copy go on a stream beside it (they wait for the work queued before the call, not for the

@@ -1,17 +1,15 @@
 """Host-side cost of one public projector call on the Triton path, without a GPU.
 
-    python benchmarks/host_overhead.py [--calls 500] [--profile]
+    python tools/gpu/host_overhead.py [--calls 500] [--profile]
 
 On a GPU the benchmark timings include everything the host does before the kernels run (validation,
 ray set-up parameters, launches): with the device idle at the start of a call, W1's forward pays it in
 full. Here the Triton kernels are replaced by no-op launchers and the tensors are tiny CPU tensors
 (the interpreter path), so what is timed is Python, numpy and torch dispatch — the part a GPU cannot
 hide — per call of ``forward_project`` (8 volumes, 8 views, 2 channels; the same poses every call, as
-the benchmarks; ``[rays not kept]``: the same with ``TritonBackend.KEEP_RAYS_MIB = 0``, the ray set-up
-queued every call; ``[new poses]``: different poses every call, so no per-geometry memo can hit —
-a training loop drawing random views), ``forward_project`` with the
-fused CT2Xray (``project_and_attenuate(fused=True)``: the separate steps would attenuate the stubs'
-uninitialised images) and ``backproject``. Prints one JSON line per call kind (median over ``--calls``
+the benchmarks; ``[rays not kept]``: the same with ``keep_rays_mib=0`` (a :class:`TritonConfig`), the ray
+set-up queued every call; ``[no skipping]``: ``skip_empty_brick=0``; ``[new poses]``: different poses every
+call, so no per-geometry memo can hit — a training loop drawing random views) and ``backproject``. Prints one JSON line per call kind (median over ``--calls``
 calls, µs) and ``after_last_sync_us``: from the call's last device→host wait before its main kernel's
 launch (the march, or BP's gather) to that launch — for BP the part of the host's work during which a GPU
 has finished everything queued and idles; for the forward, whose frames are copied beside the packing pass
@@ -56,14 +54,12 @@ class _NoLaunch:
 
 
 def _stub_kernels() -> None:
-    from xraysyn.physics import fused, fused_ct2xray
     from xraysyn.projector import frames
-    from xraysyn.projector import triton_backend as tb
+    from xraysyn.projector.triton import launch
 
-    # forward, adjoint, tuned, BP gather, ray set-up, pack, unpack, brick marking, marks dilation
-    tb._KERNELS = tb._Kernels(_NoLaunch(True), _NoLaunch(), False, _NoLaunch(True), *([_NoLaunch()] * 5))
-    fused_ct2xray._KERNELS = fused_ct2xray._FusedKernels(_NoLaunch(True), _NoLaunch(), False)
-    fused._KERNELS = (_NoLaunch(True), _NoLaunch())
+    # the backend's kernel objects (launch.kernel_objects() returns them once set): forward, adjoint, tuned,
+    # BP gather, ray set-up, pack, unpack, brick marking, marks dilation
+    launch._KERNELS = launch._Kernels(_NoLaunch(True), _NoLaunch(), False, _NoLaunch(True), *([_NoLaunch()] * 5))
     wait = frames.HostCopy.wait
 
     def noted_wait(self):
@@ -106,16 +102,14 @@ def _after_last_sync_us() -> float | None:
     return (main - syncs[-1]) * 1e6 if syncs else None
 
 
-def _switched(switch: str, value, call):
-    """``call()`` with ``TritonBackend.<switch>`` set to ``value`` (restored after)."""
-    from xraysyn.projector.triton_backend import TritonBackend
+def _configured(call, **fields):
+    """``call()`` under the Triton configuration with ``fields`` changed from the defaults."""
+    from dataclasses import replace
 
-    kept = getattr(TritonBackend, switch)
-    setattr(TritonBackend, switch, value)
-    try:
+    from xraysyn.projector.triton import DEFAULT_CONFIG, use_config
+
+    with use_config(replace(DEFAULT_CONFIG, **fields)):
         return call()
-    finally:
-        setattr(TritonBackend, switch, kept)
 
 
 def main(argv=None) -> None:
@@ -126,8 +120,6 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     _stub_kernels()
     from xraysyn.geometry import ConeBeamGeometry
-    from xraysyn.physics import project_and_attenuate, tube_spectrum
-    from xraysyn.physics.fused import fused_attenuate
     from xraysyn.projector import backproject, forward_project
 
     volume = torch.rand(8, 2, 8, 8, 8)
@@ -137,26 +129,20 @@ def main(argv=None) -> None:
     # more distinct pose sets than any memo of the host-side set-up keeps, cycled through
     pose_sets = [geometry.poses(torch.linspace(-18, 18, 8) + 0.01 * k) for k in range(1000)]
     next_set = iter(range(10**9))
-    spectrum = tube_spectrum(120.0)
     images = torch.rand(8, 2, 16, 16)
-    thickness = torch.rand(8, 2, 16, 16) * 5.0  # g/cm²
     calls = {
         "forward_project": lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
-        # the same without the ray sets kept on the device (TritonBackend.KEEP_RAYS_MIB = 0): the set-up every call
-        "forward_project[rays not kept]": lambda: _switched(
-            "KEEP_RAYS_MIB", 0, lambda: forward_project(volume, affine, poses, geometry, num_samples=256,
-                                                        backend="triton")),
-        # the same without empty space skipping (TritonBackend.SKIP_EMPTY_BRICK = 0: no marks, no dilation)
-        "forward_project[no skipping]": lambda: _switched(
-            "SKIP_EMPTY_BRICK", 0, lambda: forward_project(volume, affine, poses, geometry, num_samples=256,
-                                                           backend="triton")),
+        # the same without the ray sets kept on the device (keep_rays_mib=0): the set-up every call
+        "forward_project[rays not kept]": lambda: _configured(
+            lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
+            keep_rays_mib=0),
+        # the same without empty space skipping (skip_empty_brick=0: no marks, no dilation)
+        "forward_project[no skipping]": lambda: _configured(
+            lambda: forward_project(volume, affine, poses, geometry, num_samples=256, backend="triton"),
+            skip_empty_brick=0),
         "forward_project[new poses]": lambda: forward_project(volume, affine, pose_sets[next(next_set) % len(pose_sets)],
                                                               geometry, num_samples=256, backend="triton"),
-        "project_and_attenuate[fused]": lambda: project_and_attenuate(volume, affine, poses, geometry, spectrum,
-                                                                       num_samples=256, backend="triton", fused=True),
         "backproject": lambda: backproject(images, affine, poses, geometry, (8, 8, 8), backend="triton"),
-        # the CT2Xray epilogue as the separate steps run it on a GPU (the attenuation kernels stubbed)
-        "fused_attenuate": lambda: fused_attenuate(thickness, spectrum, implementation="triton"),
     }
     with torch.no_grad():
         for name, call in calls.items():

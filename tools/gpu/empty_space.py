@@ -1,6 +1,6 @@
 """How many samples the forward march still runs with empty space skipping (CPU replay, exact).
 
-    python benchmarks/empty_space.py [--volumes DIR] [--workloads W1,W2] [--bricks 2,4,8] [--every 1]
+    python tools/gpu/empty_space.py [--volumes DIR] [--workloads W1,W2] [--bricks 2,4,8] [--every 1]
 
 For each workload of ``benchmarks/projector.py`` (its volumes, poses, detector and sampling; with
 ``--volumes`` the example CT of the GPU runs, else the phantom) and each brick edge, the torch statement of
@@ -9,7 +9,7 @@ ray's range of marched samples. Printed as JSON lines:
 
 * ``kept_per_ray``: samples marched / samples of the rays (what a ray-by-ray march would save);
 * ``kept_per_program_R``: the march's loop runs to the largest range of a program's ``R`` rays (tiles 4 pixels
-  wide, as ``TritonBackend.FORWARD_TILE_WIDTH``): Σ largest range / Σ largest sample count, programs of 64,
+  wide, as ``TritonConfig.forward_tile_width``): Σ largest range / Σ largest sample count, programs of 64,
   128 and 256 rays; ``kept_per_warp``: the same for 8 × 4 pixel warps;
 * ``walk_lookups_per_ray``: the look-ups of the walk that finds the range (one byte each), against
   ``samples_per_ray`` (8 / PACK vector loads each);
@@ -29,7 +29,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the workloads of the user benchmark benchmarks/projector.py
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
 import projector as workloads  # noqa: E402
 
 from xraysyn.projector import build_rays  # noqa: E402

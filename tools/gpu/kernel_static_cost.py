@@ -1,6 +1,6 @@
 """Static cost of the march kernels' variants on sm_90, without a GPU.
 
-    python benchmarks/kernel_static_cost.py [--variants pack4,pack4+plane-carry-y]
+    python tools/gpu/kernel_static_cost.py [--variants pack4,pack4+plane-carry-y]
 
 Compiles each variant of ``march_adjoint_kernel`` (one channel, the W2 case: 4 corner slots, tiles 4 wide,
 128 rays per program) to PTX with Triton, assembles it with the ``ptxas`` shipped in Triton's wheel and
@@ -12,7 +12,7 @@ march as W1 runs it, without and with empty space skipping.
 Why: on the H200 the packed W2 adjoint's time followed neither its atomic requests alone nor its
 instructions alone. The general corner carry at 4 slots kept 95 % of the requests and took 21.0 ms against
 15.4 ms without it, with 220 against 95 loop instructions (``gpu_kernels.md``). Counting both before a GPU
-is lent tells whether a change can pay: ``benchmarks/adjoint_atomics.py`` counts the requests, this the
+is lent tells whether a change can pay: ``tools/gpu/adjoint_atomics.py`` counts the requests, this the
 instructions.
 
 The kernels compiled are those ``xraysyn`` imports: ``PYTHONPATH=<checkout of an older commit>/src`` compiles
@@ -30,10 +30,10 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # the W2 adjoint's launch: one channel, 128 rays per program in tiles 4 wide, merged runs
 # (every constexpr given: one left out would be compiled as a runtime argument)
-_COMMON = {"BLOCK_R": 128, "BLOCK_C": 1, "ACC": "tl.float32", "TILE_W": 4, "MERGE_RUNS": True, "PLANE": 0}
+_COMMON = {"BLOCK_R": 128, "BLOCK_C": 1, "ACC": "tl.float32", "TILE_W": 4, "PLANE": 0}
 VARIANTS = {
     "pack1": {"PACK": 1, "VEC": 1, "CARRY": False},
     "pack1+carry": {"PACK": 1, "VEC": 1, "CARRY": True},
@@ -45,8 +45,7 @@ VARIANTS = {
 }
 # the forward march as W1 runs it (two channels, 2 corner slots, tiles 4 wide, 128 rays per program, one sample
 # per loop iteration), without and with empty space skipping (its walk is a second, shorter loop)
-_FORWARD = {"BLOCK_R": 128, "BLOCK_C": 2, "ACC": "tl.float32", "VEC": 4, "TILE_W": 4, "UNROLL": 1, "PACK": 2,
-            "REUSE": False}
+_FORWARD = {"BLOCK_R": 128, "BLOCK_C": 2, "ACC": "tl.float32", "VEC": 4, "TILE_W": 4, "UNROLL": 1, "PACK": 2}
 FORWARD_VARIANTS = {
     "fwd-pack2": {**_FORWARD, "BRICK": 0},
     "fwd-pack2+skip4": {**_FORWARD, "BRICK": 4},
@@ -99,11 +98,11 @@ def measure(names: list[str]) -> list[dict]:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from support.triton_compile import compile_ptx
 
-    specs = [{"module": "xraysyn.projector.triton_kernels", "kernel": "march_forward_kernel",
+    specs = [{"module": "xraysyn.projector.triton.kernels.march", "kernel": "march_forward_kernel",
               "pointer_types": {"nsamp_ptr": "*i32", "vidx_ptr": "*i64", "occ_ptr": "*u8"}, "default_pointer": "*fp32",
               "aligned": ["vol_ptr", "out_ptr", "s_vb", "s_vd", "s_vh"], "constexprs": FORWARD_VARIANTS[name]}
              if name in FORWARD_VARIANTS else
-             {"module": "xraysyn.projector.triton_kernels", "kernel": "march_adjoint_kernel",
+             {"module": "xraysyn.projector.triton.kernels.adjoint", "kernel": "march_adjoint_kernel",
               "pointer_types": {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}, "default_pointer": "*fp32",
               "aligned": ["grad_ptr", "s_vb", "s_vd", "s_vh"], "constexprs": {**_COMMON, **VARIANTS[name]},
               "skip_absent": True}

@@ -1,16 +1,17 @@
 """A reference kernel with the forward march's memory access pattern and none of its arithmetic.
 
 Same rays, same program-to-ray mapping and 2-D detector tiles, same 8 corner loads per sample
-(channels-last vectors) as ``xraysyn.projector.triton_kernels.march_forward_kernel``, but the corners
+(channels-last vectors) as ``xraysyn.projector.triton.kernels.march.march_forward_kernel``, but the corners
 are summed without trilinear weights. Its samples/s is the gather throughput this access pattern can
-reach on the GPU: the "limit" ``benchmarks/gpu_kernels.py`` compares the forward march to.
+reach on the GPU: the "limit" ``tools/gpu/gpu_kernels.py`` compares the forward march to.
 Imported lazily (after ``TRITON_INTERPRET`` is decided), like the library's own kernels.
 """
 
 import triton
 import triton.language as tl
 
-from xraysyn.projector.triton_kernels import _gather, _program_rays, _sample_cell
+from xraysyn.projector.triton.kernels.common import _program_rays, _sample_cell
+from xraysyn.projector.triton.kernels.march import _gather
 
 
 @triton.jit

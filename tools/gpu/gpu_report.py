@@ -1,6 +1,6 @@
 """The issue's GPU targets against one GPU session's JSON lines, as a markdown table.
 
-    python benchmarks/gpu_report.py OUT/*.jsonl [--run s3]
+    python tools/gpu/gpu_report.py OUT/*.jsonl [--run s3]
 
 Reads the rows ``benchmarks/projector.py`` (``impl``, ``workload``, ``mode``, ``ms``) and
 ``../shared/bench/peers_gpu.py`` (``lib``, ``workload``, ``mode``, ``ms``) print in one session, and prints
@@ -8,7 +8,7 @@ Reads the rows ``benchmarks/projector.py`` (``impl``, ``workload``, ``mode``, ``
 run, the ratios and whether the target is met; (2) every xraysyn variant per workload and mode, fastest
 first, with its launch configuration when the row names one; (3) for rows with a profiler ``trace``
 (``projector.py --trace N``), where a call's time goes: host lead, GPU busy, gaps, tail and the three
-longest GPU activities; (4) from ``benchmarks/gpu_kernels.py`` rows, the shipped forward march against the
+longest GPU activities; (4) from ``tools/gpu/gpu_kernels.py`` rows, the shipped forward march against the
 gather-only kernel of the same (widest) packed layout: the fraction of the gather limit reached; (5) every
 ``gpu_kernels.py`` row per workload, fastest first, with its launch configuration. Rows with an ``error`` are
 listed as such.
@@ -96,7 +96,7 @@ def variants_table(rows: list[dict]) -> str:
 
 
 def trace_table(rows: list[dict], top: int = 3) -> str:
-    """Rows with a ``trace`` (see ``benchmarks/trace_breakdown.py``): wall = lead + busy + gaps + tail (ms)
+    """Rows with a ``trace`` (see ``tools/gpu/trace_breakdown.py``): wall = lead + busy + gaps + tail (ms)
     and the ``top`` longest GPU activities per call; empty when no row has one."""
     traced = [row for row in rows if isinstance(row.get("trace"), dict) and "error" not in row]
     if not traced:
@@ -151,7 +151,7 @@ def gather_table(rows: list[dict]) -> str:
 
 
 def kernel_table(rows: list[dict]) -> str:
-    """``benchmarks/gpu_kernels.py`` rows (kernels alone, CUDA events) per workload, fastest first, with the launch
+    """``tools/gpu/gpu_kernels.py`` rows (kernels alone, CUDA events) per workload, fastest first, with the launch
     configuration the autotuner chose where the row names it; empty without such rows."""
     cases = [row for row in rows if "case" in row and ("ms" in row or "error" in row)]
     if not cases:

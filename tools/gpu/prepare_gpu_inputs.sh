@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Prepare, on this (networked) machine, the inputs benchmarks/gpu_session.sh expects on the GPU machine (which
+# Prepare, on this (networked) machine, the inputs tools/gpu/gpu_session.sh expects on the GPU machine (which
 # has no network), under .gpu/ (git-ignored through .git/info/exclude, so the device tool carries it only when
 # asked: carry [".gpu"]):
 #   .gpu/whl/    wheels of the peers for CPython 3.12 (nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs), no deps
 #   .gpu/vols/   ct128.npy / ct256.npy from ../shared/bench/prepare_volumes.py on the example chest CT
 #   .gpu/bench/  copies of ../shared/bench/peers_gpu.py and its stub/
 #
-#   bash benchmarks/prepare_gpu_inputs.sh          (after make install; fetches the example CT if needed)
+#   bash tools/gpu/prepare_gpu_inputs.sh          (after make install; fetches the example CT if needed)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 SHARED=${SHARED:-../shared/bench}
 for need in "$PY" "$SHARED/prepare_volumes.py" "$SHARED/peers_gpu.py" "$SHARED/stub"; do

@@ -1,4 +1,4 @@
-"""The gather-only benchmark kernels (``benchmarks/gather_only_kernel.py``): the "limit" the forward march
+"""The gather-only benchmark kernels (``tools/gpu/gather_only_kernel.py``): the "limit" the forward march
 is compared to must read exactly the corners the march reads, for the plain and the packed layouts.
 
 Checked through Triton's CPU interpreter against a torch sum of the 8 cell corners of every sample, and
@@ -16,11 +16,12 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.projector import build_rays, triton_backend
-from xraysyn.projector.triton_backend import _pack_corners
+from xraysyn.projector import build_rays
+from xraysyn.projector import triton as triton_pkg
+from xraysyn.projector.triton.layout import pack_corners
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
-pytestmark = pytest.mark.skipif(not triton_backend.available(), reason="Triton cannot run here")
+TOOLS_GPU = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools", "gpu")
+pytestmark = pytest.mark.skipif(not triton_pkg.available(), reason="Triton cannot run here")
 
 
 def _corner_sums(volume, rays):
@@ -57,7 +58,7 @@ def _setup():
 
 @pytest.mark.parametrize("pack,tile_w", [(1, 8), (2, 8), (4, 8), (1, 4), (2, 4)])
 def test_gather_only_kernels_read_the_cell_corners(pack, tile_w):
-    sys.path.insert(0, BENCHMARKS)
+    sys.path.insert(0, TOOLS_GPU)
     from gather_only_kernel import gather_only_kernel, gather_only_packed_kernel
 
     volume, rays = _setup()
@@ -75,7 +76,7 @@ def test_gather_only_kernels_read_the_cell_corners(pack, tile_w):
                                  BLOCK_R=block_r, C=c, TILE_W=tile_w)
     else:
         slots = torch.empty(n, r, c * pack)
-        gather_only_packed_kernel[grid](_pack_corners(volume, pack), slots, *ray_args, d * h * w, h * w, w,
+        gather_only_packed_kernel[grid](pack_corners(volume, pack), slots, *ray_args, d * h * w, h * w, w,
                                         BLOCK_R=block_r, K=c * pack, PACK=pack, TILE_W=tile_w)
         out = slots.view(n, r, c, pack).sum(-1)
     expected = _corner_sums(volume, rays)
@@ -86,7 +87,7 @@ def test_gather_only_kernels_read_the_cell_corners(pack, tile_w):
 def test_gather_limit_tries_every_tile_width_and_launch_configuration():
     """``gpu_kernels._gather_limit`` launches each (tile width, rays per program, warps) and returns the
     fastest with its configuration (a stand-in timer that runs the launch and returns a made-up time)."""
-    sys.path.insert(0, BENCHMARKS)
+    sys.path.insert(0, TOOLS_GPU)
     import gpu_kernels
 
     volume, rays = _setup()
@@ -106,7 +107,7 @@ def test_gather_limit_tries_every_tile_width_and_launch_configuration():
 def test_gather_only_kernels_compile_for_sm90(monkeypatch):
     from support.triton_compile import compile_ptx
 
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [BENCHMARKS, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TOOLS_GPU, os.environ.get("PYTHONPATH")])))
     ints = {"nsamp_ptr": "*i32", "vidx_ptr": "*i64"}
     specs = [{"module": "gather_only_kernel", "kernel": "gather_only_kernel", "pointer_types": ints,
               "constexprs": {"BLOCK_R": 128, "C": 2, "TILE_W": 8}, "aligned": ["vol_ptr", "out_ptr"]}]

@@ -1,21 +1,19 @@
 """Kernel-level GPU benchmark of the Triton backend: prints one JSON line per case.
 
-    python benchmarks/gpu_kernels.py                     # W1 and W2 on the GPU
-    python benchmarks/gpu_kernels.py --smoke             # tiny sizes; on a CPU-only machine runs the
+    python tools/gpu/gpu_kernels.py                      # W1 and W2 on the GPU
+    python tools/gpu/gpu_kernels.py --smoke              # tiny sizes; on a CPU-only machine runs the
                                                          # kernels through TRITON_INTERPRET=1 (checks the script)
 
 Cases (same volumes sizes, detectors and samples as benchmarks/projector.py's W1/W2, rays built
 once outside the timed region, so these are the kernels alone):
   march-fwd                forward line integrals, all channels in one march
-  march-adj[merged+carry|merged|naive]  volume adjoint: per-cell run merging that also carries the corners a
-                           ray's next cell shares / run merging alone / one atomic per sample
+  march-adj[merged+carry|merged]  volume adjoint: per-cell run merging that also carries the corners a
+                           ray's next cell shares / run merging alone
   march-*[tiles8|runs]     2-D detector tiles 8 pixels wide / runs of consecutive rays;
                            march-fwd[tiles4|tiles16]: other tile widths
   march-adj[...,packedP]   the adjoint into packed corner slots (P = 2: x pairs, 4: x and y pairs in one
                            16-byte vector atomic), summed into the gradient afterwards (included)
   march-fwd[bf16 volume]   the forward march reading a bfloat16 copy of the volume (float32 accumulation)
-  march-fwd[tiles8,reuse]  the forward keeping each ray's cell corners across samples (loads only new corners)
-  march-fwd[...,in place]  reading the channels-first volume through its strides instead of a channels-last copy
   march-fwd[...,packedP]   the forward reading packed corners (P = 2: x pairs, 4: x and y pairs stored with
                            each voxel: 8 / P vector loads per sample); the packing is included and
   pack-corners[P]          timed alone too
@@ -24,15 +22,15 @@ once outside the timed region, so these are the kernels alone):
   gather-only              the forward's access pattern with no interpolation arithmetic (8 corner loads
                            per sample, summed): the gather throughput limit the forward is compared to
   bp-gather / bp-torch     voxel-driven BP (eq. 7): the Triton gather kernel / the torch reference
-  atten-fused / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
-  ct2xray[...]             projection + attenuation, forward + backward (two channels): the spectral sum
-                           fused into the march kernels / the march then the separate attenuation kernel
-  march-*[defaults(,api rays)]  the shipped switches, on the torch rays / the Triton ray set-up's rays (one
+  atten-triton / atten-torch  polychromatic attenuation (120 kVp spectrum), forward + backward
+  ct2xray[march + atten-triton]  projection + attenuation, forward + backward (two channels)
+  march-*[defaults(,api rays)]  the shipped configuration, on the torch rays / the Triton ray set-up's rays (one
                            channel: the autotuner also chooses the plane carry; ``carry_trials_ms`` gives its
                            trials' best with the carry off and on); ``...,no plane carry`` / ``+plane carry``:
                            the carry off / forced on
-Each case changes one switch of BASELINE (tiles 8, unpacked: the defaults before the 2026-11-26 sweep);
-adjoint and forward rows also give the launch configuration the autotuner chose (``config``).
+Each case changes one field of BASELINE (a TritonConfig: tiles 8, unpacked, the carry at every pack: the
+defaults before the 2026-11-26 sweep); adjoint and forward rows also give the launch configuration the
+autotuner chose (``config``) and the configuration they ran with (``switches``).
 ``--only march-adj,ct2xray`` times only the cases whose name contains one of the parts.
 ``gsamples_per_s`` counts ray samples (each reads 8 corners × C channels); ``gather_gb_per_s``
 the corner bytes those samples read (an upper bound of the traffic the caches serve).
@@ -61,15 +59,10 @@ WORKLOADS = {  # as in benchmarks/projector.py
                   "samples": 6, "views": 2, "channels": 1},
 }
 ONE_CHANNEL_ONLY = ("plane carry",)  # the cases of --smoke's one-channel workload
-# the TritonBackend switches the cases set, and the baseline each case changes one of (the defaults
-# before the 2026-11-26 sweep, with the corner carry allowed at any pack so the carry cases carry)
-SWITCHES = ("FORWARD_TILE_WIDTH", "ADJOINT_TILE_WIDTH", "FORWARD_PACK", "ADJOINT_PACK", "MERGE_RUNS", "CARRY_CORNERS",
-            "CARRY_MAX_PACK", "TUNE_PLANE_CARRY", "ADJOINT_PLANE_AXIS", "REUSE_CORNERS", "COPY_CHANNELS_LAST",
-            "FORWARD_VIEWS_INNER", "ADJOINT_VIEWS_INNER")
-BASELINE = {"FORWARD_TILE_WIDTH": 8, "ADJOINT_TILE_WIDTH": 8, "FORWARD_PACK": 1, "ADJOINT_PACK": 1, "MERGE_RUNS": True,
-            "CARRY_CORNERS": True, "CARRY_MAX_PACK": 4, "TUNE_PLANE_CARRY": False, "ADJOINT_PLANE_AXIS": 0,
-            "REUSE_CORNERS": False, "COPY_CHANNELS_LAST": True, "FORWARD_VIEWS_INNER": False,
-            "ADJOINT_VIEWS_INNER": False}
+# the configuration each case changes one field of (the defaults before the 2026-11-26 sweep, with the corner
+# carry allowed at any pack so the carry cases carry)
+BASELINE = {"forward_tile_width": 8, "adjoint_tile_width": 8, "forward_pack": 1, "adjoint_pack": 1,
+            "carry_max_pack": 4, "tune_plane_carry": False, "adjoint_plane_axis": 0}
 TILE_WIDTHS = (8, 0)  # 2-D detector tiles 8 wide and runs of consecutive rays
 FORWARD_ONLY_TILE_WIDTHS = (4, 16)  # other tile shapes, timed for the forward only
 GATHER_TILE_WIDTHS = (4, 8)  # the gather limit: the best of these tile widths (the forward's default is 4)
@@ -82,7 +75,8 @@ def _gather_limit(volume, rays, detector_cols: int, timed, pack: int = 1) -> tup
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from gather_only_kernel import gather_only_kernel, gather_only_packed_kernel
 
-    from xraysyn.projector.triton_backend import _pack_corners, _programs
+    from xraysyn.projector.triton.launch import program_count
+    from xraysyn.projector.triton.layout import pack_corners
 
     b, c, d, h, w = volume.shape
     n, r = rays.t_near.shape
@@ -90,7 +84,7 @@ def _gather_limit(volume, rays, detector_cols: int, timed, pack: int = 1) -> tup
                 rays.delta.contiguous(), rays.n_samples.to(torch.int32).contiguous(), rays.volume_index, r,
                 detector_cols, d, h, w)
     if pack > 1:
-        vol = _pack_corners(volume, pack)
+        vol = pack_corners(volume, pack)
         out = torch.empty(n, r, c * pack, device=volume.device)
         args = (vol, out, *ray_args, d * h * w, h * w, w)
         meta = {"K": c * pack, "PACK": pack}
@@ -104,7 +98,7 @@ def _gather_limit(volume, rays, detector_cols: int, timed, pack: int = 1) -> tup
     best = (float("inf"), {})
     for tile_w in GATHER_TILE_WIDTHS:
         for block_r, warps in ((64, 2), (128, 4), (256, 8)):
-            grid = (_programs(r, block_r, detector_cols, tile_w), n)
+            grid = (program_count(r, block_r, detector_cols, tile_w), n)
             ms = timed(lambda: kernel[grid](*args, BLOCK_R=block_r, TILE_W=tile_w, num_warps=warps, **meta))
             if ms < best[0]:
                 best = (ms, {"BLOCK_R": block_r, "num_warps": warps, "TILE_W": tile_w})
@@ -134,17 +128,26 @@ def _timer(device: torch.device, reps: int):
 
 def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[str, ...] = ()) -> None:
     """Time every case of one workload (those whose name contains one of ``only``, if given) and print its
-    JSON lines. The switches of ``TritonBackend`` are set per case and restored afterwards."""
-    from xraysyn.geometry import ConeBeamGeometry
-    from xraysyn.physics import attenuate, tube_spectrum
-    from xraysyn.physics.fused import fused_attenuate
-    from xraysyn.projector import backproject, build_rays
-    from xraysyn.projector.triton_backend import TritonBackend, _pack_corners
-    from xraysyn.projector.triton_backend import backproject as bp_gather
-    from xraysyn.projector.triton_backend import build_rays as triton_build_rays
+    JSON lines. Each case runs under its own :class:`~xraysyn.projector.triton.TritonConfig` (``use_config``)."""
+    import dataclasses
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling benchmark, also when imported
-    from projector import forget_launch_choices, march_tuners, tuner_choice
+    from xraysyn.geometry import ConeBeamGeometry
+    from xraysyn.physics import tube_spectrum
+    from xraysyn.physics.attenuation import attenuate
+    from xraysyn.physics.ct2xray import project_and_attenuate
+    from xraysyn.projector import backproject, build_rays
+    from xraysyn.projector.triton import (
+        DEFAULT_CONFIG,
+        TritonBackend,
+        active_config,
+        forget_launch_choices,
+        march_autotuners,
+        use_config,
+    )
+    from xraysyn.projector.triton import backproject as bp_gather
+    from xraysyn.projector.triton import build_rays as triton_build_rays
+    from xraysyn.projector.triton.launch import tuner_choice
+    from xraysyn.projector.triton.layout import pack_corners
 
     spec = WORKLOADS[name]
     shape, b, channels = spec["shape"], spec["batch"], spec["channels"]
@@ -172,29 +175,24 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
             row["gather_gb_per_s"] = round(counted_samples * 8 * channels * 4 / (ms * 1e-3) / 1e9, 1)
         print(json.dumps({**row, **extra}), flush=True)
 
-    fwd_tuners, adj_tuners = march_tuners(True), march_tuners(False)
+    fwd_tuners, adj_tuners = march_autotuners(True), march_autotuners(False)
+    baseline = dataclasses.replace(DEFAULT_CONFIG, **BASELINE)
 
-    def measure(case: str, fn, counted_samples: int | None = samples, tuners=None) -> None:
-        """Time ``fn`` and print the case (if wanted); ``tuners``: the march's autotuned kernel objects, whose
-        choice for it (launch configuration, and the plane carry's trials when tuned) the row also gives."""
+    def measure(case: str, fn, counted_samples: int | None = samples, tuners=None, config=None) -> None:
+        """Time ``fn`` under ``config`` (default: the one in force) and print the case (if wanted); ``tuners``:
+        the march's autotuned kernel objects, whose choice for it (launch configuration, and the plane carry's
+        trials when tuned) the row also gives, with the configuration the case ran with."""
         if not wanted(case):
             return
-        if tuners is not None:
-            forget_launch_choices(tuners)
-        ms = timed(fn)
-        extra = {}
-        if tuners is not None:  # the switches the case ran with, so a row's label can be checked
-            extra.update(tuner_choice(tuners))
-            extra["switches"] = {switch: getattr(TritonBackend, switch) for switch in SWITCHES}
+        with use_config(config or active_config()):
+            if tuners is not None:
+                forget_launch_choices(tuners)
+            ms = timed(fn)
+            extra = {}
+            if tuners is not None:  # the configuration the case ran with, so a row's label can be checked
+                extra.update(tuner_choice(tuners))
+                extra["switches"] = dataclasses.asdict(active_config())
         emit(case, ms, counted_samples, **extra)
-
-    def set_switches(values: dict) -> None:
-        for switch, value in values.items():
-            setattr(TritonBackend, switch, value)
-
-    defaults = {switch: getattr(TritonBackend, switch) for switch in SWITCHES}
-    # the baseline the cases below change one switch of: unpacked, no reuse, channels-last copy, carry at any pack
-    set_switches(BASELINE)
 
     def forward():
         return TritonBackend.forward(volume, *ray_args)
@@ -202,83 +200,58 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     def adjoint():
         return TritonBackend.adjoint(grad, volume.shape, *ray_args)
 
+    def changed(**fields):
+        return dataclasses.replace(baseline, **fields)
+
     for tile in TILE_WIDTHS:
-        TritonBackend.FORWARD_TILE_WIDTH = TritonBackend.ADJOINT_TILE_WIDTH = tile
         label = f"tiles{tile}" if tile else "runs"
-        measure(f"march-fwd[{label}]", forward, tuners=fwd_tuners)
-        for scheme, merge, carry in (("merged+carry", True, True), ("merged", True, False), ("naive", False, False)):
-            TritonBackend.MERGE_RUNS, TritonBackend.CARRY_CORNERS = merge, carry
-            measure(f"march-adj[{scheme},{label}]", adjoint, tuners=adj_tuners)
+        tiles = {"forward_tile_width": tile, "adjoint_tile_width": tile}
+        measure(f"march-fwd[{label}]", forward, tuners=fwd_tuners, config=changed(**tiles))
+        for scheme, carry_max_pack in (("merged+carry", 4), ("merged", 0)):
+            measure(f"march-adj[{scheme},{label}]", adjoint, tuners=adj_tuners,
+                    config=changed(**tiles, carry_max_pack=carry_max_pack))
     for tile in FORWARD_ONLY_TILE_WIDTHS:
-        TritonBackend.FORWARD_TILE_WIDTH = tile
-        measure(f"march-fwd[tiles{tile}]", forward, tuners=fwd_tuners)
-    # back to tiles 8 both ways (the tile loop ended on runs), as the labels below say
-    TritonBackend.FORWARD_TILE_WIDTH = TritonBackend.ADJOINT_TILE_WIDTH = 8
-    TritonBackend.MERGE_RUNS = True
-    TritonBackend.REUSE_CORNERS = True
-    measure("march-fwd[tiles8,reuse]", forward, tuners=fwd_tuners)
-    if channels > 1:  # the volume here is channels-first: march it in place, without the channels-last copy
-        TritonBackend.COPY_CHANNELS_LAST = False
-        measure("march-fwd[tiles8,reuse,in place]", forward, tuners=fwd_tuners)
-        TritonBackend.REUSE_CORNERS = False
-        measure("march-fwd[tiles8,in place]", forward, tuners=fwd_tuners)
-        TritonBackend.COPY_CHANNELS_LAST = True
-    TritonBackend.REUSE_CORNERS = False
+        measure(f"march-fwd[tiles{tile}]", forward, tuners=fwd_tuners, config=changed(forward_tile_width=tile))
     for pack in (2, 4):
         if channels * pack <= 4:
-            TritonBackend.ADJOINT_PACK = pack
-            for scheme, carry in (("merged+carry", True), ("merged", False)):
-                TritonBackend.CARRY_CORNERS = carry
-                measure(f"march-adj[{scheme},tiles8,packed{pack}]", adjoint, tuners=adj_tuners)
-    TritonBackend.ADJOINT_PACK, TritonBackend.CARRY_CORNERS = 1, True
+            for scheme, carry_max_pack in (("merged+carry", 4), ("merged", 0)):
+                measure(f"march-adj[{scheme},tiles8,packed{pack}]", adjoint, tuners=adj_tuners,
+                        config=changed(adjoint_pack=pack, carry_max_pack=carry_max_pack))
 
     # the defaults as shipped, on rays from torch build_rays (as every case above) and from the Triton ray set-up
-    # the public API uses: the two must time alike (a gap seen on the packed W2 adjoint is being chased)
-    set_switches(defaults)
+    # the public API uses: the two must time alike
     api_rays = triton_build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
     api_args = (api_rays.origin, api_rays.direction, api_rays.t_near, api_rays.delta, api_rays.n_samples,
                 api_rays.volume_index)
-    measure("march-fwd[defaults]", forward, tuners=fwd_tuners)
+
+    def api_adjoint():
+        return TritonBackend.adjoint(grad, volume.shape, *api_args)
+
+    measure("march-fwd[defaults]", forward, tuners=fwd_tuners, config=DEFAULT_CONFIG)
     measure("march-fwd[defaults,api rays]", lambda: TritonBackend.forward(volume, *api_args),
-            tuners=fwd_tuners)
-    measure("march-adj[defaults]", adjoint, tuners=adj_tuners)
-    measure("march-adj[defaults,api rays]", lambda: TritonBackend.adjoint(grad, volume.shape, *api_args),
-            tuners=adj_tuners)
+            tuners=fwd_tuners, config=DEFAULT_CONFIG)
+    measure("march-adj[defaults]", adjoint, tuners=adj_tuners, config=DEFAULT_CONFIG)
+    measure("march-adj[defaults,api rays]", api_adjoint, tuners=adj_tuners, config=DEFAULT_CONFIG)
     if channels == 1:  # 4 slots: the plane carry off, forced on across the rays' dominant axis, and across z
-        TritonBackend.TUNE_PLANE_CARRY = False
-        measure("march-adj[defaults,no plane carry,api rays]",
-                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuners=adj_tuners)
-        TritonBackend.TUNE_PLANE_CARRY = True
-        TritonBackend.CARRY_MAX_PACK = 4
-        measure("march-adj[defaults+plane carry,api rays]",
-                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuners=adj_tuners)
-        TritonBackend.ADJOINT_PLANE_AXIS = 0
-        measure("march-adj[defaults+plane carry z,api rays]",
-                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuners=adj_tuners)
-        set_switches(defaults)
-    if n_views > b:  # several views per volume: their programs interleaved tile by tile (a slab at a time)
-        TritonBackend.FORWARD_VIEWS_INNER = TritonBackend.ADJOINT_VIEWS_INNER = True
-        measure("march-fwd[defaults+views inner,api rays]", lambda: TritonBackend.forward(volume, *api_args),
-                tuners=fwd_tuners)
-        measure("march-adj[defaults+views inner,api rays]",
-                lambda: TritonBackend.adjoint(grad, volume.shape, *api_args), tuners=adj_tuners)
-        set_switches(defaults)
+        measure("march-adj[defaults,no plane carry,api rays]", api_adjoint, tuners=adj_tuners,
+                config=dataclasses.replace(DEFAULT_CONFIG, tune_plane_carry=False))
+        forced = dataclasses.replace(DEFAULT_CONFIG, carry_max_pack=4)
+        measure("march-adj[defaults+plane carry,api rays]", api_adjoint, tuners=adj_tuners, config=forced)
+        measure("march-adj[defaults+plane carry z,api rays]", api_adjoint, tuners=adj_tuners,
+                config=dataclasses.replace(forced, adjoint_plane_axis=0))
     if wanted("march-adj[defaults"):
         same = (api_rays.n_samples == rays.n_samples).float().mean()
         print(json.dumps({"check": "api rays vs torch rays", "workload": name, "n_samples_equal": float(same),
                           "t_near_max_abs_mm": float((api_rays.t_near - rays.t_near).abs().max()),
                           "delta_max_abs_mm": float((api_rays.delta - rays.delta).abs().max())}), flush=True)
-    set_switches(BASELINE)
     half = volume.to(torch.bfloat16)
     for pack in (2, 4):
         if channels * pack <= 4:
-            TritonBackend.FORWARD_PACK = pack
-            measure(f"march-fwd[tiles8,packed{pack}]", forward, tuners=fwd_tuners)
-            measure(f"pack-corners[{pack}]", lambda: _pack_corners(volume, pack), None)
+            measure(f"march-fwd[tiles8,packed{pack}]", forward, tuners=fwd_tuners, config=changed(forward_pack=pack))
+            measure(f"pack-corners[{pack}]", lambda: pack_corners(volume, pack), None)
         if channels * pack <= 8:
-            TritonBackend.FORWARD_PACK = pack
-            measure(f"march-fwd[bf16 volume,packed{pack}]", lambda: TritonBackend.forward(half, *ray_args))
-    TritonBackend.FORWARD_PACK = 1
+            measure(f"march-fwd[bf16 volume,packed{pack}]", lambda: TritonBackend.forward(half, *ray_args),
+                    config=changed(forward_pack=pack))
     if device.type == "cuda" and channels & (channels - 1) == 0 and wanted("gather-only"):
         limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed)
         emit(f"gather-only[{config['BLOCK_R']}x{config['num_warps']},tiles{config['TILE_W']}]", limit_ms)
@@ -287,7 +260,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
                 limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed, pack)
                 emit(f"gather-only[packed{pack},{config['BLOCK_R']}x{config['num_warps']},tiles{config['TILE_W']}]",
                      limit_ms)
-    measure("march-fwd[bf16 volume]", lambda: TritonBackend.forward(half, *ray_args))
+    measure("march-fwd[bf16 volume]", lambda: TritonBackend.forward(half, *ray_args), config=baseline)
     sampling = {"num_samples": spec["samples"]}
     measure("ray-setup[triton]", lambda: triton_build_rays(poses, affines, shape, geometry, **sampling), None)
     measure("ray-setup[torch]", lambda: build_rays(poses, affines, shape, geometry, **sampling), None)
@@ -299,33 +272,25 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
 
     spectrum = tube_spectrum(120.0)
     thickness = (torch.rand(n_views, 2, *geometry.detector_shape, generator=gen) * 30).to(device)
-    implementation = "auto" if device.type == "cuda" else "triton"
 
-    def attenuation(fn):
+    def attenuation(implementation: str):
         t = thickness.clone().requires_grad_()
-        i_atten, line = fn(t)
+        i_atten, line = attenuate(t, spectrum, implementation=implementation)
         (i_atten.sum() + line.sum()).backward()
 
-    measure("atten-fused", lambda: attenuation(lambda t: fused_attenuate(t, spectrum,
-                                                                            implementation=implementation)), None)
-    measure("atten-torch", lambda: attenuation(lambda t: attenuate(t, spectrum)), None)
+    measure("atten-triton", lambda: attenuation("triton"), None)
+    measure("atten-torch", lambda: attenuation("torch"), None)
 
     if channels == 2:  # CT2Xray of bone / tissue densities, forward + backward through I and −log I
-        from xraysyn.physics.fused_ct2xray import project_and_attenuate
-
         densities = volume * 50.0  # g/cm³ from the random 0..1 values: a visibly attenuating body
 
-        def ct2xray_step(fused: bool):
+        def ct2xray_step():
             leaf = densities.detach().requires_grad_(True)
-            _, i_atten, line = project_and_attenuate(leaf, affines, poses, geometry, spectrum, fused=fused,
-                                                     backend="auto" if device.type == "cuda" else "triton",
-                                                     num_samples=spec["samples"])
+            _, i_atten, line = project_and_attenuate(leaf, affines, poses, geometry, spectrum, implementation="triton",
+                                                     backend="triton", num_samples=spec["samples"])
             (i_atten.sum() + line.sum()).backward()
 
-        set_switches(defaults)  # CT2Xray with the shipped switches
-        measure("ct2xray[fused march]", lambda: ct2xray_step(True))
-        measure("ct2xray[march + atten-fused]", lambda: ct2xray_step(False))
-    set_switches(defaults)
+        measure("ct2xray[march + atten-triton]", ct2xray_step, config=DEFAULT_CONFIG)
 
 
 def main(argv=None) -> None:

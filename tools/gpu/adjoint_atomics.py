@@ -1,15 +1,15 @@
 """Exact count of the atomic requests each adjoint scheme of the Triton backend issues (no GPU needed).
 
-    python benchmarks/adjoint_atomics.py [--workloads W1,W2] [--ray-stride 64]
-    python benchmarks/adjoint_atomics.py --workloads W2 --cross-ray 16 [--block-r 256 --tile-w 4]
+    python tools/gpu/adjoint_atomics.py [--workloads W1,W2] [--ray-stride 64]
+    python tools/gpu/adjoint_atomics.py --workloads W2 --cross-ray 16 [--block-r 256 --tile-w 4]
 
 The measured adjoint time has followed its number of atomics (naive → cell-run merging: 2.5× fewer
 atomics, 2.5× faster on an H200, both workloads), so this count predicts what a scheme can gain
 before device time is spent on it. For every sampled ray it replays the kernels' sampling (float64
 positions, the same clamping) and counts, per ray and channel group, the memory requests of:
 
-  per-sample      8 corners per sample                                 (MERGE_RUNS = False)
-  merged          8 corners each time the ray leaves a cell            (MERGE_RUNS, the measured default)
+  per-sample      8 corners per sample                                 (a naive scatter, for reference)
+  merged          8 corners each time the ray leaves a cell            (the adjoint kernel)
   merged+carry    only the corners the next cell does not share        (CARRY_CORNERS)
   packedP[+carry] the same with P = 2 (x pairs) or 4 (x and y quads) corners per vector request
   packed4+carry[plane A]  4 slots packed across axis A (quads over the other two axes): the plane carry
