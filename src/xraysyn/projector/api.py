@@ -11,21 +11,19 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
-from xraysyn.geometry import ConeBeamGeometry, pose_source_position, volume_center
+from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import cpu_numba, frames
+from xraysyn.projector.backend import capabilities_of, ray_tensors
 from xraysyn.projector.errors import ProjectorInputError
 from xraysyn.projector.frames import HostFrames
-from xraysyn.projector.rays import build_rays, clip_to_box
-from xraysyn.projector.reference import RayMarch, backend_forward, march_adjoint
+from xraysyn.projector.rays import build_rays
+from xraysyn.projector.reference import RayMarch, backend_forward, backproject_voxels, march_adjoint
 
 __all__ = ["forward_project", "forward_project_adjoint", "backproject", "chord_lengths", "BACKENDS"]
 
 BACKENDS = ("auto", "reference", "numba", "triton")
 _DEFAULT_BUDGET_MIB = 512.0
-# Approximate bytes of temporaries per voxel in the backprojector (coordinates, pixel positions, chords).
-_BP_BYTES_PER_VOXEL = 256
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -75,12 +73,11 @@ def _triton_backend():
 
 
 def _build_rays(chosen, host: HostFrames, *args, **kwargs):
-    """Rays from the chosen backend's own ``build_rays`` where it has one (the Triton backend, used only
-    without ray gradients, sets up all rays in one launch from the host copies of the frames), else the
-    differentiable torch :func:`build_rays`."""
-    own = getattr(chosen, "build_rays", None)
-    if own is not None:
-        return own(*args, host_frames=host, **kwargs)
+    """Rays from the chosen backend's own ``build_rays`` where it has one (``Capabilities.builds_rays``: the
+    Triton backend, used only without ray gradients, sets up all rays in one launch from the host copies of
+    the frames), else the differentiable torch :func:`build_rays`."""
+    if capabilities_of(chosen).builds_rays:
+        return chosen.build_rays(*args, host_frames=host, **kwargs)
     return build_rays(*args, **kwargs)
 
 
@@ -132,8 +129,7 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     Returns a :class:`PreparedMarch`: the volume as the chosen backend reads it (float32/float64, or
     fp16/bf16 as stored for a backend that reads those), the :class:`~xraysyn.projector.rays.RaySet`,
     the backend class (None for the torch reference) and what the backend made from the volume ahead
-    of the march (the Triton backend's marched layout). Shared by :func:`forward_project` and the
-    fused projection + attenuation of :mod:`xraysyn.physics.fused_ct2xray`.
+    of the march (the Triton backend's marched layout); :func:`march_prepared` marches it.
     """
     if not isinstance(volume, torch.Tensor) or volume.dim() != 5:
         shape = tuple(volume.shape) if isinstance(volume, torch.Tensor) else type(volume).__name__
@@ -148,10 +144,11 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     chosen = _select_backend(backend, volume.device, frames.any_requires_grad(world_from_voxel, poses, isocenter))
     # the Triton kernels read fp16/bf16 volumes as stored (half the bytes to gather) and accumulate in
     # float32; the other backends get a float32 copy
-    low_precision_ok = getattr(chosen, "READS_LOW_PRECISION", False)
+    capabilities = capabilities_of(chosen)
+    low_precision_ok = capabilities.low_precision_volumes
     vol = volume if low_precision_ok and volume.dtype in (torch.float16, torch.bfloat16) else volume.to(dtype)
     scan = frames.needs_scan(volume)
-    prepare_volume = getattr(chosen, "prepare_volume", None)
+    prepare_volume = chosen.prepare_volume if capabilities.prepares_volumes else None
     # A backend with prepare_volume starts its volume work (copy into the marched layout, fused NaN/inf scan)
     # first, so the GPU begins it as early as the call allows; the frames' conversions and their one
     # device→host copy go on a stream beside it (they wait for the work queued before the call, not for the
@@ -209,8 +206,9 @@ def forward_project(
         num_samples: alternatively, a fixed number of samples per ray.
         isocenter: ``(B, 3)`` or ``(3,)`` world mm; default the centre of each volume.
         memory_budget_mib: bound on the temporaries (rays are processed in chunks).
-        backend: ``"auto"`` (numba on CPU when only the volume needs gradients, else the torch
-            reference), ``"reference"`` or ``"numba"``.
+        backend: ``"auto"`` (Triton for CUDA tensors and numba for CPU tensors when only the volume
+            needs gradients, else the torch reference), ``"reference"``, ``"numba"`` or ``"triton"``
+            (see :data:`BACKENDS`).
 
     Returns:
         ``(B * V, C, rows, cols)`` line integrals in ``u × mm``; 0 for rays that miss the volume.
@@ -226,7 +224,7 @@ def march_prepared(march: PreparedMarch, geometry: ConeBeamGeometry,
                    memory_budget_mib: float = _DEFAULT_BUDGET_MIB) -> torch.Tensor:
     """:func:`forward_project` on what :func:`prepare_march` returned: ``(B * V, C, rows, cols)``."""
     volume, rays = march.volume, march.rays
-    ray_args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
+    ray_args = ray_tensors(rays)
     if march.backend is not None and not (torch.is_grad_enabled() and volume.requires_grad):
         # nothing to differentiate (a backend is chosen only without ray gradients): skip the autograd node
         out = backend_forward(march.backend, volume, *ray_args, float(memory_budget_mib), march.prepared)
@@ -285,8 +283,7 @@ def forward_project_adjoint(
     n, c = images.shape[:2]
     grad = images.to(dtype).reshape(n, c, -1).permute(0, 2, 1).contiguous()
     adjoint = chosen.adjoint if chosen is not None else march_adjoint
-    return adjoint(grad, (num_volumes, c, *spatial), rays.origin, rays.direction, rays.t_near, rays.delta,
-                   rays.n_samples, rays.volume_index, float(memory_budget_mib))
+    return adjoint(grad, (num_volumes, c, *spatial), *ray_tensors(rays), float(memory_budget_mib))
 
 
 def chord_lengths(
@@ -352,7 +349,7 @@ def backproject(
     if not isinstance(memory_budget_mib, (int, float)) or not memory_budget_mib > 0:
         raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
     spatial = _check_spatial_shape(volume_shape)
-    b, c, rows, cols = images.shape
+    b = images.shape[0]
     dtype = _compute_dtype(images.dtype)
     dev = images.device
     affines, pose_t, iso, host = frames.prepare_frames(world_from_voxel, poses, isocenter, b, dtype, dev, values=images,
@@ -370,42 +367,4 @@ def backproject(
         if backend == "triton":
             raise ProjectorInputError("backproject backend 'triton' needs triton on a CUDA device (or "
                                       "TRITON_INTERPRET=1) and inputs that do not require gradients")
-    if iso is None:
-        iso = volume_center(affines, spatial)
-    imgs = images.to(dtype)
-
-    d, h, w = spatial
-    n_vox = d * h * w
-    chunk = max(1, int(memory_budget_mib * 2**20 // (_BP_BYTES_PER_VOXEL + 8 * c)))
-    voxel_from_world = torch.linalg.inv(affines)
-    source_world = pose_source_position(pose_t) + iso  # (B, 3)
-    source_voxel = (voxel_from_world[:, :3, :3] @ source_world[:, :, None]).squeeze(-1) + voxel_from_world[:, :3, 3]
-    grids = torch.meshgrid(*(torch.arange(s, dtype=dtype, device=dev) for s in spatial), indexing="ij")
-    ijk = torch.stack([g.reshape(-1) for g in grids], dim=-1)  # (n_vox, 3)
-
-    outs = []
-    for bi in range(b):
-        parts = []
-        for start in range(0, n_vox, chunk):
-            idx = ijk[start:start + chunk]
-            world = idx @ affines[bi, :3, :3].T + affines[bi, :3, 3]
-            cam = (world - iso[bi]) @ pose_t[bi, :3, :3].T + pose_t[bi, :3, 3]
-            pix = geometry.camera_to_pixel(cam)  # (M, 2) row, col
-            on_det = ((cam[:, 2] > 0) & (pix[:, 0] >= -0.5) & (pix[:, 0] <= rows - 0.5)
-                      & (pix[:, 1] >= -0.5) & (pix[:, 1] <= cols - 0.5))
-            gy = pix[:, 0] / max(rows - 1, 1) * 2 - 1 if rows > 1 else torch.zeros_like(pix[:, 0])
-            gx = pix[:, 1] / max(cols - 1, 1) * 2 - 1 if cols > 1 else torch.zeros_like(pix[:, 1])
-            grid = torch.stack([gx, gy], dim=-1)[None, :, None, :]
-            vals = F.grid_sample(imgs[bi:bi + 1], grid, mode="bilinear", padding_mode="border",
-                                 align_corners=True)[0, :, :, 0]  # (C, M)
-            # chord of the ray source -> voxel centre, in voxel coordinates, per mm of world path
-            to_vox_world = world - source_world[bi]
-            dist = to_vox_world.norm(dim=-1, keepdim=True)
-            direction = (to_vox_world / dist) @ voxel_from_world[bi, :3, :3].T
-            t_detector = dist[:, 0] * geometry.sdd / cam[:, 2].clamp(min=torch.finfo(dtype).tiny)
-            t_near, t_far = clip_to_box(source_voxel[bi].expand(1, 1, 3), direction[None], spatial, t_detector[None])
-            length = (t_far - t_near)[0]
-            safe = torch.where(length > 0, length, torch.ones_like(length))
-            parts.append(torch.where(on_det & (length > 0), vals / safe, torch.zeros_like(vals)))
-        outs.append(torch.cat(parts, dim=-1).reshape(c, d, h, w))
-    return torch.stack(outs, dim=0)
+    return backproject_voxels(images.to(dtype), affines, pose_t, iso, geometry, spatial, memory_budget_mib)

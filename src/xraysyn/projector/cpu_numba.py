@@ -18,6 +18,8 @@ import math
 import numpy as np
 import torch
 
+from xraysyn.projector.backend import Capabilities
+
 try:  # numba is a dependency, but keep the package importable (and the reference usable) without it
     import numba
     from numba import njit, prange
@@ -155,7 +157,10 @@ def _torch_threads_kept():
 
 
 class NumbaBackend:
-    """Forward and adjoint with the signatures of the reference ``march_forward`` / ``march_adjoint``."""
+    """Forward and adjoint with the signatures of the reference ``march_forward`` / ``march_adjoint``
+    (the :class:`~xraysyn.projector.backend.ProjectorBackend` protocol); CPU tensors, volume gradients only."""
+
+    capabilities = Capabilities(devices=("cpu",))
 
     @staticmethod
     def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0):

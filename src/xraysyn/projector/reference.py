@@ -13,8 +13,15 @@ which autograd reaches the poses and affines.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["RayMarch", "backend_forward", "march_forward", "march_adjoint", "rays_per_chunk"]
+from xraysyn.geometry import pose_source_position, volume_center
+from xraysyn.projector.rays import clip_to_box
+
+__all__ = ["RayMarch", "backend_forward", "backproject_voxels", "march_forward", "march_adjoint", "rays_per_chunk"]
+
+# Approximate bytes of temporaries per voxel in the torch backprojector (coordinates, pixel positions, chords).
+_BP_BYTES_PER_VOXEL = 256
 
 # Rough upper bound of the bytes of temporaries per (ray, sample) in the chunked kernels:
 # positions, indices and weights (~120 B) plus the gathered corner values per channel.
@@ -232,3 +239,57 @@ class RayMarch(torch.autograd.Function):
             g_o, g_d, g_tn, g_dl = _ray_parameter_grads(grad_out, volume, origin, direction, t_near, delta,
                                                         n_samples, volume_index, ctx.memory_budget_mib)
         return g_vol, g_o, g_d, g_tn, g_dl, None, None, None, None, None
+
+
+def backproject_voxels(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: torch.Tensor,
+                       isocenter: torch.Tensor | None, geometry, spatial_shape, memory_budget_mib: float) -> torch.Tensor:
+    """The torch BP (paper eq. 7) behind :func:`xraysyn.projector.backproject`, on validated inputs:
+    differentiable w.r.t. images, poses, affines and isocenter.
+
+    ``images (B, C, rows, cols)`` in ``u × mm`` (already in the compute dtype), ``world_from_voxel`` and
+    ``poses (B, 4, 4)`` (mm), ``isocenter (B, 3)`` mm or None (each volume's centre), ``spatial_shape (D, H,
+    W)``; voxels are processed in chunks whose temporaries stay within ``memory_budget_mib``. Returns
+    ``(B, C, D, H, W)`` in ``u`` per mm: each voxel centre's bilinear image value (border-clamped) divided by
+    the chord (mm) of the source→voxel ray inside the volume box, 0 off the detector.
+    """
+    affines, pose_t, iso, spatial, imgs = world_from_voxel, poses, isocenter, tuple(spatial_shape), images
+    b, c, rows, cols = imgs.shape
+    dtype, dev = imgs.dtype, imgs.device
+    if iso is None:
+        iso = volume_center(affines, spatial)
+
+    d, h, w = spatial
+    n_vox = d * h * w
+    chunk = max(1, int(memory_budget_mib * 2**20 // (_BP_BYTES_PER_VOXEL + 8 * c)))
+    voxel_from_world = torch.linalg.inv(affines)
+    source_world = pose_source_position(pose_t) + iso  # (B, 3)
+    source_voxel = (voxel_from_world[:, :3, :3] @ source_world[:, :, None]).squeeze(-1) + voxel_from_world[:, :3, 3]
+    grids = torch.meshgrid(*(torch.arange(s, dtype=dtype, device=dev) for s in spatial), indexing="ij")
+    ijk = torch.stack([g.reshape(-1) for g in grids], dim=-1)  # (n_vox, 3)
+
+    outs = []
+    for bi in range(b):
+        parts = []
+        for start in range(0, n_vox, chunk):
+            idx = ijk[start:start + chunk]
+            world = idx @ affines[bi, :3, :3].T + affines[bi, :3, 3]
+            cam = (world - iso[bi]) @ pose_t[bi, :3, :3].T + pose_t[bi, :3, 3]
+            pix = geometry.camera_to_pixel(cam)  # (M, 2) row, col
+            on_det = ((cam[:, 2] > 0) & (pix[:, 0] >= -0.5) & (pix[:, 0] <= rows - 0.5)
+                      & (pix[:, 1] >= -0.5) & (pix[:, 1] <= cols - 0.5))
+            gy = pix[:, 0] / max(rows - 1, 1) * 2 - 1 if rows > 1 else torch.zeros_like(pix[:, 0])
+            gx = pix[:, 1] / max(cols - 1, 1) * 2 - 1 if cols > 1 else torch.zeros_like(pix[:, 1])
+            grid = torch.stack([gx, gy], dim=-1)[None, :, None, :]
+            vals = F.grid_sample(imgs[bi:bi + 1], grid, mode="bilinear", padding_mode="border",
+                                 align_corners=True)[0, :, :, 0]  # (C, M)
+            # chord of the ray source -> voxel centre, in voxel coordinates, per mm of world path
+            to_vox_world = world - source_world[bi]
+            dist = to_vox_world.norm(dim=-1, keepdim=True)
+            direction = (to_vox_world / dist) @ voxel_from_world[bi, :3, :3].T
+            t_detector = dist[:, 0] * geometry.sdd / cam[:, 2].clamp(min=torch.finfo(dtype).tiny)
+            t_near, t_far = clip_to_box(source_voxel[bi].expand(1, 1, 3), direction[None], spatial, t_detector[None])
+            length = (t_far - t_near)[0]
+            safe = torch.where(length > 0, length, torch.ones_like(length))
+            parts.append(torch.where(on_det & (length > 0), vals / safe, torch.zeros_like(vals)))
+        outs.append(torch.cat(parts, dim=-1).reshape(c, d, h, w))
+    return torch.stack(outs, dim=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from xraysyn.projector.backend import Capabilities
 from xraysyn.projector.triton.checks import (
     TritonBackendInputError,
     acc_torch_dtype,
@@ -74,7 +75,8 @@ def _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dty
 
 
 class TritonBackend:
-    """Forward and adjoint with the signatures of the reference ``march_forward`` / ``march_adjoint``.
+    """Forward and adjoint with the signatures of the reference ``march_forward`` / ``march_adjoint`` (the
+    :class:`~xraysyn.projector.backend.ProjectorBackend` protocol), plus ``prepare_volume`` and ``build_rays``.
 
     How the kernels organise the work (detector tiles, packed corner layouts, the adjoint's corner carry,
     empty space skipping, kept ray sets, pinned launch configurations) follows the active
@@ -83,8 +85,10 @@ class TritonBackend:
     program, warps, samples per forward loop iteration) is autotuned once per (rays, channels, layout).
     """
 
-    # The kernels read fp16/bf16 volumes as stored (float32 accumulation): no upcast copy needed.
-    READS_LOW_PRECISION = True
+    # fp16/bf16 volumes read as stored (float32 accumulation); the layout started ahead of the rays (and kept
+    # for static volumes); the one-launch ray set-up; BP's gather kernel
+    capabilities = Capabilities(devices=("cuda",), low_precision_volumes=True, prepares_volumes=True,
+                                static_volumes=True, builds_rays=True, backprojects=True)
 
     @staticmethod
     def clear_kept_rays() -> None:
