@@ -149,6 +149,23 @@ def _ball(radius_mm: float, spacing_mm: Sequence[float]) -> np.ndarray:
     return sum(g**2 for g in grids) <= radius_mm**2 + 1e-9
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` (6-connected background) by one labelling of the background.
+
+    Holes are background components that touch no face of the array; labelling once is several
+    times faster than the iterative dilation scipy uses, with the same result.
+    """
+    background, count = ndimage.label(~mask)
+    if count == 0:
+        return mask.copy()
+    open_to_border = np.zeros(count + 1, dtype=bool)
+    open_to_border[0] = True  # label 0 is the mask itself
+    for axis in range(mask.ndim):
+        open_to_border[np.take(background, 0, axis=axis)] = True
+        open_to_border[np.take(background, -1, axis=axis)] = True
+    return mask | ~open_to_border[background]
+
+
 def bone_mask_from_hu(
     hu: np.ndarray,
     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
@@ -186,7 +203,7 @@ def bone_mask_from_hu(
             # pad so that the closing does not erode at the array border
             pad = [(h, h) for h in (np.array(ball.shape) // 2)]
             mask = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[tuple(slice(p[0], -p[0] or None) for p in pad)]
-    mask = ndimage.binary_fill_holes(mask)
+    mask = _fill_holes(mask)
     if min_component_mm3 > 0 and mask.any():
         components, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
         sizes_mm3 = np.bincount(components.ravel())[1:] * float(np.prod(spacing))
