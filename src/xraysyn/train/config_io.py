@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -82,7 +83,7 @@ def from_dict(cls, data, path: str = ""):
         raise ConfigError(f"{where}: expected a mapping of fields, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # keys may be of any type in YAML
     if unknown:
         raise ConfigError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                           f"(known: {', '.join(fields)})")
@@ -104,6 +105,16 @@ def to_dict(obj):
     return obj
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads exponent notation without a dot (``1e-4``) as a float, as
+    YAML 1.2 does; PyYAML's YAML 1.1 rules would make it a string and the config would refuse it."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def read_yaml(path: str | Path) -> dict:
     """The mapping in a YAML file; :class:`ConfigError` for a missing, unreadable or non-mapping file."""
     path = Path(path)
@@ -112,7 +123,7 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as error:
         raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
