@@ -8,7 +8,7 @@ Presets:
 
 * ``paper`` — Table 3 at 128³ with a 128² detector, batch norm, for a GPU (bf16 autocast).
 * ``cpu64`` — a model worth using that trains in about an hour on 2 CPU cores: 64³ volumes, a 64²
-  detector, encoder widths 16–128 with instance norm (about 1 M parameters, ~4 MB of weights).
+  detector, encoder widths 16–128 with instance norm (652,578 parameters, 2.6 MB of float32 weights).
 * ``small`` — 16³ volumes and a tiny network, for tests.
 """
 
@@ -76,13 +76,16 @@ class DataSource:
 
     @classmethod
     def parse(cls, text: str) -> DataSource:
-        """``PATH`` or ``PATH:WEIGHT`` (e.g. ``shards/:0.7``, ``phantom:0.3``)."""
+        """``PATH`` or ``PATH:WEIGHT`` (e.g. ``shards/:0.7``, ``phantom:0.3``); text after the last colon that is
+        not a number stays part of the path (``C:/x``); a number that is not a valid weight is an error."""
         path, sep, weight = str(text).rpartition(":")
         if sep and path and not weight.startswith(("/", "\\")):
             try:
-                return cls(path, float(weight))
+                value = float(weight)
             except ValueError:
                 pass
+            else:
+                return cls(path, value)  # a bad weight (0, negative, nan, inf) raises here, not a path
         return cls(str(text))
 
 
