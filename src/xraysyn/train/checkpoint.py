@@ -113,8 +113,11 @@ def latest_checkpoint(run_dir: str | Path, *, stage: str | None = None) -> tuple
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` step checkpoints and any leftover temporary files."""
-    for path in step_checkpoints(run_dir)[:-keep_last]:
+    """Delete all but the newest ``keep_last`` (>= 0) step checkpoints and any leftover temporary files."""
+    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
+        raise ValueError(f"keep_last must be an integer >= 0, got {keep_last!r}")
+    paths = step_checkpoints(run_dir)
+    for path in paths[:max(0, len(paths) - keep_last)]:
         path.unlink(missing_ok=True)
     folder = Path(run_dir) / CHECKPOINT_DIR
     for leftover in folder.glob(".*.tmp"):
