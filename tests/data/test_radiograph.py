@@ -38,16 +38,18 @@ def _attenuation_map(rows: int = 24, cols: int = 20) -> np.ndarray:
 
 
 def _write_dicom(path, stored: np.ndarray, *, photometric="MONOCHROME2", bits_stored=BITS, window=None,
-                 slope=None, intercept=None, spacing=None, spacing_tag="ImagerPixelSpacing", transfer_syntax=None):
+                 slope=None, intercept=None, spacing=None, spacing_tag="ImagerPixelSpacing", transfer_syntax=None,
+                 modality="CR", sop_class="1.2.840.10008.5.1.4.1.1.1"):  # CR Image Storage
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
+    if modality is not None:
+        ds.Modality = modality
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
@@ -291,3 +293,116 @@ def test_real_chest_cr_has_bright_spine_and_dark_lungs():
     assert spine > right_lung + 0.2 and spine > left_lung + 0.2
     out, _ = crop_and_resize(image, 256, mode="body", margin=0.05)
     assert out.shape == (256, 256)
+
+
+# --------------------------------------------- full bit depth of colour files, modality (issue 24: 11)
+# Files written byte by byte from the PNG (ISO/IEC 15948) and TIFF 6.0 specifications, so that the
+# reader is checked against the stored numbers, not against another library's writer.
+def _png_bytes(samples: np.ndarray, bit_depth: int = 16) -> bytes:
+    import struct
+    import zlib
+
+    samples = np.asarray(samples)
+    rows, cols = samples.shape[:2]
+    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]  # grey, grey+alpha, RGB, RGBA
+    big_endian = samples.astype(">u2" if bit_depth == 16 else "u1").reshape(rows, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in big_endian)  # filter type 0 on every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", cols, rows, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _tiff_bytes(samples: np.ndarray) -> bytes:
+    """Uncompressed little-endian 16-bit RGB (or RGBA with unassociated alpha) TIFF, one strip."""
+    import struct
+
+    rows, cols, channels = samples.shape
+    pixels = np.ascontiguousarray(samples, dtype="<u2").tobytes()
+    short, long = 3, 4
+    entries = [(256, long, 1, cols), (257, long, 1, rows), (258, short, channels, None), (259, short, 1, 1),
+               (262, short, 1, 2), (273, long, 1, None), (277, short, 1, channels), (278, long, 1, rows),
+               (279, long, 1, len(pixels)), (284, short, 1, 1)]
+    if channels == 4:
+        entries.append((338, short, 1, 2))
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_at = 8 + ifd_size
+    pixels_at = bits_at + 2 * channels
+    out = [b"II", struct.pack("<HI", 42, 8), struct.pack("<H", len(entries))]
+    for tag, kind, count, value in entries:
+        value = bits_at if tag == 258 else pixels_at if tag == 273 else value
+        packed = struct.pack("<HH", value, 0) if kind == short and tag != 258 else struct.pack("<I", value)
+        out.append(struct.pack("<HHI", tag, kind, count) + packed)
+    out += [struct.pack("<I", 0), struct.pack(f"<{channels}H", *([16] * channels)), pixels]
+    return b"".join(out)
+
+
+def _grey16(rows: int = 7, cols: int = 5) -> np.ndarray:
+    grey = np.random.default_rng(4).integers(0, 65536, size=(rows, cols))
+    grey[0, 0], grey[0, 1] = 0, 65535
+    grey[1, :] = 0x00FF  # only low bits: all zero once cut to 8 bits
+    return grey
+
+
+@pytest.mark.parametrize("layout", ["RGB", "RGBA"])
+@pytest.mark.parametrize("container", ["png", "tiff"])
+def test_16_bit_colour_files_with_equal_channels_keep_their_full_depth(tmp_path, layout, container):
+    grey = _grey16()
+    channels = [grey] * 3 + ([np.full_like(grey, 65535)] if layout == "RGBA" else [])
+    samples = np.stack(channels, -1)
+    path = tmp_path / f"x.{container}"
+    path.write_bytes(_png_bytes(samples) if container == "png" else _tiff_bytes(samples))
+    rg = load_radiograph(path)
+    np.testing.assert_allclose(rg.image, grey / 65535.0, rtol=0, atol=1e-7)
+    assert rg.meta["bits"] == 16 and rg.meta["channels"] == len(channels)
+
+
+
+def test_16_bit_colour_errors_instead_of_eight_bits(tmp_path):
+    grey = _grey16()
+    colour = np.stack([grey, grey, grey // 2], -1)
+    (tmp_path / "colour.png").write_bytes(_png_bytes(colour))
+    with pytest.raises(RadiographReadError, match="differing channels"):
+        load_radiograph(tmp_path / "colour.png")
+    (tmp_path / "colour.tiff").write_bytes(_tiff_bytes(colour))
+    with pytest.raises(RadiographReadError, match="differing channels"):
+        load_radiograph(tmp_path / "colour.tiff")
+    # 16-bit grey + alpha: read whole or refused, never cut to 8 bits.
+    (tmp_path / "la.png").write_bytes(_png_bytes(np.stack([grey, np.full_like(grey, 65535)], -1)))
+    try:
+        rg = load_radiograph(tmp_path / "la.png")
+    except RadiographReadError as exc:
+        assert "16-bit grey+alpha" in str(exc) and "full depth" in str(exc)
+    else:
+        np.testing.assert_allclose(rg.image, grey / 65535.0, rtol=0, atol=1e-7)
+    plain = tmp_path / "grey.png"
+    plain.write_bytes(_png_bytes(grey))
+    np.testing.assert_allclose(load_radiograph(plain).image, grey / 65535.0, rtol=0, atol=1e-7)
+
+
+def test_image_files_with_several_frames_are_refused(tmp_path):
+    pages = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (10, 200)]
+    pages[0].save(tmp_path / "pages.tiff", save_all=True, append_images=pages[1:])
+    with pytest.raises(RadiographReadError, match="2 frames"):
+        load_radiograph(tmp_path / "pages.tiff")
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "PT", "US", "NM"])
+def test_dicom_of_a_non_projection_modality_is_refused_naming_it(tmp_path, modality):
+    stored = np.round(_attenuation_map() * MAX_STORED).astype(np.uint16)
+    path = _write_dicom(tmp_path / "slice.dcm", stored, modality=modality, sop_class="1.2.840.10008.5.1.4.1.1.2")
+    with pytest.raises(RadiographReadError, match=rf"Modality '{modality}' is not a projection radiograph"):
+        load_radiograph(path)
+    assert load_radiograph(path, check_modality=False).image.shape == stored.shape
+
+
+@pytest.mark.parametrize("modality", ["CR", "DX", "DR", "RF", "XA", "MG", "OT", None])
+def test_dicom_of_projection_modalities_and_secondary_captures_load(tmp_path, modality):
+    stored = np.round(_attenuation_map() * MAX_STORED).astype(np.uint16)
+    rg = load_radiograph(_write_dicom(tmp_path / "x.dcm", stored, modality=modality))
+    assert rg.image.shape == stored.shape
+    secondary = _write_dicom(tmp_path / "sc.dcm", stored, modality="CT", sop_class="1.2.840.10008.5.1.4.1.1.7.3")
+    assert load_radiograph(secondary).image.shape == stored.shape  # a capture of a CT screen is a picture

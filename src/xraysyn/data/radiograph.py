@@ -8,12 +8,20 @@ DICOM pipeline (PS3.3 C.11, "Softcopy VOI LUT" and "Modality LUT"): stored value
 LUT or RescaleSlope/Intercept → VOI LUT sequence or WindowCenter/WindowWidth (the first
 window when several are given) → min–max normalised to ``[0, 1]`` → inverted when the
 photometric interpretation is ``MONOCHROME1`` (where the minimum value is displayed white).
+Only projection radiographs are accepted: the Modality must be one of :data:`PROJECTION_MODALITIES`
+(CR, DX, DR, RF, XA, MG, IO, PX, RG, OT) or the file a Secondary Capture; a CT or MR slice (or
+any other modality) is refused with its modality named, unless ``check_modality=False``. A file
+without a Modality is accepted (nothing to check).
 Compressed transfer syntaxes are decoded by pydicom's pixel-data plugins; JPEG / JPEG-LS /
 JPEG 2000 need ``pip install 'xraysyn[dicom-codecs]'`` (pylibjpeg and its libjpeg/openjpeg plugins).
 
 PNG / JPEG / TIFF (Pillow): 8-bit values are divided by 255 and 16-bit values by 65535 (the stored
-brightness is kept, not stretched); grayscale stored as RGB is accepted when the three channels
-are equal. Pass ``invert=True`` for files stored as negatives.
+brightness is kept, not stretched); grayscale stored as RGB(A) is accepted when the three colour
+channels are equal (an alpha channel is ignored), colour with differing channels is refused.
+16-bit colour PNG / TIFF (which Pillow would cut to 8 bits) are read at full depth with
+SimpleITK; ``meta["bits"]`` is the stored depth. Files with several frames (multi-page TIFF,
+animated PNG/GIF) are refused like multi-frame DICOM. Pass ``invert=True`` for files stored as
+negatives.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ __all__ = [
     "load_radiograph",
     "crop_and_resize",
     "RADIOGRAPH_SUFFIXES",
+    "PROJECTION_MODALITIES",
 ]
 
 #: File suffixes read with Pillow; anything else is tried as DICOM.
@@ -43,6 +52,30 @@ RADIOGRAPH_SUFFIXES = PILLOW_SUFFIXES + (".dcm", ".dicom")
 MIN_IMAGE_SIDE = 2
 #: Name of the optional dependency group holding the DICOM decoders.
 CODECS_EXTRA = "dicom-codecs"
+#: DICOM Modality values (PS3.3 C.7.3.1.1.1) of projection radiographs, which load_radiograph accepts.
+PROJECTION_MODALITIES = {
+    "CR": "computed radiography",
+    "DX": "digital radiography",
+    "DR": "digital radiography (older exporters)",
+    "RF": "radio fluoroscopy",
+    "XA": "X-ray angiography",
+    "MG": "mammography",
+    "IO": "intra-oral radiography",
+    "PX": "panoramic X-ray",
+    "RG": "radiographic imaging (film/screen)",
+    "OT": "other (scanned films, secondary captures)",
+}
+#: SOP Class UID of Secondary Capture Image Storage; its multi-frame variants append ``.1``-``.4``.
+SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+#: Pillow modes of colour images whose samples Pillow reduces to 8 bits when the file stores more.
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "LA", "La")
+#: Pillow modes holding one sample per pixel at more than 8 bits (kept at full depth by Pillow).
+_DEEP_GREY_MODES = ("I", "F")
+#: Byte offset of the bit depth in a PNG file (8-byte signature, IHDR length and type, width,
+#: height); the colour type follows it.
+_PNG_BIT_DEPTH_OFFSET = 24
+#: PNG colour types (ISO/IEC 15948, table 11.1) by name, for messages.
+_PNG_COLOUR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
 
 
 class RadiographReadError(ValueError):
@@ -129,7 +162,23 @@ def _dicom_pixels(ds, source: str) -> np.ndarray:
         raise RadiographReadError(f"{source}: cannot decode the pixel data (truncated or corrupt?): {exc}") from None
 
 
-def _load_dicom(path: Path, source: str) -> Radiograph:
+def _is_secondary_capture(ds) -> bool:
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+    return sop_class == SECONDARY_CAPTURE_SOP_CLASS or sop_class.startswith(SECONDARY_CAPTURE_SOP_CLASS + ".")
+
+
+def _check_modality(ds, source: str) -> None:
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if not modality or modality in PROJECTION_MODALITIES or _is_secondary_capture(ds):
+        return
+    accepted = ", ".join(PROJECTION_MODALITIES)
+    raise RadiographReadError(
+        f"{source}: DICOM Modality {modality!r} is not a projection radiograph (accepted: {accepted}, or a "
+        "Secondary Capture); a CT or MR slice cannot stand in for an X-ray. Pass check_modality=False to "
+        "load it anyway")
+
+
+def _load_dicom(path: Path, source: str, check_modality: bool) -> Radiograph:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -142,6 +191,8 @@ def _load_dicom(path: Path, source: str) -> Radiograph:
         ) from None
     except Exception as exc:  # truncated headers raise EOFError/OSError/struct errors
         raise RadiographReadError(f"{source}: unreadable DICOM file (truncated or corrupt?): {exc}") from None
+    if check_modality:
+        _check_modality(ds, source)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise RadiographReadError(f"{source}: DICOM file has no pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -195,13 +246,69 @@ def _load_dicom(path: Path, source: str) -> Radiograph:
 
 
 # ----------------------------------------------------------------------------------- Pillow
+def _stored_layout(img, path: Path) -> tuple[int | None, str]:
+    """Bits per stored sample and the channel layout, from the file's own header (PNG IHDR, TIFF
+    BitsPerSample); ``(None, mode)`` for other formats."""
+    if img.format == "PNG":
+        with open(path, "rb") as fh:
+            fh.seek(_PNG_BIT_DEPTH_OFFSET)
+            header = fh.read(2)
+        if len(header) == 2:
+            return header[0], _PNG_COLOUR_TYPES.get(header[1], img.mode)
+        return None, img.mode
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258)
+        if isinstance(bits, (tuple, list)):
+            return (max(int(b) for b in bits) if bits else None), img.mode
+        return (int(bits) if bits is not None else None), img.mode
+    return None, img.mode
+
+
+def _read_deep_colour(path: Path, source: str, bits: int, layout: str) -> np.ndarray:
+    """``(H, W, C)`` samples of a colour PNG/TIFF at their stored depth (SimpleITK reads them whole)."""
+    import SimpleITK as sitk
+
+    try:
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise RadiographReadError(
+            f"{source}: {bits}-bit {layout} image cannot be read at full depth ({reason}); save it as "
+            f"{bits}-bit grayscale without alpha (not read rather than cut to 8 bits)") from None
+    if array.ndim != 3 or array.shape[-1] not in (2, 3, 4):
+        raise RadiographReadError(f"{source}: {bits}-bit {layout} image read with shape {array.shape}, "
+                                  "expected one picture (rows, cols, channels)")
+    return array
+
+
+def _pixel_scale(array: np.ndarray, bits: int, source: str) -> float | None:
+    """Divisor mapping integer samples of ``bits`` bits to [0, 1]; ``None`` for floats (min-max)."""
+    if array.dtype.kind == "f":
+        return None
+    top = 2**bits - 1
+    if array.min() < 0 or array.max() > top:
+        raise RadiographReadError(f"{source}: integer image values outside the {bits}-bit range 0..{top}")
+    return float(top)
+
+
 def _load_pillow(path: Path, source: str) -> Radiograph:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img.load()
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames != 1:
+                raise RadiographReadError(f"{source}: image file has {frames} frames, a radiograph has exactly one")
             mode = img.mode
+            stored_bits, layout = _stored_layout(img, path)
+            if stored_bits is not None and stored_bits > 8 and mode in _COLOUR_MODES:
+                array = _read_deep_colour(path, source, stored_bits, layout)
+                return _finish_pillow(array, mode, stored_bits, path, source, reader="SimpleITK")
+            if stored_bits is not None and stored_bits > 8 and mode not in _DEEP_GREY_MODES \
+                    and not mode.startswith("I;16"):
+                raise RadiographReadError(f"{source}: {stored_bits}-bit {mode} images are not supported "
+                                          "(only grayscale or RGB(A))")
+            img.load()
             if mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
                 mode = img.mode
@@ -209,38 +316,49 @@ def _load_pillow(path: Path, source: str) -> Radiograph:
                 img = img.convert("L")
                 mode = "L"
             array = np.array(img)
+    except RadiographReadError:
+        raise
     except UnidentifiedImageError:
         raise RadiographReadError(f"{source}: not a readable image file") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated files raise OSError in load()
         raise RadiographReadError(f"{source}: unreadable image (truncated or corrupt?): {exc}") from None
+    if mode.startswith("I;16"):
+        bits = 16
+    elif mode == "I":  # 32-bit integer TIFF, or a 16-bit grayscale PNG in older Pillow
+        bits = stored_bits if stored_bits else 16
+    elif mode == "F":
+        bits = 32
+    else:
+        bits = 8
+    return _finish_pillow(array, mode, bits, path, source, reader="Pillow")
+
+
+def _finish_pillow(array: np.ndarray, mode: str, bits: int, path: Path, source: str, *, reader: str) -> Radiograph:
+    channels = array.shape[-1] if array.ndim == 3 else 1
     if array.ndim == 3:
         array = _single_channel(array, source)
     if array.size == 0:
         raise RadiographReadError(f"{source}: image is empty")
-    if mode.startswith("I;16") or mode == "I":
-        scale, bits = 65535.0, 16
-        if array.min() < 0 or array.max() > 65535:
-            raise RadiographReadError(f"{source}: integer image values outside the 16-bit range 0..65535")
-    elif mode == "F":
-        scale, bits = None, 32
-    else:
-        scale, bits = 255.0, 8
+    scale = None if mode == "F" else _pixel_scale(array, bits, source)
     values = array.astype(np.float64)
     _check_image(values, source)
     if scale is None:
         image = _normalise_min_max(values, source)
     else:
         image = (values / scale).astype(np.float32)
-    meta = {"source": source, "format": path.suffix.lower().lstrip("."), "mode": mode, "bits": bits}
+    meta = {"source": source, "format": path.suffix.lower().lstrip("."), "mode": mode, "bits": bits,
+            "channels": channels, "reader": reader}
     return Radiograph(image=np.ascontiguousarray(image, dtype=np.float32), pixel_spacing_mm=None, meta=meta)
 
 
-def load_radiograph(path: str | os.PathLike, *, invert: bool = False) -> Radiograph:
+def load_radiograph(path: str | os.PathLike, *, invert: bool = False, check_modality: bool = True) -> Radiograph:
     """Read one radiograph.
 
     Args:
         path: DICOM file (any suffix or none), or PNG / JPEG / TIFF / BMP.
         invert: flip the brightness (``1 - image``), for files stored as negatives.
+        check_modality: refuse DICOM files whose Modality is not a projection radiograph
+            (:data:`PROJECTION_MODALITIES` or a Secondary Capture).
 
     Returns:
         :class:`Radiograph` with a float32 ``(H, W)`` image in ``[0, 1]`` (bright = more
@@ -250,7 +368,8 @@ def load_radiograph(path: str | os.PathLike, *, invert: bool = False) -> Radiogr
         FileNotFoundError: ``path`` does not exist.
         RadiographReadError (a ``ValueError``): truncated or non-image files, missing pixel data,
             missing codecs (names the ``dicom-codecs`` extra), colour images with differing channels,
-            empty / 1×1 / constant images, NaNs.
+            empty / 1×1 / constant images, NaNs, several frames, a DICOM Modality that is not a
+            projection radiograph (e.g. CT, MR; the message names it).
     """
     path = Path(path)
     source = str(path)
@@ -263,7 +382,7 @@ def load_radiograph(path: str | os.PathLike, *, invert: bool = False) -> Radiogr
     if path.suffix.lower() in PILLOW_SUFFIXES:
         radiograph = _load_pillow(path, source)
     else:
-        radiograph = _load_dicom(path, source)
+        radiograph = _load_dicom(path, source, check_modality)
     if invert:
         radiograph.image = 1.0 - radiograph.image
         radiograph.meta["inverted"] = True
