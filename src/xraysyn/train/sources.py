@@ -124,8 +124,12 @@ def read_split(run_dir: Path, config: PriorDataConfig, datasets: list) -> CaseSp
         raise ConfigError(f"cannot read the saved split {str(path)!r}: {error}") from None
     if not isinstance(data, dict) or data.get("format") != SPLIT_FORMAT:
         raise ConfigError(f"{str(path)!r} is not an xraysyn split file")
-    split = CaseSplit({k: tuple(v) for k, v in data["train"].items()},
-                      {k: tuple(v) for k, v in data["validation"].items()})
+    try:
+        split = CaseSplit({k: tuple(v) for k, v in data["train"].items()},
+                          {k: tuple(v) for k, v in data["validation"].items()})
+    except (KeyError, TypeError, AttributeError):
+        raise ConfigError(f"{str(path)!r} is not a valid xraysyn split file (train and validation case lists "
+                          f"per source)") from None
     for source, dataset in zip(config.sources, datasets):
         known = set(case_ids(source, dataset))
         saved = split.train.get(source.path, ()) + split.validation.get(source.path, ())
@@ -205,6 +209,12 @@ class GlobalBatchSampler:
 
     def __init__(self, batch_size: int, steps: int, start_step: int = 0, rank: int = 0, world_size: int = 1,
                  micro_batches: int = 1):
+        for name, value, minimum in (("batch_size", batch_size, 1), ("steps", steps, 0), ("start_step", start_step, 0),
+                                     ("world_size", world_size, 1), ("micro_batches", micro_batches, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
         if batch_size % (world_size * micro_batches):
             raise ConfigError(f"the batch size {batch_size} is not divisible by the number of processes "
                               f"({world_size}) × micro-batches ({micro_batches})")
