@@ -170,6 +170,13 @@ class ItemPlan:
         order = torch.randperm(len(items), generator=seeded_generator(self.seed, EPOCH_STREAM, epoch)).tolist()
         return [items[i] for i in order]
 
+    def __getstate__(self) -> dict:  # the lru_cache wrapper does not pickle (DataLoader workers under spawn)
+        return {k: v for k, v in self.__dict__.items() if k != "_epoch"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._epoch = lru_cache(maxsize=4)(self._epoch_items)
+
     def epoch_of(self, position: int) -> int:
         return position // self.epoch_length
 
@@ -184,7 +191,14 @@ class TrainingItems(Dataset):
     def __init__(self, datasets: list, plan: ItemPlan, cache_cases: int = 0):
         self.datasets = datasets
         self.plan = plan
+        self.cache_cases = cache_cases
         self._load = lru_cache(maxsize=cache_cases)(self._load_case) if cache_cases > 0 else self._load_case
+
+    def __getstate__(self) -> dict:  # as ItemPlan: each worker process starts with an empty case cache
+        return {k: v for k, v in self.__dict__.items() if k != "_load"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["datasets"], state["plan"], state["cache_cases"])
 
     def _load_case(self, source: int, case: int):
         return self.datasets[source].load_case(case)
