@@ -4,11 +4,13 @@ and the global batch sampler, on tiny phantoms and shard folders."""
 from __future__ import annotations
 
 import json
+import pickle
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from xraysyn.data.shards import write_shard
 from xraysyn.train.config_io import ConfigError
@@ -326,3 +328,23 @@ def test_sampler_arguments_out_of_range_are_errors(kwargs, name):
     arguments = {"batch_size": 4, "steps": 3, **kwargs}
     with pytest.raises(ValueError, match=name):
         GlobalBatchSampler(**arguments)
+
+
+def test_training_items_pickle_for_worker_processes(phantom_items):
+    # DataLoader workers started by spawn or forkserver receive the dataset pickled
+    for items in (phantom_items(), phantom_items(cache_cases=2)):
+        copy = pickle.loads(pickle.dumps(items))
+        for position in (0, 7):
+            a, b = items[position], copy[position]
+            assert all(torch.equal(a[key], b[key]) for key in a), position
+        assert [copy.plan(p) for p in range(12)] == [items.plan(p) for p in range(12)]
+
+
+def test_a_spawned_worker_loads_the_same_batches(phantom_items):
+    items = phantom_items()
+    sampler = GlobalBatchSampler(2, 2)
+    inline = list(DataLoader(items, batch_sampler=sampler, num_workers=0))
+    spawned = list(DataLoader(items, batch_sampler=sampler, num_workers=1, multiprocessing_context="spawn"))
+    assert len(inline) == len(spawned) == 2
+    for a, b in zip(inline, spawned):
+        assert all(torch.equal(a[key], b[key]) for key in a)
