@@ -84,7 +84,12 @@ def staged_output_folder(folder: str | os.PathLike, *, overwrite: bool, option: 
         if folder.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
             os.replace(folder, retired / folder.name)
-            os.replace(staging, folder)
+            try:
+                os.replace(staging, folder)
+            except BaseException:
+                os.replace(retired / folder.name, folder)  # put the earlier results back
+                shutil.rmtree(retired, ignore_errors=True)
+                raise
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, folder)
@@ -108,9 +113,9 @@ def check_output_files(paths: Iterable[Path], stale: Iterable[Path], *, overwrit
         stale: earlier results of the same name pattern that this run would not rewrite (e.g.
             ``view_007.npy`` when the new run has 3 views); they are removed with ``overwrite``.
     """
-    paths = list(paths)
-    for path in paths:
-        if path.exists() and path.is_dir():
+    paths, stale = list(paths), list(stale)
+    for path in [*paths, *stale]:
+        if path.is_dir():
             raise IsADirectoryError(f"{option} {str(path)!r} is a folder, expected a file name")
     existing = [p for p in [*paths, *stale] if p.exists()]
     if existing and not overwrite:
@@ -121,14 +126,39 @@ def check_output_files(paths: Iterable[Path], stale: Iterable[Path], *, overwrit
         _check_parent_writable(path, option)
 
 
+def _commit_files(staged: list[Path], paths: list[Path], stale: list[Path], staging: Path) -> None:
+    """Move earlier files aside, the staged ones into place; undo both on any failure."""
+    retired_dir = staging / ".retired"
+    retired_dir.mkdir()
+    retired: list[tuple[Path, Path]] = []
+    moved_in: list[Path] = []
+    try:
+        for final in [*paths, *stale]:
+            if final.exists() or final.is_symlink():
+                keep = retired_dir / str(len(retired))
+                os.replace(final, keep)
+                retired.append((keep, final))
+        for tmp, final in zip(staged, paths):
+            os.replace(tmp, final)
+            moved_in.append(final)
+    except BaseException:
+        for final in moved_in:
+            final.unlink(missing_ok=True)
+        for keep, final in reversed(retired):
+            os.replace(keep, final)
+        raise
+
+
 @contextlib.contextmanager
 def staged_output_files(paths: list[Path], stale: Iterable[Path] = (), *, overwrite: bool,
                         option: str = "--out") -> Iterator[list[Path]]:
     """Yield temporary paths (one staging folder beside the outputs) for ``paths``.
 
-    When the block completes, every staged file is renamed onto its final name and the ``stale``
-    files are removed; on an exception nothing under the final names changes. All ``paths`` must
-    share one parent folder.
+    When the block completes, the earlier files under the final names and the ``stale`` files are
+    first moved aside into the staging folder, then every staged file is renamed onto its final
+    name; if a rename fails (or the process is interrupted there) the files already moved in are
+    removed and the earlier ones put back. On an exception inside the block nothing under the
+    final names changes. All ``paths`` must share one parent folder.
     """
     stale = list(stale)
     check_output_files(paths, stale, overwrite=overwrite, option=option)
@@ -142,10 +172,8 @@ def staged_output_files(paths: list[Path], stale: Iterable[Path] = (), *, overwr
         staged = [staging / p.name for p in paths]
         yield staged
         mode = 0o666 & ~_current_umask()
-        for tmp, final in zip(staged, paths):
+        for tmp in staged:
             os.chmod(tmp, mode)
-            os.replace(tmp, final)
-        for old in stale:
-            old.unlink(missing_ok=True)
+        _commit_files(staged, paths, stale, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
