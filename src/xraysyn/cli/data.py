@@ -61,10 +61,10 @@ def bone_mask_command(
 
         # every option checked before the CT is read
         require_finite(threshold, "--threshold-hu", unit="HU")
-        if not out.name.lower().endswith((".nii", ".nii.gz")):
-            raise ValueError(f"OUT {str(out)!r} must end with .nii or .nii.gz")
         if out.is_dir():
             raise IsADirectoryError(f"OUT {str(out)!r} is a folder, expected a .nii or .nii.gz file name")
+        if not out.name.lower().endswith((".nii", ".nii.gz")):
+            raise ValueError(f"OUT {str(out)!r} must end with .nii or .nii.gz")
         parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
         if not parent.is_dir():
             raise NotADirectoryError(f"OUT {str(out)!r} cannot be created: {str(parent)!r} is not a folder")
