@@ -15,6 +15,35 @@ OUTPUT_SUFFIXES = (".npy", ".png")
 PROJECT_FLOATS_PER_PIXEL = 12
 """float32 values held per detector pixel while one view is projected: the ray set-up (origin,
 direction, entry/exit: 8), the line integral, its numpy copy and the picture/file buffers."""
+MAX_SAMPLES_PER_RAY = 2**31 - 1
+"""The projector holds each ray's sample count as an int32 (``projector.rays.sample_counts``); a
+``--step`` needing more samples along the longest chord wraps around (measured: ``--step 1e-9`` on
+an 80 mm volume gave an all-zero image)."""
+
+
+def volume_diagonal_mm(world_from_voxel, shape) -> float:
+    """Longest distance (mm) between two corners of the volume's box (voxel edges, not centres),
+    the longest chord a ray can have inside it. ``world_from_voxel``: ``(4, 4)``; ``shape``: ``(I, J, K)``."""
+    import itertools
+
+    import numpy as np
+
+    affine = np.asarray(world_from_voxel, dtype=np.float64)
+    corners = np.array([[c - 0.5 for c in corner] for corner in itertools.product(*[(0, n) for n in shape])])
+    world = corners @ affine[:3, :3].T
+    return float(max(np.linalg.norm(a - b) for a, b in itertools.combinations(world, 2)))
+
+
+def check_step_fits(step_mm: float | None, world_from_voxel, shape) -> None:
+    """Refuse a ``--step`` (mm) that needs more than :data:`MAX_SAMPLES_PER_RAY` samples along the
+    volume's diagonal."""
+    if step_mm is None:
+        return
+    diagonal = volume_diagonal_mm(world_from_voxel, shape)
+    if diagonal / step_mm > MAX_SAMPLES_PER_RAY:
+        raise ValueError(f"--step {step_mm:g} mm needs up to {diagonal / step_mm:.3g} samples along the "
+                         f"{diagonal:.1f} mm volume diagonal; the projector counts at most {MAX_SAMPLES_PER_RAY} "
+                         "samples per ray")
 
 
 def parse_detector(text: str) -> tuple[int, int]:
@@ -105,6 +134,7 @@ def project_command(
         rows, cols = geometry.detector_shape
         require_memory(rows * cols * PROJECT_FLOATS_PER_PIXEL * FLOAT32_BYTES, f"one {rows}x{cols} view (--detector)")
         vol, affine = load_volume_tensor(volume)
+        check_step_fits(step, affine[0].numpy(), vol.shape[-3:])
         poses = geometry.poses(reduce_angles_deg(az), reduce_angles_deg(el))
         with staged_output_files(paths, stale, overwrite=overwrite) as staged, torch.no_grad():
             for i in tqdm(range(len(az)), desc="projecting", unit="view", disable=len(az) < 2):

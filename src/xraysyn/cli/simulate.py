@@ -15,8 +15,6 @@ from xraysyn.imageio import atomic_write, save_npy, save_png
 MODES = ("ct2xray", "drr")
 AFFINE_ATOL_MM = 1e-3
 """Largest affine difference (mm) accepted between the CT and a mask read from another file."""
-MAX_PHOTONS_PER_PIXEL = 1e18
-"""Largest --noise: torch draws Poisson counts as int64, which overflows past 2**63 ≈ 9.2e18."""
 SIMULATE_FLOATS_PER_PIXEL = 24
 """float32 values held per detector pixel while one view is simulated: the projector's ray set-up
 (origin, direction, entry/exit: 8), up to 3 material projections and 3 thickness maps, the
@@ -86,7 +84,8 @@ def simulate_command(
     energy: float = typer.Option(None, "--energy",
                                  help="DRR effective energy in keV (default: fluence-mean of the --kvp spectrum)."),
     noise: float = typer.Option(None, "--noise",
-                                help="Add Poisson noise for this many unattenuated photons per pixel."),
+                                help="Add Poisson noise for this many unattenuated photons per pixel "
+                                     "(at most 2**62 ≈ 4.6e18, the range of the Poisson sampler)."),
     electronic_noise: float = typer.Option(0.0, "--electronic-noise", help="Gaussian read-out noise σ in photons."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     detector: str = typer.Option("256", "--detector", help="Detector pixels 'rows,cols' or one number."),
@@ -114,6 +113,7 @@ def simulate_command(
             tube_spectrum,
         )
         from xraysyn.physics.materials import MaterialTable
+        from xraysyn.physics.noise import MAX_EXPECTED_COUNT_CPU
         from xraysyn.physics.units import (
             areal_density_from_line_integral,
             hu_to_linear_attenuation,
@@ -124,7 +124,7 @@ def simulate_command(
         # Every option is checked before the CT is read or anything is written.
         if mode not in MODES:
             raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
-        require_finite(noise, "--noise", minimum=0.0, strict_minimum=True, maximum=MAX_PHOTONS_PER_PIXEL,
+        require_finite(noise, "--noise", minimum=0.0, strict_minimum=True, maximum=MAX_EXPECTED_COUNT_CPU,
                        unit="photons per pixel")
         require_finite(electronic_noise, "--electronic-noise", minimum=0.0, unit="photons")
         require_finite(bone_threshold, "--bone-threshold", unit="HU")
@@ -134,6 +134,12 @@ def simulate_command(
             raise ValueError("give either --mask or --bone-threshold, not both")
         if mode == "drr" and (mask is not None or bone_threshold is not None):
             raise ValueError("--mask/--bone-threshold only apply to --mode ct2xray")
+        if mode == "drr" and air_threshold is not None:
+            raise ValueError("--air-threshold only applies to --mode ct2xray (the DRR integrates mu of every voxel)")
+        if mode == "ct2xray" and energy is not None:
+            raise ValueError("--energy only applies to --mode drr (ct2xray integrates over the --kvp spectrum)")
+        if electronic_noise > 0 and noise is None:
+            raise ValueError("--electronic-noise needs --noise (the photons per pixel it is added to)")
         if mask is not None and not mask.exists():
             raise FileNotFoundError(f"--mask {str(mask)!r} does not exist")
         if not ct_path.exists():
