@@ -10,7 +10,6 @@ from xraysyn.projector.backend import (
     Capabilities,
     ProjectorBackend,
     capabilities_of,
-    ray_tensors,
 )
 from xraysyn.projector.cpu_numba import NumbaBackend
 from xraysyn.projector.rays import RaySet
@@ -42,10 +41,52 @@ def test_capabilities_are_frozen():
         TritonBackend.capabilities.low_precision_volumes = False
 
 
-def test_ray_tensors_are_the_six_fields_in_the_backends_order():
+def test_march_tensors_are_the_six_marched_fields_in_the_kernels_order():
     fields = [torch.full((1,), float(i)) for i in range(7)]
     rays = RaySet(*fields)
-    assert [int(t) for t in ray_tensors(rays)] == [0, 1, 2, 3, 4, 5]
+    assert [int(t) for t in rays.march_tensors()] == [0, 1, 2, 3, 4, 5]  # all but length (6)
+    assert all(a is b for a, b in zip(rays.march_tensors(), fields))
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.__name__)
+def test_backends_take_one_ray_set(backend):
+    """forward(volume, rays, memory_budget_mib) and adjoint(grad_out, volume_shape, rays, memory_budget_mib):
+    the protocol's parameters, by name, first in every backend's signature."""
+    import inspect
+
+    for method, names in (("forward", ["volume", "rays", "memory_budget_mib"]),
+                          ("adjoint", ["grad_out", "volume_shape", "rays", "memory_budget_mib"])):
+        assert list(inspect.signature(getattr(backend, method)).parameters)[:len(names)] == names, method
+        protocol = list(inspect.signature(getattr(ProjectorBackend, method)).parameters)[1:]  # without self
+        assert protocol == names
+
+
+def test_the_api_hands_every_backend_one_ray_set(monkeypatch):
+    """The public forward, its autograd node and the public adjoint give a backend the RaySet they built."""
+    from xraysyn.geometry import ConeBeamGeometry
+
+    seen = []
+
+    class Recording:
+        capabilities = Capabilities(devices=("cpu",))
+
+        @staticmethod
+        def forward(volume, rays, memory_budget_mib=512.0):
+            seen.append(("forward", type(rays)))
+            return torch.zeros(*rays.t_near.shape, volume.shape[1], dtype=volume.dtype)
+
+        @staticmethod
+        def adjoint(grad_out, volume_shape, rays, memory_budget_mib=512.0):
+            seen.append(("adjoint", type(rays)))
+            return torch.zeros(volume_shape, dtype=grad_out.dtype)
+
+    monkeypatch.setattr(api, "_select_backend", lambda *args, **kwargs: Recording)
+    geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(3, 4), pixel_spacing=5.0)
+    affine, poses = torch.diag(torch.tensor([5.0, 5.0, 5.0, 1.0])), geometry.poses(torch.tensor([0.0]))
+    volume = torch.rand(1, 1, 4, 4, 4, requires_grad=True)
+    api.forward_project(volume, affine, poses, geometry, num_samples=2).sum().backward()
+    api.forward_project_adjoint(torch.ones(1, 1, 3, 4), affine, poses, geometry, (4, 4, 4), num_samples=2)
+    assert seen == [("forward", RaySet), ("adjoint", RaySet), ("adjoint", RaySet)]
 
 
 def test_the_api_hands_low_precision_volumes_only_to_backends_that_declare_it(monkeypatch):
@@ -57,9 +98,9 @@ def test_the_api_hands_low_precision_volumes_only_to_backends_that_declare_it(mo
         capabilities = Capabilities(devices=("cpu",), low_precision_volumes=True)
 
         @staticmethod
-        def forward(volume, *rays_and_budget, **kwargs):
+        def forward(volume, rays, *budget, **kwargs):
             seen.append(volume.dtype)
-            return torch.zeros(rays_and_budget[2].shape + (volume.shape[1],))
+            return torch.zeros(rays.t_near.shape + (volume.shape[1],))
 
         adjoint = None
 

@@ -7,6 +7,7 @@ and the public forward with skipping against the same forward without it (bit fo
 reference, on sparse volumes. Kernels run through Triton's CPU interpreter without a GPU (tiny sizes).
 """
 
+import dataclasses
 import itertools
 import os
 
@@ -16,6 +17,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
+
+from support.ray_sets import converted
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import build_rays, forward_project, mark_static_volume
@@ -60,10 +63,6 @@ def _rays(gen, batch, views, shape, detector=(7, 9), **sampling):
     affines = affine.expand(batch, 4, 4)
     rays = build_rays(geometry.poses(azimuths, elevations), affines, shape, geometry, **sampling)
     return rays, geometry, affines, geometry.poses(azimuths, elevations)
-
-
-def _ray_args(rays):
-    return rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index
 
 
 # --- the marks -------------------------------------------------------------------------------------------------
@@ -146,7 +145,7 @@ def test_every_sample_skipped_has_eight_zero_corners(brick, sampling):
     volume = _sparse_volume(gen, 3, 2, shape, boxes=1, specks=1)
     rays, *_ = _rays(gen, 3, 3, shape, detector=(15, 13), **sampling)
     occupancy = dilate_bricks(occupied_bricks(volume, brick))
-    first, end = occupied_range(*_ray_args(rays), occupancy, shape, brick)
+    first, end = occupied_range(rays, occupancy, shape, brick)
     n = rays.n_samples.long()
     k = torch.arange(int(n.max()))
     t = rays.t_near[..., None] + (k + 0.5) * rays.delta[..., None]
@@ -198,21 +197,21 @@ def test_kernel_walk_is_the_rule(pack, triton_config):
     flags = torch.ones(2, 1, dtype=torch.uint8)  # "some brick is unmarked": walk
     occupancy = torch.cat([flags, made_up.flatten(1).to(torch.uint8)], dim=1)
     marched = prepared.marched._replace(occupancy=occupancy.to(DEVICE))
-    got = TritonBackend.forward(volume.to(DEVICE), *(a.to(DEVICE) for a in _ray_args(rays)), detector_cols=9,
+    got = TritonBackend.forward(volume.to(DEVICE), converted(rays, device=DEVICE), detector_cols=9,
                                 prepared=PreparedVolume(prepared.source, marched, None))
-    first, end = occupied_range(*_ray_args(rays), made_up, shape, 2)
+    first, end = occupied_range(rays, made_up, shape, 2)
     kept = end - first
     assert 0 < int(kept.sum()) < 0.9 * int(rays.n_samples.sum())  # the made-up marks cut real samples
-    double = [a.double() if a.is_floating_point() else a for a in _ray_args(rays)]
-    expected = march_forward(volume.double(), double[0], double[1], double[2] + first * double[3], double[3],
-                             kept, double[5])
+    double = converted(rays, torch.float64)
+    expected = march_forward(volume.double(), dataclasses.replace(double, t_near=double.t_near + first * double.delta,
+                                                                  n_samples=kept))
     err = float((got.double().cpu() - expected).abs().max())
     assert err <= 1e-5 * float(expected.abs().max())
     # the flag 0 ("no brick unmarked") skips the walk: the same made-up marks then cut nothing
     flagged_dense = marched._replace(occupancy=torch.cat([0 * flags, made_up.flatten(1).to(torch.uint8)], 1).to(DEVICE))
-    whole = TritonBackend.forward(volume.to(DEVICE), *(a.to(DEVICE) for a in _ray_args(rays)), detector_cols=9,
+    whole = TritonBackend.forward(volume.to(DEVICE), converted(rays, device=DEVICE), detector_cols=9,
                                   prepared=PreparedVolume(prepared.source, flagged_dense, None))
-    unskipped = march_forward(volume.double(), *double)
+    unskipped = march_forward(volume.double(), double)
     assert float((whole.double().cpu() - unskipped).abs().max()) <= 1e-5 * float(unskipped.abs().max())
 
 

@@ -195,10 +195,8 @@ def test_the_layout_prepared_ahead_is_the_one_marched(monkeypatch):
     prepared = TritonBackend.prepare_volume(other, check_finite=True)
     assert prepared.finite_probe is not None and torch.isfinite(prepared.finite_probe).all()
     march = api.prepare_march(volume.detach(), AFFINE.to(DEVICE), poses, GEOMETRY, step_mm=2.0, backend="triton")
-    rays = march.rays
-    args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
-    mismatched = TritonBackend.forward(march.volume, *args, prepared=prepared)
-    torch.testing.assert_close(mismatched, TritonBackend.forward(march.volume, *args, prepared=march.prepared))
+    mismatched = TritonBackend.forward(march.volume, march.rays, prepared=prepared)
+    torch.testing.assert_close(mismatched, TritonBackend.forward(march.volume, march.rays, prepared=march.prepared))
     torch.testing.assert_close(mismatched.permute(0, 2, 1).reshape(out.shape), out.detach(), rtol=1e-6, atol=1e-7)
 
 

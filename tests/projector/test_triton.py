@@ -5,6 +5,7 @@ before triton is imported), so sizes are tiny. ``cuda``-marked tests repeat the 
 moderate size on a GPU (run with ``pytest -m cuda`` on the device machine).
 """
 
+import dataclasses
 import os
 import re
 
@@ -17,6 +18,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from support.projector_truth import assert_close_to_scale, box_chords, pixel_rays
+from support.ray_sets import converted
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import (
@@ -50,8 +52,7 @@ def _affine(spacing, shear=0.0, origin=(0.0, 0.0, 0.0), dtype=torch.float32):
 
 def _rays(geometry, affines, shape, azimuths, elevations, device=DEVICE, dtype=torch.float32, **sampling):
     poses = geometry.poses(torch.tensor(azimuths, dtype=dtype), torch.tensor(elevations, dtype=dtype))
-    rays = build_rays(poses.to(device), affines.to(device=device, dtype=dtype), shape, geometry, **sampling)
-    return (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index), rays
+    return build_rays(poses.to(device), affines.to(device=device, dtype=dtype), shape, geometry, **sampling)
 
 
 def _assert_close(actual, expected, rtol=RTOL):
@@ -73,25 +74,25 @@ def _case(case, seed=0):
     affines = torch.stack([_affine((4.0 - 0.3 * i, 3.5, 3.0 + 0.5 * i), shear=0.3 * i) for i in range(b)])
     az = (torch.rand(b * v, generator=gen) * 360 - 180).tolist()
     el = (torch.rand(b * v, generator=gen) * 60 - 30).tolist()
-    args, rays = _rays(geometry, affines, shape, az, el, **sampling)
+    rays = _rays(geometry, affines, shape, az, el, **sampling)
     volume = torch.rand(b, c, *shape, generator=gen).to(DEVICE)
-    return volume, args, rays
+    return volume, rays
 
 
 @pytest.mark.parametrize("case", CASES, ids=["b1c1", "b2c3", "b3c2"])
 def test_forward_matches_reference(case):
-    volume, args, _ = _case(case)
-    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    volume, rays = _case(case)
+    _assert_close(TritonBackend.forward(volume, rays), march_forward(volume, rays))
 
 
 @pytest.mark.parametrize("unroll", [2, 4])
 def test_unrolled_forward_matches_reference(unroll, triton_config):
     """Several samples per loop iteration (an autotuned option on the GPU): rays whose sample counts are
     not multiples of the unroll factor still stop at their last sample."""
-    volume, args, _ = _case(CASES[1], seed=2)
-    assert bool((args[4] % unroll != 0).any()), "the case must have sample counts that are not multiples"
+    volume, rays = _case(CASES[1], seed=2)
+    assert bool((rays.n_samples % unroll != 0).any()), "the case must have sample counts that are not multiples"
     triton_config(forward_unroll=unroll)
-    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    _assert_close(TritonBackend.forward(volume, rays), march_forward(volume, rays))
 
 
 @pytest.mark.parametrize("block_r, warps", [(16, 1), (32, 4)])  # unpinned, 45 rays would give 64
@@ -99,16 +100,16 @@ def test_pinned_launch_configuration_matches_reference(block_r, warps, monkeypat
     """A launch configuration pinned by the TritonConfig (rays per program, warps) replaces the default one
     (the autotuner on a GPU): the programs are sized by it, in runs of rays and in 2-D tiles, and the
     forward (unrolled) and adjoint still match the reference."""
-    volume, args, _ = _case(CASES[1], seed=3)
-    grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
+    volume, rays = _case(CASES[1], seed=3)
+    grad = torch.rand(*rays.t_near.shape, volume.shape[1], device=DEVICE)
     seen = []
     programs = triton_launch.program_count
     monkeypatch.setattr(triton_launch, "program_count", lambda n, b, w, t: seen.append(b) or programs(n, b, w, t))
     triton_config(forward_launch=(block_r, warps), adjoint_launch=(block_r, warps), forward_unroll=2)
     for cols in (None, 9):  # 45 rays: runs of rays; 5 × 9 detector: tiles 4 wide
-        _assert_close(TritonBackend.forward(volume, *args, detector_cols=cols), march_forward(volume, *args))
-        _assert_close(TritonBackend.adjoint(grad, volume.shape, *args, detector_cols=cols),
-                      march_adjoint(grad, volume.shape, *args))
+        _assert_close(TritonBackend.forward(volume, rays, detector_cols=cols), march_forward(volume, rays))
+        _assert_close(TritonBackend.adjoint(grad, volume.shape, rays, detector_cols=cols),
+                      march_adjoint(grad, volume.shape, rays))
     assert seen == [block_r] * 4
 
 
@@ -161,15 +162,15 @@ def unpacked(triton_config):
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 @pytest.mark.parametrize("case", CASES[:2], ids=["b1c1", "b2c3"])
 def test_adjoint_matches_reference(case, scheme, triton_config, unpacked):
-    volume, args, _ = _case(case, seed=1)
-    grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
+    volume, rays = _case(case, seed=1)
+    grad = torch.rand(*rays.t_near.shape, volume.shape[1], device=DEVICE)
     triton_config(carry_max_pack=SCHEMES[scheme])
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
 
 
-def _cell_steps(args, shape):
+def _cell_steps(rays, shape):
     """Per consecutive pair of live samples: how many cells the sample moved along each axis ``(M, 3)``."""
-    origin, direction, t_near, delta, n_samples, _ = args
+    origin, direction, t_near, delta, n_samples, _ = rays.march_tensors()
     k = torch.arange(int(n_samples.max()), device=DEVICE, dtype=torch.float32)
     t = t_near[..., None] + (k + 0.5) * delta[..., None]
     pos = origin[:, None, None, :] + t[..., None] * direction[:, :, None, :]
@@ -184,18 +185,18 @@ def test_carried_corners_cover_every_kind_of_cell_step(sampling, unpacked, trito
     """Oblique rays: at a quarter-voxel step consecutive samples stay in a cell or step along one or two axes
     (forwards and backwards); at three samples per ray they jump several cells. The adjoint that carries
     shared corners across steps (plain and packed) and the forward equal the reference."""
-    args, _, shape = _oblique_rays(sampling)
-    steps = _cell_steps(args, shape)
+    rays, shape = _oblique_rays(sampling)
+    steps = _cell_steps(rays, shape)
     if "step_mm" in sampling:
         assert {0, 1, 2}.issubset(set((steps > 0).sum(-1).tolist())), "stay, and step along one and two axes"
     else:
         assert int(steps.max()) > 1, "samples must jump over cells"
     volume = torch.rand(1, 2, *shape, device=DEVICE)
-    grad = torch.rand(*args[2].shape, 2, device=DEVICE)
+    grad = torch.rand(*rays.t_near.shape, 2, device=DEVICE)
     for pack in (1, 2):
         triton_config(adjoint_pack=pack)
-        _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
-    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+        _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
+    _assert_close(TritonBackend.forward(volume, rays), march_forward(volume, rays))
 
 
 @pytest.mark.parametrize("pack", [2, 4])
@@ -206,13 +207,13 @@ def test_packed_adjoint_matches_reference(case, scheme, pack, triton_config):
     gives the reference adjoint, faces and clamped samples included; C · pack is capped at 4 floats."""
     from xraysyn.projector.triton.layout import adjoint_pack
 
-    volume, args, _ = _case(case, seed=3)
+    volume, rays = _case(case, seed=3)
     channels = volume.shape[1]
-    grad = torch.rand(*args[2].shape, channels, device=DEVICE)
+    grad = torch.rand(*rays.t_near.shape, channels, device=DEVICE)
     config = triton_config(adjoint_pack=pack, carry_max_pack=SCHEMES[scheme])
     assert adjoint_pack(config, channels, torch.float32) == min(pack, 4 // channels) > 1
-    result = TritonBackend.adjoint(grad, volume.shape, *args)
-    expected = march_adjoint(grad, volume.shape, *args)
+    result = TritonBackend.adjoint(grad, volume.shape, rays)
+    expected = march_adjoint(grad, volume.shape, rays)
     assert bool((expected[..., -1, :] != 0).any()) and bool((expected[..., :, -1] != 0).any()), \
         "the rays must reach the last row and column, where the packed slots of the neighbours land"
     _assert_close(result, expected)
@@ -235,14 +236,14 @@ def test_addressing_strides_are_one_only_for_size_one_dimensions():
 def test_one_channel_adjoint_of_a_channel_strided_gradient_matches_reference(pack, triton_config):
     """The one-channel gradient as the public adjoint gives it (channel stride rows · cols, launched with
     stride 1) scatters what the contiguous gradient does: the reference adjoint's values, unpacked and packed."""
-    volume, args, _ = _case(CASES[0], seed=5)
-    n, r = args[2].shape
+    volume, rays = _case(CASES[0], seed=5)
+    n, r = rays.t_near.shape
     grad = torch.rand(n, 1, r, device=DEVICE).permute(0, 2, 1).contiguous()
     assert grad.stride()[-1] == r > 1
     triton_config(adjoint_pack=pack)
-    result = TritonBackend.adjoint(grad, volume.shape, *args)
-    _assert_close(result, march_adjoint(grad.clone(memory_format=torch.contiguous_format), volume.shape, *args))
-    _assert_close(result, TritonBackend.adjoint(grad.reshape(n, r).unsqueeze(-1).clone(), volume.shape, *args))
+    result = TritonBackend.adjoint(grad, volume.shape, rays)
+    _assert_close(result, march_adjoint(grad.clone(memory_format=torch.contiguous_format), volume.shape, rays))
+    _assert_close(result, TritonBackend.adjoint(grad.reshape(n, r).unsqueeze(-1).clone(), volume.shape, rays))
 
 
 def test_corners_are_carried_up_to_the_max_pack():
@@ -285,17 +286,17 @@ def test_adjoint_left_to_the_autotuner_matches_reference_whatever_it_picks(carry
     from xraysyn.projector.triton.kernels.adjoint import march_adjoint_kernel
     from xraysyn.projector.triton.launch import dominant_axis
 
-    args, _, shape = _oblique_rays({"step_mm": 1.0}, azimuths=(0.0, 30.0), elevations=(0.0, -10.0))
-    axis = dominant_axis(args[1])
+    rays, shape = _oblique_rays({"step_mm": 1.0}, azimuths=(0.0, 30.0), elevations=(0.0, -10.0))
+    axis = dominant_axis(rays.direction)
     assert axis != 0, "a plane other than z, so the layout's plane is checked"
-    grad = torch.rand(*args[2].shape, 1, device=DEVICE)
+    grad = torch.rand(*rays.t_near.shape, 1, device=DEVICE)
     tuner = ChosenConfig(march_adjoint_kernel, {"BLOCK_R": 64, "CARRY": carry})
     kernels = triton_launch.kernel_objects()._replace(tuned=True, adjoint=None, adjoint_carry_tuned=tuner)
     monkeypatch.setattr(triton_launch, "_KERNELS", kernels)
     triton_config(adjoint_pack=4)
-    result = TritonBackend.adjoint(grad, (1, 1, *shape), *args)
+    result = TritonBackend.adjoint(grad, (1, 1, *shape), rays)
     assert [(m["PACK"], m["PLANE"], "CARRY" in m) for m in tuner.launched] == [(4, axis, False)]
-    _assert_close(result, march_adjoint(grad, (1, 1, *shape), *args))
+    _assert_close(result, march_adjoint(grad, (1, 1, *shape), rays))
 
 
 def _oblique_rays(sampling, azimuths=(37.0, -128.0), elevations=(21.0, -33.0)):
@@ -304,8 +305,7 @@ def _oblique_rays(sampling, azimuths=(37.0, -128.0), elevations=(21.0, -33.0)):
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(9, 8), pixel_spacing=(5.0, 6.0))
     affines = _affine((4.0, 3.0, 3.5), shear=0.6)[None]
     shape = (7, 6, 8)
-    args, rays = _rays(geometry, affines, shape, list(azimuths), list(elevations), **sampling)
-    return args, rays, shape
+    return _rays(geometry, affines, shape, list(azimuths), list(elevations), **sampling), shape
 
 
 @pytest.mark.parametrize("plane", [0, 1, 2])
@@ -314,34 +314,34 @@ def test_plane_carry_of_the_four_slot_adjoint_matches_reference(plane, sampling,
     """One channel, 4 slots packed across each axis in turn, with and without the plane carry (a step of
     one cell along that axis keeps the shared quad of corners): the reference adjoint, for steps of every
     kind, in float32 and as the exact transpose in float64."""
-    args, _, shape = _oblique_rays(sampling)
-    steps = _cell_steps(args, shape)
+    rays, shape = _oblique_rays(sampling)
+    steps = _cell_steps(rays, shape)
     straight = (steps[:, plane] == 1) & (steps.sum(-1) == 1)
     assert bool(straight.any()) and bool((steps.sum(-1) > 1).any()), "single steps along the plane and others"
-    grad = torch.rand(*args[2].shape, 1, device=DEVICE)
-    expected = march_adjoint(grad, (1, 1, *shape), *args)
+    grad = torch.rand(*rays.t_near.shape, 1, device=DEVICE)
+    expected = march_adjoint(grad, (1, 1, *shape), rays)
     triton_config(adjoint_pack=4)
     triton_config(adjoint_plane_axis=plane)
     for carry_max in (2, 4):  # the carry off / on at 4 slots
         triton_config(carry_max_pack=carry_max)
-        _assert_close(TritonBackend.adjoint(grad, (1, 1, *shape), *args), expected)
-    args64 = tuple(a.double() if a.is_floating_point() else a for a in args)
+        _assert_close(TritonBackend.adjoint(grad, (1, 1, *shape), rays), expected)
+    rays64 = converted(rays, torch.float64)
     volume = torch.rand(1, 1, *shape, dtype=torch.float64, device=DEVICE)
-    image = torch.rand(*args[2].shape, 1, dtype=torch.float64, device=DEVICE)
-    lhs = float((march_forward(volume, *args64) * image).sum())
-    rhs = float((volume * TritonBackend.adjoint(image, (1, 1, *shape), *args64)).sum())
+    image = torch.rand(*rays.t_near.shape, 1, dtype=torch.float64, device=DEVICE)
+    lhs = float((march_forward(volume, rays64) * image).sum())
+    rhs = float((volume * TritonBackend.adjoint(image, (1, 1, *shape), rays64)).sum())
     assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
 
 
 @pytest.mark.parametrize("plane", [-1, 1, 2])
 def test_plane_carry_with_several_volumes(plane, triton_config):
     """Several items (each view scatters into its own volume's packed slots), one channel, plane carry."""
-    volume, args, _ = _case((3, 2, 1, (6, 7, 5), (7, 6), {"step_mm": 1.5}), seed=5)
-    grad = torch.rand(*args[2].shape, 1, device=DEVICE)
+    volume, rays = _case((3, 2, 1, (6, 7, 5), (7, 6), {"step_mm": 1.5}), seed=5)
+    grad = torch.rand(*rays.t_near.shape, 1, device=DEVICE)
     triton_config(adjoint_pack=4)
     triton_config(carry_max_pack=4)
     triton_config(adjoint_plane_axis=plane)
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
 
 
 def test_plane_follows_the_rays_dominant_axis():
@@ -426,14 +426,14 @@ def test_packed_forward_matches_reference(case, pack, dtype, triton_config):
     C · pack is capped at 16 bytes, and the unrolled march stops at each ray's last sample."""
     from xraysyn.projector.triton.layout import forward_pack
 
-    volume, args, _ = _case(case, seed=4)
+    volume, rays = _case(case, seed=4)
     volume = volume.to(dtype)
     channels = volume.shape[1]
     config = triton_config(forward_pack=pack, forward_unroll=2)
     expected_pack = min(pack, 16 // (channels * volume.element_size()))
     assert forward_pack(volume, 512.0, config) == expected_pack > 1
-    expected = march_forward(volume.float(), *args)
-    _assert_close(TritonBackend.forward(volume, *args), expected, 1e-4 if dtype == torch.float32 else 1e-3)
+    expected = march_forward(volume.float(), rays)
+    _assert_close(TritonBackend.forward(volume, rays), expected, 1e-4 if dtype == torch.float32 else 1e-3)
 
 
 @pytest.mark.parametrize("pack", [2, 4])
@@ -539,11 +539,11 @@ def test_packed_adjoint_buffer_stays_within_the_memory_budget(triton_config):
     packed_mib = 2 * 3 * 4 * 5 * 4 * 4 / 2**20
     assert gradient_buffer(shape, torch.float32, DEVICE, packed_mib, config)[3] == 4
     assert gradient_buffer(shape, torch.float32, DEVICE, packed_mib * 0.99, config)[3] == 1
-    volume, args, _ = _case(CASES[0], seed=9)
-    grad = torch.rand(*args[2].shape, volume.shape[1], device=DEVICE)
-    expected = march_adjoint(grad, volume.shape, *args)
+    volume, rays = _case(CASES[0], seed=9)
+    grad = torch.rand(*rays.t_near.shape, volume.shape[1], device=DEVICE)
+    expected = march_adjoint(grad, volume.shape, rays)
     for budget in (512.0, volume.numel() * 4 * 4 / 2**20 * 0.99):  # packed, then over budget: plain
-        _assert_close(TritonBackend.adjoint(grad, volume.shape, *args, memory_budget_mib=budget), expected)
+        _assert_close(TritonBackend.adjoint(grad, volume.shape, rays, memory_budget_mib=budget), expected)
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
@@ -552,13 +552,13 @@ def test_adjoint_identity_float64(scheme, triton_config):
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(5, 4), pixel_spacing=(7.0, 8.0))
     affines = torch.stack([_affine((4.0, 3.5, 3.0), shear=0.4, dtype=torch.float64),
                            _affine((3.0, 3.0, 4.5), dtype=torch.float64)])
-    args, _ = _rays(geometry, affines, (5, 6, 4), [-30.0, 40.0, 80.0, 10.0], [0.0, -15.0, 20.0, 5.0],
+    rays = _rays(geometry, affines, (5, 6, 4), [-30.0, 40.0, 80.0, 10.0], [0.0, -15.0, 20.0, 5.0],
                     dtype=torch.float64, step_mm=1.7)
     v = torch.rand(2, 2, 5, 6, 4, dtype=torch.float64, device=DEVICE)
     w = torch.rand(4, 20, 2, dtype=torch.float64, device=DEVICE)
     triton_config(carry_max_pack=SCHEMES[scheme])
-    fp = TritonBackend.forward(v, *args)
-    fpt = TritonBackend.adjoint(w, v.shape, *args)
+    fp = TritonBackend.forward(v, rays)
+    fpt = TritonBackend.adjoint(w, v.shape, rays)
     assert fp.dtype == fpt.dtype == torch.float64
     lhs, rhs = float((fp * w).sum()), float((v * fpt).sum())
     assert lhs > 0
@@ -573,13 +573,13 @@ def test_packed_forward_float64_is_the_transpose_of_the_adjoint(channels, triton
 
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(5, 4), pixel_spacing=(7.0, 8.0))
     affines = _affine((4.0, 3.5, 3.0), shear=0.4, dtype=torch.float64)[None]
-    args, _ = _rays(geometry, affines, (5, 6, 4), [-30.0, 80.0], [0.0, 20.0], dtype=torch.float64, step_mm=1.3)
+    rays = _rays(geometry, affines, (5, 6, 4), [-30.0, 80.0], [0.0, 20.0], dtype=torch.float64, step_mm=1.3)
     v = torch.rand(1, channels, 5, 6, 4, dtype=torch.float64, device=DEVICE)
     w = torch.rand(2, 20, channels, dtype=torch.float64, device=DEVICE)
     config = triton_config(forward_pack=4)
     assert forward_pack(v, 512.0, config) == (2 if channels == 1 else 1)
-    lhs = float((TritonBackend.forward(v, *args) * w).sum())
-    rhs = float((v * TritonBackend.adjoint(w, v.shape, *args)).sum())
+    lhs = float((TritonBackend.forward(v, rays) * w).sum())
+    rhs = float((v * TritonBackend.adjoint(w, v.shape, rays)).sum())
     assert lhs > 0 and abs(lhs - rhs) <= 1e-12 * abs(lhs)
 
 
@@ -603,30 +603,29 @@ def test_uniform_box_integrates_to_closed_form_chords():
 
 
 def test_non_contiguous_inputs():
-    volume, args, _ = _case(CASES[1], seed=2)
+    volume, rays = _case(CASES[1], seed=2)
     strided_volume = torch.rand(*volume.shape[:2], volume.shape[2] * 2, *volume.shape[3:], device=DEVICE)[:, :, ::2]
     channels_last = volume.contiguous(memory_format=torch.channels_last_3d)
-    origin, direction, t_near, delta, n_samples, volume_index = args
-    direction_t = direction.permute(2, 0, 1).contiguous().permute(1, 2, 0)  # same values, other strides
-    t_near_t = t_near.t().contiguous().t()
-    odd_args = (origin, direction_t, t_near_t, delta, n_samples, volume_index)
+    direction_t = rays.direction.permute(2, 0, 1).contiguous().permute(1, 2, 0)  # same values, other strides
+    t_near_t = rays.t_near.t().contiguous().t()
+    odd_rays = dataclasses.replace(rays, direction=direction_t, t_near=t_near_t)
     assert not strided_volume.is_contiguous() and not direction_t.is_contiguous()
     for vol in (strided_volume, channels_last):
-        _assert_close(TritonBackend.forward(vol, *odd_args), march_forward(vol.contiguous(), *args))
-    grad = torch.rand(volume.shape[1], *t_near.shape, device=DEVICE).permute(1, 2, 0)
+        _assert_close(TritonBackend.forward(vol, odd_rays), march_forward(vol.contiguous(), rays))
+    grad = torch.rand(volume.shape[1], *rays.t_near.shape, device=DEVICE).permute(1, 2, 0)
     assert not grad.is_contiguous()
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *odd_args),
-                  march_adjoint(grad.contiguous(), volume.shape, *args))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, odd_rays),
+                  march_adjoint(grad.contiguous(), volume.shape, rays))
 
 
 def test_rays_that_miss_give_exact_zeros():
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 5), pixel_spacing=9.0)
     affine = _affine((3.0, 3.0, 3.0))[None]
-    args, rays = _rays(geometry, affine, (5, 5, 6), [10.0, 60.0], [5.0, -10.0], step_mm=1.5)
+    rays = _rays(geometry, affine, (5, 5, 6), [10.0, 60.0], [5.0, -10.0], step_mm=1.5)
     assert (rays.n_samples == 0).any() and (rays.n_samples > 0).any()
     volume = torch.rand(1, 2, 5, 5, 6, device=DEVICE)
-    out = TritonBackend.forward(volume, *args)
-    _assert_close(out, march_forward(volume, *args))
+    out = TritonBackend.forward(volume, rays)
+    _assert_close(out, march_forward(volume, rays))
     assert (out[rays.n_samples == 0] == 0).all()
     # a view whose every ray misses: zero image, zero gradient
     far = forward_project(volume, affine.to(DEVICE), geometry.poses(0.0, 0.0).to(DEVICE), geometry,
@@ -651,23 +650,23 @@ def test_ray_blocks_and_tiles_cover_every_ray_once(tiling, triton_config):
     (forward_width, adjoint_width), detector, cols_hint = tiling
     triton_config(forward_tile_width=forward_width, adjoint_tile_width=adjoint_width)
     geometry = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=detector, pixel_spacing=(3.0, 2.0))
-    args, rays = _rays(geometry, _affine((3.0, 3.0, 3.0))[None], (4, 5, 4), [20.0], [10.0], num_samples=3)
+    rays = _rays(geometry, _affine((3.0, 3.0, 3.0))[None], (4, 5, 4), [20.0], [10.0], num_samples=3)
     n_rays = rays.n_samples.shape[1]
     assert n_rays > 128 and n_rays % 128 != 0
     volume = torch.rand(1, 1, 4, 5, 4, device=DEVICE)
-    _assert_close(TritonBackend.forward(volume, *args, detector_cols=cols_hint), march_forward(volume, *args))
+    _assert_close(TritonBackend.forward(volume, rays, detector_cols=cols_hint), march_forward(volume, rays))
     grad = torch.rand(1, n_rays, 1, device=DEVICE)
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args, detector_cols=cols_hint),
-                  march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays, detector_cols=cols_hint),
+                  march_adjoint(grad, volume.shape, rays))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_volumes_are_read_directly(dtype):
-    volume, args, _ = _case(CASES[2], seed=3)
+    volume, rays = _case(CASES[2], seed=3)
     low = volume.to(dtype)
-    out = TritonBackend.forward(low, *args)
+    out = TritonBackend.forward(low, rays)
     assert out.dtype == torch.float32
-    _assert_close(out, march_forward(low.float(), *args), rtol=1e-5)
+    _assert_close(out, march_forward(low.float(), rays), rtol=1e-5)
 
 
 def test_public_api_values_and_volume_gradient_match_reference():
@@ -807,21 +806,20 @@ def test_public_api_copies_the_frames_to_the_host_once(monkeypatch):
 
 
 def test_bad_inputs_raise_one_clear_error(monkeypatch):
-    volume, args, _ = _case(CASES[0])
-    origin, direction, t_near, delta, n_samples, volume_index = args
+    volume, rays = _case(CASES[0])
     with pytest.raises(TritonBackendInputError, match="t_near must have shape"):
-        TritonBackend.forward(volume, origin, direction, t_near[:, :-1], delta, n_samples, volume_index)
+        TritonBackend.forward(volume, dataclasses.replace(rays, t_near=rays.t_near[:, :-1]))
     with pytest.raises(TritonBackendInputError, match="volume_index must lie in"):
-        TritonBackend.forward(volume, origin, direction, t_near, delta, n_samples, volume_index + 5)
+        TritonBackend.forward(volume, dataclasses.replace(rays, volume_index=rays.volume_index + 5))
     with pytest.raises(TritonBackendInputError, match="grad_out must have shape"):
-        TritonBackend.adjoint(torch.zeros(1, 1, 1, device=DEVICE), volume.shape, *args)
+        TritonBackend.adjoint(torch.zeros(1, 1, 1, device=DEVICE), volume.shape, rays)
     with pytest.raises(TritonBackendInputError, match=r"\(B, C, D, H, W\)"):
-        TritonBackend.forward(volume[0], *args)
+        TritonBackend.forward(volume[0], rays)
     assert issubclass(TritonBackendInputError, ValueError)
     if DEVICE.type == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(TritonBackendInputError, match="needs CUDA tensors"):
-            TritonBackend.forward(volume, *args)
+            TritonBackend.forward(volume, rays)
 
 
 def test_available_follows_the_device_and_the_interpreter(monkeypatch):
@@ -964,57 +962,57 @@ def _gpu_case(seed=0, b=2, v=3, c=2, shape=(40, 48, 36), det=(61, 67)):
     affines = torch.stack([_affine((2.0, 1.8, 2.2), shear=0.1 * i) for i in range(b)])
     az = (torch.rand(b * v, generator=gen) * 360 - 180).tolist()
     el = (torch.rand(b * v, generator=gen) * 60 - 30).tolist()
-    args, rays = _rays(geometry, affines, shape, az, el, device=torch.device("cuda"), step_mm=0.9)
-    return torch.rand(b, c, *shape, generator=gen).cuda(), args, rays
+    rays = _rays(geometry, affines, shape, az, el, device=torch.device("cuda"), step_mm=0.9)
+    return torch.rand(b, c, *shape, generator=gen).cuda(), rays
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_cuda_forward_and_adjoint_match_reference(scheme, triton_config):
-    volume, args, rays = _gpu_case()
+    volume, rays = _gpu_case()
     assert (rays.n_samples == 0).any()
-    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    _assert_close(TritonBackend.forward(volume, rays), march_forward(volume, rays))
     triton_config(carry_max_pack=SCHEMES[scheme])
     grad = torch.rand(*rays.t_near.shape, volume.shape[1], device="cuda")
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
-    _assert_close(TritonBackend.forward(volume.half(), *args), march_forward(volume.half().float(), *args), 1e-5)
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
+    _assert_close(TritonBackend.forward(volume.half(), rays), march_forward(volume.half().float(), rays), 1e-5)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("channels, pack", [(2, 2), (1, 2), (1, 4)])
 def test_cuda_packed_adjoint_matches_reference(channels, pack, triton_config):
-    volume, args, rays = _gpu_case(seed=4, c=channels)
+    volume, rays = _gpu_case(seed=4, c=channels)
     triton_config(adjoint_pack=pack)
     grad = torch.rand(*rays.t_near.shape, channels, device="cuda")
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("channels, pack", [(2, 2), (1, 2), (1, 4)])
 def test_cuda_packed_forward_matches_reference(channels, pack, triton_config):
-    volume, args, rays = _gpu_case(seed=5, c=channels)
+    volume, rays = _gpu_case(seed=5, c=channels)
     triton_config(forward_pack=pack)
-    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
-    _assert_close(TritonBackend.forward(volume.bfloat16(), *args), march_forward(volume.bfloat16().float(), *args))
+    _assert_close(TritonBackend.forward(volume, rays), march_forward(volume, rays))
+    _assert_close(TritonBackend.forward(volume.bfloat16(), rays), march_forward(volume.bfloat16().float(), rays))
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("plane", [-1, 0, 1, 2])
 def test_cuda_plane_carry_matches_reference(plane, triton_config):
     """One channel, 4 slots with the plane carry across each axis (and the rays' dominant one)."""
-    volume, args, rays = _gpu_case(seed=8, c=1)
+    volume, rays = _gpu_case(seed=8, c=1)
     triton_config(adjoint_pack=4, carry_max_pack=4, adjoint_plane_axis=plane)
     grad = torch.rand(*rays.t_near.shape, 1, device="cuda")
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
 
 
 @pytest.mark.cuda
 def test_cuda_autotuned_plane_carry_matches_reference():
     """The shipped defaults with one channel: the autotuner times the 4-slot adjoint with the plane carry on
     and off and keeps one; the result is the reference adjoint, and the choice is one of its configurations."""
-    volume, args, rays = _gpu_case(seed=9, c=1)
+    volume, rays = _gpu_case(seed=9, c=1)
     grad = torch.rand(*rays.t_near.shape, 1, device="cuda")
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
     tuner = triton_launch.kernel_objects().adjoint_carry_tuned
     assert tuner.best_config.kwargs["CARRY"] in (False, True)
     timings = getattr(tuner, "configs_timings", None)  # kept by Triton >= 3.2
@@ -1024,22 +1022,22 @@ def test_cuda_autotuned_plane_carry_matches_reference():
 @pytest.mark.cuda
 def test_cuda_pinned_launch_configuration_matches_reference(monkeypatch, triton_config):
     """Pinned launch configurations bypass the autotuner (its kernel is launched directly) and still match."""
-    volume, args, rays = _gpu_case(seed=7)
+    volume, rays = _gpu_case(seed=7)
     grad = torch.rand(*rays.t_near.shape, volume.shape[1], device="cuda")
     triton_config(forward_launch=(64, 2), adjoint_launch=(256, 8))
     monkeypatch.setattr(triton_launch.kernel_objects().forward, "run", None)  # the autotuners must not run
     monkeypatch.setattr(triton_launch.kernel_objects().adjoint, "run", None)
-    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    _assert_close(TritonBackend.forward(volume, rays), march_forward(volume, rays))
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
 
 
 @pytest.mark.cuda
 def test_cuda_unpacked_forward_and_adjoint_without_carry_match_reference(triton_config, unpacked):
-    volume, args, _ = _gpu_case(seed=6)
-    _assert_close(TritonBackend.forward(volume, *args), march_forward(volume, *args))
+    volume, rays = _gpu_case(seed=6)
+    _assert_close(TritonBackend.forward(volume, rays), march_forward(volume, rays))
     triton_config(carry_max_pack=0)
-    grad = torch.rand(*args[2].shape, volume.shape[1], device="cuda")
-    _assert_close(TritonBackend.adjoint(grad, volume.shape, *args), march_adjoint(grad, volume.shape, *args))
+    grad = torch.rand(*rays.t_near.shape, volume.shape[1], device="cuda")
+    _assert_close(TritonBackend.adjoint(grad, volume.shape, rays), march_adjoint(grad, volume.shape, rays))
 
 
 @pytest.mark.cuda
@@ -1047,12 +1045,12 @@ def test_cuda_adjoint_identity_float64_and_auto_selection():
     from xraysyn.projector.api import _select_backend
 
     assert _select_backend("auto", torch.device("cuda"), ray_grad=False) is TritonBackend
-    volume, args, rays = _gpu_case(seed=1, b=1, v=2, c=3, shape=(20, 24, 18), det=(33, 31))
-    args64 = tuple(a.double() if a.is_floating_point() else a for a in args)
+    volume, rays = _gpu_case(seed=1, b=1, v=2, c=3, shape=(20, 24, 18), det=(33, 31))
+    rays64 = converted(rays, torch.float64)
     v = volume.double()
     w = torch.rand(*rays.t_near.shape, 3, dtype=torch.float64, device="cuda")
-    lhs = float((TritonBackend.forward(v, *args64) * w).sum())
-    rhs = float((v * TritonBackend.adjoint(w, v.shape, *args64)).sum())
+    lhs = float((TritonBackend.forward(v, rays64) * w).sum())
+    rhs = float((v * TritonBackend.adjoint(w, v.shape, rays64)).sum())
     assert abs(lhs - rhs) <= 1e-11 * abs(lhs)
 
 

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
 import projector as workloads  # noqa: E402
 
-from xraysyn.projector import build_rays  # noqa: E402
+from xraysyn.projector import RaySet, build_rays  # noqa: E402
 from xraysyn.projector.empty_space import dilate_bricks, occupied_bricks, occupied_range, walk_stride  # noqa: E402
 
 TILE_WIDTH = 4
@@ -63,9 +63,11 @@ def replay(workload: str, volumes_dir: str | None, brick: int, every: int) -> di
         first, end = [], []
         for start in range(0, rays.n_samples.shape[1], RAY_CHUNK):
             part = slice(start, start + RAY_CHUNK)
-            f, e = occupied_range(rays.origin[one], rays.direction[one, part], rays.t_near[one, part],
-                                  rays.delta[one, part], rays.n_samples[one, part], rays.volume_index[one],
-                                  occupancy, shape, brick)
+            chunk = RaySet(origin=rays.origin[one], direction=rays.direction[one, part],
+                           t_near=rays.t_near[one, part], delta=rays.delta[one, part],
+                           n_samples=rays.n_samples[one, part], volume_index=rays.volume_index[one],
+                           length=rays.length[one, part])
+            f, e = occupied_range(chunk, occupancy, shape, brick)
             first.append(f[0])
             end.append(e[0])
         kept = torch.cat(end) - torch.cat(first)

@@ -161,7 +161,6 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     n_views = b * spec["views"]
     poses = geometry.poses(torch.linspace(-18, 18, n_views)).to(device)
     rays = build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
-    ray_args = (rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index)
     samples = int(rays.n_samples.sum())
     grad = torch.rand(*rays.t_near.shape, channels, generator=gen).to(device)
 
@@ -195,10 +194,10 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
         emit(case, ms, counted_samples, **extra)
 
     def forward():
-        return TritonBackend.forward(volume, *ray_args)
+        return TritonBackend.forward(volume, rays)
 
     def adjoint():
-        return TritonBackend.adjoint(grad, volume.shape, *ray_args)
+        return TritonBackend.adjoint(grad, volume.shape, rays)
 
     def changed(**fields):
         return dataclasses.replace(baseline, **fields)
@@ -221,14 +220,12 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
     # the defaults as shipped, on rays from torch build_rays (as every case above) and from the Triton ray set-up
     # the public API uses: the two must time alike
     api_rays = triton_build_rays(poses, affines, shape, geometry, num_samples=spec["samples"])
-    api_args = (api_rays.origin, api_rays.direction, api_rays.t_near, api_rays.delta, api_rays.n_samples,
-                api_rays.volume_index)
 
     def api_adjoint():
-        return TritonBackend.adjoint(grad, volume.shape, *api_args)
+        return TritonBackend.adjoint(grad, volume.shape, api_rays)
 
     measure("march-fwd[defaults]", forward, tuners=fwd_tuners, config=DEFAULT_CONFIG)
-    measure("march-fwd[defaults,api rays]", lambda: TritonBackend.forward(volume, *api_args),
+    measure("march-fwd[defaults,api rays]", lambda: TritonBackend.forward(volume, api_rays),
             tuners=fwd_tuners, config=DEFAULT_CONFIG)
     measure("march-adj[defaults]", adjoint, tuners=adj_tuners, config=DEFAULT_CONFIG)
     measure("march-adj[defaults,api rays]", api_adjoint, tuners=adj_tuners, config=DEFAULT_CONFIG)
@@ -250,7 +247,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
             measure(f"march-fwd[tiles8,packed{pack}]", forward, tuners=fwd_tuners, config=changed(forward_pack=pack))
             measure(f"pack-corners[{pack}]", lambda: pack_corners(volume, pack), None)
         if channels * pack <= 8:
-            measure(f"march-fwd[bf16 volume,packed{pack}]", lambda: TritonBackend.forward(half, *ray_args),
+            measure(f"march-fwd[bf16 volume,packed{pack}]", lambda: TritonBackend.forward(half, rays),
                     config=changed(forward_pack=pack))
     if device.type == "cuda" and channels & (channels - 1) == 0 and wanted("gather-only"):
         limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed)
@@ -260,7 +257,7 @@ def run_workload(name: str, device: torch.device, timed, gpu: str, only: tuple[s
                 limit_ms, config = _gather_limit(volume, rays, spec["detector"], timed, pack)
                 emit(f"gather-only[packed{pack},{config['BLOCK_R']}x{config['num_warps']},tiles{config['TILE_W']}]",
                      limit_ms)
-    measure("march-fwd[bf16 volume]", lambda: TritonBackend.forward(half, *ray_args), config=baseline)
+    measure("march-fwd[bf16 volume]", lambda: TritonBackend.forward(half, rays), config=baseline)
     sampling = {"num_samples": spec["samples"]}
     measure("ray-setup[triton]", lambda: triton_build_rays(poses, affines, shape, geometry, **sampling), None)
     measure("ray-setup[torch]", lambda: build_rays(poses, affines, shape, geometry, **sampling), None)

@@ -14,10 +14,10 @@ import torch
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import cpu_numba, frames
-from xraysyn.projector.backend import capabilities_of, ray_tensors
+from xraysyn.projector.backend import capabilities_of
 from xraysyn.projector.errors import ProjectorInputError
 from xraysyn.projector.frames import HostFrames
-from xraysyn.projector.rays import build_rays
+from xraysyn.projector.rays import RaySet, build_rays
 from xraysyn.projector.reference import RayMarch, backend_forward, backproject_voxels, march_adjoint
 
 __all__ = ["forward_project", "forward_project_adjoint", "backproject", "chord_lengths", "BACKENDS"]
@@ -116,7 +116,7 @@ class PreparedMarch(NamedTuple):
     march (``prepared``, or None)."""
 
     volume: torch.Tensor
-    rays: object
+    rays: RaySet
     backend: object
     prepared: object
 
@@ -224,12 +224,14 @@ def march_prepared(march: PreparedMarch, geometry: ConeBeamGeometry,
                    memory_budget_mib: float = _DEFAULT_BUDGET_MIB) -> torch.Tensor:
     """:func:`forward_project` on what :func:`prepare_march` returned: ``(B * V, C, rows, cols)``."""
     volume, rays = march.volume, march.rays
-    ray_args = ray_tensors(rays)
     if march.backend is not None and not (torch.is_grad_enabled() and volume.requires_grad):
         # nothing to differentiate (a backend is chosen only without ray gradients): skip the autograd node
-        out = backend_forward(march.backend, volume, *ray_args, float(memory_budget_mib), march.prepared)
+        out = backend_forward(march.backend, volume, rays, float(memory_budget_mib), march.prepared)
     else:
-        out = RayMarch.apply(volume, *ray_args, float(memory_budget_mib), march.backend, march.prepared)
+        # the rays' float tensors again as separate inputs: autograd routes gradients only to tensors given
+        # to apply (see RayMarch)
+        out = RayMarch.apply(volume, rays.origin, rays.direction, rays.t_near, rays.delta, rays,
+                             float(memory_budget_mib), march.backend, march.prepared)
     rows, cols = geometry.detector_shape
     return out.permute(0, 2, 1).reshape(out.shape[0], volume.shape[1], rows, cols)
 
@@ -283,7 +285,7 @@ def forward_project_adjoint(
     n, c = images.shape[:2]
     grad = images.to(dtype).reshape(n, c, -1).permute(0, 2, 1).contiguous()
     adjoint = chosen.adjoint if chosen is not None else march_adjoint
-    return adjoint(grad, (num_volumes, c, *spatial), *ray_tensors(rays), float(memory_budget_mib))
+    return adjoint(grad, (num_volumes, c, *spatial), rays, float(memory_budget_mib))
 
 
 def chord_lengths(

@@ -2,11 +2,10 @@
 
 A backend marches the rays of :mod:`xraysyn.projector.rays` (the sampling model shared by all of them)
 through a volume: :meth:`ProjectorBackend.forward` gives the line integrals, :meth:`ProjectorBackend.adjoint`
-their exact transpose. The rays are passed as the six tensors of a
-:class:`~xraysyn.projector.rays.RaySet` (``origin (N, 3)``, ``direction (N, R, 3)``, ``t_near``, ``delta``
-``(N, R)`` mm, ``n_samples (N, R)`` int, ``volume_index (N,)`` int; :func:`ray_tensors`). What a backend
-offers beyond that is declared in its :class:`Capabilities`, which :mod:`xraysyn.projector.api` reads
-instead of probing the backend for attributes.
+their exact transpose. Both take the rays as one :class:`~xraysyn.projector.rays.RaySet` (a backend reads its
+``origin (N, 3)``, ``direction (N, R, 3)``, ``t_near``, ``delta`` ``(N, R)`` mm, ``n_samples (N, R)`` int and
+``volume_index (N,)`` int; ``length`` is not marched). What a backend offers beyond that is declared in its
+:class:`Capabilities`, which :mod:`xraysyn.projector.api` reads instead of probing the backend for attributes.
 
 Backends: the torch reference (:mod:`xraysyn.projector.reference`, :data:`REFERENCE_CAPABILITIES`), numba
 on the CPU (:class:`xraysyn.projector.cpu_numba.NumbaBackend`), Triton on CUDA
@@ -22,7 +21,7 @@ import torch
 
 from xraysyn.projector.rays import RaySet
 
-__all__ = ["Capabilities", "ProjectorBackend", "REFERENCE_CAPABILITIES", "capabilities_of", "ray_tensors"]
+__all__ = ["Capabilities", "ProjectorBackend", "REFERENCE_CAPABILITIES", "capabilities_of"]
 
 
 @dataclass(frozen=True)
@@ -59,28 +58,20 @@ REFERENCE_CAPABILITIES = Capabilities(devices=("cpu", "cuda"), pose_gradients=Tr
 
 @runtime_checkable
 class ProjectorBackend(Protocol):
-    """A backend of the ray march (see the module docstring for the rays' six tensors)."""
+    """A backend of the ray march (see the module docstring for what it reads of the rays)."""
 
     capabilities: ClassVar[Capabilities]
 
-    def forward(self, volume: torch.Tensor, origin: torch.Tensor, direction: torch.Tensor, t_near: torch.Tensor,
-                delta: torch.Tensor, n_samples: torch.Tensor, volume_index: torch.Tensor,
-                memory_budget_mib: float = 512.0) -> torch.Tensor:
-        """Line integrals ``(N, R, C)`` in voxel value × mm of ``volume (B, C, D, H, W)`` along the rays."""
+    def forward(self, volume: torch.Tensor, rays: RaySet, memory_budget_mib: float = 512.0) -> torch.Tensor:
+        """Line integrals ``(N, R, C)`` in voxel value × mm of ``volume (B, C, D, H, W)`` along ``rays``."""
         ...
 
-    def adjoint(self, grad_out: torch.Tensor, volume_shape, origin: torch.Tensor, direction: torch.Tensor,
-                t_near: torch.Tensor, delta: torch.Tensor, n_samples: torch.Tensor, volume_index: torch.Tensor,
+    def adjoint(self, grad_out: torch.Tensor, volume_shape, rays: RaySet,
                 memory_budget_mib: float = 512.0) -> torch.Tensor:
-        """The exact transpose of :meth:`forward`: ``grad_out (N, R, C)`` → ``(B, C, D, H, W)``."""
+        """The exact transpose of :meth:`forward`: ``grad_out (N, R, C)`` → ``volume_shape (B, C, D, H, W)``."""
         ...
 
 
 def capabilities_of(backend: ProjectorBackend | None) -> Capabilities:
     """``backend.capabilities``; :data:`REFERENCE_CAPABILITIES` for None (the torch reference)."""
     return REFERENCE_CAPABILITIES if backend is None else backend.capabilities
-
-
-def ray_tensors(rays: RaySet) -> tuple[torch.Tensor, ...]:
-    """The six tensors a backend's ``forward`` / ``adjoint`` take, in order, from a :class:`RaySet`."""
-    return rays.origin, rays.direction, rays.t_near, rays.delta, rays.n_samples, rays.volume_index

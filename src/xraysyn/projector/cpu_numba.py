@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from xraysyn.projector.backend import Capabilities
+from xraysyn.projector.rays import RaySet
 
 try:  # numba is a dependency, but keep the package importable (and the reference usable) without it
     import numba
@@ -140,6 +141,13 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _ray_arrays(rays: RaySet, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+    """The arrays the kernels take of ``rays``: origin, direction, t_near, delta in ``dtype``, n_samples and
+    volume_index as they are."""
+    return (_np(rays.origin.to(dtype)), _np(rays.direction.to(dtype)), _np(rays.t_near.to(dtype)),
+            _np(rays.delta.to(dtype)), _np(rays.n_samples), _np(rays.volume_index))
+
+
 @contextlib.contextmanager
 def _torch_threads_kept():
     """Restore torch's intra-op thread count after a parallel numba kernel.
@@ -157,34 +165,34 @@ def _torch_threads_kept():
 
 
 class NumbaBackend:
-    """Forward and adjoint with the signatures of the reference ``march_forward`` / ``march_adjoint``
-    (the :class:`~xraysyn.projector.backend.ProjectorBackend` protocol); CPU tensors, volume gradients only."""
+    """Forward and adjoint of the :class:`~xraysyn.projector.backend.ProjectorBackend` protocol (the reference's
+    ``march_forward`` / ``march_adjoint`` compiled); CPU tensors, volume gradients only."""
 
     capabilities = Capabilities(devices=("cpu",))
 
     @staticmethod
-    def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0):
+    def forward(volume: torch.Tensor, rays: RaySet, memory_budget_mib: float = 512.0) -> torch.Tensor:
+        """Line integrals ``(N, R, C)`` in voxel value × mm of ``volume (B, C, D, H, W)`` along ``rays``
+        (``memory_budget_mib`` is not needed: the march keeps no per-sample temporaries)."""
         vol = volume.detach().permute(0, 2, 3, 4, 1).contiguous()  # channels last: one cache line per corner
-        out = torch.zeros(*t_near.shape, volume.shape[1], dtype=volume.dtype)
+        out = torch.zeros(*rays.t_near.shape, volume.shape[1], dtype=volume.dtype)
         with _torch_threads_kept():
-            _forward_kernel(vol.numpy(), _np(origin.to(volume.dtype)), _np(direction.to(volume.dtype)),
-                            _np(t_near.to(volume.dtype)), _np(delta.to(volume.dtype)), _np(n_samples),
-                            _np(volume_index), out.numpy())
+            _forward_kernel(vol.numpy(), *_ray_arrays(rays, volume.dtype), out.numpy())
         return out
 
     @staticmethod
-    def adjoint(grad_out, volume_shape, origin, direction, t_near, delta, n_samples, volume_index,
-                memory_budget_mib=512.0):
+    def adjoint(grad_out: torch.Tensor, volume_shape, rays: RaySet, memory_budget_mib: float = 512.0) -> torch.Tensor:
+        """Exact transpose of :meth:`forward`: ``grad_out (N, R, C)`` → ``volume_shape (B, C, D, H, W)``; one
+        private gradient volume per thread while they fit ``memory_budget_mib``, else one thread."""
         b, c, d, h, w = volume_shape
         dtype = grad_out.dtype
         vol_bytes = b * c * d * h * w * grad_out.element_size()
         threads = max(1, min(numba.get_num_threads(), int(memory_budget_mib * 2**20 // max(vol_bytes, 1))))
         grad = _np(grad_out)
         acc = np.zeros((threads, b, d, h, w, c), dtype=grad.dtype)
-        args = (grad, _np(origin.to(dtype)), _np(direction.to(dtype)), _np(t_near.to(dtype)),
-                _np(delta.to(dtype)), _np(n_samples), _np(volume_index))
+        args = (grad, *_ray_arrays(rays, dtype))
         if threads == 1:
-            total = t_near.shape[0] * t_near.shape[1]
+            total = rays.t_near.shape[0] * rays.t_near.shape[1]
             _adjoint_rays(*args, acc[0], 0, total)
             summed = acc[0]
         else:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from xraysyn.projector.rays import RaySet
+
 # Float32 rounding (voxels) allowed between the walk's sample positions and the march's.
 WALK_ROUNDING_VOXELS = 0.05
 # Largest walk stride (samples): a ray shorter than it is looked up once (any ray with a tiny step).
@@ -62,13 +64,14 @@ def walk_stride(direction: torch.Tensor, delta: torch.Tensor, brick: int) -> tor
     return (reach / torch.clamp(step, min=float(reach) / WALK_MAX_STRIDE)).to(torch.int32) + 1
 
 
-def occupied_range(origin: torch.Tensor, direction: torch.Tensor, t_near: torch.Tensor, delta: torch.Tensor,
-                   n_samples: torch.Tensor, volume_index: torch.Tensor, occupancy: torch.Tensor,
-                   spatial_shape, brick: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(first, end)`` int64 ``(N, R)``: the samples ``first .. end − 1`` each ray of a
-    :class:`~xraysyn.projector.rays.RaySet` marches with empty space skipping over the dilated ``occupancy
-    (B, gd, gh, gw)`` (bool; :func:`dilate_bricks` of :func:`occupied_bricks`); ``first = end = 0`` for a ray
-    meeting no marked brick. Float32 positions, as the kernels compute them."""
+def occupied_range(rays: RaySet, occupancy: torch.Tensor, spatial_shape,
+                   brick: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first, end)`` int64 ``(N, R)``: the samples ``first .. end − 1`` each ray of the
+    :class:`~xraysyn.projector.rays.RaySet` ``rays`` marches with empty space skipping over the dilated
+    ``occupancy (B, gd, gh, gw)`` (bool; :func:`dilate_bricks` of :func:`occupied_bricks`) of volumes of
+    ``spatial_shape (D, H, W)``; ``first = end = 0`` for a ray meeting no marked brick. Float32 positions, as
+    the kernels compute them."""
+    origin, direction, t_near, delta, n_samples, volume_index = rays.march_tensors()
     size = torch.tensor([int(n) for n in spatial_shape])
     stride = walk_stride(direction, delta, brick).long()  # (N, R)
     n_samples = n_samples.long()

@@ -56,6 +56,11 @@ class RaySet:
     def rays_per_view(self) -> int:
         return self.direction.shape[1]
 
+    def march_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The six tensors a march reads, in the order the kernels take them: ``origin``, ``direction``,
+        ``t_near``, ``delta``, ``n_samples``, ``volume_index`` (all but ``length``)."""
+        return self.origin, self.direction, self.t_near, self.delta, self.n_samples, self.volume_index
+
 
 def clip_to_box(origin: torch.Tensor, direction: torch.Tensor, spatial_shape, t_max: torch.Tensor):
     """Slab-method intersection of rays with the box ``[-0.5, n - 0.5]^3`` in voxel coordinates.

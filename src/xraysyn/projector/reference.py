@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from xraysyn.geometry import pose_source_position, volume_center
-from xraysyn.projector.rays import clip_to_box
+from xraysyn.projector.rays import RaySet, clip_to_box
 
 __all__ = ["RayMarch", "backend_forward", "backproject_voxels", "march_forward", "march_adjoint", "rays_per_chunk"]
 
@@ -107,12 +107,15 @@ def _spatial_gradient(values, frac):
     return torch.stack([dz, dy, dx], dim=-1)
 
 
-def _flat_rays(rays_origin, direction, t_near, delta, n_samples, volume_index, spatial_shape):
-    n, r = t_near.shape
+def _flat_rays(rays: RaySet, spatial_shape):
+    """The rays one per row: origin, direction ``(N * R, 3)``, t_near, delta, n_samples and the offset of each
+    ray's volume in the flattened batch ``(N * R,)``."""
+    n, r = rays.t_near.shape
     d, h, w = spatial_shape
-    origin = rays_origin[:, None, :].expand(n, r, 3).reshape(-1, 3)
-    vol_offset = (volume_index * (d * h * w))[:, None].expand(n, r).reshape(-1)
-    return origin, direction.reshape(-1, 3), t_near.reshape(-1), delta.reshape(-1), n_samples.reshape(-1), vol_offset
+    origin = rays.origin[:, None, :].expand(n, r, 3).reshape(-1, 3)
+    vol_offset = (rays.volume_index * (d * h * w))[:, None].expand(n, r).reshape(-1)
+    return (origin, rays.direction.reshape(-1, 3), rays.t_near.reshape(-1), rays.delta.reshape(-1),
+            rays.n_samples.reshape(-1), vol_offset)
 
 
 def _chunks(n_samples: torch.Tensor, size: int):
@@ -124,31 +127,32 @@ def _chunks(n_samples: torch.Tensor, size: int):
             yield sl
 
 
-def march_forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0):
-    """Line integrals ``(N, R, C)`` of ``volume (B, C, D, H, W)`` along the rays (see ``rays.py``)."""
+def march_forward(volume: torch.Tensor, rays: RaySet, memory_budget_mib: float = 512.0) -> torch.Tensor:
+    """Line integrals ``(N, R, C)`` in voxel value × mm of ``volume (B, C, D, H, W)`` along ``rays`` (the
+    sampling model of :mod:`xraysyn.projector.rays`); temporaries within ``memory_budget_mib``."""
     spatial = volume.shape[2:]
     c = volume.shape[1]
     vol_flat = _flatten_volume(volume)
-    o, dvec, tn, dl, ns, off = _flat_rays(origin, direction, t_near, delta, n_samples, volume_index, spatial)
+    o, dvec, tn, dl, ns, off = _flat_rays(rays, spatial)
     out = torch.zeros(o.shape[0], c, dtype=volume.dtype, device=volume.device)
     k_max = int(ns.max()) if ns.numel() else 0
     if k_max == 0:
-        return out.reshape(*t_near.shape, c)
+        return out.reshape(*rays.t_near.shape, c)
     step = rays_per_chunk(k_max, c, memory_budget_mib)
     for sl in _chunks(ns, step):
         s = _Samples(o[sl], dvec[sl], tn[sl], dl[sl], ns[sl], off[sl], spatial)
         vals = _interpolate(s.corner_values(vol_flat), s.frac.reshape(-1, 3))
         weight = (dl[sl][:, None] * s.valid).reshape(-1, 1)
         out[sl] = (vals * weight).reshape(-1, s.valid.shape[1], c).sum(1)
-    return out.reshape(*t_near.shape, c)
+    return out.reshape(*rays.t_near.shape, c)
 
 
-def march_adjoint(grad_out, volume_shape, origin, direction, t_near, delta, n_samples, volume_index,
-                  memory_budget_mib=512.0):
-    """Exact adjoint of :func:`march_forward`: scatter ``grad_out (N, R, C)`` into a volume ``(B, C, D, H, W)``."""
+def march_adjoint(grad_out: torch.Tensor, volume_shape, rays: RaySet, memory_budget_mib: float = 512.0) -> torch.Tensor:
+    """Exact adjoint of :func:`march_forward`: scatter ``grad_out (N, R, C)`` into a volume of ``volume_shape
+    (B, C, D, H, W)``."""
     b, c = volume_shape[:2]
     spatial = tuple(volume_shape[2:])
-    o, dvec, tn, dl, ns, off = _flat_rays(origin, direction, t_near, delta, n_samples, volume_index, spatial)
+    o, dvec, tn, dl, ns, off = _flat_rays(rays, spatial)
     g = grad_out.reshape(-1, c)
     acc = torch.zeros(b * spatial[0] * spatial[1] * spatial[2], c, dtype=grad_out.dtype, device=grad_out.device)
     k_max = int(ns.max()) if ns.numel() else 0
@@ -162,14 +166,14 @@ def march_adjoint(grad_out, volume_shape, origin, direction, t_near, delta, n_sa
     return acc.reshape(b, *spatial, c).permute(0, 4, 1, 2, 3).contiguous()
 
 
-def _ray_parameter_grads(grad_out, volume, origin, direction, t_near, delta, n_samples, volume_index,
-                         memory_budget_mib):
-    """Gradients of ``<grad_out, march_forward(...)>`` w.r.t. origin, direction, t_near and delta."""
+def _ray_parameter_grads(grad_out, volume, rays: RaySet, memory_budget_mib):
+    """Gradients of ``<grad_out, march_forward(volume, rays)>`` w.r.t. the rays' origin, direction, t_near and
+    delta."""
     spatial = volume.shape[2:]
     c = volume.shape[1]
-    n, r = t_near.shape
+    n, r = rays.t_near.shape
     vol_flat = _flatten_volume(volume)
-    o, dvec, tn, dl, ns, off = _flat_rays(origin, direction, t_near, delta, n_samples, volume_index, spatial)
+    o, dvec, tn, dl, ns, off = _flat_rays(rays, spatial)
     g = grad_out.reshape(-1, c)
     g_origin = torch.zeros_like(o)
     g_dir = torch.zeros_like(dvec)
@@ -196,49 +200,54 @@ def _ray_parameter_grads(grad_out, volume, origin, direction, t_near, delta, n_s
     return (g_origin.reshape(n, r, 3).sum(1), g_dir.reshape(n, r, 3), g_tn.reshape(n, r), g_delta.reshape(n, r))
 
 
-def backend_forward(backend, volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib,
+def backend_forward(backend, volume: torch.Tensor, rays: RaySet, memory_budget_mib: float,
                     prepared=None) -> torch.Tensor:
     """The forward march ``(N, R, C)`` by ``backend`` (None: :func:`march_forward`), handing it what its
     ``prepare_volume`` made (``prepared``, when given)."""
     if backend is None:
-        return march_forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib)
+        return march_forward(volume, rays, memory_budget_mib)
     extra = {} if prepared is None else {"prepared": prepared}
-    return backend.forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib,
-                           **extra)
+    return backend.forward(volume, rays, memory_budget_mib, **extra)
 
 
 class RayMarch(torch.autograd.Function):
     """Differentiable ray march: ``(volume, origin, direction, t_near, delta) → (N, R, C)``.
 
-    ``n_samples`` and ``volume_index`` are integer inputs without gradients. ``backend`` is an
-    object with ``forward`` and ``adjoint`` callables of the same signature as
-    :func:`march_forward` / :func:`march_adjoint` (the torch reference by default); ray-parameter
-    gradients always use the reference formulas. ``prepared`` (optional): what the backend's
-    ``prepare_volume`` made from this volume, handed to its ``forward`` (and not kept for the backward).
+    ``RayMarch.apply(volume, rays.origin, rays.direction, rays.t_near, rays.delta, rays, memory_budget_mib,
+    backend, prepared)``: the four float tensors of the :class:`~xraysyn.projector.rays.RaySet` ``rays`` are
+    given again as separate inputs because autograd routes gradients only to the tensors passed to
+    ``apply`` (it does not look inside ``rays``); they must be ``rays``' own tensors. The rest of ``rays``
+    (``n_samples``, ``volume_index``, ``length``) has no gradient. ``backend`` is a
+    :class:`~xraysyn.projector.backend.ProjectorBackend` (None: the torch reference :func:`march_forward` /
+    :func:`march_adjoint`); ray-parameter gradients always use the reference formulas. ``prepared``
+    (optional): what the backend's ``prepare_volume`` made from this volume, handed to its ``forward`` (and
+    not kept for the backward).
     """
 
     @staticmethod
-    def forward(ctx, volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib, backend,
-                prepared=None):
-        ctx.save_for_backward(volume, origin, direction, t_near, delta, n_samples, volume_index)
+    def forward(ctx, volume, origin, direction, t_near, delta, rays, memory_budget_mib, backend, prepared=None):
+        # origin, direction, t_near and delta are rays' tensors (see the class docstring); saved one by one
+        # (save_for_backward takes tensors, not a RaySet) and put back together in backward
+        ctx.save_for_backward(volume, origin, direction, t_near, delta, rays.n_samples, rays.volume_index,
+                              rays.length)
         ctx.memory_budget_mib = memory_budget_mib
         ctx.backend = backend
-        return backend_forward(backend, volume, origin, direction, t_near, delta, n_samples, volume_index,
-                               memory_budget_mib, prepared)
+        return backend_forward(backend, volume, rays, memory_budget_mib, prepared)
 
     @staticmethod
     def backward(ctx, grad_out):
-        volume, origin, direction, t_near, delta, n_samples, volume_index = ctx.saved_tensors
+        volume, origin, direction, t_near, delta, n_samples, volume_index, length = ctx.saved_tensors
+        rays = RaySet(origin=origin, direction=direction, t_near=t_near, delta=delta, n_samples=n_samples,
+                      volume_index=volume_index, length=length)
         grad_out = grad_out.contiguous()
         g_vol = g_o = g_d = g_tn = g_dl = None
         if ctx.needs_input_grad[0]:
             adjoint_fn = ctx.backend.adjoint if ctx.backend is not None else march_adjoint
-            g_vol = adjoint_fn(grad_out, volume.shape, origin, direction, t_near, delta, n_samples, volume_index,
-                               ctx.memory_budget_mib).to(volume.dtype)  # fp16/bf16 volumes: float32 adjoint, cast
+            # fp16/bf16 volumes: float32 adjoint, cast
+            g_vol = adjoint_fn(grad_out, volume.shape, rays, ctx.memory_budget_mib).to(volume.dtype)
         if any(ctx.needs_input_grad[1:5]):
-            g_o, g_d, g_tn, g_dl = _ray_parameter_grads(grad_out, volume, origin, direction, t_near, delta,
-                                                        n_samples, volume_index, ctx.memory_budget_mib)
-        return g_vol, g_o, g_d, g_tn, g_dl, None, None, None, None, None
+            g_o, g_d, g_tn, g_dl = _ray_parameter_grads(grad_out, volume, rays, ctx.memory_budget_mib)
+        return g_vol, g_o, g_d, g_tn, g_dl, None, None, None, None
 
 
 def backproject_voxels(images: torch.Tensor, world_from_voxel: torch.Tensor, poses: torch.Tensor,

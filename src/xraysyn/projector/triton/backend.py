@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from xraysyn.projector.backend import Capabilities
+from xraysyn.projector.rays import RaySet
 from xraysyn.projector.triton.checks import (
     TritonBackendInputError,
     acc_torch_dtype,
@@ -66,7 +67,10 @@ def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.detach().to(dtype)
 
 
-def _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype):
+def _ray_args(rays: RaySet, acc_dtype: torch.dtype):
+    """The kernels' ray arguments: ``rays``' six marched tensors (floats in ``acc_dtype``, n_samples int32,
+    volume_index int64) and their strides."""
+    origin, direction, t_near, delta, n_samples, volume_index = rays.march_tensors()
     origin, direction, t_near, delta = (_as_dtype(t, acc_dtype) for t in (origin, direction, t_near, delta))
     n_samples, volume_index = _as_dtype(n_samples, torch.int32), _as_dtype(volume_index, torch.int64)
     tensors = (origin, direction, t_near, delta, n_samples, volume_index)
@@ -75,8 +79,8 @@ def _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dty
 
 
 class TritonBackend:
-    """Forward and adjoint with the signatures of the reference ``march_forward`` / ``march_adjoint`` (the
-    :class:`~xraysyn.projector.backend.ProjectorBackend` protocol), plus ``prepare_volume`` and ``build_rays``.
+    """Forward and adjoint of the :class:`~xraysyn.projector.backend.ProjectorBackend` protocol (the reference's
+    ``march_forward`` / ``march_adjoint`` as GPU kernels), plus ``prepare_volume`` and ``build_rays``.
 
     How the kernels organise the work (detector tiles, packed corner layouts, the adjoint's corner carry,
     empty space skipping, kept ray sets, pinned launch configurations) follows the active
@@ -103,12 +107,12 @@ class TritonBackend:
         return build_rays(*args, **kwargs)
 
     @staticmethod
-    def forward(volume, origin, direction, t_near, delta, n_samples, volume_index, memory_budget_mib=512.0,
-                detector_cols=None, prepared: PreparedVolume | None = None):
-        """Line integrals ``(N, R, C)`` in (voxel value × mm) of ``volume (B, C, D, H, W)``.
+    def forward(volume: torch.Tensor, rays: RaySet, memory_budget_mib: float = 512.0, detector_cols=None,
+                prepared: PreparedVolume | None = None) -> torch.Tensor:
+        """Line integrals ``(N, R, C)`` in (voxel value × mm) of ``volume (B, C, D, H, W)`` along ``rays``.
 
-        ``origin (N, 3)``, ``direction (N, R, 3)``, ``t_near``/``delta (N, R)`` mm, ``n_samples
-        (N, R)`` int, ``volume_index (N,)`` as in :class:`xraysyn.projector.rays.RaySet`.
+        ``rays``: a :class:`xraysyn.projector.rays.RaySet` (``origin (N, 3)``, ``direction (N, R, 3)``,
+        ``t_near``/``delta (N, R)`` mm, ``n_samples (N, R)`` int, ``volume_index (N,)``).
         ``memory_budget_mib`` bounds the packed copy of the volume (``TritonConfig.forward_pack``; without it the
         kernel needs no temporaries beyond its output and, for a channels-first multi-channel volume,
         a channels-last copy). ``detector_cols`` (optional) is the width of the detector
@@ -118,10 +122,10 @@ class TritonBackend:
         """
         if not isinstance(volume, torch.Tensor) or volume.dim() != 5 or not volume.is_floating_point():
             raise TritonBackendInputError("volume must be a floating-point tensor of shape (B, C, D, H, W)")
-        device = check_device(volume, origin, direction, t_near, delta, n_samples, volume_index)
+        device = check_device(volume, *rays.march_tensors())
         b, c = volume.shape[:2]
         check_volume_size(c, volume.shape[2:])
-        n, r = check_rays(origin, direction, t_near, delta, n_samples, volume_index, b, c)
+        n, r = check_rays(rays, b, c)
         acc_dtype = acc_torch_dtype(volume.dtype)
         if n == 0 or r == 0 or c == 0:
             with checked_launch(prepared):
@@ -132,11 +136,11 @@ class TritonBackend:
         out = torch.empty(n, c, r, dtype=acc_dtype, device=device).permute(0, 2, 1)
         config = active_config()
         marched = marched_volume(volume, memory_budget_mib, prepared, config)
-        rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
+        ray_args, ray_strides = _ray_args(rays, acc_dtype)
         kernels = kernel_objects()
         fwd, tuned = kernels.forward, kernels.tuned
-        width, tile_w = ray_tiling(config.forward_tile_width, r, detector_cols, direction)
-        args = (marched.tensor, marched.occupancy_or_any(), out, *rays, r, width, *volume.shape[2:], c,
+        width, tile_w = ray_tiling(config.forward_tile_width, r, detector_cols, rays.direction)
+        args = (marched.tensor, marched.occupancy_or_any(), out, *ray_args, r, width, *volume.shape[2:], c,
                 *marched.strides, *ray_strides, *out.stride())
         meta = {"BLOCK_C": next_power_of_two(c), "ACC": accumulator(acc_dtype), "VEC": marched.vec,
                 "TILE_W": tile_w, "PACK": marched.pack, "BRICK": marched.brick, **forward_switches(config, tuned)}
@@ -164,9 +168,9 @@ class TritonBackend:
         return PreparedVolume(volume, marched, probe)
 
     @staticmethod
-    def adjoint(grad_out, volume_shape, origin, direction, t_near, delta, n_samples, volume_index,
-                memory_budget_mib=512.0, detector_cols=None):
-        """Exact transpose of :meth:`forward`: ``grad_out (N, R, C)`` → ``(B, C, D, H, W)``.
+    def adjoint(grad_out: torch.Tensor, volume_shape, rays: RaySet, memory_budget_mib: float = 512.0,
+                detector_cols=None) -> torch.Tensor:
+        """Exact transpose of :meth:`forward`: ``grad_out (N, R, C)`` → ``volume_shape (B, C, D, H, W)``.
 
         The result is float32 (float64 for float64 ``grad_out``): in channels-last-3d memory format (a
         permuted view of the ``(B, D, H, W, C)`` buffer the atomics add into), or contiguous when the
@@ -179,24 +183,24 @@ class TritonBackend:
             b, c, d, h, w = (int(s) for s in volume_shape)
         except (TypeError, ValueError):
             raise TritonBackendInputError(f"volume_shape must be (B, C, D, H, W), got {volume_shape!r}") from None
-        device = check_device(grad_out, origin, direction, t_near, delta, n_samples, volume_index)
+        device = check_device(grad_out, *rays.march_tensors())
         check_volume_size(c, (d, h, w))
-        n, r = check_rays(origin, direction, t_near, delta, n_samples, volume_index, b, c)
+        n, r = check_rays(rays, b, c)
         if tuple(grad_out.shape) != (n, r, c):
             raise TritonBackendInputError(f"grad_out must have shape {(n, r, c)}, got {tuple(grad_out.shape)}")
         acc_dtype = acc_torch_dtype(grad_out.dtype)
         if n == 0 or r == 0:
             return torch.zeros(b, d, h, w, c, dtype=acc_dtype, device=device).permute(0, 4, 1, 2, 3)
-        rays, ray_strides = _ray_args(origin, direction, t_near, delta, n_samples, volume_index, acc_dtype)
+        ray_args, ray_strides = _ray_args(rays, acc_dtype)
         config = active_config()
         kernels = kernel_objects()
         tuned = kernels.tuned
-        width, tile_w = ray_tiling(config.adjoint_tile_width, r, detector_cols, direction)
+        width, tile_w = ray_tiling(config.adjoint_tile_width, r, detector_cols, rays.direction)
         buffer, vec, grad_strides, pack = gradient_buffer((b, c, d, h, w), acc_dtype, device, memory_budget_mib,
                                                            config)
-        args = (buffer, grad_out.detach(), *rays, r, width, d, h, w, c, *grad_strides, *ray_strides,
+        args = (buffer, grad_out.detach(), *ray_args, r, width, d, h, w, c, *grad_strides, *ray_strides,
                 *addressing_strides(grad_out))
-        switches = adjoint_switches(config, pack, direction, tuned=tuned)
+        switches = adjoint_switches(config, pack, rays.direction, tuned=tuned)
         adj, launched = adjoint_kernel(kernels.adjoint, kernels.adjoint_carry_tuned, switches)
         meta = {"BLOCK_C": next_power_of_two(c), "ACC": accumulator(acc_dtype), "VEC": vec, "TILE_W": tile_w,
                 "PACK": pack, **launched}

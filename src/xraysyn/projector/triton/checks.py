@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from xraysyn.projector.rays import RaySet
 from xraysyn.projector.triton.runtime import interpreting
 
 __all__ = ["INDEX_BOUND_ATTR", "INT32_LIMIT", "TritonBackendInputError", "acc_torch_dtype", "check_device",
@@ -38,8 +39,11 @@ def check_device(*tensors: torch.Tensor) -> torch.device:
         f"the Triton backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got device {device}")
 
 
-def check_rays(origin, direction, t_near, delta, n_samples, volume_index, num_volumes: int,
-                channels: int) -> tuple[int, int]:
+def check_rays(rays: RaySet, num_volumes: int, channels: int) -> tuple[int, int]:
+    """``(N, R)`` of ``rays`` after checking the shapes of its marched tensors against each other, its sample
+    counts' dtype, 32-bit indexing of ``N · R · max(3, channels)`` and ``volume_index`` within ``[0,
+    num_volumes)`` (read on the device unless ``build_rays`` of this package recorded its bound)."""
+    origin, direction, t_near, delta, n_samples, volume_index = rays.march_tensors()
     if direction.dim() != 3 or direction.shape[-1] != 3:
         raise TritonBackendInputError(f"direction must have shape (N, R, 3), got {tuple(direction.shape)}")
     n, r = direction.shape[:2]
