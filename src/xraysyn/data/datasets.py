@@ -130,10 +130,21 @@ class _CTItems(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
         index = index % len(self)
+        return self.make_item(index, _item_generator(self.seed, self.epoch, index))
+
+    def load_case(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Case ``index`` before any randomness: ``(hu (1, D, H, W), bone (1, D, H, W), world_from_voxel (4, 4))``
+        resampled to ``size³`` when a size is set."""
         hu, bone, affine = self._load(index)
         if self.size is not None:
             hu, bone, affine = resample_cube(hu, bone, affine, self.size)
-        generator = _item_generator(self.seed, self.epoch, index)
+        return hu, bone, affine
+
+    def make_item(self, index: int, generator: torch.Generator, case=None) -> dict[str, torch.Tensor]:
+        """The item of case ``index`` with the angles and augmentation drawn from ``generator`` (a CPU
+        generator; :meth:`__getitem__` seeds it by ``(seed, epoch, index)``). ``case``: the
+        :meth:`load_case` result when the caller already has it (e.g. cached)."""
+        hu, bone, affine = case if case is not None else self.load_case(index)
         angles = (torch.rand(2, 2, generator=generator, dtype=torch.float64) * 2 - 1) * self.max_angle_deg
         if self.augment is not None:
             hu, bone = self.augment(hu, bone, affine, generator)

@@ -1,4 +1,13 @@
-"""Training of XraySyn: stage-1 losses (eq. 9-10) and the stage-1 (3DPN) step."""
+"""Training of XraySyn.
+
+* :mod:`xraysyn.train.losses` — the stage-1 losses (eq. 9-10);
+* :mod:`xraysyn.train.stage1` — the stage-1 computation (targets, input, prediction, losses);
+* :mod:`xraysyn.train.prior_config` — the typed config of a stage-1 run and its presets;
+* :mod:`xraysyn.train.sources` — data sources, the split, the deterministic item plan;
+* :mod:`xraysyn.train.loop` — the one training loop (logs, pictures, checkpoints, resume, DDP);
+* :mod:`xraysyn.train.prior` — stage 1 as a run (``xraysyn train prior``);
+* :mod:`xraysyn.train.export` — weights-only model files (``xraysyn export``).
+"""
 
 from xraysyn.train.losses import (
     Stage1LossWeights,
@@ -7,29 +16,29 @@ from xraysyn.train.losses import (
     stage1_generator_loss,
     xray_view_loss,
 )
+from xraysyn.train.prior_config import PriorTrainingConfig, load_config, preset_config
 from xraysyn.train.stage1 import (
-    Stage1Config,
-    Stage1Views,
-    make_optimizer,
-    network_input_from_backprojection,
+    network_input_from_radiograph,
     predict_volumes,
-    sample_view_angles,
     simulate_targets,
-    stage1_step,
+    simulated_network_input,
+    stage1_losses,
+    view_poses,
 )
 
 __all__ = [
-    "Stage1Config",
+    "PriorTrainingConfig",
     "Stage1LossWeights",
-    "Stage1Views",
     "ct_loss",
-    "make_optimizer",
+    "load_config",
     "mask_loss",
-    "network_input_from_backprojection",
+    "network_input_from_radiograph",
     "predict_volumes",
-    "sample_view_angles",
+    "preset_config",
     "simulate_targets",
+    "simulated_network_input",
     "stage1_generator_loss",
-    "stage1_step",
+    "stage1_losses",
+    "view_poses",
     "xray_view_loss",
 ]

@@ -1,0 +1,99 @@
+"""``xraysyn train prior``: train the 3D PriorNet (stage 1); ``xraysyn export``: a weights-only model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from xraysyn.cli import app
+from xraysyn.cli.common import user_errors
+
+train_app = typer.Typer(help="Train XraySyn's networks (one GPU, several with torchrun, or the CPU).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+#: Exit statuses of a run stopped by a signal after writing its checkpoint (128 + signal number).
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _override(config, *, data, steps, batch_size, device, seed, workers):
+    from xraysyn.train.prior_config import DataSource
+
+    changes = {}
+    if data:
+        changes["data__sources"] = tuple(DataSource.parse(text) for text in data)
+    if steps is not None:
+        changes["loop__steps"] = steps
+    if batch_size is not None:
+        changes["loop__batch_size"] = batch_size
+    if device is not None:
+        changes["loop__device"] = device
+    if seed is not None:
+        changes["loop__seed"] = seed
+    if workers is not None:
+        changes["data__num_workers"] = workers
+    return config.replace(**changes) if changes else config
+
+
+@train_app.command("prior")
+def train_prior_command(
+    out: Path = typer.Option(..., "--out", help="Run folder: config, split, metrics.csv, samples/, checkpoints/."),
+    config: str = typer.Option(None, "--config",
+                               help="Preset (paper, cpu64, small) or a YAML file of config fields. "
+                                    "Required for a new run; a resumed run uses its saved config."),
+    data: list[str] = typer.Option(None, "--data",
+                                   help="Data source: a folder of shards from `xraysyn prepare ct`, or `phantom`; "
+                                        "PATH:WEIGHT mixes several (repeat the option)."),
+    steps: int = typer.Option(None, "--steps", help="Optimiser steps in all (may extend a resumed run)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="CT cases per step, over all processes."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
+    seed: int = typer.Option(None, "--seed", help="Base seed of every random draw."),
+    workers: int = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train the 3D PriorNet on CT shards and/or procedural phantoms (torchrun for several processes)."""
+    with user_errors():
+        from xraysyn.train.config_io import ConfigError, read_yaml
+        from xraysyn.train.loop import CONFIG_FILE, TrainingInterrupted
+        from xraysyn.train.prior import train_prior
+        from xraysyn.train.prior_config import config_from_mapping, load_config
+
+        if resume:
+            if config is not None or data or batch_size is not None or seed is not None:
+                raise ConfigError("--resume continues a run with its saved config: give only --out and optionally "
+                                  "--steps, --device, --workers")
+            if not (out / CONFIG_FILE).is_file():
+                raise ConfigError(f"--resume: {str(out)!r} is not a training run folder (no {CONFIG_FILE})")
+            resolved = config_from_mapping(read_yaml(out / CONFIG_FILE))
+        else:
+            if config is None:
+                raise ConfigError("--config is required for a new run: a preset (paper, cpu64, small) or a YAML file")
+            resolved = load_config(config)
+        resolved = _override(resolved, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed,
+                             workers=workers)
+        try:
+            summary = train_prior(resolved, out, resume=resume, progress=progress)
+        except TrainingInterrupted as stopped:
+            typer.secho(f"{stopped}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(EXIT_INTERRUPTED.get(stopped.signal_name, 1)) from None
+        if summary.best:
+            typer.echo(f"best {summary.best['metric']} = {summary.best['value']:.3f} at step {summary.best['step']}")
+        typer.echo(f"run: {summary.run_dir} ({summary.steps} steps, {summary.seconds:.0f} s)")
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A training run folder."),
+    out: Path = typer.Option(..., "--out", help="The model file to write, e.g. prior.pt."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    half: bool = typer.Option(False, "--half", help="Store the weights as float16 (half the size)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model file."),
+) -> None:
+    """Write a weights-only model file (state dict, model config, input normalisation, metrics, SHA-256)."""
+    with user_errors():
+        from xraysyn.train.export import export_run
+
+        path, digest = export_run(run_dir, out, checkpoint=checkpoint, half=half, overwrite=overwrite)
+        typer.echo(f"model: {path} (sha256 {digest[:16]}…)")
