@@ -54,7 +54,8 @@ CASES = {
     # phantom
     "phantom huge size": (["phantom", "{out}/p.nii.gz", "--size", "100000"], "needs about"),
     "phantom bad suffix": (["phantom", "{out}/p.tif"], ".nii.gz"),
-    "phantom output below a file": (["phantom", "{inputs}/a_file/p.nii.gz"], "does not exist"),
+    "phantom output below a file": (["phantom", "{inputs}/a_file/p.nii.gz"], "a_file' is not a folder"),
+    "phantom output folder missing": (["phantom", "{inputs}/nope/p.nii.gz"], "does not exist"),
     "phantom earlier result": (["phantom", "{out}/old.nii.gz", "--size", "8"], "--overwrite"),
     "phantom earlier labels": (["phantom", "{out}/lab.nii.gz", "--size", "8"], "--overwrite"),
     "phantom mask name is a folder": (["phantom", "{out}/d.nii.gz", "--size", "8"], "is a folder"),
@@ -143,3 +144,29 @@ def test_phantom_overwrite_replaces_the_earlier_set_as_a_whole(tmp_path):
     # The labels of seed 1 are gone with the rest of that run; CT and mask are seed 2's.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.nii.gz", "p_mask.nii.gz"]
     assert not np.array_equal(np.asarray(nib.load(tmp_path / "p.nii.gz").dataobj), first)
+
+
+def test_sigterm_mid_write_removes_the_staged_files_and_exits_143(tmp_path):
+    """``kill`` / ``timeout`` send SIGTERM, which by default ends Python without running any
+    ``finally``: the staging folder stayed behind. Run in a child process (the signal is real)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, sys, time
+import xraysyn.data.ct_io as ct_io
+from xraysyn.cli import app
+
+real_write = ct_io.write_nifti_array
+def write_then_get_killed(array, affine, path):
+    real_write(array, affine, path)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # the handler raises here
+ct_io.write_nifti_array = write_then_get_killed
+app(["phantom", {str(tmp_path / "p.nii.gz")!r}, "--size", "8"])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, (done.returncode, done.stderr[-2000:])
+    assert "stopped by signal SIGTERM" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []

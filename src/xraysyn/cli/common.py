@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 
 import typer
 
@@ -12,6 +14,30 @@ EXIT_BAD_INPUT = 2
 # Exit status when the example data cannot be fetched (e.g. offline).
 EXIT_FETCH_FAILED = 1
 DEGREES_PER_TURN = 360.0
+# Exit status after SIGTERM (the shell's 128 + signal number), once the staged outputs are removed.
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived during a command (``kill``, ``timeout``, a job scheduler). Raised in the main
+    thread so that every ``finally`` runs: staging folders and temporary files are removed and the
+    final names keep what they held before, as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _error_line(exc: BaseException) -> str:
@@ -29,12 +55,18 @@ def user_errors():
 
     Bad input covers bad option values (``ValueError``), unreadable or unwritable paths (every
     ``OSError``: missing, permission denied, exists, is a folder, disk full) and requests that do
-    not fit in memory (``MemoryError``; the memory guard usually refuses those earlier).
+    not fit in memory (``MemoryError``; the memory guard usually refuses those earlier). A SIGTERM
+    during the command unwinds it like Ctrl-C (staged outputs removed) and exits with
+    :data:`EXIT_TERMINATED`.
     """
     from xraysyn.data.example import ExampleDataError
 
     try:
-        yield
+        with _sigterm_raises():
+            yield
+    except Terminated as exc:
+        typer.secho(f"error: {exc}; partial outputs were removed", err=True, fg=typer.colors.RED)
+        raise typer.Exit(EXIT_TERMINATED) from None
     except ExampleDataError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(EXIT_FETCH_FAILED) from None

@@ -52,6 +52,8 @@ def phantom_command(
         from xraysyn.outputs import check_output_files, staged_output_files
 
         paths = phantom_paths(out)
+        if out.parent.exists() and not out.parent.is_dir():
+            raise NotADirectoryError(f"output folder {str(out.parent)!r} is not a folder")
         if not out.parent.is_dir():
             raise NotADirectoryError(f"output folder {str(out.parent)!r} does not exist")
         kinds = ["ct", "mask", "labels"] if labels else ["ct", "mask"]
