@@ -164,7 +164,7 @@ def stage1_losses(model: torch.nn.Module, batch: dict, geometry: ConeBeamGeometr
     target = simulate_targets(ct_hu, bone, affine, poses, geometry, **projector_kwargs)
     thickness_t, _ = split_views(target.thickness)
     i_atten_t, _ = split_views(target.i_atten)
-    normalised = simulated_network_input(thickness_t, i_atten_t, perturbations)
+    normalised = simulated_network_input(thickness_t, i_atten_t, perturbations).to(ct_hu.dtype)
     network_input = network_input_from_radiograph(normalised, affine, poses[0::VIEWS_PER_VOLUME], geometry,
                                                   tuple(ct_hu.shape[2:]), backend=projector_kwargs.get("backend", "auto"))
     ct_normalized, predicted_hu, predicted_mask = predict_volumes(model, network_input, hu_scale, autocast_dtype)
