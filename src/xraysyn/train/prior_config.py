@@ -336,7 +336,7 @@ def _cpu64() -> PriorTrainingConfig:
         simulation=SimulationConfig(detector_pixels=64, num_samples=96),
         optim=OptimConfig(learning_rate=2e-4, schedule="cosine", warmup_steps=50, min_lr_fraction=0.1,
                           grad_clip_norm=1.0),
-        loop=LoopConfig(steps=1000, batch_size=2, bf16=False, log_every=5, validate_every=200, sample_every=200,
+        loop=LoopConfig(steps=3000, batch_size=2, bf16=False, log_every=10, validate_every=250, sample_every=250,
                         checkpoint_every=50),
         validation=ValidationConfig(views=20),
     )
