@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xraysyn.geometry import ConeBeamGeometry
-from xraysyn.projector import ProjectorInputError, backproject, forward_project
+from xraysyn.projector import ProjectorInputError, backproject, forward_project, forward_project_adjoint
 
 GEOM = ConeBeamGeometry(sdd=1200.0, sid=1000.0, detector_shape=(48, 48), pixel_spacing=2.0)
 N = 32
@@ -123,6 +123,40 @@ def test_reference_chunks_keep_temporaries_under_the_budget(monkeypatch):
                          (4, 4, 4)), "images contain non-finite"),
 ])
 def test_bad_input_raises_one_clear_error(call, match):
+    with pytest.raises(ProjectorInputError, match=match):
+        call()
+
+
+_IMAGES = torch.rand(1, 1, *GEOM.detector_shape)
+
+
+def _adjoint(images=_IMAGES, poses=GEOM.poses(0.0), geometry=GEOM, **options):
+    return forward_project_adjoint(images, AFFINE, poses, geometry, (4, 4, 4), **options)
+
+
+def _bp(images=_IMAGES, poses=GEOM.poses(0.0), **options):
+    return backproject(images, AFFINE, poses, GEOM, (4, 4, 4), **options)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: _adjoint(geometry="geometry"), "geometry must be a ConeBeamGeometry"),
+    (lambda: _adjoint(step_mm=-1.0), "step_mm must be a positive number"),
+    (lambda: _adjoint(step_mm=1.0, num_samples=3), "either step_mm or num_samples"),
+    (lambda: _adjoint(num_samples=0), "num_samples must be a positive integer"),
+    (lambda: _adjoint(memory_budget_mib=0), "memory_budget_mib must be positive"),
+    (lambda: _adjoint(images=_IMAGES[0]), r"images must be a tensor of shape \(B \* V, C, rows, cols\)"),
+    (lambda: _adjoint(images=_IMAGES[..., :-1]), "pixels but the detector"),
+    (lambda: _adjoint(poses=GEOM.poses([0.0, 10.0])), "forward_project_adjoint takes one pose per image: 1 images"),
+    (lambda: forward_project(torch.rand(1, 1, 4, 4, 4), AFFINE, GEOM.poses(0.0), GEOM, memory_budget_mib=-1.0),
+     "memory_budget_mib must be positive"),
+    (lambda: _bp(memory_budget_mib=0), "memory_budget_mib must be positive"),
+    (lambda: _bp(images=_IMAGES[0]), r"images must be a tensor of shape \(B, C, rows, cols\)"),
+    (lambda: _bp(images=_IMAGES[..., :-1, :]), "pixels but the detector"),
+    (lambda: _bp(poses=GEOM.poses([0.0, 10.0])), "backproject takes one pose per image: 1 images but 2 poses"),
+])
+def test_the_adjoint_and_bp_share_the_forward_checks(call, match):
+    """The public adjoint and BP run the same checks as the forward (one copy each, in api.py): one
+    ProjectorInputError naming the argument."""
     with pytest.raises(ProjectorInputError, match=match):
         call()
 

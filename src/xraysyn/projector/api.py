@@ -52,15 +52,43 @@ def _check_spatial_shape(shape) -> tuple[int, int, int]:
     return d, h, w
 
 
-def _check_sampling(step_mm, num_samples, memory_budget_mib) -> None:
+def _check_budget(memory_budget_mib) -> None:
+    if not isinstance(memory_budget_mib, (int, float)) or not memory_budget_mib > 0:
+        raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
+
+
+def _check_march_options(geometry, step_mm, num_samples, memory_budget_mib) -> None:
+    """The options :func:`forward_project` and :func:`forward_project_adjoint` share: the geometry, the sampling
+    (``step_mm`` mm or ``num_samples``, at most one) and the memory budget (MiB)."""
+    _check_geometry(geometry)
     if step_mm is not None and num_samples is not None:
         raise ProjectorInputError("give either step_mm or num_samples, not both")
     if step_mm is not None and (not isinstance(step_mm, (int, float)) or not math.isfinite(step_mm) or step_mm <= 0):
         raise ProjectorInputError(f"step_mm must be a positive number of mm, got {step_mm!r}")
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
         raise ProjectorInputError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not isinstance(memory_budget_mib, (int, float)) or not memory_budget_mib > 0:
-        raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
+    _check_budget(memory_budget_mib)
+
+
+def _check_images(images, geometry: ConeBeamGeometry, layout: str) -> None:
+    """``images`` is a 4-D tensor (``layout`` names its dimensions) with the detector's ``(rows, cols)``."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ProjectorInputError(f"images must be a tensor of shape {layout}")
+    if tuple(images.shape[-2:]) != geometry.detector_shape:
+        raise ProjectorInputError(
+            f"images are {tuple(images.shape[-2:])} pixels but the detector is {geometry.detector_shape}"
+        )
+
+
+def _check_one_pose_per_image(function: str, num_images: int, num_poses: int) -> None:
+    if num_poses != num_images:
+        raise ProjectorInputError(f"{function} takes one pose per image: {num_images} images but {num_poses} poses")
+
+
+def _count_volumes(world_from_voxel) -> int:
+    """B of ``world_from_voxel``: 1 for one ``(4, 4)`` affine, else its leading dimension."""
+    affines = torch.as_tensor(world_from_voxel)
+    return 1 if affines.dim() == 2 else affines.shape[0]
 
 
 def _triton_backend():
@@ -134,8 +162,7 @@ def prepare_march(volume: torch.Tensor, world_from_voxel, poses, geometry: ConeB
     if not isinstance(volume, torch.Tensor) or volume.dim() != 5:
         shape = tuple(volume.shape) if isinstance(volume, torch.Tensor) else type(volume).__name__
         raise ProjectorInputError(f"volume must be a tensor of shape (B, C, D, H, W), got {shape}")
-    _check_geometry(geometry)
-    _check_sampling(step_mm, num_samples, memory_budget_mib)
+    _check_march_options(geometry, step_mm, num_samples, memory_budget_mib)
     b, c = volume.shape[:2]
     if b == 0 or c == 0:
         raise ProjectorInputError(f"volume must have at least one item and one channel, got {tuple(volume.shape)}")
@@ -261,23 +288,15 @@ def forward_project_adjoint(
     Returns:
         ``(B, C, D, H, W)`` volumes with ``<FP v, w> = <v, FPᵀ w>`` for all v, w.
     """
-    _check_geometry(geometry)
-    _check_sampling(step_mm, num_samples, memory_budget_mib)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ProjectorInputError("images must be a tensor of shape (B * V, C, rows, cols)")
-    if tuple(images.shape[-2:]) != geometry.detector_shape:
-        raise ProjectorInputError(
-            f"images are {tuple(images.shape[-2:])} pixels but the detector is {geometry.detector_shape}"
-        )
+    _check_march_options(geometry, step_mm, num_samples, memory_budget_mib)
+    _check_images(images, geometry, "(B * V, C, rows, cols)")
     spatial = _check_spatial_shape(volume_shape)
     dtype = _compute_dtype(images.dtype)
     if num_volumes is None:
-        wv = torch.as_tensor(world_from_voxel)
-        num_volumes = 1 if wv.dim() == 2 else wv.shape[0]
+        num_volumes = _count_volumes(world_from_voxel)
     affines, pose_t, iso, host = frames.prepare_frames(world_from_voxel, poses, isocenter, num_volumes, dtype,
                                                  images.device)
-    if pose_t.shape[0] != images.shape[0]:
-        raise ProjectorInputError(f"{images.shape[0]} images but {pose_t.shape[0]} poses")
+    _check_one_pose_per_image("forward_project_adjoint", images.shape[0], pose_t.shape[0])
     chosen = _select_backend(backend, images.device, ray_grad=False)
     with torch.no_grad():
         rays = _build_rays(chosen, host, pose_t, affines, spatial, geometry, step_mm=step_mm,
@@ -301,7 +320,7 @@ def chord_lengths(
     spatial = _check_spatial_shape(volume_shape)
     wv = torch.as_tensor(world_from_voxel)
     dtype = wv.dtype if wv.is_floating_point() else torch.float32
-    batch = 1 if wv.dim() == 2 else wv.shape[0]
+    batch = _count_volumes(wv)
     affines, pose_t, iso, _ = frames.prepare_frames(wv, poses, isocenter, batch, dtype, wv.device)
     rays = build_rays(pose_t, affines, spatial, geometry, num_samples=1, isocenter=iso)
     return rays.length.reshape(pose_t.shape[0], *geometry.detector_shape)
@@ -342,22 +361,15 @@ def backproject(
         ``(B, C, D, H, W)`` in ``u`` (per mm). Differentiable w.r.t. images and poses (torch path).
     """
     _check_geometry(geometry)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ProjectorInputError("images must be a tensor of shape (B, C, rows, cols)")
-    if tuple(images.shape[-2:]) != geometry.detector_shape:
-        raise ProjectorInputError(
-            f"images are {tuple(images.shape[-2:])} pixels but the detector is {geometry.detector_shape}"
-        )
-    if not isinstance(memory_budget_mib, (int, float)) or not memory_budget_mib > 0:
-        raise ProjectorInputError(f"memory_budget_mib must be positive, got {memory_budget_mib!r}")
+    _check_images(images, geometry, "(B, C, rows, cols)")
+    _check_budget(memory_budget_mib)
     spatial = _check_spatial_shape(volume_shape)
     b = images.shape[0]
     dtype = _compute_dtype(images.dtype)
     dev = images.device
     affines, pose_t, iso, host = frames.prepare_frames(world_from_voxel, poses, isocenter, b, dtype, dev, values=images,
                                                  values_error="images contain non-finite values (NaN or inf)")
-    if pose_t.shape[0] != b:
-        raise ProjectorInputError(f"backproject takes one pose per image: {b} images, {pose_t.shape[0]} poses")
+    _check_one_pose_per_image("backproject", b, pose_t.shape[0])
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (images, pose_t, affines, iso))
     if backend not in ("auto", "reference", "triton"):
