@@ -1,79 +1,127 @@
-"""Stage-1 training-step benchmark: prints one JSON line per projector backend.
+"""Stage-1 training-step benchmark: prints one JSON line per (preset, variant).
 
-    python benchmarks/train_step.py [--device cuda|cpu] [--preset paper|small] [--batch N] [--size S]
-        [--detector P] [--num-samples N] [--backends auto,reference] [--reps 5] [--warmup 2] [--threads T]
+    python benchmarks/train_step.py [--device cpu|cuda] [--presets small,cpu64] [--variants float32,bf16]
+        [--batch-size B] [--reps 3] [--warmup 1] [--loader-batches 8] [--threads T]
 
-A step is :func:`xraysyn.train.stage1_step`: CT2Xray of the true CT at T and T' (no grad), BP of
-the input view, the 3DPN forward, CT2Xray of the prediction at T and T', the losses of eq. 9-10,
-backward and an Adam step. Reported per backend: ``step_ms_median`` (and min/max) over ``--reps``
-timed steps after ``--warmup`` untimed ones (CUDA synchronised around each step, perf_counter);
-``targets_ms`` and ``backprojection_ms``, the no-grad CT2Xray of the true CT and the BP timed
-on their own (a lower bound on the projector's share; the differentiable CT2Xray of the
-prediction is inside the step); ``peak_mib`` (``torch.cuda.max_memory_allocated``, CUDA only).
+Defaults: on CPU the presets ``small`` and ``cpu64``, variant ``float32``; on CUDA the preset ``paper``
+(batch 2, 128³ volumes, 128² detector) in both variants, ``float32`` (``loop.bf16`` false) and ``bf16``
+(``loop.bf16`` true: bf16 autocast of the network, the projector and losses in float32; CUDA only).
+Cases come from the preset's data sources (procedural chest phantoms); nothing is downloaded.
 
-Defaults on CUDA: the paper preset, 128³ volumes, batch 2, 128² detector, 128 samples per ray
-(stage 1 of the paper). On CPU: the small preset, 32³, batch 1, 32² detector, 32 samples.
-Volumes are procedural chest phantoms (:func:`xraysyn.data.phantom.make_chest_phantom`, its bone
-labels as the mask), seeds 0…batch-1; nothing is downloaded. An out-of-memory or other failure
-for a backend prints a JSON line with ``"error"`` and the benchmark goes on to the next backend.
+Each record runs in a fresh Python process (so its peak memory is its own) and does, in this order:
+
+1. **Steps as the loop runs them** (:mod:`xraysyn.train.loop`): a DataLoader over
+   :meth:`PriorTask.items() <xraysyn.train.prior.PriorTask.items>` with the loop's settings (a
+   :class:`~xraysyn.train.sources.GlobalBatchSampler`, the preset's ``data.num_workers``, pinned memory on
+   CUDA, prefetch 2), then per step: wait for the batch and move it to the device, set the learning rate,
+   :meth:`PriorTask.step`. ``--warmup`` untimed steps (worker start, Triton autotuning), then ``--reps``
+   timed ones: ``step_s_*`` (the whole step, what the loop's ``s_per_step`` shows), ``compute_s_median``
+   (``PriorTask.step`` alone) and ``data_wait_s_median`` (the wait for the batch), seconds.
+2. **Peak memory** of those steps, ``peak_mib`` (MiB): on CUDA ``torch.cuda.max_memory_allocated`` after
+   ``reset_peak_memory_stats`` before the first step; on CPU the growth of the training process's peak
+   resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the steps minus before them; DataLoader
+   workers are other processes: the largest one's peak resident set, shared pages included, is
+   ``loader_worker_peak_rss_mib`` from ``RUSAGE_CHILDREN`` after they exited). ``peak_memory`` names the method.
+3. **The split of a step** (``split_s``, seconds, median over ``--reps``; CUDA synchronised before and after
+   each part), each part timed on its own on one batch, as :func:`xraysyn.train.stage1.stage1_losses` runs it:
+
+   * ``data``: one batch from ``TrainingItems`` through the loop's DataLoader settings but in the training
+     process (``num_workers=0``), collated and moved to the device, cases not seen before (their phantom
+     generated / shard read, as in a run's first epoch); ``data_cached`` the same positions again (the
+     case from the per-process case cache, the augmentation and views drawn again, as from epoch 2 on);
+   * ``targets``: :func:`view_poses` and :func:`simulate_targets` (CT2Xray of the true CT at T and T');
+   * ``bp``: :func:`simulated_network_input` (the perturbed, normalised input radiograph) and
+     :func:`network_input_from_radiograph` (BP, eq. 7);
+   * ``network_fwd_bwd``: :func:`predict_volumes` (under the variant's autocast) and its backward, seeded
+     with the gradient that the full loss gives its outputs (computed once, untimed);
+   * ``loss_projector_fwd_bwd``: CT2Xray of the predicted CT and bone mask at T and T' with the projection
+     terms of eq. 10, forward and backward to the prediction (the differentiable projector in the loss);
+   * ``optimizer``: gradient clipping (when configured) and the Adam step;
+   * ``other``: ``compute_s_median`` minus the five compute parts above (the CT and mask losses, zeroing
+     the gradients, Python overhead; near zero, negative within the timing noise).
+4. **Loader throughput**: a fresh DataLoader with the preset's ``num_workers`` over ``--loader-batches``
+   batches of new cases; ``loader_first_batch_s`` (worker start and the first batch) and
+   ``loader_cases_per_s`` over the remaining batches (all of them when only one), against
+   ``step_cases_per_s`` = batch / ``compute_s_median``; ``loader_to_step_ratio`` = their ratio (≥ 1: the
+   workers keep up with the step, below 1 the step waits for data). Measured while nothing else runs in
+   this process; in training the workers share the CPU with the step. With ``num_workers`` 0 the data is
+   loaded in the training process and nothing overlaps (``step_s`` ≈ ``data_wait`` + ``compute``).
+
+Also per record: the preset's sizes, ``parameters`` (trainable parameters of the 3DPN) and ``weights_mib``
+(their float32 size), the last step's ``loss_total``, torch threads and the 1-minute load average at the
+start (other processes share the CPU). A failure of a record (out of memory, a bad preset override, a
+crash of its process) prints that record with ``"error"`` and the benchmark goes on to the next one;
+the exit status is 1 when every record failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
+from torch.utils.data import DataLoader
 
-from xraysyn.data.phantom import DEFAULT_FIELD_OF_VIEW_MM, make_chest_phantom
-from xraysyn.models import PriorNet3D
-from xraysyn.train import (
-    Stage1Config,
-    make_optimizer,
-    sample_view_angles,
-    simulate_targets,
-    stage1_step,
-)
+from xraysyn.physics import ct2xray
+from xraysyn.train.distributed import ProcessGroup
+from xraysyn.train.loop import _ignore_stop_signals, learning_rate_factor
+from xraysyn.train.losses import ct_loss, mask_loss, stage1_generator_loss, xray_view_loss
+from xraysyn.train.prior import PriorTask
+from xraysyn.train.prior_config import PRESETS, preset_config
+from xraysyn.train.sources import GlobalBatchSampler, make_split, open_sources
 from xraysyn.train.stage1 import (
-    PROJECTOR_BACKENDS,
-    network_input_from_backprojection,
+    VIEWS_PER_VOLUME,
+    network_input_from_radiograph,
+    predict_volumes,
+    simulate_targets,
+    simulated_network_input,
     split_views,
+    view_poses,
 )
 
-DEFAULTS = {
-    "cuda": {"preset": "paper", "size": 128, "batch": 2, "detector": 128, "num_samples": 128},
-    "cpu": {"preset": "small", "size": 32, "batch": 1, "detector": 32, "num_samples": 32},
-}
+#: Variant name → ``loop.bf16``.
+VARIANTS = {"float32": False, "bf16": True}
+DEFAULT_PRESETS = {"cpu": "small,cpu64", "cuda": "paper"}
+DEFAULT_VARIANTS = {"cpu": "float32", "cuda": "float32,bf16"}
 BYTES_PER_MIB = 2**20
+#: Units of ``ru_maxrss``: KiB on Linux, bytes on macOS.
+MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
+#: Batches the loop's DataLoader loads ahead per worker (as :func:`xraysyn.train.loop.run_training`).
+PREFETCH_FACTOR = 2
+SECONDS_DIGITS = 4
+#: This script, run once per record in a fresh process.
+SCRIPT = os.path.abspath(__file__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--preset", choices=("paper", "small"))
-    parser.add_argument("--batch", type=int)
-    parser.add_argument("--size", type=int, help="volume edge in voxels")
-    parser.add_argument("--detector", type=int, help="detector edge in pixels")
-    parser.add_argument("--num-samples", type=int, help="projector samples per ray")
-    parser.add_argument("--backends", default="auto,reference")
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--presets", help=f"comma list of {', '.join(PRESETS)} (default: small,cpu64 on CPU, "
+                                          "paper on CUDA)")
+    parser.add_argument("--variants", help="comma list of float32, bf16 (CUDA only); default float32 on CPU, "
+                                           "float32,bf16 on CUDA")
+    parser.add_argument("--batch-size", type=int, help="override the preset's loop.batch_size")
+    parser.add_argument("--reps", type=int, default=3, help="timed steps (and repetitions of each part)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--loader-batches", type=int, default=8, help="batches of the loader throughput")
+    parser.add_argument("--threads", type=int, help="torch (and numba) CPU threads (default: torch's)")
+    parser.add_argument("--record", help=argparse.SUPPRESS)  # internal: PRESET:VARIANT in this process
     args = parser.parse_args(argv)
-    for key, value in DEFAULTS[args.device].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in PROJECTOR_BACKENDS]
-    if unknown or not backends:
-        parser.error(f"--backends must be a comma list of {PROJECTOR_BACKENDS}, got {args.backends!r}")
-    args.backends = backends
-    for name in ("batch", "size", "detector", "num_samples", "reps"):
+    args.presets = _comma_list(parser, "--presets", args.presets or DEFAULT_PRESETS[args.device], PRESETS)
+    args.variants = _comma_list(parser, "--variants", args.variants or DEFAULT_VARIANTS[args.device], VARIANTS)
+    if args.device == "cpu" and "bf16" in args.variants:
+        parser.error("--variants bf16: bf16 autocast runs on CUDA only (the CPU trains in float32); use --device cuda")
+    for name in ("reps", "loader_batches") + (("batch_size",) if args.batch_size is not None else ()) \
+            + (("threads",) if args.threads is not None else ()):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -81,14 +129,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_batch(batch: int, size: int, device: torch.device):
-    """``(ct_hu, bone_mask, world_from_voxel)``: ``(B, 1, S, S, S)`` HU, ``(B, 1, S, S, S)`` {0, 1},
-    ``(B, 4, 4)`` mm, phantoms with seeds 0…B-1 over a 384 mm field of view."""
-    phantoms = [make_chest_phantom((size,) * 3, seed=seed) for seed in range(batch)]
-    ct = torch.stack([torch.from_numpy(p.hu) for p in phantoms])[:, None].float()
-    mask = torch.stack([torch.from_numpy(p.bone_mask) for p in phantoms])[:, None].float()
-    affines = torch.stack([torch.from_numpy(p.world_from_voxel) for p in phantoms]).float()
-    return ct.to(device), mask.to(device), affines.to(device)
+def _comma_list(parser, flag: str, text: str, allowed) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        parser.error(f"{flag} must be a comma list of {', '.join(allowed)}, got {text!r}")
+    return values
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
 
 
 def _synchronize(device: torch.device) -> None:
@@ -96,88 +154,281 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device) -> tuple[float, object]:
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    """``(seconds, fn())``, CUDA synchronised before and after (``time.perf_counter``)."""
     _synchronize(device)
     start = time.perf_counter()
     result = fn()
     _synchronize(device)
-    return 1e3 * (time.perf_counter() - start), result
+    return time.perf_counter() - start, result
 
 
-def bench_backend(args, backend: str, device: torch.device, batch) -> dict:
-    config = Stage1Config(model_preset=args.preset, detector_pixels=args.detector, num_samples=args.num_samples,
-                          field_of_view_mm=DEFAULT_FIELD_OF_VIEW_MM, projector_backend=backend)
-    torch.manual_seed(0)
-    model = PriorNet3D(config.model_config()).to(device)
-    optimizer = make_optimizer(model, config)
-    generator = torch.Generator().manual_seed(0)
-    ct, mask, affines = batch
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
-        stage1_step(model, optimizer, ct, mask, affines, config, generator)
-    step_ms, losses = [], {}
-    for _ in range(args.reps):
-        ms, losses = _timed(lambda: stage1_step(model, optimizer, ct, mask, affines, config, generator), device)
-        step_ms.append(ms)
+def median_time(fn, device: torch.device, reps: int) -> float:
+    return statistics.median(timed(fn, device)[0] for _ in range(reps))
 
-    views = sample_view_angles(ct.shape[0], config.geometry(), config.max_angle_deg, generator=generator,
-                               device=device)
-    targets_ms, targets = _timed(lambda: simulate_targets(ct, mask, affines, views, config), device)
-    line_integral, _ = split_views(targets.line_integral)
-    with torch.no_grad():
-        bp_ms, _ = _timed(lambda: network_input_from_backprojection(
-            line_integral, affines, views.input_poses, config.geometry(), tuple(ct.shape[2:]), backend=backend), device)
-    record = {
-        "benchmark": "stage1_step", "backend": backend, "preset": args.preset, "batch": args.batch,
-        "size": args.size, "detector": args.detector, "num_samples": args.num_samples,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "step_ms_median": round(statistics.median(step_ms), 2), "step_ms_min": round(min(step_ms), 2),
-        "step_ms_max": round(max(step_ms), 2), "reps": args.reps,
-        "targets_ms": round(targets_ms, 2), "backprojection_ms": round(bp_ms, 2),
-        "last_losses": {k: round(v, 5) for k, v in losses.items()},
-    }
-    if device.type == "cuda":
-        record["peak_mib"] = round(torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB, 1)
-    return record
+
+def make_task(preset: str, variant: str, device: torch.device, batch_size: int | None) -> PriorTask:
+    """The preset's :class:`PriorTask` on ``device`` in one process (its sources opened, its split drawn)."""
+    config = preset_config(preset).replace(loop__bf16=VARIANTS[variant], loop__device=device.type)
+    if batch_size is not None:
+        config = config.replace(loop__batch_size=batch_size)
+    datasets = open_sources(config.data, config.loop.seed)
+    split = make_split(config.data, datasets, config.loop.seed)
+    return PriorTask(config, ProcessGroup(device=device), datasets, split)
+
+
+def make_loader(task: PriorTask, items, *, start_step: int, steps: int, num_workers: int) -> DataLoader:
+    """A DataLoader with the settings of :func:`xraysyn.train.loop.run_training` over steps
+    ``start_step … steps − 1`` of one process."""
+    config = task.config
+    sampler = GlobalBatchSampler(config.loop.batch_size, steps, start_step, 0, 1, config.optim.accumulation_steps)
+    return DataLoader(items, batch_sampler=sampler, num_workers=num_workers, collate_fn=task.collate,
+                      pin_memory=task.device.type == "cuda", persistent_workers=False,
+                      worker_init_fn=_ignore_stop_signals if num_workers else None,
+                      prefetch_factor=PREFETCH_FACTOR if num_workers else None)
+
+
+def run_steps(task: PriorTask, warmup: int, reps: int) -> dict:
+    """Steps 0 … warmup + reps − 1 as the loop runs them; the timings of the last ``reps``."""
+    config, device = task.config, task.device
+    steps = warmup + reps
+    loader = make_loader(task, task.items(), start_step=0, steps=steps, num_workers=config.data.num_workers)
+    iterator = iter(loader)
+    waits, computes, totals, losses, batches = [], [], [], {}, []
+    for step in range(steps):
+        wait, batches = timed(lambda: [task.collate_to_device(next(iterator)) for _ in
+                                       range(config.optim.accumulation_steps)], device)
+        for group in task.optimizer.param_groups:
+            group["lr"] = config.optim.learning_rate * learning_rate_factor(step, steps, config.optim)
+        compute, losses = timed(lambda: task.step(batches, step), device)
+        if step >= warmup:
+            waits.append(wait)
+            computes.append(compute)
+            totals.append(wait + compute)
+    del iterator, loader
+    return {"step_s": totals, "compute_s": statistics.median(computes), "data_wait_s": statistics.median(waits),
+            "losses": losses}
+
+
+def data_times(task: PriorTask, first_step: int, reps: int) -> tuple[float, float, dict]:
+    """Median seconds of one batch of new cases and of the same positions again, in this process, and the
+    last batch (on the device)."""
+    items = task.items()
+    cold, cached, batch = [], [], None
+    for rep in range(reps):
+        step = first_step + rep
+
+        def load():
+            loader = make_loader(task, items, start_step=step, steps=step + 1, num_workers=0)
+            return task.collate_to_device(next(iter(loader)))
+
+        seconds, batch = timed(load, task.device)
+        cold.append(seconds)
+        cached.append(timed(load, task.device)[0])
+    return statistics.median(cold), statistics.median(cached), batch
+
+
+def split_times(task: PriorTask, batch: dict, reps: int) -> dict:
+    """Median seconds of each compute part of a step on ``batch`` (see the module docstring)."""
+    config, device, geometry, kwargs = task.config, task.device, task.geometry, task.projector_kwargs
+    model = task.model
+    model.train()
+    ct_hu, bone, affine = batch["ct_hu"], batch["bone"], batch["world_from_voxel"]
+    perturbations = task.perturbations(batch["position"])
+
+    def targets():
+        poses = view_poses(batch["azimuth_deg"], batch["elevation_deg"], geometry)
+        return poses, simulate_targets(ct_hu, bone, affine, poses, geometry, **kwargs)
+
+    poses, target = targets()
+    thickness_t, _ = split_views(target.thickness)
+    i_atten_t, _ = split_views(target.i_atten)
+
+    def backprojection():
+        normalised = simulated_network_input(thickness_t, i_atten_t, perturbations).to(ct_hu.dtype)
+        return network_input_from_radiograph(normalised, affine, poses[0::VIEWS_PER_VOLUME], geometry,
+                                             tuple(ct_hu.shape[2:]), backend=kwargs.get("backend", "auto"))
+
+    network_input = backprojection()
+
+    def xray_terms(predicted_hu, predicted_mask):
+        predicted = ct2xray(predicted_hu, predicted_mask, affine, poses, geometry, **kwargs)
+        image_t, image_t_prime = split_views(predicted.image)
+        target_image_t, target_image_t_prime = split_views(target.image)
+        pred_thickness_t, pred_thickness_t_prime = split_views(predicted.thickness)
+        target_thickness_t, target_thickness_t_prime = split_views(target.thickness)
+        return (xray_view_loss(image_t, target_image_t, pred_thickness_t, target_thickness_t),
+                xray_view_loss(image_t_prime, target_image_t_prime, pred_thickness_t_prime, target_thickness_t_prime))
+
+    # the gradient of the full loss (eq. 9) at the network's outputs, to seed the network's backward
+    outputs = predict_volumes(model, network_input, task.hu_scale, task.autocast_dtype)
+    leaves = [t.detach().requires_grad_(True) for t in outputs]
+    ct_normalized, predicted_hu, predicted_mask = leaves
+    xray_t, xray_t_prime = xray_terms(predicted_hu, predicted_mask)
+    total = stage1_generator_loss(config.loss, ct=ct_loss(ct_normalized, task.hu_scale.to_normalized(ct_hu)),
+                                  mask=mask_loss(predicted_mask, bone), xray_t=xray_t, xray_t_prime=xray_t_prime)
+    total.backward()
+    seeds = [leaf.grad for leaf in leaves]
+    del outputs, leaves, ct_normalized, predicted_hu, predicted_mask, total
+
+    def network():
+        task.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(predict_volumes(model, network_input, task.hu_scale, task.autocast_dtype), seeds)
+
+    prediction = predict_volumes(model, network_input, task.hu_scale, task.autocast_dtype)
+    hu_detached, mask_detached = prediction[1].detach(), prediction[2].detach()
+    del prediction
+
+    def loss_projector():
+        hu_leaf, mask_leaf = hu_detached.detach().requires_grad_(True), mask_detached.detach().requires_grad_(True)
+        terms = xray_terms(hu_leaf, mask_leaf)
+        (config.loss.xray * (terms[0] + terms[1])).backward()
+
+    def optimizer_step():
+        if config.optim.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
+        task.optimizer.step()
+
+    parts = {"targets": median_time(targets, device, reps), "bp": median_time(backprojection, device, reps),
+             "network_fwd_bwd": median_time(network, device, reps),
+             "loss_projector_fwd_bwd": median_time(loss_projector, device, reps)}
+    network()  # gradients for the optimiser's step
+    parts["optimizer"] = median_time(optimizer_step, device, reps)
+    return parts
+
+
+def loader_throughput(task: PriorTask, first_step: int, batches: int) -> tuple[float, float]:
+    """``(first_batch_s, cases_per_s)`` of a DataLoader with the preset's workers over ``batches`` batches."""
+    config, device = task.config, task.device
+    micro = config.optim.accumulation_steps
+    steps = -(-batches // micro)  # whole steps of micro-batches
+    loader = make_loader(task, task.items(), start_step=first_step, steps=first_step + steps,
+                         num_workers=config.data.num_workers)
+    _synchronize(device)
+    start = time.perf_counter()
+    marks, cases = [], []
+    for batch in loader:
+        batch = task.collate_to_device(batch)
+        _synchronize(device)
+        marks.append(time.perf_counter())
+        cases.append(int(batch["ct_hu"].shape[0]))
+        if len(marks) == batches:
+            break
+    del loader
+    first = marks[0] - start
+    if len(marks) == 1:
+        return first, cases[0] / first
+    return first, sum(cases[1:]) / (marks[-1] - marks[0])
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+def _seconds(value: float) -> float:
+    return round(value, SECONDS_DIGITS)
+
+
+def bench_record(preset: str, variant: str, args) -> dict:
+    """One record of this process: see the module docstring."""
+    device = torch.device(args.device)
+    _set_threads(args.threads)
+    load = os.getloadavg()[0]
+    task = make_task(preset, variant, device, args.batch_size)
+    config = task.config
+    params = [p for p in task.network.parameters() if p.requires_grad]
+    record = {"benchmark": "train_step", "preset": preset, "variant": variant, "device": device_name(device),
+              "batch": config.loop.batch_size, "volume_size": config.data.volume_size,
+              "detector_pixels": config.simulation.detector_pixels, "num_samples": config.simulation.num_samples,
+              "projector_backend": config.simulation.projector_backend, "num_workers": config.data.num_workers,
+              "parameters": sum(p.numel() for p in params),
+              "weights_mib": round(sum(p.numel() for p in params) * torch.finfo(torch.float32).bits / 8
+                                   / BYTES_PER_MIB, 2),
+              "reps": args.reps, "warmup": args.warmup}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    steps = run_steps(task, args.warmup, args.reps)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB
+        method = "torch.cuda.max_memory_allocated during the steps"
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * MAXRSS_BYTES / BYTES_PER_MIB
+        method = "growth of the training process's peak RSS (getrusage ru_maxrss) over the steps, workers excluded"
+    step_s = steps["step_s"]
+    record.update({"step_s_median": _seconds(statistics.median(step_s)), "step_s_min": _seconds(min(step_s)),
+                   "step_s_max": _seconds(max(step_s)), "compute_s_median": _seconds(steps["compute_s"]),
+                   "data_wait_s_median": _seconds(steps["data_wait_s"]), "peak_mib": round(peak, 1),
+                   "peak_memory": method})
+    next_step = args.warmup + args.reps
+    data_s, data_cached_s, batch = data_times(task, next_step, args.reps)
+    next_step += args.reps
+    split = {"data": data_s, "data_cached": data_cached_s, **split_times(task, batch, args.reps)}
+    compute_parts = ("targets", "bp", "network_fwd_bwd", "loss_projector_fwd_bwd", "optimizer")
+    split["other"] = steps["compute_s"] - sum(split[name] for name in compute_parts)
+    record["split_s"] = {name: _seconds(value) for name, value in split.items()}
+    first_s, loader_rate = loader_throughput(task, next_step, args.loader_batches)
+    step_rate = config.loop.batch_size / steps["compute_s"]
+    record.update({"loader_batches": args.loader_batches, "loader_first_batch_s": _seconds(first_s),
+                   "loader_cases_per_s": round(loader_rate, 3), "step_cases_per_s": round(step_rate, 3),
+                   "loader_to_step_ratio": round(loader_rate / step_rate, 3)})
+    if config.data.num_workers:
+        worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * MAXRSS_BYTES / BYTES_PER_MIB
+        record["loader_worker_peak_rss_mib"] = round(worker_rss, 1)
+    record.update({"loss_total": round(float(steps["losses"]["total"]), 5), "threads": torch.get_num_threads(),
+                   "load_average_1min": round(load, 2), "torch": torch.__version__})
+    return record
+
+
+def _error_record(preset: str, variant: str, device: str, error: str, detail: str) -> dict:
+    return {"benchmark": "train_step", "preset": preset, "variant": variant, "device": device, "error": error,
+            "detail": detail[:500]}
+
+
+def run_in_this_process(args) -> dict:
+    preset, variant = args.record.split(":")
+    try:
+        return bench_record(preset, variant, args)
+    except torch.cuda.OutOfMemoryError as error:
+        return _error_record(preset, variant, args.device, "out of memory", str(error).splitlines()[0])
+    except Exception as error:  # noqa: BLE001 - reported in the record
+        first = (str(error).splitlines() or [""])[0]
+        return _error_record(preset, variant, args.device, type(error).__name__, first)
+
+
+def run_in_subprocess(preset: str, variant: str, args) -> dict:
+    """One record in a fresh process (its own peak memory, no state left by an earlier record)."""
+    command = [sys.executable, SCRIPT, "--record", f"{preset}:{variant}", "--device", args.device,
+               "--presets", preset, "--variants", variant, "--reps", str(args.reps), "--warmup", str(args.warmup),
+               "--loader-batches", str(args.loader_batches)]
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None:
+            command += [flag, str(value)]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
+        return _error_record(preset, variant, args.device, f"the record's process failed (exit {proc.returncode})",
+                             tail)
+    return json.loads(lines[-1])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    batch = make_batch(args.batch, args.size, device)
-    failures = 0
-    for backend in args.backends:
-        if args.threads:
-            # re-applied per backend: numba's OpenMP layer (the CPU "auto" projector) resets torch's thread count
-            torch.set_num_threads(args.threads)
-        try:
-            record = bench_backend(args, backend, device, batch)
-        except torch.cuda.OutOfMemoryError as error:
-            failures += 1
-            record = {"benchmark": "stage1_step", "backend": backend, "preset": args.preset, "batch": args.batch,
-                      "size": args.size, "error": "out of memory", "detail": str(error).splitlines()[0]}
-        except Exception as error:  # noqa: BLE001 - report and go on to the next backend
-            failures += 1
-            record = {"benchmark": "stage1_step", "backend": backend, "preset": args.preset, "batch": args.batch,
-                      "size": args.size, "error": type(error).__name__, "detail": str(error).splitlines()[0][:500]}
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        record["device"] = device_name(device)
-        print(json.dumps(record), flush=True)
-    return 1 if failures == len(args.backends) else 0
+    if args.record:
+        print(json.dumps(run_in_this_process(args)), flush=True)
+        return 0
+    failures = total = 0
+    for preset in args.presets:
+        for variant in args.variants:
+            record = run_in_subprocess(preset, variant, args)
+            total += 1
+            failures += "error" in record
+            print(json.dumps(record), flush=True)
+    return 1 if failures == total else 0
 
 
 if __name__ == "__main__":

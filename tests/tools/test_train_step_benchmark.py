@@ -1,0 +1,119 @@
+"""benchmarks/train_step.py runs end to end on the CPU at the ``small`` preset and prints one complete record,
+so that a change to the trainer cannot break the benchmark unnoticed (its values are not checked for speed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "benchmarks", "train_step.py")
+SPLIT_PARTS = {"data", "data_cached", "targets", "bp", "network_fwd_bwd", "loss_projector_fwd_bwd", "optimizer",
+               "other"}
+RECORD_KEYS = {"benchmark", "preset", "variant", "device", "batch", "volume_size", "detector_pixels", "num_samples",
+               "projector_backend", "num_workers", "parameters", "weights_mib", "reps", "warmup", "step_s_median",
+               "step_s_min", "step_s_max", "compute_s_median", "data_wait_s_median", "peak_mib", "peak_memory",
+               "split_s", "loader_batches", "loader_first_batch_s", "loader_cases_per_s", "step_cases_per_s",
+               "loader_to_step_ratio", "loss_total", "threads", "load_average_1min", "torch"}
+
+
+def _bench():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import train_step
+
+    return train_step
+
+
+def test_small_preset_prints_one_complete_record():
+    from xraysyn.models import PriorNet3D
+    from xraysyn.train.prior_config import preset_config
+
+    proc = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--presets", "small", "--reps", "1",
+                           "--warmup", "0", "--loader-batches", "3", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout
+    record = json.loads(lines[0])
+    assert "error" not in record, record
+    assert set(record) == RECORD_KEYS, set(record) ^ RECORD_KEYS
+    assert set(record["split_s"]) == SPLIT_PARTS
+    config = preset_config("small")
+    assert (record["preset"], record["variant"], record["reps"], record["warmup"]) == ("small", "float32", 1, 0)
+    assert (record["batch"], record["volume_size"], record["detector_pixels"], record["num_workers"]) == (
+        config.loop.batch_size, config.data.volume_size, config.simulation.detector_pixels, config.data.num_workers)
+    expected = sum(p.numel() for p in PriorNet3D(config.model.network()).parameters())
+    assert record["parameters"] == expected
+    assert record["weights_mib"] == round(expected * 4 / 2**20, 2)
+    assert record["threads"] == 1
+    assert 0 < record["step_s_min"] <= record["step_s_median"] <= record["step_s_max"]
+    assert 0 < record["compute_s_median"] <= record["step_s_median"]
+    assert all(record["split_s"][part] > 0 for part in SPLIT_PARTS - {"other"}), record["split_s"]
+    assert record["peak_mib"] >= 0 and "ru_maxrss" in record["peak_memory"]
+    # the rates as the docstring defines them (up to the printed rounding)
+    step_rate = record["batch"] / record["compute_s_median"]
+    assert record["step_cases_per_s"] == pytest.approx(step_rate, rel=1e-3)
+    assert record["loader_to_step_ratio"] == pytest.approx(record["loader_cases_per_s"] / step_rate, rel=1e-2)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--device", "cpu", "--variants", "bf16"], "--variants bf16"),
+    (["--device", "cpu", "--presets", "small,huge"], "--presets"),
+    (["--device", "cpu", "--variants", "float16"], "--variants"),
+    (["--device", "cpu", "--reps", "0"], "--reps"),
+    (["--device", "cpu", "--warmup", "-1"], "--warmup"),
+    (["--device", "cpu", "--loader-batches", "0"], "--loader-batches"),
+    (["--device", "cpu", "--batch-size", "0"], "--batch-size"),
+    (["--device", "cpu", "--threads", "0"], "--threads"),
+])
+def test_bad_arguments_stop_with_one_message_naming_the_flag(argv, flag, capsys):
+    bench = _bench()
+    with pytest.raises(SystemExit) as stop:
+        bench.parse_args(argv)
+    assert stop.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_a_failing_record_is_reported_as_json_and_the_run_goes_on(monkeypatch, capsys):
+    """A record whose process dies prints an error record; the next record still runs; exit status 1 only when
+    every record failed."""
+    bench = _bench()
+    calls = []
+
+    def fake_subprocess(preset, variant, args):
+        calls.append(preset)
+        if preset == "small":
+            return bench._error_record(preset, variant, args.device, "boom", "detail")
+        return {"benchmark": "train_step", "preset": preset, "variant": variant, "step_s_median": 1.0}
+
+    monkeypatch.setattr(bench, "run_in_subprocess", fake_subprocess)
+    assert bench.main(["--device", "cpu", "--presets", "small,cpu64"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert calls == ["small", "cpu64"]
+    assert records[0]["error"] == "boom" and "error" not in records[1]
+    monkeypatch.setattr(bench, "run_in_subprocess",
+                        lambda p, v, a: bench._error_record(p, v, a.device, "boom", "detail"))
+    assert bench.main(["--device", "cpu", "--presets", "small"]) == 1
+
+
+def test_an_exception_inside_a_record_becomes_its_error(monkeypatch):
+    bench = _bench()
+
+    def fail(preset, variant, args):
+        raise ValueError("no such thing\nsecond line")
+
+    monkeypatch.setattr(bench, "bench_record", fail)
+    args = bench.parse_args(["--device", "cpu", "--record", "small:float32"])
+    record = bench.run_in_this_process(args)
+    assert (record["error"], record["detail"], record["preset"]) == ("ValueError", "no such thing", "small")
+
+
+def test_a_crashed_record_process_is_reported(monkeypatch):
+    bench = _bench()
+    args = bench.parse_args(["--device", "cpu", "--presets", "small"])
+    monkeypatch.setattr(bench, "SCRIPT", os.path.join(ROOT, "no_such_script.py"))
+    record = bench.run_in_subprocess("small", "float32", args)
+    assert record["error"].startswith("the record's process failed (exit 2)"), record
+    assert "no_such_script.py" in record["detail"]
