@@ -8,6 +8,8 @@ from xraysyn.models.normalization import (
     mask_tanh_from_probability,
 )
 from xraysyn.models.unet3d import NORMS, PriorNet3D, PriorNetConfig, PriorNetInputError
+from xraysyn.models.hypernet import HyperNetworkConfig, HyperNetworkInputError, HyperNetworkM, per_sample_conv1x1
+from xraysyn.models.rdn import RDN, RDNConfig, RDNInputError, ResidualDenseBlock
 
 __all__ = [
     "AIR_HU",
@@ -19,4 +21,13 @@ __all__ = [
     "PriorNetInputError",
     "mask_probability_from_tanh",
     "mask_tanh_from_probability",
+    # stage 2: the 2D RefineNet (RDN F + hypernetwork M)
+    "HyperNetworkConfig",
+    "HyperNetworkInputError",
+    "HyperNetworkM",
+    "RDN",
+    "RDNConfig",
+    "RDNInputError",
+    "ResidualDenseBlock",
+    "per_sample_conv1x1",
 ]
