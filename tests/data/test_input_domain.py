@@ -283,3 +283,26 @@ def test_off_flags_give_neutral_values_and_the_same_number_of_draws():
 def test_bad_randomisation_ranges_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         InputRandomisation(**{field: value})
+
+
+# ----------------------------------------------------------------------------- the differentiable window (stage 2)
+def test_window_to_unit_maps_the_percentiles_of_a_ramp_to_zero_and_one():
+    from xraysyn.data.input_domain import window_to_unit
+
+    ramp = torch.arange(101, dtype=torch.float64).reshape(1, 1, 1, 101)  # quantile q of 0..100 is 100 q exactly
+    unit = window_to_unit(ramp, 0.1, 0.9)
+    expected = ((ramp - 10.0) / 80.0).clamp(0, 1)
+    torch.testing.assert_close(unit, expected, rtol=0, atol=1e-12)
+    # an increasing affine map of the image changes nothing; a constant image gives 0
+    torch.testing.assert_close(window_to_unit(3.5 * ramp - 7.0, 0.1, 0.9), expected, rtol=0, atol=1e-12)
+    assert float(window_to_unit(torch.full((1, 1, 4, 4), 2.0)).abs().max()) == 0.0
+
+
+def test_window_to_unit_passes_gradients():
+    from xraysyn.data.input_domain import window_to_unit
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 1, 5, 5, generator=generator, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: window_to_unit(x, 0.2, 0.8), (image,))
+    with pytest.raises(ValueError, match="low_fraction"):
+        window_to_unit(image, 0.9, 0.1)

@@ -31,6 +31,7 @@ __all__ = [
     "InputRandomisation",
     "InputPerturbation",
     "normalise_radiograph",
+    "window_to_unit",
     "sample_input_perturbation",
     "simulated_display_input",
     "NO_PERTURBATION",
@@ -66,6 +67,38 @@ def normalise_radiograph(image: torch.Tensor) -> torch.Tensor:
     not_brighter = torch.searchsorted(ordered, flat, right=True)
     ranks = (darker + not_brighter).to(torch.float64) / (2.0 * flat.shape[1])
     return ranks.to(torch.float32).reshape(image.shape)
+
+
+#: Percentiles of the differentiable display window of stage 2 (1 % of the pixels clip at each end).
+WINDOW_LOW_FRACTION, WINDOW_HIGH_FRACTION = 0.01, 0.99
+
+
+def window_to_unit(image: torch.Tensor, low_fraction: float = WINDOW_LOW_FRACTION,
+                   high_fraction: float = WINDOW_HIGH_FRACTION) -> torch.Tensor:
+    """A differentiable per-image display window: ``(x − q_low) / (q_high − q_low)`` clamped to [0, 1].
+
+    Stage 2 compares its synthesised radiographs with real ones and needs gradients through the
+    normalisation, which :func:`normalise_radiograph` (a rank transform) does not give. The window is
+    invariant to any increasing affine map of an image (exactly, up to rounding) but not to a gamma.
+
+    Args:
+        image: ``(N, C, rows, cols)`` (or ``(N, rows, cols)``), bright = attenuating, any real scale.
+        low_fraction, high_fraction: quantiles mapped to 0 and 1 (linear interpolation between pixels).
+
+    Returns:
+        Same shape and dtype, in [0, 1]; a constant image gives 0.
+    """
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or not image.is_floating_point():
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a floating-point tensor (N, C, rows, cols) or (N, rows, cols), got {shape}")
+    if not 0 <= low_fraction < high_fraction <= 1:
+        raise ValueError(f"need 0 <= low_fraction < high_fraction <= 1, got {low_fraction}, {high_fraction}")
+    flat = image.reshape(image.shape[0], -1)
+    levels = torch.tensor([low_fraction, high_fraction], dtype=flat.dtype, device=flat.device)
+    low, high = torch.quantile(flat, levels, dim=1)  # each (N,)
+    width = (high - low).clamp(min=torch.finfo(flat.dtype).tiny)
+    unit = ((flat - low[:, None]) / width[:, None]).clamp(0.0, 1.0)
+    return unit.reshape(image.shape)
 
 
 @dataclass(frozen=True)
