@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from support.operator_checks import assert_gradcheck, ct_away_from_kinks
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.physics import (
@@ -118,15 +119,13 @@ def test_gradcheck_through_ct2xray_wrt_volume_and_soft_mask():
     geometry = ConeBeamGeometry(detector_shape=(5, 5), pixel_spacing=8.0)
     affine = torch.diag(torch.tensor([6.0, 6.0, 6.0, 1.0], dtype=torch.float64))
     poses = geometry.poses([0.0, 25.0], [0.0, 10.0], dtype=torch.float64)
-    # HU away from the calibration's kink at 0 HU, soft mask strictly inside (0, 1).
-    hu = (100.0 + 800.0 * torch.rand(1, 1, 6, 6, 6, dtype=torch.float64)).requires_grad_()
-    mask = (0.1 + 0.8 * torch.rand(1, 1, 6, 6, 6, dtype=torch.float64)).requires_grad_()
+    hu, mask = ct_away_from_kinks((6, 6, 6))
     spectrum = Spectrum(np.array([40.0, 60.0, 90.0]), np.array([0.3, 0.4, 0.3]))
 
     def image(h, m):
         return ct2xray(h, m, affine, poses, geometry, spectrum).image
 
-    assert torch.autograd.gradcheck(image, (hu, mask), eps=1e-6, atol=1e-7, rtol=1e-4)
+    assert_gradcheck(image, (hu, mask), eps=1e-6, atol=1e-7, rtol=1e-4)
 
 
 def test_batch_of_volumes_equals_separate_calls():

@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from support.operator_checks import assert_gradcheck, ct_away_from_kinks
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.physics import (
@@ -106,11 +107,8 @@ def test_gradcheck_wrt_the_volume_and_mask():
     affine = torch.diag(torch.tensor([6.0, 6.0, 6.0, 1.0], dtype=torch.float64))
     poses = geometry.poses([0.0, 25.0], [0.0, 10.0], dtype=torch.float64)
     gen = torch.Generator().manual_seed(4)
-    # HU away from the calibration's kink at 0 HU, soft mask strictly inside (0, 1)
-    hu = (100.0 + 800.0 * torch.rand(1, 1, 5, 5, 5, generator=gen, dtype=torch.float64)).requires_grad_()
-    mask = (0.1 + 0.8 * torch.rand(1, 1, 5, 5, 5, generator=gen, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda h, m: module(h, m, affine, poses).image, (hu, mask), eps=1e-6,
-                                    atol=1e-7, rtol=1e-4)
+    hu, mask = ct_away_from_kinks((5, 5, 5), gen)
+    assert_gradcheck(lambda h, m: module(h, m, affine, poses).image, (hu, mask), eps=1e-6, atol=1e-7, rtol=1e-4)
 
 
 def test_bad_settings_raise_one_clear_error():

@@ -2,6 +2,7 @@ import io
 
 import pytest
 import torch
+from support.operator_checks import assert_adjoint_identity
 
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.projector import backproject, forward_project
@@ -29,9 +30,8 @@ def test_adjoint_identity_through_the_module():
     poses = GEOM.poses(torch.tensor([-20.0, 12.0]), dtype=torch.float64)
     fp = ForwardProjector(GEOM, num_samples=16, backend="reference")
     weights = torch.rand(2, 1, 6, 8, dtype=torch.float64, generator=gen)
-    lhs = (fp(volume, AFFINE, poses) * weights).sum()
-    rhs = (volume * fp.adjoint(weights, AFFINE, poses, (8, 8, 8), num_volumes=2)).sum()
-    assert torch.allclose(lhs, rhs, rtol=1e-12)
+    assert_adjoint_identity(lambda x: fp(x, AFFINE, poses),
+                            lambda y: fp.adjoint(y, AFFINE, poses, (8, 8, 8), num_volumes=2), volume, weights)
 
 
 def test_geometry_survives_state_dict_and_dtype_casts():

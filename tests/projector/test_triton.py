@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
+from support.operator_checks import assert_adjoint_identity
 from support.projector_truth import assert_close_to_scale, box_chords, pixel_rays
 from support.ray_sets import converted
 
@@ -328,9 +329,8 @@ def test_plane_carry_of_the_four_slot_adjoint_matches_reference(plane, sampling,
     rays64 = converted(rays, torch.float64)
     volume = torch.rand(1, 1, *shape, dtype=torch.float64, device=DEVICE)
     image = torch.rand(*rays.t_near.shape, 1, dtype=torch.float64, device=DEVICE)
-    lhs = float((march_forward(volume, rays64) * image).sum())
-    rhs = float((volume * TritonBackend.adjoint(image, (1, 1, *shape), rays64)).sum())
-    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+    assert_adjoint_identity(lambda x: march_forward(x, rays64),
+                            lambda y: TritonBackend.adjoint(y, (1, 1, *shape), rays64), volume, image)
 
 
 @pytest.mark.parametrize("plane", [-1, 1, 2])
@@ -450,11 +450,11 @@ def test_unpacking_the_adjoint_slots_is_the_transpose_of_packing(pack):
     if pack == 4:
         slots[:, :, -1, :, :, 2:] = 0  # y + 1 past the grid
         slots[:, :, :, -1, :, 3] = 0
-    lhs = float((pack_corners(volume, pack).view(b, d, h, w, c, pack) * slots).sum())
     unpacked = finish_gradient(slots.reshape(b, d, h, w, c * pack), (b, c, d, h, w), pack)
     assert unpacked.is_contiguous()
-    rhs = float((volume * unpacked).sum())
-    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+    assert_adjoint_identity(lambda x: pack_corners(x, pack).view(b, d, h, w, c, pack),
+                            lambda y: finish_gradient(y.reshape(b, d, h, w, c * pack), (b, c, d, h, w), pack),
+                            volume, slots)
 
 
 @pytest.mark.parametrize("plane", [0, 1, 2])
@@ -553,16 +553,13 @@ def test_adjoint_identity_float64(scheme, triton_config):
     affines = torch.stack([_affine((4.0, 3.5, 3.0), shear=0.4, dtype=torch.float64),
                            _affine((3.0, 3.0, 4.5), dtype=torch.float64)])
     rays = _rays(geometry, affines, (5, 6, 4), [-30.0, 40.0, 80.0, 10.0], [0.0, -15.0, 20.0, 5.0],
-                    dtype=torch.float64, step_mm=1.7)
+                 dtype=torch.float64, step_mm=1.7)
     v = torch.rand(2, 2, 5, 6, 4, dtype=torch.float64, device=DEVICE)
     w = torch.rand(4, 20, 2, dtype=torch.float64, device=DEVICE)
     triton_config(carry_max_pack=SCHEMES[scheme])
-    fp = TritonBackend.forward(v, rays)
-    fpt = TritonBackend.adjoint(w, v.shape, rays)
-    assert fp.dtype == fpt.dtype == torch.float64
-    lhs, rhs = float((fp * w).sum()), float((v * fpt).sum())
+    lhs = assert_adjoint_identity(lambda x: TritonBackend.forward(x, rays),
+                                  lambda y: TritonBackend.adjoint(y, v.shape, rays), v, w)
     assert lhs > 0
-    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
 
 
 @pytest.mark.parametrize("channels", [1, 2])
@@ -578,9 +575,9 @@ def test_packed_forward_float64_is_the_transpose_of_the_adjoint(channels, triton
     w = torch.rand(2, 20, channels, dtype=torch.float64, device=DEVICE)
     config = triton_config(forward_pack=4)
     assert forward_pack(v, 512.0, config) == (2 if channels == 1 else 1)
-    lhs = float((TritonBackend.forward(v, rays) * w).sum())
-    rhs = float((v * TritonBackend.adjoint(w, v.shape, rays)).sum())
-    assert lhs > 0 and abs(lhs - rhs) <= 1e-12 * abs(lhs)
+    lhs = assert_adjoint_identity(lambda x: TritonBackend.forward(x, rays),
+                                  lambda y: TritonBackend.adjoint(y, v.shape, rays), v, w)
+    assert lhs > 0
 
 
 def test_uniform_box_integrates_to_closed_form_chords():
@@ -1049,9 +1046,8 @@ def test_cuda_adjoint_identity_float64_and_auto_selection():
     rays64 = converted(rays, torch.float64)
     v = volume.double()
     w = torch.rand(*rays.t_near.shape, 3, dtype=torch.float64, device="cuda")
-    lhs = float((TritonBackend.forward(v, rays64) * w).sum())
-    rhs = float((v * TritonBackend.adjoint(w, v.shape, rays64)).sum())
-    assert abs(lhs - rhs) <= 1e-11 * abs(lhs)
+    assert_adjoint_identity(lambda x: TritonBackend.forward(x, rays64),
+                            lambda y: TritonBackend.adjoint(y, v.shape, rays64), v, w, rtol=1e-11)
 
 
 @pytest.mark.cuda
