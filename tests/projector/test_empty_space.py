@@ -1,4 +1,4 @@
-"""Empty space skipping of the Triton forward march (``TritonBackend.SKIP_EMPTY_BRICK``).
+"""Empty space skipping of the Triton forward march (``TritonConfig.skip_empty_brick``).
 
 Truths: the marks against a closed form and a brute-force dilation; the torch rule
 (:mod:`xraysyn.projector.empty_space`) against the sampling itself (every sample it skips has eight zero

@@ -426,7 +426,7 @@ def counted_ray_setups(monkeypatch):
 def test_a_geometry_met_again_reuses_its_ray_set(counted_ray_setups, triton_config):
     """Same frames, shape, detector and sampling: the kept ray set is returned and no set-up is launched;
     anything that changes the rays (sampling, detector, volume shape, dtype) gets its own set, with the
-    values of the torch ray set-up; KEEP_RAYS_MIB = 0 keeps none."""
+    values of the torch ray set-up; keep_rays_mib = 0 keeps none."""
     poses = GEOMETRY.poses(torch.tensor([17.0, -52.0])).to(DEVICE)
     affines = AFFINE[None].to(DEVICE)
     narrow = ConeBeamGeometry(sdd=300.0, sid=200.0, detector_shape=(6, 4), pixel_spacing=(6.0, 7.0))

@@ -10,10 +10,10 @@ positions, the same clamping) and counts, per ray and channel group, the memory 
 
   per-sample      8 corners per sample                                 (a naive scatter, for reference)
   merged          8 corners each time the ray leaves a cell            (the adjoint kernel)
-  merged+carry    only the corners the next cell does not share        (CARRY_CORNERS)
+  merged+carry    only the corners the next cell does not share        (TritonConfig.carry_max_pack)
   packedP[+carry] the same with P = 2 (x pairs) or 4 (x and y quads) corners per vector request
   packed4+carry[plane A]  4 slots packed across axis A (quads over the other two axes): the plane carry
-                  keeps the shared quad when a ray steps one cell along A (ADJOINT_PLANE_AXIS; A = z is
+                  keeps the shared quad when a ray steps one cell along A (TritonConfig.adjoint_plane_axis; A = z is
                   packed4+carry); [dominant]: A = the axis with the most single-axis steps
 
 Prints one JSON line per workload with the counts and their ratios to ``per-sample``.

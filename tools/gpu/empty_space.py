@@ -15,8 +15,8 @@ ray's range of marched samples. Printed as JSON lines:
   ``samples_per_ray`` (8 / PACK vector loads each);
 * ``marks_bytes``: the dilated marks (1 byte per brick) of all volumes.
 
-A prediction of the work the march skips, not of time (the GPU measures that: ``xraysyn[skip=0]`` against
-the default in ``gpu_session.sh``).
+A prediction of the work the march skips, not of time (a GPU measures that: the forward under
+``TritonConfig(skip_empty_brick=0)`` against the default, e.g. with ``use_config``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
     python tools/gpu/gpu_report.py OUT/*.jsonl [--run s3]
 
-Reads the rows ``benchmarks/projector.py`` (``impl``, ``workload``, ``mode``, ``ms``) and
-``../shared/bench/peers_gpu.py`` (``lib``, ``workload``, ``mode``, ``ms``) print in one session, and prints
+Reads the rows ``benchmarks/projector.py`` (``impl``, ``workload``, ``mode``, ``ms``) and the peers' script
+``peers_gpu.py`` (``lib``, ``workload``, ``mode``, ``ms``; not part of this repository, copied to ``.gpu/bench/``
+by ``tools/gpu/prepare_gpu_inputs.sh``) print in one session, and prints
 (1) the targets table: xraysyn (the shipped defaults) per workload and mode, the peers measured in the same
 run, the ratios and whether the target is met; (2) every xraysyn variant per workload and mode, fastest
 first, with its launch configuration when the row names one; (3) for rows with a profiler ``trace``

@@ -10,8 +10,8 @@
 #
 # Expects (prepared on a networked machine by tools/gpu/prepare_gpu_inputs.sh, see docs/gpu_kernels.md):
 #   .gpu/whl/    wheels nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs (installed with --no-deps)
-#   .gpu/vols/   ct128.npy / ct256.npy from ../shared/bench/prepare_volumes.py (the example chest CT)
-#   .gpu/bench/  copies of ../shared/bench/peers_gpu.py and its torchio stub
+#   .gpu/vols/   ct128.npy / ct256.npy from the peers' prepare_volumes.py (the example chest CT)
+#   .gpu/bench/  copies of the peers' peers_gpu.py and its torchio stub (scripts kept outside this repository)
 set -u
 OUT=${OUT:-/tmp/xraysyn-gpu}
 mkdir -p "$OUT"

@@ -16,7 +16,7 @@ is lent tells whether a change can pay: ``tools/gpu/adjoint_atomics.py`` counts 
 instructions.
 
 The kernels compiled are those ``xraysyn`` imports: ``PYTHONPATH=<checkout of an older commit>/src`` compiles
-that commit's (switches it does not have yet are left out), e.g. to compare the loop of run s1's commit with
+that commit's (switches it does not have yet are left out), e.g. to compare the loop of an older commit with
 today's.
 """
 

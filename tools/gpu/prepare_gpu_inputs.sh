@@ -3,8 +3,10 @@
 # has no network), under .gpu/ (git-ignored through .git/info/exclude, so the device tool carries it only when
 # asked: carry [".gpu"]):
 #   .gpu/whl/    wheels of the peers for CPython 3.12 (nanodrr 0.1.7, flashdrr 0.6.0, roma, platformdirs), no deps
-#   .gpu/vols/   ct128.npy / ct256.npy from ../shared/bench/prepare_volumes.py on the example chest CT
-#   .gpu/bench/  copies of ../shared/bench/peers_gpu.py and its stub/
+#   .gpu/vols/   ct128.npy / ct256.npy from $SHARED/prepare_volumes.py on the example chest CT
+#   .gpu/bench/  copies of $SHARED/peers_gpu.py and its stub/
+# where $SHARED is a folder of the peers' benchmark scripts, which are not part of this repository (point SHARED
+# at your copy; the default is ../shared/bench beside the checkout).
 #
 #   bash tools/gpu/prepare_gpu_inputs.sh          (after make install; fetches the example CT if needed)
 set -euo pipefail

@@ -1,7 +1,7 @@
 """Empty space skipping of the forward march: which samples of a ray can be skipped exactly.
 
 A sample whose cell has eight zero corners (in every channel) adds an exact zero to the line integral.
-The Triton forward march (``TritonBackend.SKIP_EMPTY_BRICK``) skips, per ray, the samples before the first
+The Triton forward march (``TritonConfig.skip_empty_brick``) skips, per ray, the samples before the first
 and after the last one that may have a non-zero corner. It finds them coarsely:
 
 1. **Marks.** Split the volume into bricks of ``brick³`` voxels (the last ones partial) and mark each brick
@@ -19,8 +19,8 @@ lies in the brick of ``cell(k0)`` or a neighbour of it: that look-up is marked. 
 covers float32 rounding between the walk's positions and the march's.
 
 This module is the torch statement of the rule (the kernels' reference in the tests, and the CPU replay
-``benchmarks/empty_space.py``); the kernels are ``_occupied_range`` and the marking passes in
-:mod:`xraysyn.projector.triton_kernels`.
+``tools/gpu/empty_space.py``); the kernels are ``_occupied_range`` in :mod:`xraysyn.projector.triton.kernels.march`
+and the marking passes in :mod:`xraysyn.projector.triton.kernels.layout`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ set-up's launch, its two host→device copies and five allocations (tens of µs 
 during which an idle GPU waits for the march to be launched), and the set-up kernel itself.
 
 Kept sets cost device memory (W1: 8 views × 256² rays × 28 bytes ≈ 15 MB), so the cache is bounded in
-bytes (``TritonBackend.KEEP_RAYS_MIB``; a set larger than the bound is never kept, 0 keeps none) and drops
+bytes (``TritonConfig.keep_rays_mib``; a set larger than the bound is never kept, 0 keeps none) and drops
 the least recently used sets first. The key includes the device and, on CUDA, the stream the set was
 queued on (a set made on another stream may still be under way there). The kept tensors are only read by
 the marches; nothing in the projector writes to a ray set.
