@@ -214,11 +214,12 @@ class PriorTask:
         materials = pred.materials
         rows = [
             ("input", [("normalised input at T", image(out["input"][0, 0]))]),
-            ("radiograph", [("predicted T", image(pred.image[0, 0])), ("true T", image(true.image[0, 0])),
-                            (f"predicted {azimuth[first]:+.0f}°", image(pred.image[first, 0])),
-                            (f"true {azimuth[first]:+.0f}°", image(true.image[first, 0])),
-                            (f"predicted {azimuth[last]:+.0f}°", image(pred.image[last, 0])),
-                            (f"true {azimuth[last]:+.0f}°", image(true.image[last, 0]))]),
+            ("radiograph −log I", [("predicted T", image(pred.line_integral[0, 0])),
+                                   ("true T", image(true.line_integral[0, 0])),
+                                   (f"predicted {azimuth[first]:+.0f}°", image(pred.line_integral[first, 0])),
+                                   (f"true {azimuth[first]:+.0f}°", image(true.line_integral[first, 0])),
+                                   (f"predicted {azimuth[last]:+.0f}°", image(pred.line_integral[last, 0])),
+                                   (f"true {azimuth[last]:+.0f}°", image(true.line_integral[last, 0]))]),
             ("thickness g/cm²", [panel for m, name in enumerate(materials)
                                  for panel in ((f"predicted {name}", image(pred.thickness[0, m])),
                                                (f"true {name}", image(true.thickness[0, m])))]),
