@@ -97,7 +97,8 @@ def test_radiograph_steers_the_refinement():
         out = model(t, radiographs)
         assert not torch.allclose(out[0], out[1])  # same maps, different radiographs
         weights = model.hypernet(radiographs)
-        torch.testing.assert_close(out, model.upsample(t) + model.rdn(t, weights))
+        scale = model.config.thickness_scale_g_per_cm2
+        torch.testing.assert_close(out, model.upsample(t) + model.rdn(t / scale, weights) * scale)
 
 
 def test_static_hyper_ignores_the_radiograph():
@@ -107,7 +108,8 @@ def test_static_hyper_ignores_the_radiograph():
         without = model(t)
         with_radiograph = model(t, torch.rand(2, 1, 32, 32))
         weight = model.static_fusion.weight[:, :, 0, 0]
-        reference = model.upsample(t) + model.rdn(t, weight.expand(2, -1, -1))
+        scale = model.config.thickness_scale_g_per_cm2
+        reference = model.upsample(t) + model.rdn(t / scale, weight.expand(2, -1, -1)) * scale
     torch.testing.assert_close(without, with_radiograph)
     torch.testing.assert_close(without, reference)
     # any thickness size works without M

@@ -83,6 +83,51 @@ def train_prior_command(
         typer.echo(f"run: {summary.run_dir} ({summary.steps} steps, {summary.seconds:.0f} s)")
 
 
+@train_app.command("refine")
+def train_refine_command(
+    out: Path = typer.Option(..., "--out", help="Run folder: config, prior.json, radiographs.json, metrics, samples."),
+    prior: Path = typer.Option(None, "--prior", help="The 3DPN export (`xraysyn export` of a `train prior` run)."),
+    config: str = typer.Option(None, "--config", help="Preset (paper, cpu64, small) or a YAML file of config fields."),
+    data: list[str] = typer.Option(None, "--data", help="A folder of real radiographs (DICOM, PNG, JPEG); "
+                                                         "PATH:WEIGHT, repeat the option for several."),
+    steps: int = typer.Option(None, "--steps", help="Optimiser steps in all (may extend a resumed run)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Radiographs per step, over all processes."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
+    seed: int = typer.Option(None, "--seed", help="Base seed of every random draw."),
+    workers: int = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train the 2D RefineNet with hypernetwork M and LSGAN on real radiographs behind a frozen 3DPN."""
+    with user_errors():
+        from xraysyn.train.config_io import ConfigError, read_yaml
+        from xraysyn.train.loop import CONFIG_FILE, TrainingInterrupted
+        from xraysyn.train.refine import train_refine
+        from xraysyn.train.refine_config import load_refine_config, refine_config_from_mapping
+
+        if resume:
+            if config is not None or prior is not None or data or batch_size is not None or seed is not None:
+                raise ConfigError("--resume continues a run with its saved config and 3DPN: give only --out and "
+                                  "optionally --steps, --device, --workers")
+            if not (out / CONFIG_FILE).is_file():
+                raise ConfigError(f"--resume: {str(out)!r} is not a training run folder (no {CONFIG_FILE})")
+            resolved = refine_config_from_mapping(read_yaml(out / CONFIG_FILE))
+        else:
+            if config is None:
+                raise ConfigError("--config is required for a new run: a preset (paper, cpu64, small) or a YAML file")
+            resolved = load_refine_config(config)
+        resolved = _override(resolved, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed,
+                             workers=workers)
+        try:
+            summary = train_refine(resolved, prior, out, resume=resume, progress=progress)
+        except TrainingInterrupted as stopped:
+            typer.secho(f"{stopped}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(EXIT_INTERRUPTED.get(stopped.signal_name, 1)) from None
+        if summary.best:
+            typer.echo(f"best {summary.best['metric']} = {summary.best['value']:.3f} at step {summary.best['step']}")
+        typer.echo(f"run: {summary.run_dir} ({summary.steps} steps, {summary.seconds:.0f} s)")
+
+
 @app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., help="A training run folder."),

@@ -46,11 +46,15 @@ class RefineNetConfig:
         static_hyper: ``True`` for the ``refine_nom`` ablation: a learned static 1×1 convolution
             instead of M. No M is built, the thickness maps may have any size, and a radiograph,
             if passed, is only checked (``r`` times their size) and not used.
+        thickness_scale_g_per_cm2: F works on thickness maps divided by this and its residual is
+            multiplied by it, so the network sees values of order 1 (a chest's soft tissue is
+            ~10–30 g/cm², its bone ~0–5 g/cm²).
     """
 
     rdn: RDNConfig = RDNConfig()
     hypernet: HyperNetworkConfig = HyperNetworkConfig()
     static_hyper: bool = False
+    thickness_scale_g_per_cm2: float = 10.0
 
     def __post_init__(self):
         if not isinstance(self.rdn, RDNConfig):
@@ -59,6 +63,9 @@ class RefineNetConfig:
             raise RefineNetInputError(f"hypernet must be a HyperNetworkConfig, got {type(self.hypernet).__name__}")
         if not isinstance(self.static_hyper, bool):
             raise RefineNetInputError(f"static_hyper must be True or False, got {self.static_hyper!r}")
+        scale = self.thickness_scale_g_per_cm2
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+            raise RefineNetInputError(f"thickness_scale_g_per_cm2 must be a positive finite number, got {scale!r}")
         if self.rdn.in_channels != self.rdn.out_channels:
             raise RefineNetInputError(
                 f"rdn.in_channels ({self.rdn.in_channels}) must equal rdn.out_channels ({self.rdn.out_channels}): "
@@ -177,7 +184,8 @@ class RefineNet2D(nn.Module):
         return self._residual(thickness_ct, radiograph)
 
     def _residual(self, thickness_ct: torch.Tensor, radiograph: torch.Tensor | None) -> torch.Tensor:
-        return self.rdn(thickness_ct, self.fusion_weights(radiograph, thickness_ct.shape[0]))
+        scale = self.config.thickness_scale_g_per_cm2
+        return self.rdn(thickness_ct / scale, self.fusion_weights(radiograph, thickness_ct.shape[0])) * scale
 
     def forward(self, thickness_ct: torch.Tensor, radiograph: torch.Tensor | None = None) -> torch.Tensor:
         """Refined thickness maps (eq. 11).

@@ -54,7 +54,8 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path:
 
 def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "best", half: bool = False,
                overwrite: bool = False) -> tuple[Path, str]:
-    """Write the export of a stage-1 run's ``best`` or ``last`` checkpoint to ``out``; returns (path, sha256)."""
+    """Write the export of a run's ``best`` or ``last`` checkpoint to ``out`` (stage 1: the 3DPN; stage 2: the
+    2DRN F + M); returns (path, sha256)."""
     from xraysyn.train.prior_config import config_from_mapping
 
     run_dir, out = Path(run_dir), Path(out)
@@ -68,6 +69,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "best"
         payload = load_checkpoint(_checkpoint_path(run_dir, checkpoint))
     except CheckpointError as error:
         raise ExportError(str(error)) from None
+    if payload["stage"] == "refine":
+        return _export_refine(run_dir, out, payload, half)
     config = config_from_mapping(payload["config"])
     state = payload["modules"]["prior"]
     if half:
@@ -130,3 +133,33 @@ def load_export(path: str | Path) -> dict:
     if state_dict_sha256(export["state_dict"]) != export.get("sha256"):
         raise ExportError(f"{str(path)!r}: the weights do not match their SHA-256 (the file is damaged)")
     return export
+
+
+def _export_refine(run_dir: Path, out: Path, payload: dict, half: bool) -> tuple[Path, str]:
+    """The export of a stage-2 run: the 2DRN (F + M) weights, its preset, and the 3DPN export it refines."""
+    import json
+
+    from xraysyn.train.refine_config import refine_config_from_mapping
+
+    config = refine_config_from_mapping(payload["config"])
+    state = payload["modules"]["refine"]
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    prior = json.loads((run_dir / "prior.json").read_text(encoding="utf-8"))
+    export = {
+        "format": EXPORT_FORMAT,
+        "xraysyn_version": xraysyn.__version__,
+        "stage": "refine",
+        "model_class": "RefineNet2D",
+        "model_config": {"preset": config.network, "static_hyper": config.static_hyper},
+        "state_dict": state,
+        "sha256": state_dict_sha256(state),
+        "prior": {"path": prior["path"], "file_sha256": prior["sha256"]},
+        "display_window": {"function": "xraysyn.data.input_domain.window_to_unit", "of": "-log I"},
+        "steps": int(payload["step"]),
+        "validation": dict(payload["validation"]),
+        "best": dict(payload["best"]),
+        "config": payload["config"],
+    }
+    atomic_write(out, lambda tmp: torch.save(export, tmp))
+    return out, export["sha256"]
