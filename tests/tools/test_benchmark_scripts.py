@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOOLS_GPU = os.path.join(ROOT, "tools", "gpu")
 
 
+@pytest.mark.slow  # 75-105 s on 2 cores: every kernel case through Triton's interpreter
 def test_gpu_kernel_benchmark_smoke_runs_every_case():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, os.path.join(TOOLS_GPU, "gpu_kernels.py"), "--smoke", "--reps", "1"],
