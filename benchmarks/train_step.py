@@ -1,8 +1,14 @@
-"""Stage-1 training-step benchmark: prints one JSON line per (preset, variant).
+"""Training-step benchmark of stage 1 (the 3DPN) and stage 2 (the 2DRN): one JSON line per (preset, variant).
 
-    python benchmarks/train_step.py [--device cpu|cuda] [--presets small,cpu64] [--variants float32,bf16]
-        [--batch-size B] [--reps 3] [--warmup 1] [--loader-batches 8] [--threads T]
+    python benchmarks/train_step.py [--stage prior|refine] [--device cpu|cuda] [--presets small,cpu64]
+        [--variants float32,bf16] [--batch-size B] [--reps 3] [--warmup 1] [--loader-batches 8] [--threads T]
 
+``--stage prior`` (the default) times :class:`~xraysyn.train.prior.PriorTask` of ``xraysyn train prior``,
+``--stage refine`` :class:`~xraysyn.train.refine.RefineTask` of ``xraysyn train refine`` (see "Stage 2"
+below). Every record names its ``stage``.
+
+Stage 1
+-------
 Defaults: on CPU the presets ``small`` and ``cpu64``, variant ``float32``; on CUDA the preset ``paper``
 (batch 2, 128³ volumes, 128² detector) in both variants, ``float32`` (``loop.bf16`` false) and ``bf16``
 (``loop.bf16`` true: bf16 autocast of the network, the projector and losses in float32; CUDA only).
@@ -52,6 +58,43 @@ Also per record: the preset's sizes, ``parameters`` (trainable parameters of the
 start (other processes share the CPU). A failure of a record (out of memory, a bad preset override, a
 crash of its process) prints that record with ``"error"`` and the benchmark goes on to the next one;
 the exit status is 1 when every record failed.
+
+Stage 2
+-------
+``--stage refine`` with the stage-2 presets (:mod:`xraysyn.train.refine_config`; defaults ``small,cpu64``
+on CPU, ``paper`` on CUDA; variant ``float32`` only: stage 2 has no bf16 path). Nothing is downloaded and no
+export file is needed: the frozen 3DPN is a randomly initialised :class:`~xraysyn.models.PriorNet3D` of the
+stage-1 preset of the same name (the one whose detector size the 2DRN preset refines; its values do not
+change the cost of a step), and the "real" radiographs are :data:`RENDERED_RADIOGRAPHS` chest phantoms
+rendered by CT2Xray at the 2DRN's input size, min-max windowed and written as 8-bit PNG to a temporary folder
+(their rendering is not timed). The record runs, as for stage 1:
+
+1. **Steps as the loop runs them**: the loop's DataLoader over :meth:`RefineTask.items()
+   <xraysyn.train.refine.RefineTask.items>`, the learning rate of both optimisers set, :meth:`RefineTask.step`
+   (D's update, then F + M's); ``step_s_*``, ``compute_s_median``, ``data_wait_s_median`` as for stage 1.
+2. **Peak memory** ``peak_mib``, as for stage 1.
+3. **The split of a step** ``split_s`` (seconds, median over ``--reps``, each part on its own on one batch):
+
+   * ``data``: one batch through the loop's DataLoader settings in the training process (PNG decoded,
+     cropped / resized, collated, moved to the device);
+   * ``prior_3dpn``: the frozen 3DPN without gradients — the radiograph area-averaged to its detector,
+     normalised, BP at T, the network forward (:func:`prior_volumes`);
+   * ``prior_ct2xray``: the CT2Xray thickness maps t_m^CT of its CT and bone mask at T and T', no gradients
+     (:func:`prior_thickness_from`);
+   * ``d_step``: D on the real radiographs and the detached novel views T', the LSGAN loss, its backward,
+     gradient clipping (when configured) and D's Adam step;
+   * ``refine_fwd_bwd``: the 2DRN F + M forward (eq. 11) and its backward, seeded with the gradient that the
+     generator loss gives t_m^ref (computed once, untimed);
+   * ``g_loss_fwd_bwd``: from t_m^ref to the generator loss and back to t_m^ref: the physics (eq. 12), the
+     display window, D on T', the L1, LSGAN and bone terms (eq. 13), and clearing D's gradients;
+   * ``g_optimizer``: gradient clipping (when configured) and the Adam step of F + M;
+   * ``other``: ``compute_s_median`` minus the six compute parts (Python overhead, timing noise).
+4. **Loader throughput**, as for stage 1 (``loader_*``, ``step_cases_per_s``, ``loader_to_step_ratio``).
+
+Also per record: ``image_size`` (the radiograph edge, pixels), ``thickness_size`` (the 3DPN's detector edge),
+``volume_size``, ``num_samples`` (per ray of the 3DPN's CT2Xray), ``parameters`` (F + M, trainable),
+``discriminator_parameters``, ``prior_parameters`` (frozen), ``weights_mib`` (F + M and D in float32),
+``loss_total`` (F + M's) and ``loss_gan_d`` of the last step, threads, load average, torch.
 """
 
 from __future__ import annotations
@@ -64,17 +107,33 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from xraysyn.physics import ct2xray
+import torch.nn.functional as F
+
+from xraysyn.data.input_domain import normalise_radiograph, window_to_unit
+from xraysyn.data.phantom import make_chest_phantom
+from xraysyn.models import PriorNet3D
+from xraysyn.models.normalization import HUScale
+from xraysyn.models.refine2d import RefineNetConfig
+from xraysyn.physics import ct2xray, radiograph_from_thickness
 from xraysyn.train.distributed import ProcessGroup
 from xraysyn.train.loop import _ignore_stop_signals, learning_rate_factor
+from xraysyn.train.gan_losses import lsgan_discriminator_loss, lsgan_generator_loss
 from xraysyn.train.losses import ct_loss, mask_loss, stage1_generator_loss, xray_view_loss
 from xraysyn.train.prior import PriorTask
-from xraysyn.train.prior_config import PRESETS, preset_config
+from xraysyn.train.refine import RefineTask
+from xraysyn.train.prior_config import PRESETS, SimulationConfig, preset_config
+from xraysyn.train.prior_model import PriorModel
+from xraysyn.train.refine_config import REFINE_PRESETS, refine_preset
 from xraysyn.train.sources import GlobalBatchSampler, make_split, open_sources
 from xraysyn.train.stage1 import (
     VIEWS_PER_VOLUME,
@@ -88,8 +147,16 @@ from xraysyn.train.stage1 import (
 
 #: Variant name → ``loop.bf16``.
 VARIANTS = {"float32": False, "bf16": True}
+#: Stage → its presets.
+STAGE_PRESETS = {"prior": PRESETS, "refine": REFINE_PRESETS}
 DEFAULT_PRESETS = {"cpu": "small,cpu64", "cuda": "paper"}
-DEFAULT_VARIANTS = {"cpu": "float32", "cuda": "float32,bf16"}
+DEFAULT_VARIANTS = {("prior", "cpu"): "float32", ("prior", "cuda"): "float32,bf16", ("refine", "cpu"): "float32",
+                    ("refine", "cuda"): "float32"}
+#: Phantom radiographs rendered as the stage-2 benchmark's "real" input (any count >= 2 costs the same per step).
+RENDERED_RADIOGRAPHS = 8
+#: Seed of the first rendered phantom and of the random 3DPN's weights.
+RENDER_SEED = 1000
+PRIOR_SEED = 0
 BYTES_PER_MIB = 2**20
 #: Units of ``ru_maxrss``: KiB on Linux, bytes on macOS.
 MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
@@ -102,11 +169,13 @@ SCRIPT = os.path.abspath(__file__)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=tuple(STAGE_PRESETS), default="prior",
+                        help="prior: the 3DPN step of `train prior` (default); refine: the 2DRN step of `train refine`")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--presets", help=f"comma list of {', '.join(PRESETS)} (default: small,cpu64 on CPU, "
                                           "paper on CUDA)")
-    parser.add_argument("--variants", help="comma list of float32, bf16 (CUDA only); default float32 on CPU, "
-                                           "float32,bf16 on CUDA")
+    parser.add_argument("--variants", help="comma list of float32, bf16 (stage 1 on CUDA only); default float32, "
+                                           "and float32,bf16 for stage 1 on CUDA")
     parser.add_argument("--batch-size", type=int, help="override the preset's loop.batch_size")
     parser.add_argument("--reps", type=int, default=3, help="timed steps (and repetitions of each part)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -114,8 +183,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch (and numba) CPU threads (default: torch's)")
     parser.add_argument("--record", help=argparse.SUPPRESS)  # internal: PRESET:VARIANT in this process
     args = parser.parse_args(argv)
-    args.presets = _comma_list(parser, "--presets", args.presets or DEFAULT_PRESETS[args.device], PRESETS)
-    args.variants = _comma_list(parser, "--variants", args.variants or DEFAULT_VARIANTS[args.device], VARIANTS)
+    args.presets = _comma_list(parser, "--presets", args.presets or DEFAULT_PRESETS[args.device],
+                               STAGE_PRESETS[args.stage])
+    args.variants = _comma_list(parser, "--variants", args.variants or DEFAULT_VARIANTS[args.stage, args.device],
+                                VARIANTS)
+    if args.stage == "refine" and "bf16" in args.variants:
+        parser.error("--variants bf16: stage 2 (--stage refine) trains in float32 only")
     if args.device == "cpu" and "bf16" in args.variants:
         parser.error("--variants bf16: bf16 autocast runs on CUDA only (the CPU trains in float32); use --device cuda")
     for name in ("reps", "loader_batches") + (("batch_size",) if args.batch_size is not None else ()) \
@@ -177,7 +250,7 @@ def make_task(preset: str, variant: str, device: torch.device, batch_size: int |
     return PriorTask(config, ProcessGroup(device=device), datasets, split)
 
 
-def make_loader(task: PriorTask, items, *, start_step: int, steps: int, num_workers: int) -> DataLoader:
+def make_loader(task: PriorTask | RefineTask, items, *, start_step: int, steps: int, num_workers: int) -> DataLoader:
     """A DataLoader with the settings of :func:`xraysyn.train.loop.run_training` over steps
     ``start_step … steps − 1`` of one process."""
     config = task.config
@@ -188,7 +261,7 @@ def make_loader(task: PriorTask, items, *, start_step: int, steps: int, num_work
                       prefetch_factor=PREFETCH_FACTOR if num_workers else None)
 
 
-def run_steps(task: PriorTask, warmup: int, reps: int) -> dict:
+def run_steps(task: PriorTask | RefineTask, warmup: int, reps: int) -> dict:
     """Steps 0 … warmup + reps − 1 as the loop runs them; the timings of the last ``reps``."""
     config, device = task.config, task.device
     steps = warmup + reps
@@ -198,8 +271,9 @@ def run_steps(task: PriorTask, warmup: int, reps: int) -> dict:
     for step in range(steps):
         wait, batches = timed(lambda: [task.collate_to_device(next(iterator)) for _ in
                                        range(config.optim.accumulation_steps)], device)
-        for group in task.optimizer.param_groups:
-            group["lr"] = config.optim.learning_rate * learning_rate_factor(step, steps, config.optim)
+        for optimizer in task.optimizers().values():  # as the loop: every optimiser on the schedule
+            for group in optimizer.param_groups:
+                group["lr"] = config.optim.learning_rate * learning_rate_factor(step, steps, config.optim)
         compute, losses = timed(lambda: task.step(batches, step), device)
         if step >= warmup:
             waits.append(wait)
@@ -210,7 +284,7 @@ def run_steps(task: PriorTask, warmup: int, reps: int) -> dict:
             "losses": losses}
 
 
-def data_times(task: PriorTask, first_step: int, reps: int) -> tuple[float, float, dict]:
+def data_times(task: PriorTask | RefineTask, first_step: int, reps: int) -> tuple[float, float, dict]:
     """Median seconds of one batch of new cases and of the same positions again, in this process, and the
     last batch (on the device)."""
     items = task.items()
@@ -297,7 +371,7 @@ def split_times(task: PriorTask, batch: dict, reps: int) -> dict:
     return parts
 
 
-def loader_throughput(task: PriorTask, first_step: int, batches: int) -> tuple[float, float]:
+def loader_throughput(task: PriorTask | RefineTask, first_step: int, batches: int) -> tuple[float, float]:
     """``(first_batch_s, cases_per_s)`` of a DataLoader with the preset's workers over ``batches`` batches."""
     config, device = task.config, task.device
     micro = config.optim.accumulation_steps
@@ -311,7 +385,7 @@ def loader_throughput(task: PriorTask, first_step: int, batches: int) -> tuple[f
         batch = task.collate_to_device(batch)
         _synchronize(device)
         marks.append(time.perf_counter())
-        cases.append(int(batch["ct_hu"].shape[0]))
+        cases.append(int(batch["position"].shape[0]))
         if len(marks) == batches:
             break
     del loader
@@ -331,22 +405,9 @@ def _seconds(value: float) -> float:
     return round(value, SECONDS_DIGITS)
 
 
-def bench_record(preset: str, variant: str, args) -> dict:
-    """One record of this process: see the module docstring."""
-    device = torch.device(args.device)
-    _set_threads(args.threads)
-    load = os.getloadavg()[0]
-    task = make_task(preset, variant, device, args.batch_size)
-    config = task.config
-    params = [p for p in task.network.parameters() if p.requires_grad]
-    record = {"benchmark": "train_step", "preset": preset, "variant": variant, "device": device_name(device),
-              "batch": config.loop.batch_size, "volume_size": config.data.volume_size,
-              "detector_pixels": config.simulation.detector_pixels, "num_samples": config.simulation.num_samples,
-              "projector_backend": config.simulation.projector_backend, "num_workers": config.data.num_workers,
-              "parameters": sum(p.numel() for p in params),
-              "weights_mib": round(sum(p.numel() for p in params) * torch.finfo(torch.float32).bits / 8
-                                   / BYTES_PER_MIB, 2),
-              "reps": args.reps, "warmup": args.warmup}
+def measure_steps(task: PriorTask | RefineTask, args) -> tuple[dict, dict]:
+    """:func:`run_steps` with the peak memory of those steps: ``(steps, record fields)``."""
+    device = task.device
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -359,10 +420,51 @@ def bench_record(preset: str, variant: str, args) -> dict:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * MAXRSS_BYTES / BYTES_PER_MIB
         method = "growth of the training process's peak RSS (getrusage ru_maxrss) over the steps, workers excluded"
     step_s = steps["step_s"]
-    record.update({"step_s_median": _seconds(statistics.median(step_s)), "step_s_min": _seconds(min(step_s)),
+    return steps, {"step_s_median": _seconds(statistics.median(step_s)), "step_s_min": _seconds(min(step_s)),
                    "step_s_max": _seconds(max(step_s)), "compute_s_median": _seconds(steps["compute_s"]),
                    "data_wait_s_median": _seconds(steps["data_wait_s"]), "peak_mib": round(peak, 1),
-                   "peak_memory": method})
+                   "peak_memory": method}
+
+
+def loader_fields(task: PriorTask | RefineTask, first_step: int, batches: int, compute_s: float) -> dict:
+    """The loader throughput against the step rate (record fields, see the module docstring)."""
+    first_s, loader_rate = loader_throughput(task, first_step, batches)
+    step_rate = task.config.loop.batch_size / compute_s
+    fields = {"loader_batches": batches, "loader_first_batch_s": _seconds(first_s),
+              "loader_cases_per_s": round(loader_rate, 3), "step_cases_per_s": round(step_rate, 3),
+              "loader_to_step_ratio": round(loader_rate / step_rate, 3)}
+    if task.config.data.num_workers:
+        worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * MAXRSS_BYTES / BYTES_PER_MIB
+        fields["loader_worker_peak_rss_mib"] = round(worker_rss, 1)
+    return fields
+
+
+def _float32_mib(count: int) -> float:
+    return round(count * torch.finfo(torch.float32).bits / 8 / BYTES_PER_MIB, 2)
+
+
+def _trainable(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def bench_record(preset: str, variant: str, args) -> dict:
+    """One record of this process: see the module docstring."""
+    if args.stage == "refine":
+        return refine_record(preset, variant, args)
+    device = torch.device(args.device)
+    _set_threads(args.threads)
+    load = os.getloadavg()[0]
+    task = make_task(preset, variant, device, args.batch_size)
+    config = task.config
+    parameters = _trainable(task.network)
+    record = {"benchmark": "train_step", "stage": "prior", "preset": preset, "variant": variant,
+              "device": device_name(device), "batch": config.loop.batch_size, "volume_size": config.data.volume_size,
+              "detector_pixels": config.simulation.detector_pixels, "num_samples": config.simulation.num_samples,
+              "projector_backend": config.simulation.projector_backend, "num_workers": config.data.num_workers,
+              "parameters": parameters, "weights_mib": _float32_mib(parameters),
+              "reps": args.reps, "warmup": args.warmup}
+    steps, fields = measure_steps(task, args)
+    record.update(fields)
     next_step = args.warmup + args.reps
     data_s, data_cached_s, batch = data_times(task, next_step, args.reps)
     next_step += args.reps
@@ -370,22 +472,174 @@ def bench_record(preset: str, variant: str, args) -> dict:
     compute_parts = ("targets", "bp", "network_fwd_bwd", "loss_projector_fwd_bwd", "optimizer")
     split["other"] = steps["compute_s"] - sum(split[name] for name in compute_parts)
     record["split_s"] = {name: _seconds(value) for name, value in split.items()}
-    first_s, loader_rate = loader_throughput(task, next_step, args.loader_batches)
-    step_rate = config.loop.batch_size / steps["compute_s"]
-    record.update({"loader_batches": args.loader_batches, "loader_first_batch_s": _seconds(first_s),
-                   "loader_cases_per_s": round(loader_rate, 3), "step_cases_per_s": round(step_rate, 3),
-                   "loader_to_step_ratio": round(loader_rate / step_rate, 3)})
-    if config.data.num_workers:
-        worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * MAXRSS_BYTES / BYTES_PER_MIB
-        record["loader_worker_peak_rss_mib"] = round(worker_rss, 1)
+    record.update(loader_fields(task, next_step, args.loader_batches, steps["compute_s"]))
     record.update({"loss_total": round(float(steps["losses"]["total"]), 5), "threads": torch.get_num_threads(),
                    "load_average_1min": round(load, 2), "torch": torch.__version__})
     return record
 
 
-def _error_record(preset: str, variant: str, device: str, error: str, detail: str) -> dict:
-    return {"benchmark": "train_step", "preset": preset, "variant": variant, "device": device, "error": error,
-            "detail": detail[:500]}
+# ---------------------------------------------------------------------------------------------------- stage 2
+def random_prior(preset: str, device: torch.device) -> PriorModel:
+    """A frozen, randomly initialised (seed :data:`PRIOR_SEED`) 3DPN of the stage-1 ``preset`` as the
+    :class:`~xraysyn.train.prior_model.PriorModel` that ``load_prior`` would give for its export."""
+    config = preset_config(preset)
+    torch.manual_seed(PRIOR_SEED)
+    network = PriorNet3D(config.model.network()).to(device).eval().requires_grad_(False)
+    return PriorModel(network, config.simulation.geometry(), config.data.volume_size,
+                      config.simulation.field_of_view_mm, HUScale(), {"stage": "prior", "random_seed": PRIOR_SEED})
+
+
+def render_radiographs(folder: Path, preset: str, size: int, count: int = RENDERED_RADIOGRAPHS) -> list[Path]:
+    """``count`` chest phantoms (the stage-1 ``preset``'s volume size and field of view) rendered by CT2Xray
+    frontally on a ``size``² detector, min-max windowed line integrals (bright = attenuating) as 8-bit PNG."""
+    config = preset_config(preset)
+    geometry = SimulationConfig(detector_pixels=size, field_of_view_mm=config.simulation.field_of_view_mm).geometry()
+    edge = config.data.volume_size
+    spacing = config.simulation.field_of_view_mm / edge
+    paths = []
+    for i in range(count):
+        phantom = make_chest_phantom((edge,) * 3, spacing_mm=(spacing,) * 3, seed=RENDER_SEED + i)
+        line = ct2xray(torch.from_numpy(phantom.hu)[None, None].float(),
+                       torch.from_numpy(phantom.bone_mask)[None, None].float(),
+                       torch.from_numpy(phantom.world_from_voxel).float(), geometry.poses(torch.zeros(1)),
+                       geometry).line_integral[0, 0].numpy()
+        unit = (line - line.min()) / max(float(line.max() - line.min()), float(np.finfo(np.float32).tiny))
+        path = folder / f"phantom_{i:02d}.png"
+        Image.fromarray(np.round(unit * np.iinfo(np.uint8).max).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def make_refine_task(preset: str, device: torch.device, batch_size: int | None, folder: Path) -> RefineTask:
+    """The stage-2 preset's :class:`RefineTask` on ``device`` in one process: a random 3DPN of the matching
+    stage-1 preset, phantom radiographs rendered into ``folder`` (all of them train, the first validates)."""
+    config = refine_preset(preset).replace(loop__device=device.type)
+    if batch_size is not None:
+        config = config.replace(loop__batch_size=batch_size)
+    image_size = RefineNetConfig.preset(config.network).hypernet.input_size
+    paths = render_radiographs(folder, config.network, image_size)
+    return RefineTask(config, ProcessGroup(device=device), random_prior(config.network, device), paths, paths[:1])
+
+
+@torch.no_grad()
+def prior_volumes(task: RefineTask, image: torch.Tensor, azimuth: torch.Tensor, elevation: torch.Tensor) -> tuple:
+    """The first half of :meth:`RefineTask.prior_thickness`: ``(poses, world_from_voxel, ct_hu, bone)`` of the
+    frozen 3DPN for ``(N, 1, S, S)`` radiographs and ``(N, V)`` views (degrees)."""
+    prior = task.prior
+    poses = view_poses(azimuth, elevation, prior.geometry)
+    small = F.interpolate(image, size=prior.geometry.detector_shape, mode="area")
+    affine = prior.world_from_voxel()
+    volume_input = network_input_from_radiograph(normalise_radiograph(small), affine, poses[0::azimuth.shape[1]],
+                                                 prior.geometry, (prior.volume_size,) * 3)
+    _, hu, mask = predict_volumes(prior.network, volume_input, prior.hu_scale)
+    return poses, affine, hu, mask
+
+
+@torch.no_grad()
+def prior_thickness_from(task: RefineTask, poses, affine, hu, mask) -> torch.Tensor:
+    """The second half: the CT2Xray thickness maps ``(N·V, 2, d, d)`` g/cm² of :func:`prior_volumes`' output."""
+    return ct2xray(hu, mask, affine, poses, task.prior.geometry, num_samples=task.config.num_samples).thickness
+
+
+def generator_loss(task: RefineTask, refined: torch.Tensor, thickness: torch.Tensor,
+                   real: torch.Tensor) -> torch.Tensor:
+    """F + M's loss of :meth:`RefineTask.step` from t_m^ref ``(2N, 2, S, S)`` (T, T' interleaved), the 3DPN's
+    t_m^CT ``(2N, 2, d, d)`` and the windowed real radiographs ``(N, 1, S, S)``."""
+    weights = task.config.loss
+    display = window_to_unit(radiograph_from_thickness(refined).line_integral)
+    recon = (display[0::2] - real).abs().mean()
+    gan = lsgan_generator_loss(task.discriminator(display[1::2]))
+    upsampled_bone = F.interpolate(thickness[:, :1], size=refined.shape[2:], mode="bilinear", align_corners=False)
+    bone = (refined[:, :1] - upsampled_bone).abs().mean()
+    return weights.recon * recon + weights.gan * gan + weights.bone * bone
+
+
+def refine_split_times(task: RefineTask, batch: dict, reps: int) -> dict:
+    """Median seconds of each compute part of a stage-2 step on ``batch`` (see the module docstring)."""
+    config, device = task.config, task.device
+    clip = config.optim.grad_clip_norm
+    task.refine.train()
+    task.discriminator.train()
+    image, azimuth, elevation = batch["image"], batch["azimuth_deg"], batch["elevation_deg"]
+    volumes = prior_volumes(task, image, azimuth, elevation)
+    thickness = prior_thickness_from(task, *volumes)
+    repeated = image.repeat_interleave(2, dim=0)
+    real = window_to_unit(image)
+    # the gradient of F + M's loss at t_m^ref, to seed the 2DRN's backward
+    refined = task.refine(thickness, repeated).detach()
+    leaf = refined.clone().requires_grad_(True)
+    generator_loss(task, leaf, thickness, real).backward()
+    seed = leaf.grad
+    fake = window_to_unit(radiograph_from_thickness(refined).line_integral)[1::2]
+    del leaf
+
+    def d_step():
+        task.optimizer_d.zero_grad(set_to_none=True)
+        scores = task.discriminator(torch.cat([real, fake]))
+        lsgan_discriminator_loss(scores[:real.shape[0]], scores[real.shape[0]:]).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(task.discriminator.parameters(), clip)
+        task.optimizer_d.step()
+
+    def refine_network():
+        task.optimizer_g.zero_grad(set_to_none=True)
+        torch.autograd.backward(task.refine(thickness, repeated), seed)
+
+    def g_loss():
+        generator_loss(task, refined.clone().requires_grad_(True), thickness, real).backward()
+        task.discriminator.zero_grad(set_to_none=True)
+
+    def g_optimizer():
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(task.refine.parameters(), clip)
+        task.optimizer_g.step()
+
+    parts = {"prior_3dpn": median_time(lambda: prior_volumes(task, image, azimuth, elevation), device, reps),
+             "prior_ct2xray": median_time(lambda: prior_thickness_from(task, *volumes), device, reps),
+             "d_step": median_time(d_step, device, reps),
+             "refine_fwd_bwd": median_time(refine_network, device, reps),
+             "g_loss_fwd_bwd": median_time(g_loss, device, reps)}
+    refine_network()  # gradients for the optimiser's step
+    parts["g_optimizer"] = median_time(g_optimizer, device, reps)
+    return parts
+
+
+def refine_record(preset: str, variant: str, args) -> dict:
+    """One stage-2 record of this process: see the module docstring."""
+    device = torch.device(args.device)
+    _set_threads(args.threads)
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="train_step_radiographs_") as folder:
+        task = make_refine_task(preset, device, args.batch_size, Path(folder))
+        config, prior = task.config, task.prior
+        parameters, d_parameters = _trainable(task.refine), _trainable(task.discriminator)
+        record = {"benchmark": "train_step", "stage": "refine", "preset": preset, "variant": variant,
+                  "device": device_name(device), "batch": config.loop.batch_size, "image_size": task.image_size,
+                  "thickness_size": prior.geometry.detector_shape[0], "volume_size": prior.volume_size,
+                  "num_samples": config.num_samples, "num_workers": config.data.num_workers,
+                  "radiographs": f"{len(task.train_paths)} rendered chest phantoms (PNG)",
+                  "parameters": parameters, "discriminator_parameters": d_parameters,
+                  "prior_parameters": sum(p.numel() for p in prior.network.parameters()),
+                  "weights_mib": _float32_mib(parameters + d_parameters), "reps": args.reps, "warmup": args.warmup}
+        steps, fields = measure_steps(task, args)
+        record.update(fields)
+        next_step = args.warmup + args.reps
+        data_s, _, batch = data_times(task, next_step, args.reps)
+        next_step += args.reps
+        split = {"data": data_s, **refine_split_times(task, batch, args.reps)}
+        compute_parts = ("prior_3dpn", "prior_ct2xray", "d_step", "refine_fwd_bwd", "g_loss_fwd_bwd", "g_optimizer")
+        split["other"] = steps["compute_s"] - sum(split[name] for name in compute_parts)
+        record["split_s"] = {name: _seconds(value) for name, value in split.items()}
+        record.update(loader_fields(task, next_step, args.loader_batches, steps["compute_s"]))
+    record.update({"loss_total": round(float(steps["losses"]["total"]), 5),
+                   "loss_gan_d": round(float(steps["losses"]["gan_d"]), 5), "threads": torch.get_num_threads(),
+                   "load_average_1min": round(load, 2), "torch": torch.__version__})
+    return record
+
+
+def _error_record(preset: str, variant: str, device: str, error: str, detail: str, stage: str = "prior") -> dict:
+    return {"benchmark": "train_step", "stage": stage, "preset": preset, "variant": variant, "device": device,
+            "error": error, "detail": detail[:500]}
 
 
 def run_in_this_process(args) -> dict:
@@ -393,15 +647,15 @@ def run_in_this_process(args) -> dict:
     try:
         return bench_record(preset, variant, args)
     except torch.cuda.OutOfMemoryError as error:
-        return _error_record(preset, variant, args.device, "out of memory", str(error).splitlines()[0])
+        return _error_record(preset, variant, args.device, "out of memory", str(error).splitlines()[0], args.stage)
     except Exception as error:  # noqa: BLE001 - reported in the record
         first = (str(error).splitlines() or [""])[0]
-        return _error_record(preset, variant, args.device, type(error).__name__, first)
+        return _error_record(preset, variant, args.device, type(error).__name__, first, args.stage)
 
 
 def run_in_subprocess(preset: str, variant: str, args) -> dict:
     """One record in a fresh process (its own peak memory, no state left by an earlier record)."""
-    command = [sys.executable, SCRIPT, "--record", f"{preset}:{variant}", "--device", args.device,
+    command = [sys.executable, SCRIPT, "--record", f"{preset}:{variant}", "--stage", args.stage, "--device", args.device,
                "--presets", preset, "--variants", variant, "--reps", str(args.reps), "--warmup", str(args.warmup),
                "--loader-batches", str(args.loader_batches)]
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
@@ -412,7 +666,7 @@ def run_in_subprocess(preset: str, variant: str, args) -> dict:
     if proc.returncode != 0 or not lines:
         tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
         return _error_record(preset, variant, args.device, f"the record's process failed (exit {proc.returncode})",
-                             tail)
+                             tail, args.stage)
     return json.loads(lines[-1])
 
 
