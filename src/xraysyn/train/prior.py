@@ -8,6 +8,10 @@ units (range 2) and the Dice of the bone mask (threshold 0.5). The radiographs a
 log-processed display shows them, in the line integral −log(I/I₀), with each true view's range as the
 PSNR/SSIM data range: the linear display max(I) − I of eq. 5 spans only a few percent of its range behind
 a chest (most of it is the air around the body), which makes its PSNR swing with tiny errors in the air.
+
+``simulation.mode: drr`` (the 3DPN-DRR ablation, ``xraysyn train baseline prior_drr``) simulates the input, the
+targets and the predictions as DRRs (:func:`xraysyn.train.stage1.simulate_views`) in training and validation;
+the loss has the image term of eq. 10 only, and the sample grids have no thickness row.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from torch.utils.data import default_collate
 from xraysyn.data.input_domain import sample_input_perturbation
 from xraysyn.models.normalization import HUScale
 from xraysyn.models.unet3d import PriorNet3D
-from xraysyn.physics import ct2xray
 from xraysyn.train.config_io import ConfigError
 from xraysyn.train.distributed import ProcessGroup, start_processes
 from xraysyn.train.loop import CONFIG_FILE, RunSummary, optimise, run_training
@@ -39,6 +42,7 @@ from xraysyn.train.sources import (
 from xraysyn.train.stage1 import (
     network_input_from_radiograph,
     predict_volumes,
+    simulate_views,
     simulated_network_input,
     stage1_losses,
     view_poses,
@@ -71,6 +75,7 @@ class PriorTask:
         self.device = group.device
         self.geometry = config.simulation.geometry()
         self.projector_kwargs = config.simulation.projector_kwargs()
+        self.mode = config.simulation.mode
         self.hu_scale = HUScale()
         self.datasets = datasets
         self.split = split
@@ -127,7 +132,7 @@ class PriorTask:
         def losses(batch):
             return stage1_losses(self.model, batch, self.geometry, loss_weights=self.config.loss,
                                  hu_scale=self.hu_scale, perturbations=self.perturbations(batch["position"]),
-                                 autocast_dtype=self.autocast_dtype, **self.projector_kwargs)
+                                 autocast_dtype=self.autocast_dtype, mode=self.mode, **self.projector_kwargs)
 
         terms = optimise(self.model, self.optimizer, losses, micro_batches, self.config.optim.grad_clip_norm)
         return {name: float(sum(float(t[name]) for t in terms) / len(terms)) for name in self.loss_names}
@@ -159,20 +164,25 @@ class PriorTask:
         """Truth and prediction of one validation case at T (view 0) and the T' views (1…)."""
         azimuth, elevation = self._validation_angles()
         poses = view_poses(azimuth.to(self.device), elevation.to(self.device), self.geometry)
-        truth = ct2xray(case["ct_hu"], case["bone"], case["world_from_voxel"], poses, self.geometry,
-                        **self.projector_kwargs)
+        truth = simulate_views(case["ct_hu"], case["bone"], case["world_from_voxel"], poses, self.geometry,
+                               mode=self.mode, **self.projector_kwargs)
         normalised = simulated_network_input(truth.thickness[:1], truth.i_atten[:1])
-        network_input = network_input_from_radiograph(normalised, case["world_from_voxel"], poses[:1], self.geometry,
-                                                      tuple(case["ct_hu"].shape[2:]),
-                                                      backend=self.projector_kwargs["backend"])
         self.network.eval()
-        ct_normalized, predicted_hu, predicted_mask = predict_volumes(self.network, network_input, self.hu_scale,
-                                                                      self.autocast_dtype)
-        predicted = ct2xray(predicted_hu, predicted_mask, case["world_from_voxel"], poses, self.geometry,
-                            **self.projector_kwargs)
+        ct_normalized, predicted_hu, predicted_mask = self.predict_from_radiograph(normalised, case, poses[:1])
+        predicted = simulate_views(predicted_hu, predicted_mask, case["world_from_voxel"], poses, self.geometry,
+                                   mode=self.mode, **self.projector_kwargs)
         return {"azimuth_deg": azimuth[0], "input": normalised, "truth": truth, "predicted": predicted,
                 "ct_normalized": ct_normalized, "true_ct_normalized": self.hu_scale.to_normalized(case["ct_hu"]),
                 "mask": predicted_mask, "true_mask": case["bone"]}
+
+    def predict_from_radiograph(self, normalised: torch.Tensor, case: dict, input_poses: torch.Tensor):
+        """The network (eval mode) on a normalised radiograph ``(1, 1, rows, cols)`` at ``input_poses (1, 4, 4)``:
+        BP into the case's grid, then :func:`~xraysyn.train.stage1.predict_volumes` (a baseline taking the
+        radiograph itself overrides this)."""
+        network_input = network_input_from_radiograph(normalised, case["world_from_voxel"], input_poses, self.geometry,
+                                                      tuple(case["ct_hu"].shape[2:]),
+                                                      backend=self.projector_kwargs["backend"])
+        return predict_volumes(self.network, network_input, self.hu_scale, self.autocast_dtype)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -220,15 +230,18 @@ class PriorTask:
                                    (f"true {azimuth[first]:+.0f}°", image(true.line_integral[first, 0])),
                                    (f"predicted {azimuth[last]:+.0f}°", image(pred.line_integral[last, 0])),
                                    (f"true {azimuth[last]:+.0f}°", image(true.line_integral[last, 0]))]),
-            ("thickness g/cm²", [panel for m, name in enumerate(materials)
-                                 for panel in ((f"predicted {name}", image(pred.thickness[0, m])),
-                                               (f"true {name}", image(true.thickness[0, m])))]),
+            *([("thickness g/cm²", [panel for m, name in enumerate(materials)
+                                    for panel in ((f"predicted {name}", image(pred.thickness[0, m])),
+                                                  (f"true {name}", image(true.thickness[0, m])))])]
+              if materials else []),
             ("coronal slice", [("predicted CT", coronal_slice(out["ct_normalized"][0, 0])),
                                ("true CT", coronal_slice(out["true_ct_normalized"][0, 0])),
                                ("predicted bone", coronal_slice(out["mask"][0, 0])),
                                ("true bone", coronal_slice(out["true_mask"][0, 0]))]),
         ]
-        save_sample_grid(path, rows, title=f"stage 1, step {step}, validation case {cases[0]['id']}")
+        title = "stage 1" if self.stage == STAGE else self.stage
+        mode = " (DRR)" if self.mode == "drr" else ""
+        save_sample_grid(path, rows, title=f"{title}{mode}, step {step}, validation case {cases[0]['id']}")
 
 
 def coronal_slice(volume: torch.Tensor):
@@ -256,11 +269,15 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def train_prior(config: PriorTrainingConfig, run_dir: str | os.PathLike, *, resume: bool = False,
-                progress: bool = True, group: ProcessGroup | None = None, on_step=None) -> RunSummary:
+                progress: bool = True, group: ProcessGroup | None = None, on_step=None, task_class=None,
+                read_config=None) -> RunSummary:
     """Train (or resume) a stage-1 run in ``run_dir``; everything is validated before anything is written.
 
     On resume the saved ``config.yaml`` must equal ``config`` except for ``loop.steps`` (a run may be
     extended), ``loop.device`` and ``data.num_workers``. ``on_step``: see :func:`xraysyn.train.loop.run_training`.
+    ``task_class(config, group, datasets, split)`` (default :class:`PriorTask`) and ``read_config(mapping)``
+    (default :func:`~xraysyn.train.prior_config.config_from_mapping`): the baselines trained on the same
+    simulated data (:mod:`xraysyn.train.baselines`) run through here with their own task and config.
     """
     from xraysyn.atomic import atomic_write
     from xraysyn.train.prior_config import config_from_mapping
@@ -269,7 +286,7 @@ def train_prior(config: PriorTrainingConfig, run_dir: str | os.PathLike, *, resu
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     if resume:
-        saved = config_from_mapping(read_yaml(run_dir / CONFIG_FILE))
+        saved = (read_config or config_from_mapping)(read_yaml(run_dir / CONFIG_FILE))
         comparable = config.replace(loop__steps=saved.loop.steps, loop__device=saved.loop.device,
                                     data__num_workers=saved.data.num_workers)
         if comparable != saved:
@@ -297,7 +314,7 @@ def train_prior(config: PriorTrainingConfig, run_dir: str | os.PathLike, *, resu
             atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
             write_split(split, run_dir)
         group.barrier()
-    task = PriorTask(config, group, datasets, split)
+    task = (task_class or PriorTask)(config, group, datasets, split)
     from xraysyn.train.config_io import to_dict
 
     loop = config.loop

@@ -24,6 +24,7 @@ from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.models.unet3d import NORMS, PriorNetConfig
 from xraysyn.train.config_io import ConfigError, from_dict, read_yaml, to_dict, write_yaml_text
 from xraysyn.train.losses import Stage1LossWeights
+from xraysyn.train.stage1 import SIMULATION_MODES
 
 __all__ = [
     "DataSource",
@@ -44,6 +45,7 @@ __all__ = [
 #: The data source name of procedural chest phantoms generated on the fly.
 PHANTOM_SOURCE = "phantom"
 SCHEDULES = ("constant", "cosine", "step")
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -159,6 +161,9 @@ class SimulationConfig:
         field_of_view_mm: the detector covers this width at the isocenter plane (mm).
         num_samples: samples per ray (None: half a voxel step).
         projector_backend: ``auto`` or ``reference``.
+        mode: how the radiographs (input, targets, predictions) are simulated: ``ct2xray`` (paper eq. 3-6,
+            the default) or ``drr`` (monochromatic line integral of μ, the 3DPN-DRR ablation; the loss then has
+            only the image term of eq. 10, see :mod:`xraysyn.train.stage1`).
     """
 
     sdd_mm: float = 1200.0
@@ -167,6 +172,7 @@ class SimulationConfig:
     field_of_view_mm: float = 384.0
     num_samples: int | None = None
     projector_backend: str = "auto"
+    mode: str = "ct2xray"
 
     def __post_init__(self):
         _positive_float(self.sdd_mm, "simulation.sdd_mm")
@@ -179,6 +185,8 @@ class SimulationConfig:
             _positive_int(self.num_samples, "simulation.num_samples", 2)
         if self.projector_backend not in ("auto", "reference"):
             raise ConfigError(f"simulation.projector_backend must be auto or reference, got {self.projector_backend!r}")
+        if self.mode not in SIMULATION_MODES:
+            raise ConfigError(f"simulation.mode must be one of {SIMULATION_MODES}, got {self.mode!r}")
 
     def geometry(self) -> ConeBeamGeometry:
         """Square detector whose width covers ``field_of_view_mm`` at the isocenter."""
