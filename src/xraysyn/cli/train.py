@@ -1,4 +1,5 @@
-"""``xraysyn train prior``: train the 3D PriorNet (stage 1); ``xraysyn export``: a weights-only model file."""
+"""``xraysyn train prior``: train the 3D PriorNet (stage 1); ``train refine``: the 2DRN (stage 2); ``train baseline
+NAME``: an ablation baseline; ``xraysyn export``: a weights-only model file."""
 
 from __future__ import annotations
 
@@ -120,6 +121,53 @@ def train_refine_command(
                              workers=workers)
         try:
             summary = train_refine(resolved, prior, out, resume=resume, progress=progress)
+        except TrainingInterrupted as stopped:
+            typer.secho(f"{stopped}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(EXIT_INTERRUPTED.get(stopped.signal_name, 1)) from None
+        if summary.best:
+            typer.echo(f"best {summary.best['metric']} = {summary.best['value']:.3f} at step {summary.best['step']}")
+        typer.echo(f"run: {summary.run_dir} ({summary.steps} steps, {summary.seconds:.0f} s)")
+
+
+@train_app.command("baseline")
+def train_baseline_command(
+    name: str = typer.Argument(..., help="refiner2d (2D Refiner), x2ct (X2CT-CNN), prior_drr (3DPN-DRR) or "
+                                         "refine_nom (XraySyn without M)."),
+    out: Path = typer.Option(..., "--out", help="Run folder, as for train prior / train refine."),
+    config: str = typer.Option(None, "--config", help="Preset (paper, cpu64, small) or a YAML file of config fields. "
+                                                      "Required for a new run."),
+    data: list[str] = typer.Option(None, "--data", help="refine_nom: folders of real radiographs; the others: CT "
+                                                         "shards or `phantom` (PATH:WEIGHT, repeat the option)."),
+    prior: Path = typer.Option(None, "--prior", help="refine_nom only: the 3DPN export it refines."),
+    steps: int = typer.Option(None, "--steps", help="Optimiser steps in all (may extend a resumed run)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Items per step, over all processes."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
+    seed: int = typer.Option(None, "--seed", help="Base seed of every random draw."),
+    workers: int = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train an ablation baseline of the paper (Table 1, Table 4) on the shared loop; export it with `xraysyn export`."""
+    with user_errors():
+        from xraysyn.train.baselines import check_baseline_name, load_baseline_config, saved_baseline_config, \
+            train_baseline
+        from xraysyn.train.config_io import ConfigError
+        from xraysyn.train.loop import TrainingInterrupted
+
+        check_baseline_name(name)
+        if resume:
+            if config is not None or prior is not None or data or batch_size is not None or seed is not None:
+                raise ConfigError("--resume continues a run with its saved config: give only --out and optionally "
+                                  "--steps, --device, --workers")
+            resolved = saved_baseline_config(name, out)
+        else:
+            if config is None:
+                raise ConfigError("--config is required for a new run: a preset (paper, cpu64, small) or a YAML file")
+            resolved = load_baseline_config(name, config)
+        resolved = _override(resolved, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed,
+                             workers=workers)
+        try:
+            summary = train_baseline(name, resolved, out, prior=prior, resume=resume, progress=progress)
         except TrainingInterrupted as stopped:
             typer.secho(f"{stopped}", err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(EXIT_INTERRUPTED.get(stopped.signal_name, 1)) from None

@@ -55,7 +55,8 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path:
 def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "best", half: bool = False,
                overwrite: bool = False) -> tuple[Path, str]:
     """Write the export of a run's ``best`` or ``last`` checkpoint to ``out`` (stage 1: the 3DPN; stage 2: the
-    2DRN F + M); returns (path, sha256)."""
+    2DRN F + M; the ``refiner2d`` / ``x2ct`` baselines: their network, :func:`xraysyn.train.baselines.baseline_export`);
+    returns (path, sha256)."""
     from xraysyn.train.prior_config import config_from_mapping
 
     run_dir, out = Path(run_dir), Path(out)
@@ -71,6 +72,12 @@ def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "best"
         raise ExportError(str(error)) from None
     if payload["stage"] == "refine":
         return _export_refine(run_dir, out, payload, half)
+    from xraysyn.train.baselines import SIMULATED_BASELINES, baseline_export
+
+    if payload["stage"] in SIMULATED_BASELINES:
+        export = baseline_export(run_dir, payload, half)
+        atomic_write(out, lambda tmp: torch.save(export, tmp))
+        return out, export["sha256"]
     config = config_from_mapping(payload["config"])
     state = payload["modules"]["prior"]
     if half:
