@@ -155,18 +155,23 @@ class _StopFlag:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
+        # the batches of the step in progress are loaded: workers ended by the same signal must not make
+        # the DataLoader's SIGCHLD handler raise in the middle of the step (restored on exit)
+        if hasattr(signal, "SIGCHLD") and signal.SIGCHLD not in self._previous:
+            self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         return False
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGINT / SIGTERM to the training process: a signal sent to the whole process
-    group (Ctrl-C, SLURM, ``kill -- -PGID``) must not kill a worker before the checkpoint is written."""
+def _ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C (SIGINT to the whole process group) to the training process, which
+    finishes its step and writes the checkpoint. They still end on SIGTERM (the way the loader and the
+    interpreter shut them down); a SIGTERM to the group (SLURM, ``kill -- -PGID``) is handled by
+    :class:`_StopFlag`, which stops the loader from raising when its workers end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _MetricsLog:
@@ -276,7 +281,7 @@ def run_training(task: TrainingTask, *, run_dir: Path, config_dict: dict, optim:
     sampler = GlobalBatchSampler(batch_size, steps, start_step, group.rank, group.world_size, micro_batches)
     loader = DataLoader(task.items(), batch_sampler=sampler, num_workers=num_workers, collate_fn=task.collate,
                         pin_memory=group.device.type == "cuda", persistent_workers=False,
-                        worker_init_fn=_ignore_stop_signals if num_workers else None,
+                        worker_init_fn=_ignore_interrupts if num_workers else None,
                         prefetch_factor=2 if num_workers else None)
     bar = None
     if group.is_main and progress:
