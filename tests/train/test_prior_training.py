@@ -147,3 +147,16 @@ def test_bad_inputs_give_one_error_and_leave_the_run_folder_alone(tmp_path, case
         train_prior(config, out, resume=resume, progress=False)
     after = sorted(p.name for p in out.iterdir()) if out.exists() else None
     assert after == before
+
+
+def test_tensorboard_event_files_when_the_package_is_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train_prior(_config(3, loop__validate_every=3), run, progress=False)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss_total", "lr", "val_psnr_t_prime"} <= tags
+    assert [e.step for e in events.Scalars("loss_total")] == [1, 2, 3]
