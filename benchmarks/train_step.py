@@ -1,6 +1,7 @@
 """Training-step benchmark of stage 1 (the 3DPN) and stage 2 (the 2DRN): one JSON line per (preset, variant).
 
-    python benchmarks/train_step.py [--stage prior|refine] [--device cpu|cuda] [--presets small,cpu64]
+    python benchmarks/train_step.py [--stage prior|refine|prior_drr|refiner2d|x2ct] [--device cpu|cuda]
+        [--presets small,cpu64]
         [--variants float32,bf16] [--batch-size B] [--reps 3] [--warmup 1] [--loader-batches 8] [--threads T]
 
 ``--stage prior`` (the default) times :class:`~xraysyn.train.prior.PriorTask` of ``xraysyn train prior``,
@@ -126,7 +127,7 @@ from xraysyn.models.normalization import HUScale
 from xraysyn.models.refine2d import RefineNetConfig
 from xraysyn.physics import ct2xray, radiograph_from_thickness
 from xraysyn.train.distributed import ProcessGroup
-from xraysyn.train.loop import _ignore_stop_signals, learning_rate_factor
+from xraysyn.train.loop import ignore_interrupts_in_worker, learning_rate_factor
 from xraysyn.train.gan_losses import lsgan_discriminator_loss, lsgan_generator_loss
 from xraysyn.train.losses import ct_loss, mask_loss, stage1_generator_loss, xray_view_loss
 from xraysyn.train.prior import PriorTask
@@ -148,10 +149,15 @@ from xraysyn.train.stage1 import (
 #: Variant name → ``loop.bf16``.
 VARIANTS = {"float32": False, "bf16": True}
 #: Stage → its presets.
-STAGE_PRESETS = {"prior": PRESETS, "refine": REFINE_PRESETS}
+STAGE_PRESETS = {"prior": PRESETS, "refine": REFINE_PRESETS,
+                 # the ablation baselines trained on simulated CT data (refine_nom is `--stage refine` with
+                 # static_hyper): whole-step time, memory and loader rate, no split into parts
+                 "prior_drr": PRESETS, "refiner2d": PRESETS, "x2ct": PRESETS}
+BASELINE_STAGES = ("prior_drr", "refiner2d", "x2ct")
 DEFAULT_PRESETS = {"cpu": "small,cpu64", "cuda": "paper"}
 DEFAULT_VARIANTS = {("prior", "cpu"): "float32", ("prior", "cuda"): "float32,bf16", ("refine", "cpu"): "float32",
-                    ("refine", "cuda"): "float32"}
+                    ("refine", "cuda"): "float32",
+                    **{(stage, device): "float32" for stage in BASELINE_STAGES for device in ("cpu", "cuda")}}
 #: Phantom radiographs rendered as the stage-2 benchmark's "real" input (any count >= 2 costs the same per step).
 RENDERED_RADIOGRAPHS = 8
 #: Seed of the first rendered phantom and of the random 3DPN's weights.
@@ -257,7 +263,7 @@ def make_loader(task: PriorTask | RefineTask, items, *, start_step: int, steps: 
     sampler = GlobalBatchSampler(config.loop.batch_size, steps, start_step, 0, 1, config.optim.accumulation_steps)
     return DataLoader(items, batch_sampler=sampler, num_workers=num_workers, collate_fn=task.collate,
                       pin_memory=task.device.type == "cuda", persistent_workers=False,
-                      worker_init_fn=_ignore_stop_signals if num_workers else None,
+                      worker_init_fn=ignore_interrupts_in_worker if num_workers else None,
                       prefetch_factor=PREFETCH_FACTOR if num_workers else None)
 
 
@@ -447,10 +453,47 @@ def _trainable(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def make_baseline_task(stage: str, preset: str, variant: str, device: torch.device, batch_size: int | None):
+    """The task of a simulated ablation baseline (:mod:`xraysyn.train.baselines`) for ``preset``."""
+    from xraysyn.train.baselines import TASKS, simulated_baseline_preset
+
+    if stage == "prior_drr":
+        config, task_class = preset_config(preset).replace(simulation__mode="drr"), PriorTask
+    else:
+        config, task_class = simulated_baseline_preset(stage, preset), TASKS[stage]
+    config = config.replace(loop__bf16=VARIANTS[variant], loop__device=device.type)
+    if batch_size is not None:
+        config = config.replace(loop__batch_size=batch_size)
+    datasets = open_sources(config.data, config.loop.seed)
+    split = make_split(config.data, datasets, config.loop.seed)
+    return task_class(config, ProcessGroup(device=device), datasets, split)
+
+
+def baseline_record(preset: str, variant: str, args) -> dict:
+    """A baseline's record: the whole step (as the loop runs it), peak memory and the loader rate."""
+    device = torch.device(args.device)
+    _set_threads(args.threads)
+    load = os.getloadavg()[0]
+    task = make_baseline_task(args.stage, preset, variant, device, args.batch_size)
+    parameters = sum(_trainable(m) for m in task.modules().values())
+    record = {"benchmark": "train_step", "stage": args.stage, "preset": preset, "variant": variant,
+              "device": device_name(device), "batch": task.config.loop.batch_size,
+              "num_workers": task.config.data.num_workers, "parameters": parameters,
+              "weights_mib": _float32_mib(parameters), "reps": args.reps, "warmup": args.warmup}
+    steps, fields = measure_steps(task, args)
+    record.update(fields)
+    record.update(loader_fields(task, 2 * (args.warmup + args.reps), args.loader_batches, steps["compute_s"]))
+    record.update({"loss_total": round(float(steps["losses"]["total"]), 5), "threads": torch.get_num_threads(),
+                   "load_average_1min": round(load, 2), "torch": torch.__version__})
+    return record
+
+
 def bench_record(preset: str, variant: str, args) -> dict:
     """One record of this process: see the module docstring."""
     if args.stage == "refine":
         return refine_record(preset, variant, args)
+    if args.stage in BASELINE_STAGES:
+        return baseline_record(preset, variant, args)
     device = torch.device(args.device)
     _set_threads(args.threads)
     load = os.getloadavg()[0]

@@ -211,3 +211,12 @@ def test_a_failing_stage2_record_names_its_stage(monkeypatch):
     args = bench.parse_args(["--device", "cpu", "--stage", "refine", "--record", "small:float32"])
     record = bench.run_in_this_process(args)
     assert (record["stage"], record["error"], record["detail"]) == ("refine", "RuntimeError", "no prior")
+
+
+@pytest.mark.parametrize("stage", ["x2ct", "refiner2d", "prior_drr"])
+def test_a_baseline_stage_prints_a_step_record(stage):
+    """The simulated ablation baselines: whole-step time, parameters and the loader rate of their own task."""
+    record = _one_record(["--stage", stage])
+    assert record["stage"] == stage and "error" not in record, record
+    assert record["step_s_median"] > 0 and record["parameters"] > 0
+    assert {"loader_cases_per_s", "step_cases_per_s"} <= set(record)

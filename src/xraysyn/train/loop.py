@@ -46,6 +46,7 @@ from xraysyn.train.prior_config import OptimConfig
 from xraysyn.train.sources import GlobalBatchSampler
 
 __all__ = ["TrainingTask", "TrainingInterrupted", "RunSummary", "run_training", "learning_rate_factor", "optimise",
+           "ignore_interrupts_in_worker",
            "METRICS_FILE", "SAMPLES_DIR", "CURVES_FILE"]
 
 METRICS_FILE = "metrics.csv"
@@ -166,7 +167,7 @@ class _StopFlag:
         return False
 
 
-def _ignore_interrupts(worker_id: int) -> None:
+def ignore_interrupts_in_worker(worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C (SIGINT to the whole process group) to the training process, which
     finishes its step and writes the checkpoint. They still end on SIGTERM (the way the loader and the
     interpreter shut them down); a SIGTERM to the group (SLURM, ``kill -- -PGID``) is handled by
@@ -281,7 +282,7 @@ def run_training(task: TrainingTask, *, run_dir: Path, config_dict: dict, optim:
     sampler = GlobalBatchSampler(batch_size, steps, start_step, group.rank, group.world_size, micro_batches)
     loader = DataLoader(task.items(), batch_sampler=sampler, num_workers=num_workers, collate_fn=task.collate,
                         pin_memory=group.device.type == "cuda", persistent_workers=False,
-                        worker_init_fn=_ignore_interrupts if num_workers else None,
+                        worker_init_fn=ignore_interrupts_in_worker if num_workers else None,
                         prefetch_factor=2 if num_workers else None)
     bar = None
     if group.is_main and progress:
