@@ -303,57 +303,74 @@ def run_training(task: TrainingTask, *, run_dir: Path, config_dict: dict, optim:
     try:
         with _StopFlag() as stop:
             iterator = iter(loader)
-            while step < steps:
-                wait = time.perf_counter()
-                batches = [task.collate_to_device(next(iterator)) for _ in range(micro_batches)]
-                data_seconds += time.perf_counter() - wait
-                factor = learning_rate_factor(step, steps, optim)
-                for optimizer in optimizers.values():
-                    for group_params in optimizer.param_groups:
-                        group_params["lr"] = optim.learning_rate * factor
-                losses = group.all_reduce_mean(task.step(batches, step))
-                step += 1
-                window.append(losses)
-                last_losses = losses
-                if on_step is not None:
-                    on_step(step, losses)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses['total']:.4g}", refresh=False)
-                validated = {}
-                if step % validate_every == 0 or step == steps:
-                    validated = task.validate()
-                    validation = validated
-                    metric = validated.get(task.best_metric)
-                    if group.is_main and metric is not None and (not best or metric > best["value"]):
-                        best = {"metric": task.best_metric, "value": float(metric), "step": step}
-                        save_checkpoint(run_dir / CHECKPOINT_DIR / BEST_NAME,
-                                        _payload(task, step, config_dict, best, validation))
-                if group.is_main and (step % sample_every == 0 or step == steps):
-                    task.save_samples(run_dir / "samples" / f"step_{step:08d}.png", step)
-                if step % log_every == 0 or validated or step == steps:
-                    elapsed = time.perf_counter() - tick
-                    row = {"step": step, "epoch": task.epoch_of_step(step), "lr": optim.learning_rate * factor,
-                           "s_per_step": elapsed / len(window), "samples_per_s": batch_size * len(window) / elapsed,
-                           "data_s": data_seconds / len(window)}
-                    for name in task.loss_names:
-                        row[f"loss_{name}"] = sum(w[name] for w in window) / len(window)
-                    for name, value in validated.items():
-                        row[f"val_{name}"] = value
-                    if log is not None:
-                        log.write(row)
+            try:
+                while step < steps:
+                    wait = time.perf_counter()
+                    try:
+                        batches = [task.collate_to_device(next(iterator)) for _ in range(micro_batches)]
+                    except RuntimeError:
+                        if stop.signal_name is None:
+                            raise
+                        # the group's stop signal ended the workers before this step's data came: stop here
+                        if group.is_main:
+                            save_checkpoint(step_checkpoint_path(run_dir, step),
+                                            _payload(task, step, config_dict, best, validation))
+                            prune_checkpoints(run_dir, keep_last)
+                        raise TrainingInterrupted(step, stop.signal_name) from None
+                    data_seconds += time.perf_counter() - wait
+                    factor = learning_rate_factor(step, steps, optim)
+                    for optimizer in optimizers.values():
+                        for group_params in optimizer.param_groups:
+                            group_params["lr"] = optim.learning_rate * factor
+                    losses = group.all_reduce_mean(task.step(batches, step))
+                    step += 1
+                    window.append(losses)
+                    last_losses = losses
+                    if on_step is not None:
+                        on_step(step, losses)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss_total']:.4g}", s_step=f"{row['s_per_step']:.2f}")
-                    window, tick, data_seconds = [], time.perf_counter(), 0.0
-                stopping = group.any_flag(stop.signal_name is not None)
-                if step % checkpoint_every == 0 or step == steps or stopping:
-                    if group.is_main:
-                        save_checkpoint(step_checkpoint_path(run_dir, step),
-                                        _payload(task, step, config_dict, best, validation))
-                        prune_checkpoints(run_dir, keep_last)
-                    group.barrier()
-                if stopping:
-                    raise TrainingInterrupted(step, stop.signal_name or "a signal on another process")
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{losses['total']:.4g}", refresh=False)
+                    validated = {}
+                    if step % validate_every == 0 or step == steps:
+                        validated = task.validate()
+                        validation = validated
+                        metric = validated.get(task.best_metric)
+                        if group.is_main and metric is not None and (not best or metric > best["value"]):
+                            best = {"metric": task.best_metric, "value": float(metric), "step": step}
+                            save_checkpoint(run_dir / CHECKPOINT_DIR / BEST_NAME,
+                                            _payload(task, step, config_dict, best, validation))
+                    if group.is_main and (step % sample_every == 0 or step == steps):
+                        task.save_samples(run_dir / "samples" / f"step_{step:08d}.png", step)
+                    if step % log_every == 0 or validated or step == steps:
+                        elapsed = time.perf_counter() - tick
+                        row = {"step": step, "epoch": task.epoch_of_step(step), "lr": optim.learning_rate * factor,
+                               "s_per_step": elapsed / len(window), "samples_per_s": batch_size * len(window) / elapsed,
+                               "data_s": data_seconds / len(window)}
+                        for name in task.loss_names:
+                            row[f"loss_{name}"] = sum(w[name] for w in window) / len(window)
+                        for name, value in validated.items():
+                            row[f"val_{name}"] = value
+                        if log is not None:
+                            log.write(row)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{row['loss_total']:.4g}", s_step=f"{row['s_per_step']:.2f}")
+                        window, tick, data_seconds = [], time.perf_counter(), 0.0
+                    stopping = group.any_flag(stop.signal_name is not None)
+                    if step % checkpoint_every == 0 or step == steps or stopping:
+                        if group.is_main:
+                            save_checkpoint(step_checkpoint_path(run_dir, step),
+                                            _payload(task, step, config_dict, best, validation))
+                            prune_checkpoints(run_dir, keep_last)
+                        group.barrier()
+                    if stopping:
+                        raise TrainingInterrupted(step, stop.signal_name or "a signal on another process")
+            finally:
+                # end the workers while the stop handler still owns SIGCHLD: after a group SIGTERM they are gone, and
+                # the loader's own check would report that from the iterator's __del__ once the handler is restored
+                shutdown = getattr(iterator, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
     finally:
         if bar is not None:
             bar.close()
