@@ -37,6 +37,48 @@ def _override(config, *, data, steps, batch_size, device, seed, workers):
     return config.replace(**changes) if changes else config
 
 
+def _resolved_config(*, resume: bool, out: Path, config, new_run_options_given: bool, saved, load,
+                     kept: str = "its saved config"):
+    """The run's config: ``saved(out)`` on resume (refusing options only a new run takes), else
+    ``load(config)``; one clear error when ``--config`` is missing."""
+    from xraysyn.train.config_io import ConfigError
+
+    if resume:
+        if config is not None or new_run_options_given:
+            raise ConfigError(f"--resume continues a run with {kept}: give only --out and optionally "
+                              "--steps, --device, --workers")
+        return saved(out)
+    if config is None:
+        raise ConfigError("--config is required for a new run: a preset (paper, cpu64, small) or a YAML file")
+    return load(config)
+
+
+def _saved_config(read_mapping):
+    """``saved(out)`` for :func:`_resolved_config`: the run folder's ``config.yaml`` through ``read_mapping``."""
+    def saved(out: Path):
+        from xraysyn.train.config_io import ConfigError, read_yaml
+        from xraysyn.train.loop import CONFIG_FILE
+
+        if not (out / CONFIG_FILE).is_file():
+            raise ConfigError(f"--resume: {str(out)!r} is not a training run folder (no {CONFIG_FILE})")
+        return read_mapping(read_yaml(out / CONFIG_FILE))
+    return saved
+
+
+def _train_and_report(train) -> None:
+    """Run ``train()``; a run stopped by a signal exits 130/143 with one line, a finished one prints its summary."""
+    from xraysyn.train.loop import TrainingInterrupted
+
+    try:
+        summary = train()
+    except TrainingInterrupted as stopped:
+        typer.secho(f"{stopped}", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(EXIT_INTERRUPTED.get(stopped.signal_name, 1)) from None
+    if summary.best:
+        typer.echo(f"best {summary.best['metric']} = {summary.best['value']:.3f} at step {summary.best['step']}")
+    typer.echo(f"run: {summary.run_dir} ({summary.steps} steps, {summary.seconds:.0f} s)")
+
+
 @train_app.command("prior")
 def train_prior_command(
     out: Path = typer.Option(..., "--out", help="Run folder: config, split, metrics.csv, samples/, checkpoints/."),
@@ -56,32 +98,15 @@ def train_prior_command(
 ) -> None:
     """Train the 3D PriorNet on CT shards and/or procedural phantoms (torchrun for several processes)."""
     with user_errors():
-        from xraysyn.train.config_io import ConfigError, read_yaml
-        from xraysyn.train.loop import CONFIG_FILE, TrainingInterrupted
         from xraysyn.train.prior import train_prior
         from xraysyn.train.prior_config import config_from_mapping, load_config
 
-        if resume:
-            if config is not None or data or batch_size is not None or seed is not None:
-                raise ConfigError("--resume continues a run with its saved config: give only --out and optionally "
-                                  "--steps, --device, --workers")
-            if not (out / CONFIG_FILE).is_file():
-                raise ConfigError(f"--resume: {str(out)!r} is not a training run folder (no {CONFIG_FILE})")
-            resolved = config_from_mapping(read_yaml(out / CONFIG_FILE))
-        else:
-            if config is None:
-                raise ConfigError("--config is required for a new run: a preset (paper, cpu64, small) or a YAML file")
-            resolved = load_config(config)
+        resolved = _resolved_config(resume=resume, out=out, config=config,
+                                    new_run_options_given=bool(data) or batch_size is not None or seed is not None,
+                                    saved=_saved_config(config_from_mapping), load=load_config)
         resolved = _override(resolved, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed,
                              workers=workers)
-        try:
-            summary = train_prior(resolved, out, resume=resume, progress=progress)
-        except TrainingInterrupted as stopped:
-            typer.secho(f"{stopped}", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(EXIT_INTERRUPTED.get(stopped.signal_name, 1)) from None
-        if summary.best:
-            typer.echo(f"best {summary.best['metric']} = {summary.best['value']:.3f} at step {summary.best['step']}")
-        typer.echo(f"run: {summary.run_dir} ({summary.steps} steps, {summary.seconds:.0f} s)")
+        _train_and_report(lambda: train_prior(resolved, out, resume=resume, progress=progress))
 
 
 @train_app.command("refine")
@@ -101,32 +126,17 @@ def train_refine_command(
 ) -> None:
     """Train the 2D RefineNet with hypernetwork M and LSGAN on real radiographs behind a frozen 3DPN."""
     with user_errors():
-        from xraysyn.train.config_io import ConfigError, read_yaml
-        from xraysyn.train.loop import CONFIG_FILE, TrainingInterrupted
         from xraysyn.train.refine import train_refine
         from xraysyn.train.refine_config import load_refine_config, refine_config_from_mapping
 
-        if resume:
-            if config is not None or prior is not None or data or batch_size is not None or seed is not None:
-                raise ConfigError("--resume continues a run with its saved config and 3DPN: give only --out and "
-                                  "optionally --steps, --device, --workers")
-            if not (out / CONFIG_FILE).is_file():
-                raise ConfigError(f"--resume: {str(out)!r} is not a training run folder (no {CONFIG_FILE})")
-            resolved = refine_config_from_mapping(read_yaml(out / CONFIG_FILE))
-        else:
-            if config is None:
-                raise ConfigError("--config is required for a new run: a preset (paper, cpu64, small) or a YAML file")
-            resolved = load_refine_config(config)
+        resolved = _resolved_config(resume=resume, out=out, config=config,
+                                    new_run_options_given=prior is not None or bool(data) or batch_size is not None
+                                    or seed is not None,
+                                    saved=_saved_config(refine_config_from_mapping), load=load_refine_config,
+                                    kept="its saved config and 3DPN")
         resolved = _override(resolved, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed,
                              workers=workers)
-        try:
-            summary = train_refine(resolved, prior, out, resume=resume, progress=progress)
-        except TrainingInterrupted as stopped:
-            typer.secho(f"{stopped}", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(EXIT_INTERRUPTED.get(stopped.signal_name, 1)) from None
-        if summary.best:
-            typer.echo(f"best {summary.best['metric']} = {summary.best['value']:.3f} at step {summary.best['step']}")
-        typer.echo(f"run: {summary.run_dir} ({summary.steps} steps, {summary.seconds:.0f} s)")
+        _train_and_report(lambda: train_refine(resolved, prior, out, resume=resume, progress=progress))
 
 
 @train_app.command("baseline")
@@ -151,29 +161,16 @@ def train_baseline_command(
     with user_errors():
         from xraysyn.train.baselines import check_baseline_name, load_baseline_config, saved_baseline_config, \
             train_baseline
-        from xraysyn.train.config_io import ConfigError
-        from xraysyn.train.loop import TrainingInterrupted
 
         check_baseline_name(name)
-        if resume:
-            if config is not None or prior is not None or data or batch_size is not None or seed is not None:
-                raise ConfigError("--resume continues a run with its saved config: give only --out and optionally "
-                                  "--steps, --device, --workers")
-            resolved = saved_baseline_config(name, out)
-        else:
-            if config is None:
-                raise ConfigError("--config is required for a new run: a preset (paper, cpu64, small) or a YAML file")
-            resolved = load_baseline_config(name, config)
+        resolved = _resolved_config(resume=resume, out=out, config=config,
+                                    new_run_options_given=prior is not None or bool(data) or batch_size is not None
+                                    or seed is not None,
+                                    saved=lambda run: saved_baseline_config(name, run),
+                                    load=lambda text: load_baseline_config(name, text))
         resolved = _override(resolved, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed,
                              workers=workers)
-        try:
-            summary = train_baseline(name, resolved, out, prior=prior, resume=resume, progress=progress)
-        except TrainingInterrupted as stopped:
-            typer.secho(f"{stopped}", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(EXIT_INTERRUPTED.get(stopped.signal_name, 1)) from None
-        if summary.best:
-            typer.echo(f"best {summary.best['metric']} = {summary.best['value']:.3f} at step {summary.best['step']}")
-        typer.echo(f"run: {summary.run_dir} ({summary.steps} steps, {summary.seconds:.0f} s)")
+        _train_and_report(lambda: train_baseline(name, resolved, out, prior=prior, resume=resume, progress=progress))
 
 
 @app.command("export")

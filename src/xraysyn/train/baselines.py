@@ -41,7 +41,14 @@ from xraysyn.data.input_domain import InputRandomisation
 from xraysyn.models.rdn import RDN, RDNConfig
 from xraysyn.models.x2ct import X2CTConfig, X2CTNet
 from xraysyn.projector import backproject, forward_project
-from xraysyn.train.config_io import ConfigError, from_dict, read_yaml, to_dict
+from xraysyn.train.config_io import (
+    ConfigError,
+    from_preset_mapping,
+    preset_or_yaml_mapping,
+    read_yaml,
+    replace_fields,
+    to_dict,
+)
 from xraysyn.train.distributed import ProcessGroup
 from xraysyn.train.loop import CONFIG_FILE, RunSummary, optimise
 from xraysyn.train.losses import Stage1LossWeights
@@ -54,7 +61,6 @@ from xraysyn.train.prior_config import (
     PriorTrainingConfig,
     SimulationConfig,
     ValidationConfig,
-    _merge,
     preset_config,
 )
 from xraysyn.train.stage1 import VIEWS_PER_VOLUME, predict_volumes, simulate_views, simulated_network_input, \
@@ -191,7 +197,7 @@ class BaselineTrainingConfig:
 
     def replace(self, **sections) -> BaselineTrainingConfig:
         """As :meth:`PriorTrainingConfig.replace` (``section__field=value``)."""
-        return PriorTrainingConfig.replace(self, **sections)
+        return replace_fields(self, **sections)
 
 
 def simulated_baseline_preset(baseline: str, name: str) -> BaselineTrainingConfig:
@@ -209,12 +215,11 @@ def baseline_config_from_mapping(data: dict) -> BaselineTrainingConfig:
     ``paper``) overridden by its fields."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of fields, got {type(data).__name__}")
-    baseline, preset = data.get("baseline"), data.get("preset", "paper")
+    baseline = data.get("baseline")
     if baseline not in SIMULATED_BASELINES:
         raise ConfigError(f"baseline must be one of {SIMULATED_BASELINES}, got {baseline!r}")
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise ConfigError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-    return from_dict(BaselineTrainingConfig, _merge(to_dict(simulated_baseline_preset(baseline, preset)), data))
+    return from_preset_mapping(BaselineTrainingConfig, PRESETS, data,
+                               preset_of=lambda name: simulated_baseline_preset(baseline, name))
 
 
 def load_baseline_config(name: str, preset_or_path: str | Path):
@@ -231,12 +236,9 @@ def load_baseline_config(name: str, preset_or_path: str | Path):
     if name == "prior_drr":
         return load_config(preset_or_path).replace(simulation__mode="drr")
     text = str(preset_or_path)
-    if text in PRESETS:
-        return simulated_baseline_preset(name, text)
-    path = Path(text)
-    if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
-        raise ConfigError(f"--config must be a preset ({', '.join(PRESETS)}) or a YAML file, got {text!r}")
-    mapping = read_yaml(path)
+    preset, mapping = preset_or_yaml_mapping(preset_or_path, PRESETS)
+    if preset is not None:
+        return simulated_baseline_preset(name, preset)
     if not isinstance(mapping, dict):
         raise ConfigError(f"{text!r}: a config must be a mapping of fields")
     if mapping.setdefault("baseline", name) != name:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "read_yaml", "write_yaml_text"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "read_yaml", "write_yaml_text", "merge_mappings", "replace_fields",
+           "from_preset_mapping", "preset_or_yaml_mapping"]
 
 
 class ConfigError(ValueError):
@@ -134,3 +135,53 @@ def read_yaml(path: str | Path) -> dict:
 def write_yaml_text(data: dict) -> str:
     """YAML text of a plain mapping (fields in their declared order)."""
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def merge_mappings(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s entries on top, nested mappings merged recursively."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_mappings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def replace_fields(config, **sections):
+    """A copy of a frozen config with fields replaced; ``section__field=value`` replaces one field of a section."""
+    top, nested = {}, {}
+    for key, value in sections.items():
+        section, _, name = key.partition("__")
+        if name:
+            nested.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    for section, values in nested.items():
+        top[section] = dataclasses.replace(top.get(section, getattr(config, section)), **values)
+    return dataclasses.replace(config, **top)
+
+
+def from_preset_mapping(cls, presets: dict, data, preset_of=None):
+    """``cls`` from a (partial) mapping over the preset it names (``preset``, default ``paper``).
+
+    ``presets`` maps names to factories; ``preset_of(name)`` (default ``presets[name]()``) builds the base.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of fields, got {type(data).__name__}")
+    preset = data.get("preset", "paper")
+    if not isinstance(preset, str) or preset not in presets:
+        raise ConfigError(f"preset must be one of {tuple(presets)}, got {preset!r}")
+    base = preset_of(preset) if preset_of is not None else presets[preset]()
+    return from_dict(cls, merge_mappings(to_dict(base), data))
+
+
+def preset_or_yaml_mapping(preset_or_path, presets) -> tuple[str | None, dict | None]:
+    """``(name, None)`` for a preset name, ``(None, mapping)`` for a YAML file; a clear error otherwise."""
+    text = str(preset_or_path)
+    if text in presets:
+        return text, None
+    path = Path(text)
+    if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
+        raise ConfigError(f"--config must be a preset ({', '.join(presets)}) or a YAML file, got {text!r}")
+    return None, read_yaml(path)

@@ -14,7 +14,6 @@ Presets:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,14 @@ from pathlib import Path
 from xraysyn.data.input_domain import InputRandomisation
 from xraysyn.geometry import ConeBeamGeometry
 from xraysyn.models.unet3d import NORMS, PriorNetConfig
-from xraysyn.train.config_io import ConfigError, from_dict, read_yaml, to_dict, write_yaml_text
+from xraysyn.train.config_io import (
+    ConfigError,
+    from_preset_mapping,
+    preset_or_yaml_mapping,
+    replace_fields,
+    to_dict,
+    write_yaml_text,
+)
 from xraysyn.train.losses import Stage1LossWeights
 from xraysyn.train.stage1 import SIMULATION_MODES
 
@@ -320,16 +326,7 @@ class PriorTrainingConfig:
 
     def replace(self, **sections) -> PriorTrainingConfig:
         """A copy with some fields replaced; ``section__field=value`` replaces one field of a section."""
-        top, nested = {}, {}
-        for key, value in sections.items():
-            section, _, name = key.partition("__")
-            if name:
-                nested.setdefault(section, {})[name] = value
-            else:
-                top[key] = value
-        for section, values in nested.items():
-            top[section] = dataclasses.replace(top.get(section, getattr(self, section)), **values)
-        return dataclasses.replace(self, **top)
+        return replace_fields(self, **sections)
 
 
 def _paper() -> PriorTrainingConfig:
@@ -373,35 +370,15 @@ def preset_config(name: str) -> PriorTrainingConfig:
     return PRESETS[name]()
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def config_from_mapping(data: dict) -> PriorTrainingConfig:
     """A config from a (partial) mapping: the preset it names (default ``paper``) overridden by its fields."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"a config must be a mapping of fields, got {type(data).__name__}")
-    preset = data.get("preset", "paper")
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise ConfigError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-    return from_dict(PriorTrainingConfig, _merge(to_dict(preset_config(preset)), data))
+    return from_preset_mapping(PriorTrainingConfig, PRESETS, data)
 
 
 def load_config(preset_or_path: str | Path) -> PriorTrainingConfig:
     """A preset name, or a YAML file holding (a subset of) the fields of :class:`PriorTrainingConfig`."""
-    text = str(preset_or_path)
-    if text in PRESETS:
-        return preset_config(text)
-    path = Path(text)
-    if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
-        raise ConfigError(f"--config must be a preset ({', '.join(PRESETS)}) or a YAML file, got {text!r}")
-    return config_from_mapping(read_yaml(path))
+    name, mapping = preset_or_yaml_mapping(preset_or_path, PRESETS)
+    return preset_config(name) if name is not None else config_from_mapping(mapping)
 
 
 def dump_config(config: PriorTrainingConfig) -> str:

@@ -18,11 +18,17 @@ stated in the paper.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xraysyn.train.config_io import ConfigError, from_dict, read_yaml, to_dict, write_yaml_text
+from xraysyn.train.config_io import (
+    ConfigError,
+    from_preset_mapping,
+    preset_or_yaml_mapping,
+    replace_fields,
+    to_dict,
+    write_yaml_text,
+)
 from xraysyn.train.prior_config import DataSource, LoopConfig, OptimConfig
 
 __all__ = ["RadiographDataConfig", "RefineViews", "RefineLossWeights", "RefineTrainingConfig", "REFINE_PRESETS",
@@ -116,16 +122,7 @@ class RefineTrainingConfig:
 
     def replace(self, **sections) -> RefineTrainingConfig:
         """As :meth:`xraysyn.train.prior_config.PriorTrainingConfig.replace`."""
-        top, nested = {}, {}
-        for key, value in sections.items():
-            section, _, name = key.partition("__")
-            if name:
-                nested.setdefault(section, {})[name] = value
-            else:
-                top[key] = value
-        for section, values in nested.items():
-            top[section] = dataclasses.replace(top.get(section, getattr(self, section)), **values)
-        return dataclasses.replace(self, **top)
+        return replace_fields(self, **sections)
 
 
 def _paper() -> RefineTrainingConfig:
@@ -159,24 +156,12 @@ def refine_preset(name: str) -> RefineTrainingConfig:
 
 def refine_config_from_mapping(data: dict) -> RefineTrainingConfig:
     """A config from a (partial) mapping over the preset it names (default ``paper``)."""
-    from xraysyn.train.prior_config import _merge
-
-    if not isinstance(data, dict):
-        raise ConfigError(f"a config must be a mapping of fields, got {type(data).__name__}")
-    preset = data.get("preset", "paper")
-    if not isinstance(preset, str) or preset not in REFINE_PRESETS:
-        raise ConfigError(f"preset must be one of {tuple(REFINE_PRESETS)}, got {preset!r}")
-    return from_dict(RefineTrainingConfig, _merge(to_dict(refine_preset(preset)), data))
+    return from_preset_mapping(RefineTrainingConfig, REFINE_PRESETS, data)
 
 
 def load_refine_config(preset_or_path: str | Path) -> RefineTrainingConfig:
-    text = str(preset_or_path)
-    if text in REFINE_PRESETS:
-        return refine_preset(text)
-    path = Path(text)
-    if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
-        raise ConfigError(f"--config must be a preset ({', '.join(REFINE_PRESETS)}) or a YAML file, got {text!r}")
-    return refine_config_from_mapping(read_yaml(path))
+    name, mapping = preset_or_yaml_mapping(preset_or_path, REFINE_PRESETS)
+    return refine_preset(name) if name is not None else refine_config_from_mapping(mapping)
 
 
 def dump_refine_config(config: RefineTrainingConfig) -> str:
