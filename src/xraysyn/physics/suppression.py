@@ -18,7 +18,10 @@ Given a radiograph ``I_in`` at view T and estimated thickness maps ``t_bone``, `
 
 With ``factor = 0`` the input is reproduced exactly; with ``factor = 1`` bone is attenuated as
 the same mass of soft tissue. The bone image is ``I_in − suppressed``. Arithmetic is float64
-internally; results are returned in the input's dtype.
+internally; results are returned in the input's dtype. Every step but the two per-view extremes
+(``max I_in``, the range of ``I_atten``) is per pixel, so large images are processed in row bands
+of at most :data:`MAX_BAND_ELEMENTS` per-energy values (a 2k² radiograph with 110 energy bins would
+otherwise need several GB per intermediate); the result does not depend on the banding.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from xraysyn.physics.attenuation import log_attenuation
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import DEFAULT_KVP, Spectrum, tube_spectrum
 
-__all__ = ["BoneSuppressionResult", "suppress_bone"]
+__all__ = ["BoneSuppressionResult", "suppress_bone", "MAX_BAND_ELEMENTS"]
+
+#: Per-energy values (images × energies × rows × cols) one row band holds at a time (float64: 32 MiB each).
+MAX_BAND_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -40,14 +46,15 @@ class BoneSuppressionResult:
     """Output of :func:`suppress_bone` for N images with E spectral bins.
 
     Attributes:
-        t_tissue_recon: ``(N, E, rows, cols)`` per-energy reconstructed tissue thickness, g/cm².
+        t_tissue_recon: ``(N, E, rows, cols)`` per-energy reconstructed tissue thickness, g/cm²
+            (``None`` when not kept).
         suppressed: ``(N, 1, rows, cols)`` bone-suppressed radiograph, same display scale as the input.
         bone_image: ``(N, 1, rows, cols)`` ``input − suppressed`` (what bone added to the radiograph).
         suppressed_atten: ``(N, 1, rows, cols)`` suppressed transmitted fraction (I_atten domain).
         energies_keV: ``(E,)`` the energies of the ``t_tissue_recon`` channels.
     """
 
-    t_tissue_recon: torch.Tensor
+    t_tissue_recon: torch.Tensor | None
     suppressed: torch.Tensor
     bone_image: torch.Tensor
     suppressed_atten: torch.Tensor
@@ -56,7 +63,7 @@ class BoneSuppressionResult:
 
 def suppress_bone(image: torch.Tensor, thickness: torch.Tensor, spectrum: Spectrum | None = None, *,
                   factor: float = 1.0, materials=DEFAULT_MATERIALS,
-                  table: MaterialTable | None = None) -> BoneSuppressionResult:
+                  table: MaterialTable | None = None, keep_tissue_recon: bool = True) -> BoneSuppressionResult:
     """Reverse CT2Xray to suppress bone in a radiograph (Algorithm 1).
 
     Args:
@@ -67,6 +74,7 @@ def suppress_bone(image: torch.Tensor, thickness: torch.Tensor, spectrum: Spectr
         factor: bone suppression strength in [0, 1]; 0 = unchanged, 1 = bone attenuates as tissue.
         materials: (bone, tissue) names in the μ/ρ table.
         table: μ/ρ table (default the shipped one).
+        keep_tissue_recon: return the per-energy ``t_tissue_recon`` (``N·E`` maps; off for large images).
 
     Raises:
         ValueError: bad shapes, factor outside [0, 1], an image whose maximum is not positive, or
@@ -100,33 +108,46 @@ def suppress_bone(image: torch.Tensor, thickness: torch.Tensor, spectrum: Spectr
     mu = table.attenuation_matrix(tuple(materials), spectrum.energies_keV, dtype=work, device=img.device)
     mu_bone, mu_tissue = mu[0], mu[1]
 
-    # Step 1: reference attenuation of the estimates and the input rescaled to its range.
-    log_i_ref = log_attenuation(t, spectrum, mass_attenuation=mu, materials=tuple(materials))
-    i_ref = torch.exp(log_i_ref)
-    ref_max = i_ref.amax(dim=(-2, -1), keepdim=True)
-    ref_min = i_ref.amin(dim=(-2, -1), keepdim=True)
+    log_s = spectrum.log_weights(dtype=work, device=img.device).view(1, -1, 1, 1)
+    mu_bone_suppressed = (1.0 - factor) * mu_bone + factor * mu_tissue
+    rows = img.shape[-2]
+    band = max(1, MAX_BAND_ELEMENTS // max(1, img.shape[0] * mu.shape[-1] * img.shape[-1]))
+    bands = [slice(r, min(rows, r + band)) for r in range(0, rows, band)]
+
+    def log_reference(part: slice) -> torch.Tensor:
+        return log_attenuation(t[..., part, :], spectrum, mass_attenuation=mu, materials=tuple(materials))
+
+    # Step 1: reference attenuation of the estimates (its range over each view) and the input rescaled to it.
+    ref_max = ref_min = None
+    for part in bands:
+        i_ref = torch.exp(log_reference(part))
+        band_max, band_min = i_ref.amax(dim=(-2, -1), keepdim=True), i_ref.amin(dim=(-2, -1), keepdim=True)
+        ref_max = band_max if ref_max is None else torch.maximum(ref_max, band_max)
+        ref_min = band_min if ref_min is None else torch.minimum(ref_min, band_min)
     ref_range = ref_max - ref_min
     if bool((ref_range <= 0).any()):
         raise ValueError("the thickness maps give a constant I_atten over a view: Algorithm 1 needs contrast "
                          "in the reference to rescale the input radiograph")
-    normalised = (image_max - img) / image_max
-    i_in_atten = normalised * ref_range + ref_min
     tiny = torch.finfo(work).tiny
-    log_i_in = torch.log(i_in_atten.clamp_min(tiny))
-
-    # Steps 2-3: per-energy tissue thickness reproducing w_i · I_inAtten exactly.
-    t_bone, t_tissue = t[:, 0:1], t[:, 1:2]
-    t_tissue_recon = t_tissue + (log_i_ref - log_i_in) / mu_tissue.view(1, -1, 1, 1)
-
-    # Step 4: re-synthesis with the bone coefficient moved toward tissue.
-    mu_bone_suppressed = (1.0 - factor) * mu_bone + factor * mu_tissue
-    log_s = spectrum.log_weights(dtype=work, device=img.device).view(1, -1, 1, 1)
-    exponent = log_s - mu_bone_suppressed.view(1, -1, 1, 1) * t_bone - mu_tissue.view(1, -1, 1, 1) * t_tissue_recon
-    suppressed_atten = torch.exp(torch.logsumexp(exponent, dim=1, keepdim=True))
+    recon_parts, atten_parts = [], []
+    for part in bands:
+        log_i_ref = log_reference(part)
+        i_in_atten = (image_max - img[..., part, :]) / image_max * ref_range + ref_min
+        log_i_in = torch.log(i_in_atten.clamp_min(tiny))
+        # Steps 2-3: per-energy tissue thickness reproducing w_i · I_inAtten exactly.
+        t_bone, t_tissue = t[:, 0:1, part], t[:, 1:2, part]
+        t_tissue_recon = t_tissue + (log_i_ref - log_i_in) / mu_tissue.view(1, -1, 1, 1)
+        # Step 4: re-synthesis with the bone coefficient moved toward tissue.
+        exponent = (log_s - mu_bone_suppressed.view(1, -1, 1, 1) * t_bone
+                    - mu_tissue.view(1, -1, 1, 1) * t_tissue_recon)
+        atten_parts.append(torch.exp(torch.logsumexp(exponent, dim=1, keepdim=True)))
+        if keep_tissue_recon:
+            recon_parts.append(t_tissue_recon.to(out_dtype))
+    suppressed_atten = torch.cat(atten_parts, dim=-2)
     suppressed = (ref_max - suppressed_atten) / ref_range * image_max
     energies = torch.as_tensor(spectrum.energies_keV, dtype=out_dtype, device=img.device)
     return BoneSuppressionResult(
-        t_tissue_recon=t_tissue_recon.to(out_dtype),
+        t_tissue_recon=torch.cat(recon_parts, dim=-2) if keep_tissue_recon else None,
         suppressed=suppressed.to(out_dtype),
         bone_image=(img - suppressed).to(out_dtype),
         suppressed_atten=suppressed_atten.to(out_dtype),

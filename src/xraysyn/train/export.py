@@ -17,7 +17,8 @@ import xraysyn
 from xraysyn.atomic import atomic_write
 from xraysyn.train.checkpoint import BEST_NAME, CHECKPOINT_DIR, CheckpointError, load_checkpoint, step_checkpoints
 
-__all__ = ["EXPORT_FORMAT", "ExportError", "export_run", "load_export", "state_dict_sha256"]
+__all__ = ["EXPORT_FORMAT", "ExportError", "embed_prior", "export_run", "file_sha256", "load_export",
+           "state_dict_sha256"]
 
 EXPORT_FORMAT = "xraysyn-model-1"
 #: Export formats this version reads.
@@ -36,6 +37,35 @@ def state_dict_sha256(state_dict: dict) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embed_prior(refine_export: dict, prior_path: str | Path, expected_file_sha256: str | None = None) -> dict:
+    """A stage-2 export with the 3DPN export it refines embedded (``prior_export``), so that one file is the
+    whole XraySyn model (:meth:`xraysyn.synthesis.XraySyn.from_pretrained`).
+
+    Raises:
+        ExportError: the 3DPN file is missing, not a 3DPN export, or not the file (SHA-256) the run was trained
+            behind.
+    """
+    prior_path = Path(prior_path)
+    if not prior_path.is_file():
+        raise ExportError(f"the 3DPN export {str(prior_path)!r} this stage-2 run refines is missing")
+    if expected_file_sha256 is not None and file_sha256(prior_path) != expected_file_sha256:
+        raise ExportError(f"the 3DPN export {str(prior_path)!r} has changed since the stage-2 run was trained "
+                          "behind it (SHA-256 differs)")
+    prior = load_export(prior_path)
+    if prior.get("stage") != "prior":
+        raise ExportError(f"{str(prior_path)!r} is an export of stage {prior.get('stage')!r}, not a 3DPN")
+    return {**refine_export, "prior_export": prior}
 
 
 def _checkpoint_path(run_dir: Path, which: str) -> Path:
@@ -137,8 +167,9 @@ def load_export(path: str | Path) -> dict:
         raise ExportError(f"{str(path)!r} has format {export['format']!r}, made by xraysyn "
                           f"{export.get('xraysyn_version', '?')}; this version {xraysyn.__version__} reads "
                           f"{', '.join(READABLE_FORMATS)}")
-    if state_dict_sha256(export["state_dict"]) != export.get("sha256"):
-        raise ExportError(f"{str(path)!r}: the weights do not match their SHA-256 (the file is damaged)")
+    for part in (export, export.get("prior_export")):
+        if part is not None and state_dict_sha256(part["state_dict"]) != part.get("sha256"):
+            raise ExportError(f"{str(path)!r}: the weights do not match their SHA-256 (the file is damaged)")
     return export
 
 
@@ -168,5 +199,6 @@ def _export_refine(run_dir: Path, out: Path, payload: dict, half: bool) -> tuple
         "best": dict(payload["best"]),
         "config": payload["config"],
     }
+    export = embed_prior(export, prior["path"], prior["sha256"])
     atomic_write(out, lambda tmp: torch.save(export, tmp))
     return out, export["sha256"]

@@ -23,7 +23,10 @@ from xraysyn.models.unet3d import PriorNet3D, PriorNetConfig
 from xraysyn.train.export import ExportError, load_export
 from xraysyn.train.stage1 import network_input_from_radiograph, predict_volumes
 
-__all__ = ["PriorModel", "load_prior"]
+__all__ = ["PriorModel", "load_prior", "prior_from_export", "PRIOR_STAGES"]
+
+#: Stages whose export is a 3D PriorNet (the 3DPN-DRR baseline is a stage-1 run in DRR mode: the same stage).
+PRIOR_STAGES = ("prior",)
 
 
 @dataclass
@@ -88,9 +91,18 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> PriorMod
     Raises:
         ExportError: not an xraysyn export, damaged, or not of stage 1.
     """
-    export = load_export(path)
-    if export.get("stage") != "prior" or export.get("model_class") != "PriorNet3D":
-        raise ExportError(f"{str(path)!r} is an export of stage {export.get('stage')!r}, not a 3D PriorNet "
+    return prior_from_export(load_export(path), device, source=str(path))
+
+
+def prior_from_export(export: dict, device: str | torch.device = "cpu", *, source: str = "the export") -> PriorModel:
+    """A checked export dict (:func:`~xraysyn.train.export.load_export`, or the 3DPN embedded in a stage-2 export)
+    → a frozen :class:`PriorModel` on ``device``.
+
+    Raises:
+        ExportError: the export is not of a 3D PriorNet.
+    """
+    if export.get("stage") not in PRIOR_STAGES or export.get("model_class") != "PriorNet3D":
+        raise ExportError(f"{source!r} is an export of stage {export.get('stage')!r}, not a 3D PriorNet "
                           "(make one with `xraysyn export` of a `train prior` run)")
     config = export["model_config"]
     network = PriorNet3D(PriorNetConfig(widths=tuple(config["widths"]), norm=config["norm"],

@@ -12,7 +12,6 @@ then F + M on λ_recon ‖I_final^T − I_in‖₁ + λ_GAN (D(I_final^T') − 1
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ from xraysyn.models.refine2d import RefineNet2D, RefineNetConfig
 from xraysyn.physics import ct2xray, radiograph_from_thickness
 from xraysyn.train.config_io import ConfigError, read_yaml, to_dict
 from xraysyn.train.distributed import ProcessGroup, start_processes
+from xraysyn.train.export import file_sha256
 from xraysyn.train.gan_losses import lsgan_discriminator_loss, lsgan_generator_loss
 from xraysyn.train.loop import CONFIG_FILE, RunSummary, run_training
 from xraysyn.train.prior import check_run_dir
@@ -283,14 +283,6 @@ class RefineTask:
         save_sample_grid(path, rows, title=f"stage 2, step {step}")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _split(paths: list[Path], config: RefineTrainingConfig) -> tuple[list[Path], list[Path]]:
     n_val = min(len(paths) - 1, max(1, round(config.data.validation_fraction * len(paths))))
     order = torch.randperm(len(paths), generator=seeded_generator(config.loop.seed, 2, 7)).tolist()
@@ -318,7 +310,7 @@ def train_refine(config: RefineTrainingConfig, prior_path: str | os.PathLike | N
                               "(only --steps, --device and the number of workers may change on resume)")
         record = json.loads((run_dir / PRIOR_FILE).read_text(encoding="utf-8"))
         prior_path = Path(record["path"])
-        if not prior_path.is_file() or _file_sha256(prior_path) != record["sha256"]:
+        if not prior_path.is_file() or file_sha256(prior_path) != record["sha256"]:
             raise ConfigError(f"--resume: the 3DPN export {str(prior_path)!r} the run was trained with is missing "
                               "or has changed (SHA-256 differs)")
         listing = json.loads((run_dir / RADIOGRAPHS_FILE).read_text(encoding="utf-8"))
@@ -348,7 +340,7 @@ def train_refine(config: RefineTrainingConfig, prior_path: str | os.PathLike | N
         run_dir.mkdir(parents=True, exist_ok=True)
         text = dump_refine_config(config)
         atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        prior_record = json.dumps({"path": str(prior_path), "sha256": _file_sha256(prior_path)}, indent=1)
+        prior_record = json.dumps({"path": str(prior_path), "sha256": file_sha256(prior_path)}, indent=1)
         atomic_write(run_dir / PRIOR_FILE, lambda tmp: tmp.write_text(prior_record, encoding="utf-8"))
         listing = json.dumps({"train": [str(p) for p in train_paths], "validation": [str(p) for p in validation_paths],
                               "skipped": skipped}, indent=1)
