@@ -14,7 +14,9 @@ Given a radiograph ``I_in`` at view T and estimated thickness maps ``t_bone``, `
 4. re-synthesise with the bone coefficient moved toward tissue,
    ``μ_bone' = (1 − factor) μ_bone + factor μ_tissue``:
    ``I_suppressed = Σ_i s_i exp(−μ_bone'(E_i) t_bone − μ_tissue(E_i) t_tissue_recon(i))``,
-   and map it back to the input's display scale with the inverse of step 1.
+   and map it back to the input's display scale with the inverse of step 1. With step 3 substituted the
+   sum is ``I_inAtten / I_atten · Σ_i s_i exp(−μ_bone'(E_i) t_bone − μ_tissue(E_i) t_tissue)``: two
+   spectral sums per pixel, which is how it is computed (``t_tissue_recon`` only when asked for).
 
 With ``factor = 0`` the input is reproduced exactly; with ``factor = 1`` bone is attenuated as
 the same mass of soft tissue. The bone image is ``I_in − suppressed``. Arithmetic is float64
@@ -108,42 +110,37 @@ def suppress_bone(image: torch.Tensor, thickness: torch.Tensor, spectrum: Spectr
     mu = table.attenuation_matrix(tuple(materials), spectrum.energies_keV, dtype=work, device=img.device)
     mu_bone, mu_tissue = mu[0], mu[1]
 
-    log_s = spectrum.log_weights(dtype=work, device=img.device).view(1, -1, 1, 1)
-    mu_bone_suppressed = (1.0 - factor) * mu_bone + factor * mu_tissue
+    mu_suppressed = torch.stack([(1.0 - factor) * mu_bone + factor * mu_tissue, mu_tissue])
     rows = img.shape[-2]
     band = max(1, MAX_BAND_ELEMENTS // max(1, img.shape[0] * mu.shape[-1] * img.shape[-1]))
     bands = [slice(r, min(rows, r + band)) for r in range(0, rows, band)]
 
-    def log_reference(part: slice) -> torch.Tensor:
-        return log_attenuation(t[..., part, :], spectrum, mass_attenuation=mu, materials=tuple(materials))
+    def log_transmission(part: slice, coefficients: torch.Tensor) -> torch.Tensor:
+        return log_attenuation(t[..., part, :], spectrum, mass_attenuation=coefficients, materials=tuple(materials))
 
     # Step 1: reference attenuation of the estimates (its range over each view) and the input rescaled to it.
-    ref_max = ref_min = None
-    for part in bands:
-        i_ref = torch.exp(log_reference(part))
-        band_max, band_min = i_ref.amax(dim=(-2, -1), keepdim=True), i_ref.amin(dim=(-2, -1), keepdim=True)
-        ref_max = band_max if ref_max is None else torch.maximum(ref_max, band_max)
-        ref_min = band_min if ref_min is None else torch.minimum(ref_min, band_min)
+    log_i_ref = torch.cat([log_transmission(part, mu) for part in bands], dim=-2)
+    i_ref = torch.exp(log_i_ref)
+    ref_max = i_ref.amax(dim=(-2, -1), keepdim=True)
+    ref_min = i_ref.amin(dim=(-2, -1), keepdim=True)
     ref_range = ref_max - ref_min
     if bool((ref_range <= 0).any()):
         raise ValueError("the thickness maps give a constant I_atten over a view: Algorithm 1 needs contrast "
                          "in the reference to rescale the input radiograph")
-    tiny = torch.finfo(work).tiny
-    recon_parts, atten_parts = [], []
-    for part in bands:
-        log_i_ref = log_reference(part)
-        i_in_atten = (image_max - img[..., part, :]) / image_max * ref_range + ref_min
-        log_i_in = torch.log(i_in_atten.clamp_min(tiny))
-        # Steps 2-3: per-energy tissue thickness reproducing w_i · I_inAtten exactly.
-        t_bone, t_tissue = t[:, 0:1, part], t[:, 1:2, part]
-        t_tissue_recon = t_tissue + (log_i_ref - log_i_in) / mu_tissue.view(1, -1, 1, 1)
-        # Step 4: re-synthesis with the bone coefficient moved toward tissue.
-        exponent = (log_s - mu_bone_suppressed.view(1, -1, 1, 1) * t_bone
-                    - mu_tissue.view(1, -1, 1, 1) * t_tissue_recon)
-        atten_parts.append(torch.exp(torch.logsumexp(exponent, dim=1, keepdim=True)))
-        if keep_tissue_recon:
-            recon_parts.append(t_tissue_recon.to(out_dtype))
-    suppressed_atten = torch.cat(atten_parts, dim=-2)
+    i_in_atten = (image_max - img) / image_max * ref_range + ref_min
+    log_i_in = torch.log(i_in_atten.clamp_min(torch.finfo(work).tiny))
+    # Steps 2-3: per energy the tissue thickness reproducing w_i · I_inAtten exactly,
+    # t_tissue_recon(i) = t_tissue + (log I_atten − log I_inAtten) / μ_tissue(E_i).
+    recon_parts = []
+    if keep_tissue_recon:
+        for part in bands:
+            recon_parts.append((t[:, 1:2, part] + (log_i_ref[..., part, :] - log_i_in[..., part, :])
+                                / mu_tissue.view(1, -1, 1, 1)).to(out_dtype))
+    # Step 4: re-synthesis with the bone coefficient moved toward tissue. Substituting t_tissue_recon(i), the
+    # per-energy residual (log I_atten − log I_inAtten) is the same at every energy and leaves the sum:
+    # I_suppressed = I_inAtten · Σ_i s_i exp(−μ_bone'(E_i) t_bone − μ_tissue(E_i) t_tissue) / I_atten.
+    log_suppressed_ref = torch.cat([log_transmission(part, mu_suppressed) for part in bands], dim=-2)
+    suppressed_atten = torch.exp(log_i_in + log_suppressed_ref - log_i_ref)
     suppressed = (ref_max - suppressed_atten) / ref_range * image_max
     energies = torch.as_tensor(spectrum.energies_keV, dtype=out_dtype, device=img.device)
     return BoneSuppressionResult(
