@@ -86,12 +86,16 @@ class PriorModel:
 
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu") -> PriorModel:
-    """Load a 3DPN export (``xraysyn export`` of a stage-1 run) as a frozen :class:`PriorModel`.
+    """Load a 3DPN export (``xraysyn export`` of a stage-1 run, or the 3DPN embedded in a stage-2 export such as
+    the shipped weights) as a frozen :class:`PriorModel`.
 
     Raises:
-        ExportError: not an xraysyn export, damaged, or not of stage 1.
+        ExportError: not an xraysyn export, damaged, or holding no 3D PriorNet.
     """
-    return prior_from_export(load_export(path), device, source=str(path))
+    export = load_export(path)
+    if export.get("stage") == "refine" and "prior_export" in export:
+        export = export["prior_export"]
+    return prior_from_export(export, device, source=str(path))
 
 
 def prior_from_export(export: dict, device: str | torch.device = "cpu", *, source: str = "the export") -> PriorModel:
