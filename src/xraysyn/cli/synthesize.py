@@ -60,10 +60,10 @@ def _load_model(weights, device):
     return XraySyn.from_pretrained(weights, device=device)
 
 
-def _checked_inputs(inputs: list[Path]):
-    from xraysyn.synthesis.inputs import expand_input_paths, prepare_inputs
+def _checked_inputs(inputs: list[Path], check_view: bool):
+    from xraysyn.synthesis.inputs import prepare_inputs
 
-    return prepare_inputs(expand_input_paths(inputs))
+    return prepare_inputs([str(path) for path in inputs], check_view=check_view)
 
 
 def _report(out: Path, done: list[dict], failed: list[dict], what: str) -> None:
@@ -76,14 +76,14 @@ def _report(out: Path, done: list[dict], failed: list[dict], what: str) -> None:
         typer.secho(f"  {item['input']}: {item['error']}", fg=typer.colors.RED, err=True)
 
 
-def _run_batch(inputs, out: Path, overwrite: bool, what: str, work) -> None:
+def _run_batch(inputs, out: Path, overwrite: bool, what: str, work, check_view: bool) -> None:
     """Check every input, run ``work(name, radiograph, folder)`` for the good ones in a staged folder each, report."""
     from tqdm.auto import tqdm
 
     from xraysyn.outputs import check_output_folder, staged_output_folder
 
     check_output_folder(out, overwrite=overwrite)
-    checked = _checked_inputs(inputs)
+    checked = _checked_inputs(inputs, check_view)
     out.mkdir(parents=True, exist_ok=True)
     stems = _unique_stems([name for name, _ in checked])
     done, failed = [], []
@@ -111,6 +111,8 @@ def synthesize_command(
     weights: str = typer.Option(None, "--weights", help="A file made by `xraysyn export` (default: shipped)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out folder."),
+    skip_view_check: bool = typer.Option(False, "--skip-view-check",
+                                         help="Do not refuse inputs that do not look like frontal chest views."),
 ):
     """Novel views of each radiograph (PNG + .npy per view, a GIF of the sweep), bone and tissue thickness maps
     (g/cm²), the estimated CT (NIfTI) and a figure like the paper's Fig. 1."""
@@ -123,11 +125,11 @@ def synthesize_command(
         description = {"name": model.name, "weights": model.source, "sha256": model.export.get("sha256")}
 
         def work(name, radiograph, folder):
-            result = model.synthesize([radiograph], azimuths, elevation)
+            result = model.synthesize([radiograph], azimuths, elevation, check_view=False)
             result.names = [name]
             write_synthesis(result, 0, folder, model=description)
 
-        _run_batch(inputs, out, overwrite, "synthesize", work)
+        _run_batch(inputs, out, overwrite, "synthesize", work, not skip_view_check)
 
 
 @app.command("suppress")
@@ -139,6 +141,8 @@ def suppress_command(
     weights: str = typer.Option(None, "--weights", help="A file made by `xraysyn export` (default: shipped)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out folder."),
+    skip_view_check: bool = typer.Option(False, "--skip-view-check",
+                                         help="Do not refuse inputs that do not look like frontal chest views."),
 ):
     """Bone image and bone-suppressed radiograph of each input at its full resolution (reverse CT2Xray,
     Algorithm 1): PNG (16-bit for inputs of more than 8 bits) and, with --dicom, DICOM."""
@@ -153,8 +157,8 @@ def suppress_command(
         description = {"name": model.name, "weights": model.source, "sha256": model.export.get("sha256")}
 
         def work(name, radiograph, folder):
-            result = model.suppress_bones([radiograph], strength)[0]
+            result = model.suppress_bones([radiograph], strength, check_view=False)[0]
             result.name = name
             write_suppression(result, folder, dicom=dicom, model=description)
 
-        _run_batch(inputs, out, overwrite, "suppress", work)
+        _run_batch(inputs, out, overwrite, "suppress", work, not skip_view_check)

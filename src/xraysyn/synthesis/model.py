@@ -175,6 +175,9 @@ class XraySyn:
             path = pretrained_path(name_or_path or DEFAULT_PRETRAINED)
         else:
             path = Path(name_or_path)
+            if not path.exists():
+                raise ExportError(f"{str(name_or_path)!r} is neither a model file nor the name of shipped weights "
+                                  f"(shipped: {', '.join(PRETRAINED)})")
         export = load_export(path)
         stage = export.get("stage")
         if stage == "prior":
@@ -194,7 +197,8 @@ class XraySyn:
         training = export.get("config", {})
         return cls(prior_model, refine, image_size=network_config.hypernet.input_size,
                    crop_mode=training.get("data", {}).get("crop_mode", "center"),
-                   num_samples=int(training.get("num_samples", _prior_num_samples(export))), source=str(path),
+                   num_samples=int(training["num_samples"]) if "num_samples" in training
+                   else _prior_num_samples(prior_model.export), source=str(path),
                    export=_meta(export))
 
     @staticmethod
@@ -232,25 +236,25 @@ class XraySyn:
         return self
 
     # ------------------------------------------------------------------ inputs
-    def prepare(self, radiographs) -> tuple[list[str], list[Radiograph]]:
-        """Names and checked :class:`Radiograph` s of one input or a list of them (paths, ``load_radiograph``
-        results, numpy arrays or tensors; see :func:`xraysyn.synthesis.inputs.as_radiograph`)."""
-        from xraysyn.synthesis.inputs import as_radiograph, check_frontal_chest
+    def prepare(self, radiographs, *, check_view: bool = True) -> tuple[list[str], list[Radiograph]]:
+        """Names and checked :class:`Radiograph` s of one input or a list of them (paths or folders, ``load_radiograph``
+        results, numpy arrays or tensors; see :func:`xraysyn.synthesis.inputs.prepare_inputs`); a 4-D array or
+        tensor ``(N, 1, H, W)`` is N radiographs.
 
-        items = list(radiographs) if isinstance(radiographs, (list, tuple)) else [radiographs]
-        if not items:
+        Raises:
+            InputImageError: the first unusable input (``check_view``: also one that is not a frontal chest view).
+        """
+        from xraysyn.synthesis.inputs import prepare_inputs
+
+        if isinstance(radiographs, (np.ndarray, torch.Tensor)) and radiographs.ndim == 4:
+            radiographs = list(radiographs)
+        checked = prepare_inputs(radiographs, check_view=check_view)
+        if not checked:
             raise ValueError("no radiograph given")
-        if isinstance(radiographs, torch.Tensor | np.ndarray) and radiographs.ndim == 4:
-            items = list(radiographs)
-        names, loaded = [], []
-        for index, item in enumerate(items):
-            name = str(item) if isinstance(item, (str, os.PathLike)) else (
-                item.meta.get("source", f"radiograph #{index}") if isinstance(item, Radiograph) else f"array #{index}")
-            radiograph = as_radiograph(item, name=name)
-            check_frontal_chest(radiograph, name=name)
-            loaded.append(radiograph)
-            names.append(name)
-        return names, loaded
+        for _, item in checked:
+            if isinstance(item, Exception):
+                raise item
+        return [name for name, _ in checked], [item for _, item in checked]
 
     def crop(self, radiograph: Radiograph) -> tuple[torch.Tensor, CropTransform]:
         """``(1, S, S)`` float32 crop of the model's size and its transform."""
@@ -296,7 +300,7 @@ class XraySyn:
     @torch.no_grad()
     def synthesize(self, radiographs, azimuth_deg: float | Sequence[float] = 0.0,
                    elevation_deg: float | Sequence[float] = 0.0, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                   progress=None) -> SynthesisResult:
+                   check_view: bool = True, progress=None) -> SynthesisResult:
         """Radiographs of novel views of each input (paper Fig. 1, Fig. 4).
 
         Args:
@@ -305,6 +309,8 @@ class XraySyn:
             azimuth_deg: view azimuth(s) in degrees (rotation about the patient's long axis; 0 = the input view).
             elevation_deg: one elevation for every view, or one per azimuth (degrees).
             batch_size: radiographs per forward pass.
+            check_view: refuse inputs that are recognisably not frontal chest views
+                (:func:`~xraysyn.synthesis.inputs.check_frontal_chest`).
             progress: optional callable ``progress(done: int)`` called after each radiograph.
 
         Raises:
@@ -320,7 +326,7 @@ class XraySyn:
                              "(give one, or one per azimuth)")
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        names, loaded = self.prepare(radiographs)
+        names, loaded = self.prepare(radiographs, check_view=check_view)
         all_azimuth = torch.cat([torch.zeros(1, dtype=torch.float64), azimuth])
         all_elevation = torch.cat([torch.zeros(1, dtype=torch.float64), elevation])
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("crop", "hu", "mask", "thickness", "display",
@@ -355,7 +361,8 @@ class XraySyn:
             world_from_voxel=self.prior.world_from_voxel().double().cpu(), refined=self.refine is not None)
 
     @torch.no_grad()
-    def suppress_bones(self, radiographs, strength: float = 1.0, *, progress=None) -> list[SuppressionResult]:
+    def suppress_bones(self, radiographs, strength: float = 1.0, *, check_view: bool = True,
+                       progress=None) -> list[SuppressionResult]:
         """Bone image and bone-suppressed radiograph of each input at its full original resolution, by reversing
         CT2Xray (Algorithm 1) with the refined thickness maps at the input view, upsampled (bilinear) from the
         model's crop to the crop's original pixels; outside the crop the image is left as it was.
@@ -364,6 +371,7 @@ class XraySyn:
             radiographs: as for :meth:`synthesize`.
             strength: in [0, 1]; 0 returns the input unchanged, 1 makes bone attenuate as the same mass of soft
                 tissue (``factor`` of :func:`~xraysyn.physics.suppression.suppress_bone`).
+            check_view: as for :meth:`synthesize`.
             progress: optional callable ``progress(done: int)``.
 
         Raises:
@@ -372,7 +380,7 @@ class XraySyn:
         if isinstance(strength, bool) or not (isinstance(strength, (int, float)) and math.isfinite(strength)
                                               and 0.0 <= strength <= 1.0):
             raise ValueError(f"strength must be a number in [0, 1] (0 = unchanged, 1 = full), got {strength!r}")
-        names, loaded = self.prepare(radiographs)
+        names, loaded = self.prepare(radiographs, check_view=check_view)
         results = []
         for index, (name, radiograph) in enumerate(zip(names, loaded)):
             crop, transform = self.crop(radiograph)
