@@ -1,6 +1,7 @@
 """The demo pipeline end to end on a tiny phantom (the real-data run is `make demo`)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -40,18 +41,30 @@ def test_demo_writes_every_output_and_suppression_removes_bone(phantom_files, tm
 
 
 def test_demo_command_uses_example_data(phantom_files, tmp_path, monkeypatch):
+    from PIL import Image
     from typer.testing import CliRunner
 
     import xraysyn.data.example as example
+    from support.tiny_xraysyn import refine_export, simulated_frontal, write_export
     from xraysyn.cli import app
 
     ct, labels, structures = phantom_files
-    fake = example.ExamplePaths(ct=ct, labels=labels, structures=structures, radiograph=None)
+    radiograph = tmp_path / "chest.png"
+    Image.fromarray((simulated_frontal(80, seed=1) * 255).round().astype(np.uint8)).save(radiograph)
+    weights = write_export(refine_export(), tmp_path / "tiny.pt")
+    fake = example.ExamplePaths(ct=ct, labels=labels, structures=structures, radiograph=radiograph)
     monkeypatch.setattr(example, "fetch_example_data", lambda cache_dir=None, **kw: fake)
     out = tmp_path / "cli_demo"
-    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "24", "--detector", "32"])
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "24", "--detector", "32",
+                                   "--weights", str(weights)])
     assert res.exit_code == 0, res.output
-    assert (out / "montage.png").is_file() and "Dice" in res.output
+    assert "Dice" in res.output and "index.html" in res.output
+    page = (out / "index.html").read_text()
+    referenced = re.findall(r"src='([^']+)'", page)
+    assert len(referenced) >= 10 and all((out / name).is_file() for name in referenced)
+    for name in ("figure.png", "simulation/montage.png", "synthesis/chest/sweep.gif",
+                 "suppression/chest/suppressed.dcm", "suppression/chest/suppressed.png"):
+        assert (out / name).is_file(), name
 
 
 def test_demo_command_offline_is_one_clear_error(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""``xraysyn demo``: the simulation pipeline on the example chest CT and radiograph."""
+"""``xraysyn demo``: XraySyn with the shipped weights on the example chest radiograph (novel views, bone image and
+suppression) and the simulator on the example chest CT, shown by an ``index.html``."""
 
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ def demo_command(
     size: int = typer.Option(128, help="CT cube size (voxels per side), as in the paper."),
     detector: int = typer.Option(256, help="Detector rows = cols (pixels)."),
     cache_dir: Path = typer.Option(None, help="Example-data cache (default $XRAYSYN_CACHE or ~/.cache/xraysyn)."),
+    weights: str = typer.Option(None, "--weights", help="A file made by `xraysyn export` (default: shipped)."),
 ):
-    """Fetch the example data, then simulate CT2Xray views at -18..18 deg azimuth, bone and tissue
-    thickness maps, Algorithm-1 bone suppression and a prepared real radiograph; writes
-    OUT/montage.png, per-view .npy/.png and OUT/summary.json."""
+    """Fetch the example data; synthesise 20 novel views (±9°), the bone image and the bone-suppressed radiograph
+    of the real chest radiograph with the shipped weights; simulate CT2Xray views, thickness maps and bone
+    suppression of the real chest CT; writes OUT/index.html (start there), OUT/figure.png and the files."""
     with user_errors():
         from xraysyn.data.example import fetch_example_data
-        from xraysyn.demo import MIN_SIZE, DemoConfig, run_demo
+        from xraysyn.demo import MIN_SIZE, DemoConfig
+        from xraysyn.synthesis.demo_page import run_full_demo
         from xraysyn.memory import require_memory
         from xraysyn.outputs import check_output_folder
 
@@ -40,8 +43,14 @@ def demo_command(
         check_output_folder(out, overwrite=overwrite)
         require_memory(config.memory_estimate_bytes(), f"the demo at --size {size} --detector {detector}")
         paths = fetch_example_data(cache_dir, progress=True)
-        summary = run_demo(out, paths.ct, labels_path=paths.labels, structures_path=paths.structures,
-                           radiograph_path=paths.radiograph, config=config, overwrite=overwrite)
-        typer.echo(f"bone mask from labels; Dice of the 350 HU threshold mask: {summary['dice_threshold_vs_labels']}")
-        typer.echo(f"timings (s): {summary['timings_s']}")
-        typer.echo(f"wrote {len(summary['outputs'])} files to {out}; start with {out / 'montage.png'}")
+        if paths.radiograph is None:
+            raise ValueError("the example data holds no radiograph to synthesise from")
+        summary = run_full_demo(out, radiograph_path=paths.radiograph, ct_path=paths.ct, labels_path=paths.labels,
+                                structures_path=paths.structures, weights=weights, simulation_config=config,
+                                overwrite=overwrite)
+        simulation = summary["simulation"]
+        if "dice_threshold_vs_labels" in simulation:
+            typer.echo(f"bone mask from labels; Dice of the 350 HU threshold mask: "
+                       f"{simulation['dice_threshold_vs_labels']}")
+        typer.echo("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings_s"].items()))
+        typer.echo(f"wrote {out}; open {out / 'index.html'} in a browser")
