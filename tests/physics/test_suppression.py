@@ -100,3 +100,27 @@ def test_row_bands_give_the_same_result_as_one_pass(monkeypatch):
     torch.testing.assert_close(banded.suppressed, whole.suppressed, rtol=0, atol=1e-12)
     torch.testing.assert_close(banded.t_tissue_recon, whole.t_tissue_recon, rtol=0, atol=1e-12)
     assert suppress_bone(image, thickness, factor=0.7, keep_tissue_recon=False).t_tissue_recon is None
+
+
+def test_upsampled_suppression_matches_algorithm_1_on_upsampled_maps():
+    """The fast path for radiographs finer than their thickness maps against the exact per-pixel Algorithm 1 on
+    bilinearly upsampled maps: smooth 16² maps, a 96² image. Measured: 6e-4 of the image maximum, against a
+    bone effect of 8e-2 of it."""
+    from xraysyn.physics.suppression import suppress_bone_upsampled
+
+    grid = torch.linspace(-1, 1, 16, dtype=torch.float64)
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
+    bone = 2.5 * torch.exp(-((xx - 0.3) ** 2 + yy**2) / 0.1) + 1.5 * torch.exp(-((xx + 0.4) ** 2 + (yy - 0.3) ** 2) / 0.05)
+    tissue = 15 + 8 * torch.cos(1.5 * xx) * torch.cos(yy)
+    thickness = torch.stack([bone, tissue])[None]
+    image = 0.5 + 0.2 * torch.rand(1, 1, 96, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    upsampled = torch.nn.functional.interpolate(thickness, size=(96, 96), mode="bilinear", align_corners=False)
+    for factor in (0.4, 1.0):
+        exact = suppress_bone(image, upsampled, factor=factor)
+        fast = suppress_bone_upsampled(image, thickness, factor=factor)
+        assert float((exact.suppressed - fast.suppressed).abs().max()) < 2e-3 * float(image.max())
+        assert float(exact.bone_image.abs().max()) > 20 * float((exact.suppressed - fast.suppressed).abs().max())
+    unchanged = suppress_bone_upsampled(image, thickness, factor=0.0)
+    torch.testing.assert_close(unchanged.suppressed, image, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="at most its rows"):
+        suppress_bone_upsampled(image[..., :8, :8], thickness)

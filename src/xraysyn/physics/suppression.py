@@ -37,7 +37,7 @@ from xraysyn.physics.attenuation import log_attenuation
 from xraysyn.physics.materials import DEFAULT_MATERIALS, MaterialTable
 from xraysyn.physics.spectra import DEFAULT_KVP, Spectrum, tube_spectrum
 
-__all__ = ["BoneSuppressionResult", "suppress_bone", "MAX_BAND_ELEMENTS"]
+__all__ = ["BoneSuppressionResult", "suppress_bone", "suppress_bone_upsampled", "MAX_BAND_ELEMENTS"]
 
 #: Per-energy values (images × energies × rows × cols) one row band holds at a time (float64: 32 MiB each).
 MAX_BAND_ELEMENTS = 1 << 22
@@ -150,3 +150,63 @@ def suppress_bone(image: torch.Tensor, thickness: torch.Tensor, spectrum: Spectr
         suppressed_atten=suppressed_atten.to(out_dtype),
         energies_keV=energies,
     )
+
+
+def suppress_bone_upsampled(image: torch.Tensor, thickness: torch.Tensor, spectrum: Spectrum | None = None, *,
+                            factor: float = 1.0, materials=DEFAULT_MATERIALS,
+                            table: MaterialTable | None = None) -> BoneSuppressionResult:
+    """Algorithm 1 for a radiograph finer than its thickness maps (e.g. a 2k² radiograph and 128² maps).
+
+    Algorithm 1 changes each pixel by the factor ``I_suppressed / I_inAtten = R(t) = Σ_i s_i exp(−μ_bone'(E_i)
+    t_bone − μ_tissue(E_i) t_tissue) / I_atten(t)``, a smooth function of the thickness alone (see
+    :func:`suppress_bone`). Here ``log R`` and the range of ``I_atten`` are computed on the thickness maps' own
+    grid and ``log R`` is upsampled bilinearly (pixel centres aligned, ``align_corners=False``) to the image; the
+    rest of Algorithm 1 runs per pixel of the image. This costs two spectral sums per thickness pixel instead of
+    per image pixel; it differs from :func:`suppress_bone` on bilinearly upsampled maps only by the curvature
+    of ``log R`` within a map pixel (tested). ``t_tissue_recon`` is not computed (``None``).
+
+    Args:
+        image: ``(N, 1, H, W)`` displayed radiograph (bright bone, dark air), positive maximum per view.
+        thickness: ``(N, 2, h, w)`` (bone, tissue) g/cm² over the same field of view, ``h <= H``, ``w <= W``.
+        spectrum, factor, materials, table: as for :func:`suppress_bone`.
+    """
+    if not isinstance(thickness, torch.Tensor) or thickness.dim() != 4 or thickness.shape[1] != 2:
+        shape = tuple(thickness.shape) if isinstance(thickness, torch.Tensor) else type(thickness).__name__
+        raise ValueError(f"thickness must be a tensor (N, 2, rows, cols) of (bone, tissue) g/cm², got {shape}")
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 1:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a tensor (N, 1, rows, cols), got {shape}")
+    if image.shape[0] != thickness.shape[0] or any(a < b for a, b in zip(image.shape[-2:], thickness.shape[-2:])):
+        raise ValueError(f"thickness {tuple(thickness.shape)} must have the image's N and at most its rows and "
+                         f"cols {tuple(image.shape)}")
+    # Algorithm 1 on the thickness grid with a flat input gives log R and the reference range there.
+    coarse = suppress_bone(torch.ones_like(thickness[:, :1]), thickness, spectrum, factor=factor,
+                           materials=materials, table=table, keep_tissue_recon=False)
+    # With I_in constant the rescaled input I_inAtten is min I_atten everywhere: R = suppressed_atten / min I_atten.
+    work = torch.float64
+    t = thickness.to(work)
+    spectrum = spectrum if spectrum is not None else tube_spectrum(DEFAULT_KVP)
+    table = table or MaterialTable.default()
+    mu = table.attenuation_matrix(tuple(materials), spectrum.energies_keV, dtype=work, device=t.device)
+    i_ref = torch.exp(log_attenuation(t, spectrum, mass_attenuation=mu, materials=tuple(materials)))
+    ref_max = i_ref.amax(dim=(-2, -1), keepdim=True)
+    ref_min = i_ref.amin(dim=(-2, -1), keepdim=True)
+    log_ratio = torch.log(coarse.suppressed_atten.to(work)) - torch.log(ref_min)
+    log_ratio = torch.nn.functional.interpolate(log_ratio, size=image.shape[-2:], mode="bilinear",
+                                                align_corners=False)
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains non-finite values")
+    img = image.to(work)
+    image_max = img.amax(dim=(-2, -1), keepdim=True)
+    if bool((image_max <= 0).any()):
+        raise ValueError("image must have a positive maximum in every view (a displayed radiograph)")
+    ref_range = ref_max - ref_min
+    i_in_atten = (image_max - img) / image_max * ref_range + ref_min
+    suppressed_atten = i_in_atten * torch.exp(log_ratio)
+    suppressed = (ref_max - suppressed_atten) / ref_range * image_max
+    out_dtype = image.dtype
+    return BoneSuppressionResult(t_tissue_recon=None, suppressed=suppressed.to(out_dtype),
+                                 bone_image=(img - suppressed).to(out_dtype),
+                                 suppressed_atten=suppressed_atten.to(out_dtype),
+                                 energies_keV=torch.as_tensor(spectrum.energies_keV, dtype=out_dtype,
+                                                              device=image.device))

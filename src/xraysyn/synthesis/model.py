@@ -33,7 +33,7 @@ from xraysyn.data.input_domain import window_to_unit
 from xraysyn.data.radiograph import CropTransform, Radiograph, crop_and_resize
 from xraysyn.models.refine2d import RefineNet2D, RefineNetConfig
 from xraysyn.physics import ct2xray, radiograph_from_thickness
-from xraysyn.physics.suppression import suppress_bone
+from xraysyn.physics.suppression import suppress_bone_upsampled
 from xraysyn.train.export import ExportError, load_export
 from xraysyn.train.prior_model import PriorModel, load_prior, prior_from_export
 from xraysyn.train.stage1 import network_input_from_radiograph, predict_volumes, view_poses
@@ -364,8 +364,10 @@ class XraySyn:
     def suppress_bones(self, radiographs, strength: float = 1.0, *, check_view: bool = True,
                        progress=None) -> list[SuppressionResult]:
         """Bone image and bone-suppressed radiograph of each input at its full original resolution, by reversing
-        CT2Xray (Algorithm 1) with the refined thickness maps at the input view, upsampled (bilinear) from the
-        model's crop to the crop's original pixels; outside the crop the image is left as it was.
+        CT2Xray (Algorithm 1) with the refined thickness maps at the input view over the crop
+        (:func:`~xraysyn.physics.suppression.suppress_bone_upsampled`: the per-pixel factor of Algorithm 1 from the
+        model's maps, upsampled bilinearly to the crop's original pixels); outside the crop the image is left as
+        it was.
 
         Args:
             radiographs: as for :meth:`synthesize`.
@@ -387,19 +389,19 @@ class XraySyn:
             crop = crop[None].to(self.device)
             hu, mask = self._estimate(crop)
             zero = torch.zeros(1, dtype=torch.float64)
-            thickness = self._views(crop, hu, mask, zero, zero)["thickness"].double()
-            size = (transform.crop_rows, transform.crop_cols)
-            thickness = F.interpolate(thickness, size=size, mode="bilinear", align_corners=False).clamp_min(0.0)
+            thickness = self._views(crop, hu, mask, zero, zero)["thickness"].double().clamp_min(0.0)
             original = radiograph.image.astype(np.float32)
             rows = slice(transform.row0, transform.row0 + transform.crop_rows)
             cols = slice(transform.col0, transform.col0 + transform.crop_cols)
             window = torch.from_numpy(original[rows, cols].astype(np.float64))[None, None].to(self.device)
             suppressed_window = original[rows, cols].copy()
             if strength > 0 and float(window.max()) > 0:
-                out = suppress_bone(window, thickness, factor=float(strength), keep_tissue_recon=False)
+                out = suppress_bone_upsampled(window, thickness, factor=float(strength))
                 suppressed_window = out.suppressed[0, 0].clamp(0.0, 1.0).float().cpu().numpy()
             suppressed = original.copy()
             suppressed[rows, cols] = suppressed_window
+            thickness = F.interpolate(thickness, size=(transform.crop_rows, transform.crop_cols), mode="bilinear",
+                                      align_corners=False)
             results.append(SuppressionResult(name=name, original=original, suppressed=suppressed,
                                              bone_image=original - suppressed,
                                              thickness=thickness[0].float().cpu().numpy(), crop=transform,
