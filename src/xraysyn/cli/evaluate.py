@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from xraysyn.cli import app
+from xraysyn.cli.common import user_errors
 
 evaluate_app = typer.Typer(help="Evaluate trained models: held-out simulated cases (Table 1, Table 4) and real "
                                 "radiographs (Table 1 real part, FID).", no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
+
+
+def _model_files(options: list[str]) -> dict[str, Path]:
+    """``NAME=FILE`` options → ``{name: path}``; one clear error for a malformed or repeated name."""
+    models: dict[str, Path] = {}
+    for text in options:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--model {text!r}: expected NAME=FILE, e.g. 3dpn=weights/prior-cpu64.pt")
+        if name in models:
+            raise ValueError(f"--model: the name {name!r} is given twice")
+        models[name] = Path(path)
+    return models
+
+
+@evaluate_app.command("simulated")
+def evaluate_simulated_command(
+    data: list[str] = typer.Option(..., "--data", help="`phantom` (held-out procedural phantoms) or a folder of "
+                                                       "held-out `prepare ct` shards; repeat for several."),
+    model: list[str] = typer.Option(..., "--model", help="NAME=FILE: an `xraysyn export` of a 3DPN (also DRR mode), "
+                                                         "refiner2d or x2ct; repeat for several."),
+    cases: int = typer.Option(8, "--cases", help="Cases per data source."),
+    views: int = typer.Option(20, "--views", help="Novel views T' from -max to +max azimuth."),
+    max_azimuth: float = typer.Option(9.0, "--max-azimuth", help="Largest |azimuth| of the views T' (degrees)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda (cuda:N) or auto."),
+    out: Path = typer.Option(..., "--out", help="Results folder: table1/table4 .md/.csv, per_case.csv, fig3.png, "
+                                                "evaluation.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing results folder as a whole."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Table 1 (simulated part) and Table 4 of the paper on held-out simulated cases, and a Fig. 3-like grid."""
+    with user_errors():
+        from xraysyn.evaluation.simulated import evaluate_simulated
+
+        result = evaluate_simulated(_model_files(model), data, cases=cases, views=views, max_azimuth_deg=max_azimuth,
+                                    device=device, out_dir=out, overwrite=overwrite, progress=progress)
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(result.table1_markdown, nl=False)
+    typer.echo(f"results: {result.out_dir} ({len(result.case_ids)} cases × {len(result.models)} models, "
+               f"{result.seconds:.0f} s)")
