@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP  := $(VENV)/.xraysyn-installed
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow bench weights install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+weights: $(STAMP)
+	scripts/make_weights.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/projector.py --device cpu

@@ -70,3 +70,22 @@ def test_bad_settings_write_nothing(setup):
     with pytest.raises(ValueError, match="--views"):
         evaluate_real(models, [images], root / "v", views=0, features=_features(), progress=False)
     assert not (root / "none").exists() and not (root / "one").exists() and not (root / "v").exists()
+
+
+def test_cli_real(setup, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import xraysyn.evaluation.fid as fid
+    from xraysyn.cli import app
+
+    root, images, models = setup
+    monkeypatch.setattr(fid, "load_inception", lambda *a, **k: _features())
+    args = ["evaluate", "real", "--model", f"a={models['3DPN']}", "--model", f"b={models['XraySyn']}",
+            "--views", "2", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--data", str(images), "--out", str(tmp_path / "ok")])
+    assert result.exit_code == 0, result.output
+    assert "| a |" in result.output and (tmp_path / "ok" / "fig4.png").is_file()
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "neither")])
+    assert result.exit_code == 2 and "one of the two" in result.output and not (tmp_path / "neither").exists()
+    result = CliRunner().invoke(app, [*args, "--held-out-of", str(models["3DPN"]), "--out", str(tmp_path / "h")])
+    assert result.exit_code == 2 and "only a stage-2 export" in result.output

@@ -20,7 +20,7 @@ def _model_files(options: list[str]) -> dict[str, Path]:
     for text in options:
         name, sep, path = text.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--model {text!r}: expected NAME=FILE, e.g. 3dpn=weights/prior-cpu64.pt")
+            raise ValueError(f"--model {text!r}: expected NAME=FILE, e.g. 3dpn=runs/prior-cpu64.pt")
         if name in models:
             raise ValueError(f"--model: the name {name!r} is given twice")
         models[name] = Path(path)
@@ -53,3 +53,40 @@ def evaluate_simulated_command(
     typer.echo(result.table1_markdown, nl=False)
     typer.echo(f"results: {result.out_dir} ({len(result.case_ids)} cases × {len(result.models)} models, "
                f"{result.seconds:.0f} s)")
+
+
+@evaluate_app.command("real")
+def evaluate_real_command(
+    data: list[Path] = typer.Option(None, "--data", help="Real radiographs: files or folders; repeat for several."),
+    model: list[str] = typer.Option(..., "--model", help="NAME=FILE: a stage-2 export (XraySyn, XraySyn without M) "
+                                                         "or a 3DPN export; `shipped` for the shipped weights; "
+                                                         "repeat for several."),
+    held_out_of: Path = typer.Option(None, "--held-out-of", help="Use the radiographs this stage-2 export's run "
+                                                                 "held out for validation (instead of --data)."),
+    views: int = typer.Option(20, "--views", help="Novel views from -max to +max azimuth per radiograph."),
+    max_azimuth: float = typer.Option(9.0, "--max-azimuth", help="Largest |azimuth| of the novel views (degrees)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    out: Path = typer.Option(..., "--out", help="Results folder: table1_real .md/.csv, per_image.csv, fig4.png, "
+                                                "evaluation.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing results folder as a whole."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Table 1 (real part) of the paper: input-view PSNR/SSIM and FID (Mixed_6e and pool features) of the novel
+    views against the inputs, and a Fig. 4-like grid."""
+    with user_errors():
+        from xraysyn.evaluation.real import evaluate_real, held_out_radiographs
+        from xraysyn.synthesis.model import pretrained_path
+
+        models = {name: (pretrained_path() if str(path) == "shipped" else path)
+                  for name, path in _model_files(model).items()}
+        if (held_out_of is None) == (not data):
+            raise ValueError("give the radiographs with --data, or --held-out-of a stage-2 export (one of the two)")
+        if held_out_of is not None:
+            held = str(held_out_of)
+            data = held_out_radiographs(pretrained_path() if held == "shipped" else held_out_of)
+        result = evaluate_real(models, list(data), out, views=views, max_azimuth_deg=max_azimuth, device=device,
+                               overwrite=overwrite, progress=progress)
+    for item in result["skipped"]:
+        typer.secho(f"skipped {item['input']}: {item['error']}", err=True, fg=typer.colors.YELLOW)
+    typer.echo((out / "table1_real.md").read_text(encoding="utf-8"), nl=False)
+    typer.echo(f"results: {out} ({len(result['images'])} radiographs × {len(models)} models)")
