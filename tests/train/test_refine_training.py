@@ -115,13 +115,17 @@ def test_interrupted_and_resumed_stage2_equals_an_uninterrupted_run(material, tm
         assert all(torch.equal(whole["modules"][module][k], v) for k, v in split["modules"][module].items())
 
 
-@pytest.mark.parametrize("case", ["prior is a stage-2 export", "prior is not a model", "no images", "no prior"])
+@pytest.mark.parametrize("case", ["prior is a stage-2 export without a 3DPN", "prior is not a model", "no images",
+                                  "no prior"])
 def test_bad_inputs_give_one_error_and_create_nothing(material, tmp_path, case):
     images, prior = material
     config = _config(images, 2)
-    if case == "prior is a stage-2 export":
+    if case == "prior is a stage-2 export without a 3DPN":
         train_refine(config, prior, tmp_path / "first", progress=False)
-        prior, match = export_run(tmp_path / "first", tmp_path / "refine.pt")[0], "not a 3D PriorNet"
+        export = torch.load(export_run(tmp_path / "first", tmp_path / "refine.pt")[0], weights_only=True)
+        del export["prior_export"]  # as made before stage-2 exports embedded their 3DPN
+        prior, match = tmp_path / "bare.pt", "not a 3D PriorNet"
+        torch.save(export, prior)
     elif case == "prior is not a model":
         prior = tmp_path / "junk.pt"
         prior.write_bytes(b"junk")
@@ -134,3 +138,18 @@ def test_bad_inputs_give_one_error_and_create_nothing(material, tmp_path, case):
     with pytest.raises(ConfigError, match=match):
         train_refine(config, prior, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stage2_export_embeds_its_3dpn_and_serves_as_a_prior(material, tmp_path):
+    """`xraysyn export` of a stage-2 run holds the 3DPN export it was trained behind (one file = the model);
+    `load_prior` and `train refine --prior` read the 3DPN inside it."""
+    from xraysyn.train.export import load_export
+    from xraysyn.train.prior_model import load_prior
+
+    images, prior = material
+    train_refine(_config(images, 2), prior, tmp_path / "first", progress=False)
+    path = export_run(tmp_path / "first", tmp_path / "refine.pt")[0]
+    embedded = load_export(path)["prior_export"]
+    assert embedded["sha256"] == load_export(prior)["sha256"]
+    inner = load_prior(path).network.state_dict()
+    assert all(torch.equal(inner[k], v.float()) for k, v in load_export(prior)["state_dict"].items())
