@@ -270,3 +270,16 @@ def test_prepare_inputs_without_view_check_and_single_item(phantom_views):
     assert name == "array #0" and isinstance(value, Radiograph)
     ((_, refused),) = prepare_inputs([lateral])
     assert isinstance(refused, InputImageError)
+
+
+def test_a_folder_whose_files_all_fail_alike_is_one_error(tmp_path):
+    """A CT series given as radiographs: one message for the folder, not one per slice."""
+    from support.dicom_cr import write_cr
+
+    series = tmp_path / "ct_series"
+    series.mkdir()
+    for i in range(3):
+        write_cr(series / f"slice{i}.dcm", np.random.default_rng(i).uniform(size=(70, 70)), extra={"Modality": "CT"})
+    (entry,) = prepare_inputs([series])
+    assert entry[0] == str(series) and isinstance(entry[1], InputImageError)
+    assert str(entry[1]).startswith(f"{series}: all 3 files:") and "'CT'" in str(entry[1])

@@ -377,6 +377,7 @@ def prepare_inputs(items, *, check_view: bool = True) -> list[tuple[str, Radiogr
                 continue
         else:
             entries = [item]
+        checked = []
         for entry in entries:
             name = _display_name(entry, index)
             try:
@@ -384,7 +385,22 @@ def prepare_inputs(items, *, check_view: bool = True) -> list[tuple[str, Radiogr
                 if check_view:
                     check_frontal_chest(radiograph, name=name)
             except InputImageError as error:
-                results.append((name, error))
+                checked.append((name, error))
             else:
-                results.append((name, radiograph))
+                checked.append((name, radiograph))
+        results += _one_error_for_a_uniform_folder(item, checked) if len(checked) > 1 else checked
     return results
+
+
+def _one_error_for_a_uniform_folder(folder, checked: list) -> list:
+    """A folder whose files all fail for the same reason (e.g. the slices of a CT series) → one entry for the
+    folder; anything else → the entries as they are."""
+    reasons = set()
+    for name, item in checked:
+        if not isinstance(item, InputImageError):
+            return checked
+        message = str(item)
+        reasons.add(message[len(name) + 2:] if message.startswith(f"{name}: ") else message)
+    if len(reasons) != 1:
+        return checked
+    return [(str(folder), InputImageError(f"{folder}: all {len(checked)} files: {reasons.pop()}"))]
