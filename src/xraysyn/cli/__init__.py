@@ -23,6 +23,7 @@ def _register() -> None:
     from xraysyn.cli import train  # noqa: F401
     from xraysyn.cli import evaluate  # noqa: F401
     from xraysyn.cli import synthesize  # noqa: F401
+    from xraysyn.cli import serve  # noqa: F401
 
 
 _register()
