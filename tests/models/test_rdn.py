@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xraysyn.models import RDN, RDNConfig, RDNInputError, ResidualDenseBlock
+from xraysyn.models.rdn import icnr_
 
 K = 9  # 3×3 kernel weights per (input, output) channel pair
 
@@ -190,3 +191,27 @@ def test_bad_config_is_one_value_error(kwargs):
         RDNConfig.preset("huge")
     with pytest.raises(ValueError, match="RDNConfig"):
         RDN({"blocks": 2})
+
+
+@pytest.mark.parametrize("upscale", [2, 3])
+def test_upsampler_starts_as_nearest_neighbour(upscale):
+    """ICNR: conv + pixel shuffle of a new RDN equal nearest-neighbour upsampling of a conv with C = G outputs
+    (a float64 reference built from the first kernel of each sub-pixel group); every r×r block is constant."""
+    torch.manual_seed(0)
+    config = RDNConfig(blocks=1, layers_per_block=1, growth=4, features=6, upscale=upscale)
+    up = RDN(config).double().upsampler[0]
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    shuffled = F.pixel_shuffle(up(x), upscale)
+    first = slice(0, None, upscale * upscale)  # channel c·r² is sub-pixel (0, 0) of output channel c
+    reference = F.conv2d(x, up.weight[first], up.bias[first], padding=1)
+    torch.testing.assert_close(shuffled, F.interpolate(reference, scale_factor=upscale, mode="nearest"))
+    blocks = shuffled.unfold(2, upscale, upscale).unfold(3, upscale, upscale)  # (N, C, h, w, r, r)
+    assert float((blocks - blocks[..., :1, :1]).abs().max()) < 1e-12  # a random start: ~0.1
+    # The kernels are those of a default-initialised conv with G outputs: same bound (1/sqrt(fan_in)).
+    bound = 1.0 / (6 * 9) ** 0.5
+    assert float(up.weight.abs().max()) <= bound and float(up.weight.abs().max()) > 0.5 * bound
+
+
+def test_icnr_refuses_a_channel_count_that_is_not_a_multiple():
+    with pytest.raises(ValueError, match="not a multiple of upscale"):
+        icnr_(nn.Conv2d(4, 6, 3), 2)

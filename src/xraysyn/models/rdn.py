@@ -17,7 +17,11 @@ For ``D`` blocks of ``C`` layers, growth ``G``, ``G0`` base features and upscale
   ``per_sample_fusion=False`` there is none and the network is the plain RDN of Zhang et al. (the 2D
   Refiner baseline, :mod:`xraysyn.train.baselines`);
 * upsampling: conv3×3 ``(G0 → G·r²)``, pixel shuffle ×r (sub-pixel convolution), conv3×3
-  ``(G → out)``, no activation (the output is a residual, either sign).
+  ``(G → out)``, no activation (the output is a residual, either sign). The convolution before the
+  shuffle starts ICNR-initialised (Aitken et al. 2017, "Checkerboard artifact free sub-pixel
+  convolution"): the ``r²`` sub-pixel kernels of each output channel start equal, so the shuffle starts
+  as a nearest-neighbour upsampling of learnt features, free of the checkerboard a random start leaves
+  (:func:`icnr_`).
 
 Taken from the official release (``cpeng93/XraySyn``, ``xraysyn/networks/rdn_meta.py``, MIT): the
 ReLU after the global-fusion 3×3 convolution, the position of the per-sample 1×1 convolution
@@ -35,7 +39,7 @@ from torch import nn
 from xraysyn.models.blocks import conv
 from xraysyn.models.hypernet import per_sample_conv1x1
 
-__all__ = ["RDN", "RDNConfig", "RDNInputError", "ResidualDenseBlock"]
+__all__ = ["RDN", "RDNConfig", "RDNInputError", "ResidualDenseBlock", "icnr_"]
 
 #: Images: two spatial dimensions.
 SPATIAL_DIMS = 2
@@ -43,6 +47,26 @@ SPATIAL_DIMS = 2
 KERNEL_SIZE = 3
 #: Kernel of the fusion convolutions.
 FUSION_KERNEL_SIZE = 1
+
+
+@torch.no_grad()
+def icnr_(layer: nn.Conv2d, upscale: int) -> nn.Conv2d:
+    """ICNR initialisation (Aitken et al. 2017) of a convolution followed by ``nn.PixelShuffle(upscale)``, in place.
+
+    The layer's ``C·r²`` output channels form ``C`` groups of ``r²`` consecutive channels (the sub-pixel positions
+    that ``PixelShuffle`` puts in one ``r × r`` block); every group gets the same kernel and bias, drawn by the
+    layer's own default initialisation for ``C`` outputs. Conv + shuffle then computes a nearest-neighbour upsampling
+    of ``C`` convolved channels: equal values in each ``r × r`` block, no checkerboard at the start of training.
+    """
+    channels = layer.out_channels // (upscale * upscale)
+    if channels * upscale * upscale != layer.out_channels:
+        raise ValueError(f"icnr_: {layer.out_channels} output channels are not a multiple of upscale² = "
+                         f"{upscale * upscale}")
+    template = nn.Conv2d(layer.in_channels, channels, layer.kernel_size, bias=layer.bias is not None)
+    layer.weight.copy_(template.weight.to(layer.weight).repeat_interleave(upscale * upscale, dim=0))
+    if layer.bias is not None:
+        layer.bias.copy_(template.bias.to(layer.bias).repeat_interleave(upscale * upscale, dim=0))
+    return layer
 
 
 class RDNInputError(ValueError):
@@ -161,6 +185,7 @@ class RDN(nn.Module):
             nn.PixelShuffle(r),
             conv(SPATIAL_DIMS, g, config.out_channels, KERNEL_SIZE),
         )
+        icnr_(self.upsampler[0], r)
 
     def check_input(self, x: torch.Tensor, fusion_weights: torch.Tensor | None) -> None:
         """Raise :class:`RDNInputError` unless ``x`` is floating point ``(N, in_channels, h, w)``
