@@ -61,6 +61,31 @@ def test_batching_does_not_change_the_results(tiny, frontal):
     torch.testing.assert_close(together.ct_hu, alone.ct_hu, rtol=0, atol=1e-3)
 
 
+def test_refining_views_in_passes_does_not_change_the_results(tiny, frontal, monkeypatch):
+    """The CPU's 2DRN passes (1 view, 2 views, every view at once) give the same views and thickness maps."""
+    from xraysyn.synthesis import model as model_module
+
+    azimuths = [-9.0, -3.0, 3.0, 9.0]  # + the input view: 5 maps per radiograph, split unevenly into passes of 2
+    h = tiny.refine.config.thickness_size
+    results = []
+    for views_per_pass in (1, 2, 10**6):
+        monkeypatch.setattr(model_module, "CPU_REFINE_PIXELS_PER_PASS", views_per_pass * h * h)
+        calls = []
+        monkeypatch.setattr(tiny.refine, "forward", _counting(tiny.refine.forward, calls))
+        results.append(tiny.synthesize([frontal, frontal.T.copy()], azimuths, check_view=False, batch_size=2))
+        assert calls == ([1] * 10 if views_per_pass == 1 else [2, 2, 2, 2, 2] if views_per_pass == 2 else [10])
+    for other in results[1:]:
+        torch.testing.assert_close(other.views, results[0].views, rtol=0, atol=1e-5)
+        torch.testing.assert_close(other.bone_thickness, results[0].bone_thickness, rtol=1e-5, atol=1e-5)
+
+
+def _counting(forward, calls):
+    def counted(thickness_ct, radiograph=None):
+        calls.append(thickness_ct.shape[0])
+        return forward(thickness_ct, radiograph)
+    return counted
+
+
 def test_inputs_of_every_kind_give_the_same_result(tiny, frontal, tmp_path):
     from PIL import Image
 
@@ -79,6 +104,8 @@ def test_bad_arguments(tiny, frontal):
         tiny.synthesize(frontal, [1.0, 2.0, 3.0], [0.0, 1.0])
     with pytest.raises(ValueError, match="batch_size"):
         tiny.synthesize(frontal, 0.0, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny.synthesize(frontal, 0.0, batch_size=True)
     with pytest.raises(ValueError, match="strength must be a number in"):
         tiny.suppress_bones(frontal, 1.5)
     with pytest.raises(InputImageError, match="constant"):

@@ -47,8 +47,13 @@ DEFAULT_PRETRAINED = "cpu64"
 #: Bone probability above which a voxel counts as bone in :attr:`SynthesisResult.bone_mask`
 #: (the threshold of the stage-1 validation's Dice).
 BONE_MASK_THRESHOLD = 0.5
-#: Radiographs per forward pass in :meth:`XraySyn.synthesize` (bounds memory; results do not depend on it).
+#: Radiographs per forward pass in :meth:`XraySyn.synthesize` on a GPU (bounds memory; results do not depend on
+#: it). On the CPU one radiograph per pass is fastest: larger passes fall out of the caches (docs/benchmarks.md).
 DEFAULT_BATCH_SIZE = 4
+CPU_BATCH_SIZE = 1
+#: Thickness-map pixels per 2DRN pass on the CPU (views are refined in passes of this many pixels, 8 views of the
+#: cpu64 model's 64² maps): measured fastest on 2 cores, 2x faster than all 21 views at once (docs/benchmarks.md).
+CPU_REFINE_PIXELS_PER_PASS = 8 * 64 * 64
 #: Thickness channel order of every map: (bone, soft tissue), g/cm².
 MATERIALS = ("bone", "tissue")
 
@@ -292,14 +297,22 @@ class XraySyn:
             refined = F.interpolate(thickness_ct, size=size, mode="bilinear", align_corners=False)
             display = unrefined
         else:
-            refined = self.refine(thickness_ct, crops.repeat_interleave(views, dim=0))
+            refined = self._refine_in_passes(thickness_ct, crops.repeat_interleave(views, dim=0))
             display = window_to_unit(radiograph_from_thickness(refined).line_integral)
         return {"thickness": refined, "display": display, "unrefined": unrefined}
+
+    def _refine_in_passes(self, thickness_ct: torch.Tensor, radiographs: torch.Tensor) -> torch.Tensor:
+        """The 2DRN on ``(M, 2, h, w)`` maps and their ``(M, 1, S, S)`` input radiographs: at once on a GPU, in
+        passes of :data:`CPU_REFINE_PIXELS_PER_PASS` on the CPU (the same numbers: each view is independent)."""
+        if self.device.type != "cpu":
+            return self.refine(thickness_ct, radiographs)
+        per_pass = max(1, CPU_REFINE_PIXELS_PER_PASS // (thickness_ct.shape[-2] * thickness_ct.shape[-1]))
+        return torch.cat([self.refine(t, r) for t, r in zip(thickness_ct.split(per_pass), radiographs.split(per_pass))])
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
     def synthesize(self, radiographs, azimuth_deg: float | Sequence[float] = 0.0,
-                   elevation_deg: float | Sequence[float] = 0.0, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                   elevation_deg: float | Sequence[float] = 0.0, *, batch_size: int | None = None,
                    check_view: bool = True, progress=None) -> SynthesisResult:
         """Radiographs of novel views of each input (paper Fig. 1, Fig. 4).
 
@@ -308,7 +321,8 @@ class XraySyn:
                 numpy arrays or tensors ``(H, W)`` in any range (bright = attenuating).
             azimuth_deg: view azimuth(s) in degrees (rotation about the patient's long axis; 0 = the input view).
             elevation_deg: one elevation for every view, or one per azimuth (degrees).
-            batch_size: radiographs per forward pass.
+            batch_size: radiographs per forward pass; default :data:`CPU_BATCH_SIZE` on the CPU,
+                :data:`DEFAULT_BATCH_SIZE` on a GPU. The results do not depend on it.
             check_view: refuse inputs that are recognisably not frontal chest views
                 (:func:`~xraysyn.synthesis.inputs.check_frontal_chest`).
             progress: optional callable ``progress(done: int)`` called after each radiograph.
@@ -324,7 +338,9 @@ class XraySyn:
         if elevation.numel() != azimuth.numel():
             raise ValueError(f"elevation_deg has {elevation.numel()} values for {azimuth.numel()} azimuths "
                              "(give one, or one per azimuth)")
-        if not (isinstance(batch_size, int) and batch_size >= 1):
+        if batch_size is None:
+            batch_size = CPU_BATCH_SIZE if self.device.type == "cpu" else DEFAULT_BATCH_SIZE
+        if isinstance(batch_size, bool) or not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         names, loaded = self.prepare(radiographs, check_view=check_view)
         all_azimuth = torch.cat([torch.zeros(1, dtype=torch.float64), azimuth])
