@@ -172,6 +172,40 @@ def test_suppression_at_strength_zero_is_the_input_and_keeps_full_resolution(tin
     np.testing.assert_allclose(full.bone_image, full.original - full.suppressed, atol=1e-7)
 
 
+def test_suppressed_views_follow_algorithm_1(tiny, frontal):
+    """Bone-suppressed novel views: strength 0 gives the views; strength 0.7 equals Algorithm 1 (float64
+    suppress_bone on each view's own display image and thickness maps) through the unsuppressed view's window;
+    pixels without bone are unchanged."""
+    import dataclasses
+
+    from xraysyn.data.input_domain import WINDOW_HIGH_FRACTION, WINDOW_LOW_FRACTION
+    from xraysyn.physics import radiograph_from_thickness
+    from xraysyn.physics.suppression import suppress_bone
+
+    result = tiny.synthesize([frontal, frontal.T.copy()], [-9.0, 0.0, 9.0], check_view=False)
+    torch.testing.assert_close(result.suppressed_views(0.0), result.views, rtol=0, atol=1e-4)
+    bone = result.bone_thickness.clamp_min(0.0)
+    bone[..., :8, :] = 0.0  # a band without bone
+    result = dataclasses.replace(result, bone_thickness=bone)
+    ours = result.suppressed_views(0.7)
+    n, v, s, _ = ours.shape
+    thickness = torch.stack([result.bone_thickness, result.tissue_thickness], dim=2).reshape(n * v, 2, s, s).double()
+    before = radiograph_from_thickness(thickness)
+    after = suppress_bone(before.image, thickness, factor=0.7).suppressed_atten
+    line_before, line_after = before.line_integral.reshape(n * v, -1), -torch.log(after).reshape(n * v, -1)
+    low, high = torch.quantile(line_before, torch.tensor([WINDOW_LOW_FRACTION, WINDOW_HIGH_FRACTION],
+                                                         dtype=torch.float64), dim=1)[..., None]
+    reference = ((line_after - low) / (high - low)).clamp(0, 1).reshape(n, v, s, s)
+    torch.testing.assert_close(ours, reference.float(), rtol=0, atol=1e-5)
+    no_bone = result.bone_thickness == 0
+    assert 0 < int(no_bone.sum()) < no_bone.numel()
+    torch.testing.assert_close(ours[no_bone], result.suppressed_views(0.0)[no_bone], rtol=0, atol=0)
+    removed = (result.suppressed_views(0.0) - ours)[~no_bone]  # bone removed: less attenuation where it was
+    assert float(removed.min()) >= 0 and float(removed.mean()) > 0
+    with pytest.raises(ValueError, match="strength"):
+        result.suppressed_views(1.5)
+
+
 def _bone_energy(image: np.ndarray, bone_thickness: np.ndarray) -> float:
     """The image's component along the bone map (zero-mean inner product): what bone contributes."""
     image, bone = image - image.mean(), bone_thickness - bone_thickness.mean()

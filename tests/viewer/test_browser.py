@@ -172,6 +172,13 @@ def test_viewer_in_a_headless_browser(browser, server, radiograph_file, tmp_path
     driver.find_element(By.TAG_NAME, "body").send_keys("4")  # keyboard: bone image
     assert "bone image" in driver.find_element(By.ID, "caption").text
 
+    # Suppression at the novel view: the slider works again, the bone goes from the +9 degree view.
+    choose(driver, "novel_suppressed")
+    assert driver.find_element(By.ID, "azimuth").is_enabled()
+    novel_suppressed = canvas(driver)
+    np.testing.assert_array_equal(novel_suppressed, served(app, "novel_suppressed", len(AZIMUTHS_DEG) - 1))
+    assert np.abs(novel_suppressed - at_nine).mean() > 0.5
+
     # Window / level by dragging: left narrows the window (more contrast); double-click resets.
     choose(driver, "original")
     view = driver.find_element(By.ID, "view")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraysyn.data.input_domain import window_to_unit
+from xraysyn.data.input_domain import WINDOW_HIGH_FRACTION, WINDOW_LOW_FRACTION, window_to_unit
 from xraysyn.data.radiograph import CropTransform, Radiograph, crop_and_resize
 from xraysyn.models.refine2d import RefineNet2D, RefineNetConfig
 from xraysyn.physics import ct2xray, radiograph_from_thickness
@@ -111,6 +111,24 @@ class SynthesisResult:
     @property
     def bone_mask(self) -> torch.Tensor:
         return self.bone_probability > BONE_MASK_THRESHOLD
+
+    def suppressed_views(self, strength: float = 1.0) -> torch.Tensor:
+        """``(N, V, S, S)`` bone-suppressed novel views in ``[0, 1]``: each view re-synthesised with a fraction
+        ``strength`` of its (non-negative) bone mass attenuating as the same mass of soft tissue (Algorithm 1's
+        step 4 on the view's own thickness maps, where step 3 is exact), shown through the display window of
+        the unsuppressed view, so that switching between ``views`` and these changes only what bone adds.
+        ``strength`` 0 gives ``views``."""
+        _check_strength(strength)
+        bone, tissue = self.bone_thickness.double(), self.tissue_thickness.double()
+        moved = strength * bone.clamp_min(0.0)
+        shape = bone.shape
+        both = torch.stack([torch.stack([bone, tissue], dim=2), torch.stack([bone - moved, tissue + moved], dim=2)])
+        line = radiograph_from_thickness(both.reshape(-1, 2, *shape[-2:])).line_integral.reshape(2, -1, shape[-2]
+                                                                                                   * shape[-1])
+        levels = torch.tensor([WINDOW_LOW_FRACTION, WINDOW_HIGH_FRACTION], dtype=line.dtype)
+        low, high = torch.quantile(line[0], levels, dim=1)[..., None]  # the unsuppressed views' window
+        width = (high - low).clamp(min=torch.finfo(line.dtype).tiny)
+        return ((line[1] - low) / width).clamp(0.0, 1.0).reshape(shape).float()
 
 
 @dataclass
@@ -395,9 +413,7 @@ class XraySyn:
         Raises:
             ValueError: strength outside [0, 1]; InputImageError for unusable inputs.
         """
-        if isinstance(strength, bool) or not (isinstance(strength, (int, float)) and math.isfinite(strength)
-                                              and 0.0 <= strength <= 1.0):
-            raise ValueError(f"strength must be a number in [0, 1] (0 = unchanged, 1 = full), got {strength!r}")
+        _check_strength(strength)
         names, loaded = self.prepare(radiographs, check_view=check_view)
         results = []
         for index, (name, radiograph) in enumerate(zip(names, loaded)):
@@ -425,6 +441,12 @@ class XraySyn:
             if progress is not None:
                 progress(index + 1)
         return results
+
+
+def _check_strength(strength) -> None:
+    if isinstance(strength, bool) or not (isinstance(strength, (int, float)) and math.isfinite(strength)
+                                          and 0.0 <= strength <= 1.0):
+        raise ValueError(f"strength must be a number in [0, 1] (0 = unchanged, 1 = full), got {strength!r}")
 
 
 def _prior_num_samples(export: dict) -> int:

@@ -2,8 +2,10 @@
 encoded as PNG and cached in the :class:`~xraysyn.viewer.sessions.Study`, then the download files.
 
 Views: :data:`AZIMUTHS_DEG` (and :data:`ELEVATIONS_DEG` when the elevation sweep is asked for), view index
-``i_el * len(AZIMUTHS_DEG) + i_az``. Image kinds (:data:`KINDS`): per view ``novel`` (the 2DRN's radiograph) and
-``unrefined`` (the 3DPN's view), at the model's size S; at the input view only ``original`` (the input's crop),
+``i_el * len(AZIMUTHS_DEG) + i_az``. Image kinds (:data:`KINDS`): per view ``novel`` (the 2DRN's radiograph),
+``novel_suppressed`` (the same view with its bone attenuating as soft tissue,
+:meth:`~xraysyn.synthesis.model.SynthesisResult.suppressed_views`) and ``unrefined`` (the 3DPN's view), at the
+model's size S; at the input view only ``original`` (the input's crop),
 ``bone`` (what bone adds, scaled to its maximum) and ``suppressed`` (Algorithm 1 at full resolution), over the
 same crop window at up to :data:`DISPLAY_SIDE` pixels. All PNGs are 8-bit grey of images in ``[0, 1]``.
 """
@@ -36,7 +38,7 @@ AZIMUTHS_DEG = tuple(round(-9.0 + 0.9 * i, 6) for i in range(21))
 ELEVATIONS_DEG = (-9.0, -4.5, 0.0, 4.5, 9.0)
 #: Views per call of XraySyn.synthesize: the unit of progress (each call re-runs the 3DPN, ~0.3 s on a CPU).
 VIEWS_PER_STEP = 7
-PER_VIEW_KINDS = ("novel", "unrefined")
+PER_VIEW_KINDS = ("novel", "novel_suppressed", "unrefined")
 INPUT_VIEW_KINDS = ("original", "bone", "suppressed")
 KINDS = INPUT_VIEW_KINDS + PER_VIEW_KINDS
 #: Largest side (pixels) of the input-view images sent to the page (the crop of a full-size CR is ~1800 px;
@@ -177,8 +179,10 @@ def _synthesize(model, study: Study, radiograph: Radiograph, elevation_sweep: bo
 
 def _cache_images(study: Study, result, suppression) -> None:
     images: dict[tuple[str, int], bytes] = {}
+    suppressed_views = result.suppressed_views(1.0)
     for v in range(result.views.shape[1]):
         images[("novel", v)] = png_bytes(result.views[0, v].numpy())
+        images[("novel_suppressed", v)] = png_bytes(suppressed_views[0, v].numpy())
         images[("unrefined", v)] = png_bytes(result.unrefined[0, v].numpy())
     crop = result.crops[0]
     bone = suppression.bone_image.clip(0.0, None)

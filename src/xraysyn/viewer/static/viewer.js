@@ -10,9 +10,12 @@ const WINDOW_PER_PIXEL = 0.5;   // window/level change (display levels of 0..255
 const MIN_WINDOW = 1;           // narrowest window width, display levels
 const FULL_WINDOW = 255;        // the images are 8-bit: width 255, level 127.5 shows them as sent
 const INPUT_VIEW_KINDS = ["original", "bone", "suppressed"];
+const PER_VIEW_KINDS = ["novel", "novel_suppressed", "unrefined"];
+const KEY_KINDS = ["original", "novel", "unrefined", "bone", "suppressed", "novel_suppressed"];  // keys 1-6
 const KIND_LABELS = {
   original: "original (input crop)", novel: "novel view (XraySyn)", unrefined: "unrefined 3DPN view",
   bone: "bone image (scaled to its maximum)", suppressed: "bone-suppressed",
+  novel_suppressed: "novel view, bone-suppressed (bone attenuating as soft tissue)",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -116,7 +119,7 @@ async function showStudy(status) {
   setState("loading");
   const views = status.azimuth_deg.length * status.elevation_deg.length;
   const wanted = INPUT_VIEW_KINDS.map((kind) => [kind, 0]);
-  for (let v = 0; v < views; v++) wanted.push(["novel", v], ["unrefined", v]);
+  for (let v = 0; v < views; v++) for (const kind of PER_VIEW_KINDS) wanted.push([kind, v]);
   const images = new Map();
   let loaded = 0;
   await Promise.all(wanted.map(async ([kind, index]) => {
@@ -301,9 +304,8 @@ function setup() {
   setupWindowDrag();
   document.addEventListener("keydown", (event) => {
     if (!state.study || event.target.tagName === "INPUT" && event.target.type !== "radio") return;
-    const kinds = ["original", "novel", "unrefined", "bone", "suppressed"];
     const index = Number(event.key) - 1;
-    if (index >= 0 && index < kinds.length) setKind(kinds[index]);
+    if (index >= 0 && index < KEY_KINDS.length) setKind(KEY_KINDS[index]);
     if (event.key === " ") { event.preventDefault(); togglePlay(); }
   });
   window.addEventListener("pagehide", endSession);
