@@ -109,7 +109,7 @@ def main() -> None:
         from xraysyn.physics import radiograph_from_thickness
 
         with torch.no_grad():
-            refined = model.refine(state["thickness_ct"], state["crop"].expand(azimuth.numel(), -1, -1, -1))
+            refined = model.refine_views(state["thickness_ct"], state["crop"].expand(azimuth.numel(), -1, -1, -1))
             state["refined"] = refined
             state["display"] = window_to_unit(radiograph_from_thickness(refined).line_integral)
 

@@ -315,11 +315,11 @@ class XraySyn:
             refined = F.interpolate(thickness_ct, size=size, mode="bilinear", align_corners=False)
             display = unrefined
         else:
-            refined = self._refine_in_passes(thickness_ct, crops.repeat_interleave(views, dim=0))
+            refined = self.refine_views(thickness_ct, crops.repeat_interleave(views, dim=0))
             display = window_to_unit(radiograph_from_thickness(refined).line_integral)
         return {"thickness": refined, "display": display, "unrefined": unrefined}
 
-    def _refine_in_passes(self, thickness_ct: torch.Tensor, radiographs: torch.Tensor) -> torch.Tensor:
+    def refine_views(self, thickness_ct: torch.Tensor, radiographs: torch.Tensor) -> torch.Tensor:
         """The 2DRN on ``(M, 2, h, w)`` maps and their ``(M, 1, S, S)`` input radiographs: at once on a GPU, in
         passes of :data:`CPU_REFINE_PIXELS_PER_PASS` on the CPU (the same numbers: each view is independent)."""
         if self.device.type != "cpu":

@@ -157,14 +157,20 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
         # the batches of the step in progress are loaded: workers ended by the same signal must not make
-        # the DataLoader's SIGCHLD handler raise in the middle of the step (restored on exit)
+        # the DataLoader's SIGCHLD handler raise in the middle of the step (restored on exit). A Python no-op,
+        # not SIG_DFL: a SIGCHLD already pending behind this signal (a worker that died first) then finds a
+        # handler, instead of CPython printing "Signal 17 ignored due to race condition" with a traceback.
         if hasattr(signal, "SIGCHLD") and signal.SIGCHLD not in self._previous:
-            self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _ignore_signal)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         return False
+
+
+def _ignore_signal(signum, frame) -> None:
+    """A Python signal handler that does nothing."""
 
 
 def ignore_interrupts_in_worker(worker_id: int) -> None:
