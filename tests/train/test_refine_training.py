@@ -153,3 +153,7 @@ def test_a_stage2_export_embeds_its_3dpn_and_serves_as_a_prior(material, tmp_pat
     assert embedded["sha256"] == load_export(prior)["sha256"]
     inner = load_prior(path).network.state_dict()
     assert all(torch.equal(inner[k], v.float()) for k, v in load_export(prior)["state_dict"].items())
+    # A second stage-2 run trained behind that stage-2 export exports with the same 3DPN embedded.
+    train_refine(_config(images, 2), path, tmp_path / "second", progress=False)
+    again = load_export(export_run(tmp_path / "second", tmp_path / "refine2.pt")[0])
+    assert again["stage"] == "refine" and again["prior_export"]["sha256"] == load_export(prior)["sha256"]

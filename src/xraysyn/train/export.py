@@ -50,7 +50,8 @@ def file_sha256(path: str | Path) -> str:
 
 def embed_prior(refine_export: dict, prior_path: str | Path, expected_file_sha256: str | None = None) -> dict:
     """A stage-2 export with the 3DPN export it refines embedded (``prior_export``), so that one file is the
-    whole XraySyn model (:meth:`xraysyn.synthesis.XraySyn.from_pretrained`).
+    whole XraySyn model (:meth:`xraysyn.synthesis.XraySyn.from_pretrained`). ``prior_path`` is a 3DPN export, or a
+    stage-2 export whose embedded 3DPN the run was trained behind (``--prior`` accepts both).
 
     Raises:
         ExportError: the 3DPN file is missing, not a 3DPN export, or not the file (SHA-256) the run was trained
@@ -63,6 +64,8 @@ def embed_prior(refine_export: dict, prior_path: str | Path, expected_file_sha25
         raise ExportError(f"the 3DPN export {str(prior_path)!r} has changed since the stage-2 run was trained "
                           "behind it (SHA-256 differs)")
     prior = load_export(prior_path)
+    if prior.get("stage") == "refine" and isinstance(prior.get("prior_export"), dict):
+        prior = prior["prior_export"]  # a stage-2 export given as --prior: the 3DPN inside it (checked on load)
     if prior.get("stage") != "prior":
         raise ExportError(f"{str(prior_path)!r} is an export of stage {prior.get('stage')!r}, not a 3DPN")
     return {**refine_export, "prior_export": prior}
