@@ -65,9 +65,10 @@ def test_shape_table(name, size, out):
     assert tuple(logits.shape) == (2, 1, out, out)
 
 
-def test_receptive_field_is_70_pixels():
-    """Each paper logit depends on a 70 × 70 window: the gradient of one logit w.r.t. the input
-    (without normalisation, which mixes all positions; the convolution geometry is the paper's)."""
+def test_receptive_field_is_70_pixels_plus_the_blur():
+    """Each paper logit depends on a 70 × 70 window of the (blurred) input, 72 × 72 of the input itself: the
+    gradient of one logit w.r.t. the input (without normalisation, which mixes all positions; the convolution
+    geometry is the paper's)."""
     model = PatchDiscriminator(DiscriminatorConfig(norm="none")).double()
     image = torch.rand(1, 1, 96, 96, dtype=torch.float64, requires_grad=True)
     logits = model(image)
@@ -80,7 +81,36 @@ def test_receptive_field_is_70_pixels():
     for stride in (1, 1, 2, 2, 2):  # from the last conv back to the input
         r = (r - 1) * stride + 4
     assert r == 70
+    r += 3 - 1  # the 3×3 binomial filter in front
     assert int(rows.max() - rows.min()) + 1 == r and int(cols.max() - cols.min()) + 1 == r
+
+
+def test_binomial_blur_closed_forms():
+    """Constants pass, patterns alternating every pixel vanish (reflect padding keeps the alternation: everywhere),
+    a delta gives the [1,2,1]²/16 kernel."""
+    from xraysyn.models.discriminator import binomial_blur
+
+    constant = torch.full((2, 3, 9, 11), 0.7, dtype=torch.float64)
+    torch.testing.assert_close(binomial_blur(constant), constant)
+    i, j = torch.meshgrid(torch.arange(12), torch.arange(13), indexing="ij")
+    for pattern in ((-1.0) ** i, (-1.0) ** j, (-1.0) ** (i + j)):
+        assert float(binomial_blur(pattern.double()[None, None]).abs().max()) < 1e-15
+    delta = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
+    delta[0, 0, 2, 2] = 1.0
+    expected = torch.outer(torch.tensor([1.0, 2, 1]), torch.tensor([1.0, 2, 1])) / 16
+    torch.testing.assert_close(binomial_blur(delta)[0, 0, 1:4, 1:4], expected.double())
+
+
+def test_d_cannot_see_a_sub_pixel_pattern():
+    """Adding any zero-mean 2×2 tiled pattern to an image leaves D's logits unchanged (so the generator gets no
+    gradient toward one); the PatchGAN layers alone do see it."""
+    torch.manual_seed(0)
+    model = PatchDiscriminator(DiscriminatorConfig(filters=8, layers=2)).double()
+    image = torch.rand(2, 1, 40, 40, dtype=torch.float64)
+    tile = torch.randn(2, 2, dtype=torch.float64)
+    pattern = (tile - tile.mean()).repeat(20, 20)[None, None]
+    torch.testing.assert_close(model(image + 0.1 * pattern), model(image), rtol=0, atol=1e-12)
+    assert float((model.layers(image + 0.1 * pattern) - model.layers(image)).abs().max()) > 1e-3
 
 
 @pytest.mark.parametrize("norm, kind, with_bias", [("batch", nn.BatchNorm2d, False), ("none", None, True)])

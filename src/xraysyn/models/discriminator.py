@@ -13,6 +13,12 @@ ndf=64, n_layers=3, norm_layer="instance")``) uses. For ``L`` layers and ``f`` f
 Every K4 P1 convolution maps an edge ``s`` to ``⌊(s − 2) / stride⌋ + 1``: a 256² radiograph gives
 30 × 30 patch logits, each seeing a 70 × 70 pixel receptive field (paper/pix2pix: "70×70 PatchGAN").
 
+Our addition: D sees its input through a fixed 3×3 binomial low-pass (:func:`binomial_blur`, ``[1, 2, 1]/4`` in
+each direction, reflect padding), whose response is zero at the Nyquist frequencies. Without it, the gradient
+that D's strided convolutions send back to the generator rewards a fixed 2×2 sub-pixel pattern, which the 2DRN's
+pixel shuffle learns readily (measured on the cpu64 stage 2: docs/models.md); with it D cannot see that pattern,
+so only the reconstruction loss, which penalises it, acts on it.
+
 Normalisation: ``"instance"`` is non-affine instance normalisation (the pix2pix/release choice),
 ``"batch"`` affine batch normalisation, ``"none"`` nothing. Convolutions followed by a
 normalisation carry no bias (mean subtraction cancels it; pix2pix keeps one with instance norm,
@@ -29,7 +35,8 @@ from torch import nn
 
 from xraysyn.models.blocks import conv, norm_layer
 
-__all__ = ["DISCRIMINATOR_NORMS", "DiscriminatorConfig", "DiscriminatorInputError", "PatchDiscriminator"]
+__all__ = ["DISCRIMINATOR_NORMS", "DiscriminatorConfig", "DiscriminatorInputError", "PatchDiscriminator",
+           "binomial_blur"]
 
 #: pix2pix PatchGAN: 4×4 kernels, padding 1.
 KERNEL_SIZE = 4
@@ -42,6 +49,20 @@ NEGATIVE_SLOPE = 0.2
 MAX_MULTIPLIER = 8
 #: Normalisations D can use.
 DISCRIMINATOR_NORMS = ("instance", "batch", "none")
+
+
+#: The 1-D binomial filter of :func:`binomial_blur` (sums to 1; response cos²(ω/2): 1 at ω = 0, 0 at Nyquist).
+BINOMIAL_TAPS = (0.25, 0.5, 0.25)
+
+
+def binomial_blur(images: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` → the same shape, each channel filtered by ``[1, 2, 1]/4`` along rows and columns with
+    reflect padding: constants pass unchanged, a pattern alternating every pixel (in rows, columns or both) is
+    removed exactly (away from the border)."""
+    taps = torch.tensor(BINOMIAL_TAPS, dtype=images.dtype, device=images.device)
+    kernel = (taps[:, None] * taps[None, :]).expand(images.shape[1], 1, 3, 3)
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+    return torch.nn.functional.conv2d(padded, kernel, groups=images.shape[1])
 
 
 class DiscriminatorInputError(ValueError):
@@ -172,4 +193,4 @@ class PatchDiscriminator(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, H, W)`` → ``(N, 1, H', W')`` patch logits."""
         self.check_input(images)
-        return self.layers(images)
+        return self.layers(binomial_blur(images))
