@@ -7,7 +7,8 @@ crop, area-average, normalise), ``bp`` (backprojection into the 3DPN's grid), ``
 the display), ``reverse_ct2xray`` (Algorithm 1 at the input's full resolution, :func:`suppress_bone_upsampled`), ``write`` (every file of
 ``xraysyn synthesize`` and ``suppress``). ``peak_mib``: CUDA ``max_memory_allocated``; CPU growth of the peak RSS
 (``getrusage``) over the whole run. ``throughput_per_s``: radiographs per second of ``synthesize`` for batches of
-1, 2 and 4 copies of the input (each ``--reps`` times, median).
+1, 2 and 4 copies of the input (each ``--reps`` times, median). On the CPU also ``synthesize_refine_passes``: the
+2DRN in passes of ``CPU_REFINE_PIXELS_PER_PASS`` against all 21 views in one pass.
 
     python benchmarks/synthesize.py [--input RG1_UNCR.dcm] [--device cpu|cuda] [--reps 3] [--threads N]
 """
@@ -145,8 +146,21 @@ def main() -> None:
                       "split_total_s": round(sum(split.values()), 4),
                       "end_to_end_s": round(end_to_end, 4), "peak_mib": round(peak_mib, 1)}))
     from xraysyn.data.radiograph import load_radiograph as read
+    from xraysyn.synthesis import model as model_module
 
     radiograph = read(path)
+    if device.type == "cpu":  # the CPU's 2DRN pass size against all views in one pass, same run
+        chosen = model_module.CPU_REFINE_PIXELS_PER_PASS
+        seconds = {}
+        for name, pixels in (("passes", chosen), ("one_pass", 10**12)):
+            model_module.CPU_REFINE_PIXELS_PER_PASS = pixels
+            seconds[name] = _median_time(lambda: model.synthesize(radiograph, torch.linspace(-9, 9, VIEWS)),
+                                         args.reps, now)
+        model_module.CPU_REFINE_PIXELS_PER_PASS = chosen
+        print(json.dumps({"benchmark": "synthesize_refine_passes", "device": str(device),
+                          "refine_pixels_per_pass": chosen, "seconds_passes": round(seconds["passes"], 4),
+                          "seconds_one_pass": round(seconds["one_pass"], 4),
+                          "speedup": round(seconds["one_pass"] / seconds["passes"], 3)}))
     single = None
     for batch in (1, 2, 4):
         seconds = _median_time(lambda: model.synthesize([radiograph] * batch, torch.linspace(-9, 9, VIEWS),

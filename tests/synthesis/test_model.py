@@ -15,7 +15,7 @@ from xraysyn.synthesis.model import XraySyn, pretrained_path
 from xraysyn.train.export import ExportError
 
 #: Input-view PSNR floors (dB; windowed −log I against the windowed input) of the shipped weights on simulated
-#: phantom radiographs, measured 2026-12-04: 2DRN 15.3 / 15.3 dB, the 3DPN's own view 25.3 / 29.0 dB (seeds 5, 9;
+#: phantom radiographs, measured 2026-12-07: 2DRN 14.2 / 15.2 dB, the 3DPN's own view 25.3 / 29.0 dB (seeds 5, 9;
 #: the 2DRN was trained on real radiographs only, whose display differs from the simulated one).
 SHIPPED_INPUT_VIEW_PSNR_FLOOR_DB = 13.0
 SHIPPED_3DPN_INPUT_VIEW_PSNR_FLOOR_DB = 22.0
