@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the shipped weights (src/xraysyn/weights/xraysyn-cpu64.pt) with the project's own commands, and with
-# BASELINES=1 the ablation baselines of the evaluation (MODEL_CARD.md). CPU presets: about 1 h (stage 1) + 10 min
+# BASELINES=1 the ablation baselines of the evaluation (MODEL_CARD.md). CPU presets: about 1 h (stage 1) + 50 min
 # (stage 2) on 2 idle cores; baselines about 1 h more. Runs go to $RUNS (default runs/, ignored by git); an
 # interrupted run continues where it stopped when the script is started again.
 #
@@ -32,12 +32,12 @@ train prior "$RUNS/prior-cpu64" --config cpu64 --data phantom:0.8 --data "$RUNS/
 $X export "$RUNS/prior-cpu64" --out "$RUNS/prior-cpu64.pt" --overwrite
 
 # Stage 2: the 2DRN with its hypernetwork M and the LSGAN behind the frozen 3DPN, on the real radiographs.
-train refine "$RUNS/refine-cpu64" --config cpu64 --prior "$RUNS/prior-cpu64.pt" --data "$RADIOGRAPHS" --steps 1000
+train refine "$RUNS/refine-cpu64" --config cpu64 --prior "$RUNS/prior-cpu64.pt" --data "$RADIOGRAPHS" --steps 3000
 $X export "$RUNS/refine-cpu64" --out "$OUT" --half --overwrite   # embeds the 3DPN export
 echo "wrote $OUT"
 
 if [ "${BASELINES:-0}" = 1 ]; then
-  train "baseline refine_nom" "$RUNS/refine_nom" --config cpu64 --prior "$RUNS/prior-cpu64.pt" --data "$RADIOGRAPHS" --steps 1000
+  train "baseline refine_nom" "$RUNS/refine_nom" --config cpu64 --prior "$RUNS/prior-cpu64.pt" --data "$RADIOGRAPHS" --steps 3000
   $X export "$RUNS/refine_nom" --out "$RUNS/refine_nom-cpu64.pt" --half --overwrite
   for b in prior_drr x2ct refiner2d; do
     train "baseline $b" "$RUNS/$b" --config cpu64 --data phantom:0.8 --data "$RUNS/shards64:0.2" --steps 500
