@@ -192,11 +192,17 @@ def test_suppressed_views_follow_algorithm_1(tiny, frontal):
     thickness = torch.stack([result.bone_thickness, result.tissue_thickness], dim=2).reshape(n * v, 2, s, s).double()
     before = radiograph_from_thickness(thickness)
     after = suppress_bone(before.image, thickness, factor=0.7).suppressed_atten
-    line_before, line_after = before.line_integral.reshape(n * v, -1), -torch.log(after).reshape(n * v, -1)
-    low, high = torch.quantile(line_before, torch.tensor([WINDOW_LOW_FRACTION, WINDOW_HIGH_FRACTION],
-                                                         dtype=torch.float64), dim=1)[..., None]
+    line_after = -torch.log(after).reshape(n * v, -1)
+    low, high = result.view_window.reshape(n * v, 2, 1).unbind(1)  # the window of the synthesised views
     reference = ((line_after - low) / (high - low)).clamp(0, 1).reshape(n, v, s, s)
     torch.testing.assert_close(ours, reference.float(), rtol=0, atol=1e-5)
+    # That window is the views' own: the 1 % and 99 % quantiles of their −log I.
+    original = tiny.synthesize([frontal], [-9.0, 9.0], check_view=False)
+    line = radiograph_from_thickness(torch.stack([original.bone_thickness, original.tissue_thickness], dim=2)
+                                     .reshape(2, 2, s, s).double()).line_integral.reshape(2, -1)
+    expected = torch.quantile(line, torch.tensor([WINDOW_LOW_FRACTION, WINDOW_HIGH_FRACTION],
+                                                 dtype=torch.float64), dim=1).T
+    torch.testing.assert_close(original.view_window[0], expected, rtol=1e-4, atol=1e-4)
     no_bone = result.bone_thickness == 0
     assert 0 < int(no_bone.sum()) < no_bone.numel()
     torch.testing.assert_close(ours[no_bone], result.suppressed_views(0.0)[no_bone], rtol=0, atol=0)

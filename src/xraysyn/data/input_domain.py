@@ -94,11 +94,25 @@ def window_to_unit(image: torch.Tensor, low_fraction: float = WINDOW_LOW_FRACTIO
     if not 0 <= low_fraction < high_fraction <= 1:
         raise ValueError(f"need 0 <= low_fraction < high_fraction <= 1, got {low_fraction}, {high_fraction}")
     flat = image.reshape(image.shape[0], -1)
+    low, high = display_window(image, low_fraction, high_fraction)
+    return apply_window(flat, low, high).reshape(image.shape)
+
+
+def display_window(image: torch.Tensor, low_fraction: float = WINDOW_LOW_FRACTION,
+                   high_fraction: float = WINDOW_HIGH_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
+    """The values :func:`window_to_unit` maps to 0 and 1: per image the ``low_fraction`` and ``high_fraction``
+    quantiles, each ``(N,)`` in the image's units."""
+    flat = image.reshape(image.shape[0], -1)
     levels = torch.tensor([low_fraction, high_fraction], dtype=flat.dtype, device=flat.device)
-    low, high = torch.quantile(flat, levels, dim=1)  # each (N,)
+    low, high = torch.quantile(flat, levels, dim=1)
+    return low, high
+
+
+def apply_window(flat: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``(N, P)`` values through per-image windows ``low``, ``high`` ``(N,)``: ``(x − low) / (high − low)`` clamped
+    to [0, 1] (a zero-width window maps everything at or below it to 0)."""
     width = (high - low).clamp(min=torch.finfo(flat.dtype).tiny)
-    unit = ((flat - low[:, None]) / width[:, None]).clamp(0.0, 1.0)
-    return unit.reshape(image.shape)
+    return ((flat - low[:, None]) / width[:, None]).clamp(0.0, 1.0)
 
 
 @dataclass(frozen=True)

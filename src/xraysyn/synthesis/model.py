@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraysyn.data.input_domain import WINDOW_HIGH_FRACTION, WINDOW_LOW_FRACTION, window_to_unit
+from xraysyn.data.input_domain import apply_window, display_window, window_to_unit
 from xraysyn.data.radiograph import CropTransform, Radiograph, crop_and_resize
 from xraysyn.models.refine2d import RefineNet2D, RefineNetConfig
 from xraysyn.physics import ct2xray, radiograph_from_thickness
@@ -84,6 +84,8 @@ class SynthesisResult:
             compared with).
         input_crop: ``(N, S, S)`` the input crop as read (``[0, 1]``).
         crops: N :class:`~xraysyn.data.radiograph.CropTransform` from the crop to the original image.
+        view_window: ``(N, V, 2)`` float64 the −log I values each view's display maps to 0 and 1 (its 1 % and 99 %
+            quantiles), so ``views · (high − low) + low`` is −log I inside the window.
         ct_hu: ``(N, D, D, D)`` estimated CT, HU, voxel order (x, y, z) of ``world_from_voxel``.
         bone_probability: ``(N, D, D, D)`` in ``[0, 1]``; ``bone_mask`` its threshold at
             :data:`BONE_MASK_THRESHOLD`.
@@ -103,6 +105,7 @@ class SynthesisResult:
     input_display: torch.Tensor
     input_crop: torch.Tensor
     crops: list[CropTransform]
+    view_window: torch.Tensor
     ct_hu: torch.Tensor
     bone_probability: torch.Tensor
     world_from_voxel: torch.Tensor
@@ -117,18 +120,15 @@ class SynthesisResult:
         ``strength`` of its (non-negative) bone mass attenuating as the same mass of soft tissue (Algorithm 1's
         step 4 on the view's own thickness maps, where step 3 is exact), shown through the display window of
         the unsuppressed view, so that switching between ``views`` and these changes only what bone adds.
-        ``strength`` 0 gives ``views``."""
+        ``strength`` 0 gives ``views`` (for a 3DPN-only model, up to the upsampling of its maps)."""
         _check_strength(strength)
-        bone, tissue = self.bone_thickness.double(), self.tissue_thickness.double()
+        bone, tissue = self.bone_thickness, self.tissue_thickness
         moved = strength * bone.clamp_min(0.0)
         shape = bone.shape
-        both = torch.stack([torch.stack([bone, tissue], dim=2), torch.stack([bone - moved, tissue + moved], dim=2)])
-        line = radiograph_from_thickness(both.reshape(-1, 2, *shape[-2:])).line_integral.reshape(2, -1, shape[-2]
-                                                                                                   * shape[-1])
-        levels = torch.tensor([WINDOW_LOW_FRACTION, WINDOW_HIGH_FRACTION], dtype=line.dtype)
-        low, high = torch.quantile(line[0], levels, dim=1)[..., None]  # the unsuppressed views' window
-        width = (high - low).clamp(min=torch.finfo(line.dtype).tiny)
-        return ((line[1] - low) / width).clamp(0.0, 1.0).reshape(shape).float()
+        thickness = torch.stack([bone - moved, tissue + moved], dim=2).reshape(-1, 2, *shape[-2:])
+        line = radiograph_from_thickness(thickness).line_integral.reshape(thickness.shape[0], -1).double()
+        window = self.view_window.reshape(-1, 2)
+        return apply_window(line, window[:, 0], window[:, 1]).reshape(shape).float()
 
 
 @dataclass
@@ -309,15 +309,20 @@ class XraySyn:
         thickness_ct = ct2xray(hu, mask, prior.world_from_voxel(), poses, prior.geometry,
                                num_samples=self.num_samples).thickness
         size = (self.image_size, self.image_size)
-        unrefined = window_to_unit(radiograph_from_thickness(thickness_ct).line_integral)
+        line_ct = radiograph_from_thickness(thickness_ct).line_integral
+        unrefined = window_to_unit(line_ct)
         unrefined = F.interpolate(unrefined, size=size, mode="bilinear", align_corners=False)
-        if self.refine is None:
+        if self.refine is None:  # the 3DPN's own views, windowed on its detector grid
             refined = F.interpolate(thickness_ct, size=size, mode="bilinear", align_corners=False)
+            low, high = display_window(line_ct)
             display = unrefined
         else:
             refined = self.refine_views(thickness_ct, crops.repeat_interleave(views, dim=0))
-            display = window_to_unit(radiograph_from_thickness(refined).line_integral)
-        return {"thickness": refined, "display": display, "unrefined": unrefined}
+            line = radiograph_from_thickness(refined).line_integral
+            low, high = display_window(line)
+            display = apply_window(line.reshape(line.shape[0], -1), low, high).reshape(line.shape)
+        return {"thickness": refined, "display": display, "unrefined": unrefined,
+                "window": torch.stack([low, high], dim=-1)}
 
     def refine_views(self, thickness_ct: torch.Tensor, radiographs: torch.Tensor) -> torch.Tensor:
         """The 2DRN on ``(M, 2, h, w)`` maps and their ``(M, 1, S, S)`` input radiographs: at once on a GPU, in
@@ -364,7 +369,7 @@ class XraySyn:
         all_azimuth = torch.cat([torch.zeros(1, dtype=torch.float64), azimuth])
         all_elevation = torch.cat([torch.zeros(1, dtype=torch.float64), elevation])
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("crop", "hu", "mask", "thickness", "display",
-                                                                  "unrefined")}
+                                                                  "unrefined", "window")}
         crops_transforms = []
         for start in range(0, len(loaded), batch_size):
             chunk = loaded[start:start + batch_size]
@@ -377,7 +382,7 @@ class XraySyn:
             parts["crop"].append(crops[:, 0].cpu())
             parts["hu"].append(hu[:, 0].cpu())
             parts["mask"].append(mask[:, 0].cpu())
-            for key in ("thickness", "display", "unrefined"):
+            for key in ("thickness", "display", "unrefined", "window"):
                 value = out[key].cpu()
                 parts[key].append(value.reshape(len(chunk), views, *value.shape[1:]))
             if progress is not None:
@@ -391,7 +396,7 @@ class XraySyn:
             views=display[:, 1:], bone_thickness=thickness[:, 1:, 0], tissue_thickness=thickness[:, 1:, 1],
             unrefined=unrefined[:, 1:], input_view=display[:, 0], input_thickness=thickness[:, 0],
             input_display=window_to_unit(crop[:, None])[:, 0], input_crop=crop, crops=crops_transforms,
-            ct_hu=torch.cat(parts["hu"]), bone_probability=torch.cat(parts["mask"]),
+            view_window=torch.cat(parts["window"])[:, 1:].double(), ct_hu=torch.cat(parts["hu"]), bone_probability=torch.cat(parts["mask"]),
             world_from_voxel=self.prior.world_from_voxel().double().cpu(), refined=self.refine is not None)
 
     @torch.no_grad()

@@ -101,7 +101,7 @@ def _merge(parts):
     """One SynthesisResult of views computed in several calls on the same input (the 3DPN part is identical)."""
     first = parts[0]
     cat = {key: torch.cat([getattr(p, key) for p in parts], dim=1)
-           for key in ("views", "bone_thickness", "tissue_thickness", "unrefined")}
+           for key in ("views", "bone_thickness", "tissue_thickness", "unrefined", "view_window")}
     cat["azimuth_deg"] = torch.cat([p.azimuth_deg for p in parts])
     cat["elevation_deg"] = torch.cat([p.elevation_deg for p in parts])
     return dataclasses.replace(first, **cat)
