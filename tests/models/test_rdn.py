@@ -199,7 +199,7 @@ def test_upsampler_starts_as_nearest_neighbour(upscale):
     (a float64 reference built from the first kernel of each sub-pixel group); every r×r block is constant."""
     torch.manual_seed(0)
     config = RDNConfig(blocks=1, layers_per_block=1, growth=4, features=6, upscale=upscale)
-    up = RDN(config).double().upsampler[0]
+    up = RDN(config).double().upsampler[0].requires_grad_(False)
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
     shuffled = F.pixel_shuffle(up(x), upscale)
     first = slice(0, None, upscale * upscale)  # channel c·r² is sub-pixel (0, 0) of output channel c
