@@ -93,9 +93,8 @@ def window_to_unit(image: torch.Tensor, low_fraction: float = WINDOW_LOW_FRACTIO
         raise ValueError(f"image must be a floating-point tensor (N, C, rows, cols) or (N, rows, cols), got {shape}")
     if not 0 <= low_fraction < high_fraction <= 1:
         raise ValueError(f"need 0 <= low_fraction < high_fraction <= 1, got {low_fraction}, {high_fraction}")
-    flat = image.reshape(image.shape[0], -1)
     low, high = display_window(image, low_fraction, high_fraction)
-    return apply_window(flat, low, high).reshape(image.shape)
+    return apply_window(image.reshape(image.shape[0], -1), low, high).reshape(image.shape)
 
 
 def display_window(image: torch.Tensor, low_fraction: float = WINDOW_LOW_FRACTION,

@@ -396,7 +396,8 @@ class XraySyn:
             views=display[:, 1:], bone_thickness=thickness[:, 1:, 0], tissue_thickness=thickness[:, 1:, 1],
             unrefined=unrefined[:, 1:], input_view=display[:, 0], input_thickness=thickness[:, 0],
             input_display=window_to_unit(crop[:, None])[:, 0], input_crop=crop, crops=crops_transforms,
-            view_window=torch.cat(parts["window"])[:, 1:].double(), ct_hu=torch.cat(parts["hu"]), bone_probability=torch.cat(parts["mask"]),
+            view_window=torch.cat(parts["window"])[:, 1:].double(),
+            ct_hu=torch.cat(parts["hu"]), bone_probability=torch.cat(parts["mask"]),
             world_from_voxel=self.prior.world_from_voxel().double().cpu(), refined=self.refine is not None)
 
     @torch.no_grad()
