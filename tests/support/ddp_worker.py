@@ -38,6 +38,7 @@ def one_step_gradients(rank: int, world_size: int, port: int, out_path: str, con
         if group.is_main:
             grads = {name: p.grad.detach().clone() for name, p in task.network.named_parameters()}
             torch.save({"grads": grads, "losses": losses}, out_path)
+        group.barrier()  # as train_prior ends: no rank tears down gloo while another still uses it
     finally:
         group.close()
         torch.set_num_threads(threads)
@@ -117,6 +118,7 @@ def refine_one_step_gradients(rank: int, world_size: int, port: int, out_path: s
         torch.save({"positions": list(positions), "thickness": thickness[0]}, f"{out_path}.rank{group.rank}")
         if group.is_main:
             torch.save({"grads": stepped, "losses": losses}, out_path)
+        group.barrier()  # as train_refine ends: no rank tears down gloo while another still uses it
     finally:
         group.close()
         torch.set_num_threads(threads)
