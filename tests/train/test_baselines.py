@@ -99,7 +99,7 @@ def test_drr_mode_loss_is_the_image_term_of_eq10_alone():
     scale = HUScale()
     generator = torch.Generator().manual_seed(3)
     output = torch.rand(2, 2, SIDE, SIDE, SIDE, generator=generator) * 1.6 - 0.8
-    weights = Stage1LossWeights(ct=0.0, mask=0.0, xray=1.0)
+    weights = Stage1LossWeights(ct=0.0, mask=0.0, mask_dice=0.0, xray=1.0)
     network = _Constant(output)
     total, terms = stage1_losses(network, batch, geometry, loss_weights=weights, hu_scale=scale,
                                  mode="drr", num_samples=32)

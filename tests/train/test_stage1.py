@@ -13,6 +13,7 @@ from xraysyn.train import (
     Stage1LossWeights,
     ct_loss,
     mask_loss,
+    soft_dice_loss,
     network_input_from_radiograph,
     stage1_generator_loss,
     stage1_losses,
@@ -59,11 +60,37 @@ def test_xray_view_loss_sums_image_and_per_material_means():
     assert float(loss) == pytest.approx(0.1 + 1.0 + 2.0)
 
 
+def test_soft_dice_loss_closed_forms():
+    # item 0: 3 bone voxels, 2 predicted with p = 1 and one missed; item 1: no bone, p = 0.5 on 4 voxels
+    y = torch.zeros(2, 1, 2, 4, dtype=torch.float64)
+    p = torch.zeros_like(y)
+    y[0, 0, 0, :3] = 1.0
+    p[0, 0, 0, :2] = 1.0
+    p[1, 0, 1, :] = 0.5
+    item0 = 1 - (2 * 2 + 1) / (2 + 3 + 1)
+    item1 = 1 - (0 + 1) / (2 + 0 + 1)
+    assert float(soft_dice_loss(p, y)) == pytest.approx((item0 + item1) / 2, rel=1e-12)
+    # a perfect binary prediction, with or without bone, scores 0; a disjoint one 1 − 1/(Σp + Σy + 1)
+    assert float(soft_dice_loss(y, y)) == pytest.approx(0.0, abs=1e-15)
+    disjoint = torch.zeros_like(y)
+    disjoint[0, 0, 1, :] = 1.0
+    assert float(soft_dice_loss(disjoint[:1], y[:1])) == pytest.approx(1 - 1 / (4 + 3 + 1), rel=1e-12)
+
+
+def test_soft_dice_loss_gradient_against_finite_differences():
+    generator = torch.Generator().manual_seed(0)
+    p = torch.rand(2, 1, 3, 3, 3, dtype=torch.float64, generator=generator).requires_grad_()
+    y = (torch.rand(2, 1, 3, 3, 3, dtype=torch.float64, generator=generator) > 0.7).double()
+    assert torch.autograd.gradcheck(lambda q: soft_dice_loss(q, y), (p,))
+    with pytest.raises(ValueError, match="batch axis"):
+        soft_dice_loss(torch.ones(3), torch.ones(3))
+
+
 def test_generator_loss_applies_weights():
-    weights = Stage1LossWeights(ct=2.0, mask=3.0, xray=0.5)
-    total = stage1_generator_loss(weights, ct=torch.tensor(1.0), mask=torch.tensor(10.0),
+    weights = Stage1LossWeights(ct=2.0, mask=3.0, mask_dice=7.0, xray=0.5)
+    total = stage1_generator_loss(weights, ct=torch.tensor(1.0), mask=torch.tensor(10.0), mask_dice=torch.tensor(0.5),
                                   xray_t=torch.tensor(4.0), xray_t_prime=torch.tensor(6.0))
-    assert float(total) == pytest.approx(2.0 + 30.0 + 0.5 * 10.0)
+    assert float(total) == pytest.approx(2.0 + 30.0 + 3.5 + 0.5 * 10.0)
 
 
 def test_loss_input_errors():
@@ -133,10 +160,11 @@ def _losses(model, batch, weights=None, perturbations=None):
 
 def test_losses_are_finite_and_weighted(batch):
     total, terms = _losses(_model(), batch)
-    assert set(terms) == {"ct", "mask", "xray_t", "xray_t_prime"}
+    assert set(terms) == {"ct", "mask", "mask_dice", "xray_t", "xray_t_prime"}
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in terms.values())
     w = Stage1LossWeights()
     assert float(total.detach()) == pytest.approx(w.ct * float(terms["ct"]) + w.mask * float(terms["mask"])
+                                         + w.mask_dice * float(terms["mask_dice"])
                                          + w.xray * float(terms["xray_t"] + terms["xray_t_prime"]), rel=1e-5)
 
 
@@ -155,13 +183,13 @@ def test_loss_decreases_when_overfitting_one_example(batch):
 
 def test_xray_terms_alone_reach_the_first_conv_through_the_projector(batch):
     model = _model()
-    total, _ = _losses(model, batch, Stage1LossWeights(ct=0.0, mask=0.0, xray=1.0))
+    total, _ = _losses(model, batch, Stage1LossWeights(ct=0.0, mask=0.0, mask_dice=0.0, xray=1.0))
     total.backward()
     first = model.encoder[0].conv.weight.grad
     assert first is not None and float(first.abs().sum()) > 0
     # control: with every weight zero nothing reaches the network (the check above can fail)
     model = _model()
-    total, _ = _losses(model, batch, Stage1LossWeights(ct=0.0, mask=0.0, xray=0.0))
+    total, _ = _losses(model, batch, Stage1LossWeights(ct=0.0, mask=0.0, mask_dice=0.0, xray=0.0))
     total.backward()
     assert float(model.encoder[0].conv.weight.grad.abs().sum()) == 0.0
 

@@ -13,6 +13,7 @@ from xraysyn.train.losses import (
     Stage1LossWeights,
     ct_loss,
     mask_loss,
+    soft_dice_loss,
     stage1_generator_loss,
     xray_view_loss,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "preset_config",
     "simulate_targets",
     "simulated_network_input",
+    "soft_dice_loss",
     "stage1_generator_loss",
     "stage1_losses",
     "view_poses",

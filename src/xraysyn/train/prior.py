@@ -64,7 +64,7 @@ class PriorTask:
     """The 3DPN, its optimiser, the items and the validation of a stage-1 run."""
 
     stage = STAGE
-    loss_names = ("total", "ct", "mask", "xray_t", "xray_t_prime")
+    loss_names = ("total", "ct", "mask", "mask_dice", "xray_t", "xray_t_prime")
     metric_names = ("psnr_t", "ssim_t", "psnr_t_prime", "ssim_t_prime", "psnr_ct", "dice_bone")
     best_metric = "psnr_t_prime"
 

@@ -40,7 +40,8 @@ from xraysyn.models.normalization import HUScale, mask_probability_from_tanh
 from xraysyn.physics import CT2XrayResult, ct2xray, drr, radiograph_from_thickness, tube_spectrum
 from xraysyn.physics.attenuation import display_image
 from xraysyn.projector import backproject
-from xraysyn.train.losses import Stage1LossWeights, ct_loss, mask_loss, stage1_generator_loss, xray_view_loss
+from xraysyn.train.losses import (Stage1LossWeights, ct_loss, mask_loss, soft_dice_loss, stage1_generator_loss,
+                                  xray_view_loss)
 
 __all__ = [
     "VIEWS_PER_VOLUME",
@@ -252,6 +253,7 @@ def stage1_terms(ct_normalized: torch.Tensor, predicted_hu: torch.Tensor, predic
     terms = {
         "ct": ct_loss(ct_normalized, hu_scale.to_normalized(ct_hu)),
         "mask": mask_loss(predicted_mask, bone),
+        "mask_dice": soft_dice_loss(predicted_mask, bone),
         "xray_t": _view_loss(image_t, target_image_t, pred_thickness_t, target_thickness_t),
         "xray_t_prime": _view_loss(image_t_prime, target_image_t_prime, pred_thickness_t_prime,
                                    target_thickness_t_prime),
@@ -278,7 +280,7 @@ def stage1_losses(model: torch.nn.Module, batch: dict, geometry: ConeBeamGeometr
         **projector_kwargs: ``backend``, ``num_samples`` / ``step_mm`` for the simulation and BP.
 
     Returns:
-        ``(total, terms)``: the scalar loss and a dict of detached scalars ``ct``, ``mask``, ``xray_t``,
+        ``(total, terms)``: the scalar loss and a dict of detached scalars ``ct``, ``mask``, ``mask_dice``, ``xray_t``,
         ``xray_t_prime``.
     """
     ct_hu, affine = batch["ct_hu"], batch["world_from_voxel"]
