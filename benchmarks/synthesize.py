@@ -8,7 +8,9 @@ the display), ``reverse_ct2xray`` (Algorithm 1 at the input's full resolution, :
 ``xraysyn synthesize`` and ``suppress``). ``peak_mib``: CUDA ``max_memory_allocated``; CPU growth of the peak RSS
 (``getrusage``) over the whole run. ``throughput_per_s``: radiographs per second of ``synthesize`` for batches of
 1, 2 and 4 copies of the input (each ``--reps`` times, median). On the CPU also ``synthesize_refine_passes``: the
-2DRN in passes of ``CPU_REFINE_PIXELS_PER_PASS`` against all 21 views in one pass.
+2DRN in passes of ``CPU_REFINE_PIXELS_PER_PASS`` against all 21 views in one pass. ``cli_batch``: the ``synthesize``
+and ``suppress`` commands on 4 copies of the input, writing in the background against computing and writing each
+input in turn.
 
     python benchmarks/synthesize.py [--input RG1_UNCR.dcm] [--device cpu|cuda] [--reps 3] [--threads N]
 """
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 VIEWS = 20
 MAX_AZIMUTH_DEG = 9.0
+CLI_INPUTS = 4
 
 
 def _timer(device):
@@ -169,6 +172,46 @@ def main() -> None:
         print(json.dumps({"benchmark": "synthesize_batch", "device": str(device), "batch": batch,
                           "seconds": round(seconds, 4), "throughput_per_s": round(batch / seconds, 3),
                           "throughput_ratio_vs_batch_1": round(single * batch / seconds, 3)}))
+    _cli_batches(model, path, args.reps, now, device)
+
+
+def _cli_batches(model, path, reps, now, device) -> None:
+    """``xraysyn synthesize`` / ``suppress`` on ``CLI_INPUTS`` copies of the input: the CLI's batch runner (writing
+    input k in a background thread while input k+1 is computed) against computing and writing each in turn."""
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"
+    from xraysyn.cli.synthesize import _run_batch, _write_staged
+    from xraysyn.synthesis.inputs import prepare_inputs
+    from xraysyn.synthesis.writers import write_suppression, write_synthesis
+
+    azimuths = torch.linspace(-MAX_AZIMUTH_DEG, MAX_AZIMUTH_DEG, VIEWS).tolist()
+    commands = {
+        "synthesize": (lambda name, radiograph: model.synthesize([radiograph], azimuths, check_view=False),
+                       lambda result, folder: write_synthesis(result, 0, folder)),
+        "suppress": (lambda name, radiograph: model.suppress_bones([radiograph], check_view=False)[0],
+                     lambda result, folder: write_suppression(result, folder, dicom=True)),
+    }
+    inputs = [Path(path)] * CLI_INPUTS
+    for command, (compute, write) in commands.items():
+        with tempfile.TemporaryDirectory() as folder:
+            counter = iter(range(10**6))
+
+            def in_turn():
+                out = Path(folder) / f"serial{next(counter)}"
+                for k, (name, radiograph) in enumerate(prepare_inputs([str(p) for p in inputs], check_view=False)):
+                    _write_staged(write, compute(name, radiograph), out / str(k))
+
+            def pipelined():
+                _run_batch(inputs, Path(folder) / f"cli{next(counter)}", False, command, compute, write, False)
+
+            serial_s = _median_time(in_turn, reps, now)
+            pipelined_s = _median_time(pipelined, reps, now)
+        print(json.dumps({"benchmark": "cli_batch", "command": command, "device": str(device),
+                          "inputs": CLI_INPUTS, "seconds_in_turn": round(serial_s, 3),
+                          "seconds_pipelined": round(pipelined_s, 3),
+                          "throughput_per_s": round(CLI_INPUTS / pipelined_s, 3),
+                          "throughput_ratio_vs_in_turn": round(serial_s / pipelined_s, 3)}))
 
 
 if __name__ == "__main__":

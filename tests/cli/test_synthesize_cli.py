@@ -137,3 +137,59 @@ def test_suppress_at_strength_zero_writes_the_input(inputs, tmp_path):
     written = load_radiograph(out / "chest" / "suppressed.png").image
     original = load_radiograph(good / "chest.png").image
     np.testing.assert_allclose(written, original, atol=1 / 65535)
+
+
+def _three_inputs(good, root):
+    """Three good inputs in a known order: chest.png, chest_cr.dcm, and a copy of chest.png named a_copy.png."""
+    import shutil
+
+    copy = root / "a_copy.png"
+    if not copy.exists():
+        shutil.copy(good / "chest.png", copy)
+    return [str(good / "chest.png"), str(good / "chest_cr.dcm"), str(copy)]
+
+
+def test_a_failed_write_lands_nothing_for_that_input_and_the_summary_keeps_the_order(inputs, tmp_path, monkeypatch):
+    root, weights, good, bad = inputs
+    from xraysyn.synthesis import writers
+
+    real = writers.write_synthesis
+
+    def failing_for_the_dicom(result, index, folder, **kwargs):
+        real(result, index, folder, **kwargs)  # every file is written first, then the write fails
+        if result.names[index].endswith(".dcm"):
+            raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(writers, "write_synthesis", failing_for_the_dicom)
+    out = tmp_path / "out"
+    paths = _three_inputs(good, root)
+    result = runner.invoke(app, ["synthesize", paths[0], str(bad / "photo.png"), *paths[1:], "--azimuth", "0",
+                                 "--weights", str(weights), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a_copy", "chest", "summary.json"]  # no staging folder left
+    summary = _summary(out)
+    assert [item["folder"] for item in summary["written"]] == ["chest", "a_copy"]
+    assert [item["input"].rsplit("/", 1)[-1] for item in summary["failed"]] == ["photo.png", "chest_cr.dcm"]
+    assert "disk full" in summary["failed"][1]["error"]
+
+
+def test_an_interrupt_lets_the_write_in_flight_land_whole_and_starts_nothing_after(inputs, tmp_path, monkeypatch):
+    root, weights, good, _ = inputs
+    from xraysyn.synthesis.model import XraySyn
+
+    real = XraySyn.synthesize
+    calls = []
+
+    def interrupted_on_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(XraySyn, "synthesize", interrupted_on_the_second)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["synthesize", *_three_inputs(good, root), "--azimuth", "0",
+                                 "--weights", str(weights), "--out", str(out)])
+    assert result.exit_code != 0 and len(calls) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["chest"]  # the first input whole, nothing staged left
+    assert (out / "chest" / "synthesis.json").is_file() and (out / "chest" / "figure.png").is_file()

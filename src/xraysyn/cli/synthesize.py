@@ -76,26 +76,66 @@ def _report(out: Path, done: list[dict], failed: list[dict], what: str) -> None:
         typer.secho(f"  {item['input']}: {item['error']}", fg=typer.colors.RED, err=True)
 
 
-def _run_batch(inputs, out: Path, overwrite: bool, what: str, work, check_view: bool) -> None:
-    """Check every input, run ``work(name, radiograph, folder)`` for the good ones in a staged folder each, report."""
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _write_staged(write, result, folder: Path) -> None:
+    from xraysyn.outputs import staged_output_folder
+
+    with staged_output_folder(folder, overwrite=True) as staging:
+        write(result, staging)
+
+
+def _run_batch(inputs, out: Path, overwrite: bool, what: str, compute, write, check_view: bool) -> None:
+    """Check every input, then for the good ones ``result = compute(name, radiograph)`` and ``write(result, folder)``
+    into a staged folder each; report.
+
+    Writing input k (PNG encoding, the figure, NIfTI: mostly outside the GIL, one core) runs in a background thread
+    while input k+1 is computed; at most one write is in flight, so at most two results are held in memory. The
+    summary keeps the inputs' order. On an interrupt the write in flight finishes (its folder lands whole) and
+    nothing after it starts.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
-    from xraysyn.outputs import check_output_folder, staged_output_folder
+    from xraysyn.outputs import check_output_folder
 
     check_output_folder(out, overwrite=overwrite)
     checked = _checked_inputs(inputs, check_view)
     out.mkdir(parents=True, exist_ok=True)
     stems = _unique_stems([name for name, _ in checked])
-    done, failed = [], []
-    good = [(name, item, stem) for (name, item), stem in zip(checked, stems) if not isinstance(item, Exception)]
-    failed += [{"input": name, "error": str(item)} for name, item in checked if isinstance(item, Exception)]
-    for name, radiograph, stem in tqdm(good, desc=what, unit="input"):
+    outcomes: dict[int, dict] = {}  # input index → its summary entry
+    for index, (name, item) in enumerate(checked):
+        if isinstance(item, Exception):
+            outcomes[index] = {"input": name, "error": str(item)}
+    good = [(index, name, item, stem) for index, ((name, item), stem) in enumerate(zip(checked, stems))
+            if index not in outcomes]
+
+    def settle(index, name, stem, future):
         try:
-            with staged_output_folder(out / stem, overwrite=True) as folder:
-                work(name, radiograph, folder)
-            done.append({"input": name, "folder": stem})
+            future.result()
+            outcomes[index] = {"input": name, "folder": stem}
         except (ValueError, OSError, RuntimeError) as error:
-            failed.append({"input": name, "error": str(error).splitlines()[0] if str(error) else type(error).__name__})
+            outcomes[index] = {"input": name, "error": _first_line(error)}
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"xraysyn-{what}-writer") as writer:
+        in_flight = None
+        for index, name, radiograph, stem in tqdm(good, desc=what, unit="input"):
+            try:
+                result = compute(name, radiograph)
+            except (ValueError, OSError, RuntimeError) as error:
+                outcomes[index] = {"input": name, "error": _first_line(error)}
+                continue
+            if in_flight is not None:
+                settle(*in_flight)
+            in_flight = (index, name, stem, writer.submit(_write_staged, write, result, out / stem))
+        if in_flight is not None:
+            settle(*in_flight)
+    ordered = [outcomes[index] for index in sorted(outcomes)]
+    done = [entry for entry in ordered if "folder" in entry]
+    failed = [entry for entry in ordered if "error" in entry]
     _report(out, done, failed, what)
     if failed:
         raise typer.Exit(EXIT_SOME_INPUTS_FAILED if done else EXIT_BAD_INPUT)
@@ -124,12 +164,15 @@ def synthesize_command(
 
         description = {"name": model.name, "weights": model.source, "sha256": model.export.get("sha256")}
 
-        def work(name, radiograph, folder):
+        def compute(name, radiograph):
             result = model.synthesize([radiograph], azimuths, elevation, check_view=False)
             result.names = [name]
+            return result
+
+        def write(result, folder):
             write_synthesis(result, 0, folder, model=description)
 
-        _run_batch(inputs, out, overwrite, "synthesize", work, not skip_view_check)
+        _run_batch(inputs, out, overwrite, "synthesize", compute, write, not skip_view_check)
 
 
 @app.command("suppress")
@@ -156,9 +199,12 @@ def suppress_command(
 
         description = {"name": model.name, "weights": model.source, "sha256": model.export.get("sha256")}
 
-        def work(name, radiograph, folder):
+        def compute(name, radiograph):
             result = model.suppress_bones([radiograph], strength, check_view=False)[0]
             result.name = name
+            return result
+
+        def write(result, folder):
             write_suppression(result, folder, dicom=dicom, model=description)
 
-        _run_batch(inputs, out, overwrite, "suppress", work, not skip_view_check)
+        _run_batch(inputs, out, overwrite, "suppress", compute, write, not skip_view_check)

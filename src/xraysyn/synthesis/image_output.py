@@ -42,6 +42,9 @@ __all__ = [
 
 #: Bit depths a PNG can be written at here (PNG greyscale allows 1, 2, 4, 8, 16; radiographs use these two).
 PNG_BITS = (8, 16)
+#: zlib level of the full-resolution PNGs: the fastest; 16-bit radiographs are noisy in their low bits, so higher
+#: levels barely shrink them (docs/benchmarks.md, "Writing").
+PNG_COMPRESS_LEVEL = 1
 #: Bits per sample in the DICOM pixel data written here (PS3.5 8.1.1: BitsAllocated 16 holds up to 16 stored bits).
 DICOM_BITS_ALLOCATED = 16
 #: Stored bits used when the source states none (a PNG/JPEG source, or a DICOM without BitsStored).
@@ -162,7 +165,8 @@ def save_png_like_input(image: Any, path: str | os.PathLike, *, bits: int) -> Pa
     pixels = quantise(array, bits)
     # uint8 → Pillow mode "L"; uint16 → mode "I;16", which Pillow writes as a 16-bit greyscale PNG.
     picture = Image.fromarray(pixels)
-    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"), suffix=".png")
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL),
+                        suffix=".png")
 
 
 # ----------------------------------------------------------------------------------- DICOM
