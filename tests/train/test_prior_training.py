@@ -18,7 +18,7 @@ from xraysyn.train.loop import TrainingInterrupted
 from xraysyn.train.prior import train_prior
 from xraysyn.train.prior_config import preset_config
 
-LOSS_COLUMNS = ("loss_total", "loss_ct", "loss_mask", "loss_xray_t", "loss_xray_t_prime")
+LOSS_COLUMNS = ("loss_total", "loss_ct", "loss_mask", "loss_mask_dice", "loss_xray_t", "loss_xray_t_prime")
 
 
 def _config(steps: int, **changes):
@@ -88,6 +88,26 @@ def test_resume_may_extend_the_steps_but_not_change_the_settings(tmp_path):
         train_prior(_config(4, loop__batch_size=4), run, resume=True, progress=False)
     summary = train_prior(_config(4), run, resume=True, progress=False)
     assert summary.steps == 4 and max(_losses(run)) == 4
+
+
+def test_a_run_saved_before_the_dice_term_resumes_with_the_loss_it_was_trained_with(tmp_path):
+    from xraysyn.train.config_io import read_yaml, write_yaml_text
+    from xraysyn.train.prior_config import config_from_mapping, saved_run_mapping
+
+    run = tmp_path / "run"
+    train_prior(_config(2, loss__mask_dice=0.0), run, progress=False)
+    mapping = read_yaml(run / "config.yaml")
+    del mapping["loss"]["mask_dice"]  # as an earlier version wrote it
+    (run / "config.yaml").write_text(write_yaml_text(mapping), encoding="utf-8")
+    saved = config_from_mapping(saved_run_mapping(read_yaml(run / "config.yaml")))
+    assert saved.loss.mask_dice == 0.0 and config_from_mapping(mapping).loss.mask_dice == 1.0
+    summary = train_prior(saved.replace(loop__steps=4), run, resume=True, progress=False)
+    assert summary.steps == 4
+    with pytest.raises(ConfigError, match="settings differ"):  # the Dice term may not be switched on mid-run
+        train_prior(_config(6), run, resume=True, progress=False)
+    # a mapping that has the term, or no loss section at all, is left as it is
+    assert saved_run_mapping({"loss": {"mask_dice": 0.5}}) == {"loss": {"mask_dice": 0.5}}
+    assert saved_run_mapping({"preset": "small"}) == {"preset": "small"}
 
 
 def test_export_is_weights_only_with_a_checked_digest(tmp_path):

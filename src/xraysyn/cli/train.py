@@ -99,11 +99,12 @@ def train_prior_command(
     """Train the 3D PriorNet on CT shards and/or procedural phantoms (torchrun for several processes)."""
     with user_errors():
         from xraysyn.train.prior import train_prior
-        from xraysyn.train.prior_config import config_from_mapping, load_config
+        from xraysyn.train.prior_config import config_from_mapping, load_config, saved_run_mapping
 
         resolved = _resolved_config(resume=resume, out=out, config=config,
                                     new_run_options_given=bool(data) or batch_size is not None or seed is not None,
-                                    saved=_saved_config(config_from_mapping), load=load_config)
+                                    saved=_saved_config(lambda data: config_from_mapping(saved_run_mapping(data))),
+                                    load=load_config)
         resolved = _override(resolved, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed,
                              workers=workers)
         _train_and_report(lambda: train_prior(resolved, out, resume=resume, progress=progress))

@@ -248,7 +248,7 @@ def load_baseline_config(name: str, preset_or_path: str | Path):
 
 def saved_baseline_config(name: str, run_dir: str | Path):
     """The resolved config saved in the run folder of baseline ``name`` (for ``--resume``)."""
-    from xraysyn.train.prior_config import config_from_mapping
+    from xraysyn.train.prior_config import config_from_mapping, saved_run_mapping
     from xraysyn.train.refine_config import refine_config_from_mapping
 
     check_baseline_name(name)
@@ -259,10 +259,10 @@ def saved_baseline_config(name: str, run_dir: str | Path):
     if name == "refine_nom":
         return refine_config_from_mapping(mapping)
     if name == "prior_drr":
-        return config_from_mapping(mapping)
+        return config_from_mapping(saved_run_mapping(mapping))
     if isinstance(mapping, dict) and mapping.get("baseline") != name:
         raise ConfigError(f"--resume: {str(run_dir)!r} is not a run of baseline {name!r}")
-    return baseline_config_from_mapping(mapping)
+    return baseline_config_from_mapping(saved_run_mapping(mapping))
 
 
 # ---------------------------------------------------------------------------------------------- tasks

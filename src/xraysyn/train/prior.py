@@ -280,13 +280,13 @@ def train_prior(config: PriorTrainingConfig, run_dir: str | os.PathLike, *, resu
     simulated data (:mod:`xraysyn.train.baselines`) run through here with their own task and config.
     """
     from xraysyn.atomic import atomic_write
-    from xraysyn.train.prior_config import config_from_mapping
     from xraysyn.train.config_io import read_yaml
+    from xraysyn.train.prior_config import config_from_mapping, saved_run_mapping
 
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     if resume:
-        saved = (read_config or config_from_mapping)(read_yaml(run_dir / CONFIG_FILE))
+        saved = (read_config or config_from_mapping)(saved_run_mapping(read_yaml(run_dir / CONFIG_FILE)))
         comparable = config.replace(loop__steps=saved.loop.steps, loop__device=saved.loop.device,
                                     data__num_workers=saved.data.num_workers)
         if comparable != saved:

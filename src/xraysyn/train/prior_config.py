@@ -375,6 +375,15 @@ def config_from_mapping(data: dict) -> PriorTrainingConfig:
     return from_preset_mapping(PriorTrainingConfig, PRESETS, data)
 
 
+def saved_run_mapping(data):
+    """A run folder's saved ``config.yaml`` mapping as this version reads it: runs saved before the bone mask's
+    soft-Dice term (a ``loss`` section without ``mask_dice``) continue with λ_dice = 0, the loss they were
+    trained with, so that they resume exactly. Other mappings are returned as they are."""
+    if isinstance(data, dict) and isinstance(data.get("loss"), dict) and "mask_dice" not in data["loss"]:
+        return {**data, "loss": {**data["loss"], "mask_dice": 0.0}}
+    return data
+
+
 def load_config(preset_or_path: str | Path) -> PriorTrainingConfig:
     """A preset name, or a YAML file holding (a subset of) the fields of :class:`PriorTrainingConfig`."""
     name, mapping = preset_or_yaml_mapping(preset_or_path, PRESETS)
