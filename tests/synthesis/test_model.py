@@ -79,6 +79,33 @@ def test_refining_views_in_passes_does_not_change_the_results(tiny, frontal, mon
         torch.testing.assert_close(other.bone_thickness, results[0].bone_thickness, rtol=1e-5, atol=1e-5)
 
 
+def test_view_progress_groups_the_views_and_runs_the_3dpn_once(tiny, frontal, monkeypatch):
+    from xraysyn.synthesis import model as model_module
+
+    monkeypatch.setattr(model_module, "VIEWS_PER_PROGRESS_STEP", 3)
+    azimuths = [-9.0, -4.5, -1.0, 1.0, 4.5, 9.0]  # + the input view: 7 views, groups of 3, 3 and 1
+    elevations = [0.0, 2.0, -2.0, 0.0, 3.0, -3.0]
+    whole = tiny.synthesize([frontal, frontal.T.copy()], azimuths, elevations, check_view=False, batch_size=2)
+    estimates, reported = [], []
+    estimate = tiny._estimate
+    monkeypatch.setattr(tiny, "_estimate", lambda crops: estimates.append(crops.shape[0]) or estimate(crops))
+    grouped = tiny.synthesize([frontal, frontal.T.copy()], azimuths, elevations, check_view=False, batch_size=2,
+                              view_progress=lambda done, total: reported.append((done, total)))
+    assert estimates == [2] and reported == [(3, 7), (6, 7), (7, 7)]
+    for key in ("views", "unrefined", "bone_thickness", "tissue_thickness", "view_window", "input_view"):
+        torch.testing.assert_close(getattr(grouped, key), getattr(whole, key), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grouped.elevation_deg, whole.elevation_deg, rtol=0, atol=0)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        tiny.synthesize(frontal, azimuths, check_view=False, view_progress=stop)
+
+
 def _counting(forward, calls):
     def counted(thickness_ct, radiograph=None):
         calls.append(thickness_ct.shape[0])

@@ -54,6 +54,8 @@ CPU_BATCH_SIZE = 1
 #: Thickness-map pixels per 2DRN pass on the CPU (views are refined in passes of this many pixels, 8 views of the
 #: cpu64 model's 64² maps): measured fastest on 2 cores, 2x faster than all 21 views at once (docs/benchmarks.md).
 CPU_REFINE_PIXELS_PER_PASS = 8 * 64 * 64
+#: Views per group when :meth:`XraySyn.synthesize` reports ``view_progress`` (the 3DPN still runs once per input).
+VIEWS_PER_PROGRESS_STEP = 7
 #: Thickness channel order of every map: (bone, soft tissue), g/cm².
 MATERIALS = ("bone", "tissue")
 
@@ -336,7 +338,7 @@ class XraySyn:
     @torch.no_grad()
     def synthesize(self, radiographs, azimuth_deg: float | Sequence[float] = 0.0,
                    elevation_deg: float | Sequence[float] = 0.0, *, batch_size: int | None = None,
-                   check_view: bool = True, progress=None) -> SynthesisResult:
+                   check_view: bool = True, progress=None, view_progress=None) -> SynthesisResult:
         """Radiographs of novel views of each input (paper Fig. 1, Fig. 4).
 
         Args:
@@ -349,6 +351,10 @@ class XraySyn:
             check_view: refuse inputs that are recognisably not frontal chest views
                 (:func:`~xraysyn.synthesis.inputs.check_frontal_chest`).
             progress: optional callable ``progress(done: int)`` called after each radiograph.
+            view_progress: optional callable ``view_progress(done: int, total: int)`` called after each group of
+                :data:`VIEWS_PER_PROGRESS_STEP` views of the radiographs in hand (``total`` counts the input view
+                too); an exception it raises stops the call. Without it all views go at once. The results do not
+                depend on it.
 
         Raises:
             xraysyn.synthesis.inputs.InputImageError: an input that is not a usable frontal chest radiograph.
@@ -377,14 +383,22 @@ class XraySyn:
             crops = torch.stack([c for c, _ in cropped]).to(self.device)
             crops_transforms += [t for _, t in cropped]
             hu, mask = self._estimate(crops)
-            out = self._views(crops, hu, mask, all_azimuth, all_elevation)
             views = all_azimuth.numel()
+            group = VIEWS_PER_PROGRESS_STEP if view_progress is not None else views
+            groups: dict[str, list[torch.Tensor]] = {k: [] for k in ("thickness", "display", "unrefined", "window")}
+            for first in range(0, views, group):
+                out = self._views(crops, hu, mask, all_azimuth[first:first + group],
+                                  all_elevation[first:first + group])
+                for key, kept in groups.items():
+                    value = out[key].cpu()
+                    kept.append(value.reshape(len(chunk), -1, *value.shape[1:]))
+                if view_progress is not None:
+                    view_progress(min(first + group, views), views)
             parts["crop"].append(crops[:, 0].cpu())
             parts["hu"].append(hu[:, 0].cpu())
             parts["mask"].append(mask[:, 0].cpu())
-            for key in ("thickness", "display", "unrefined", "window"):
-                value = out[key].cpu()
-                parts[key].append(value.reshape(len(chunk), views, *value.shape[1:]))
+            for key, kept in groups.items():
+                parts[key].append(torch.cat(kept, dim=1))
             if progress is not None:
                 progress(start + len(chunk))
         crop = torch.cat(parts["crop"])

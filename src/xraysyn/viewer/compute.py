@@ -13,7 +13,6 @@ same crop window at up to :data:`DISPLAY_SIDE` pixels. All PNGs are 8-bit grey o
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import shutil
 import zipfile
@@ -36,8 +35,6 @@ AZIMUTHS_DEG = tuple(round(-9.0 + 0.9 * i, 6) for i in range(21))
 #: Elevations of the optional second slider, degrees: the same ±9 degree range (stage 2 trained T' within
 #: ±0.05 π = ±9 degrees) in 4.5 degree steps, 5 rows of views (5x the work of the azimuth sweep alone).
 ELEVATIONS_DEG = (-9.0, -4.5, 0.0, 4.5, 9.0)
-#: Views per call of XraySyn.synthesize: the unit of progress (each call re-runs the 3DPN, ~0.3 s on a CPU).
-VIEWS_PER_STEP = 7
 PER_VIEW_KINDS = ("novel", "novel_suppressed", "unrefined")
 INPUT_VIEW_KINDS = ("original", "bone", "suppressed")
 KINDS = INPUT_VIEW_KINDS + PER_VIEW_KINDS
@@ -97,16 +94,6 @@ def _display_crop(image: np.ndarray, crop) -> np.ndarray:
     return F.interpolate(tensor, size=(side, side), mode=mode, **kwargs)[0, 0].numpy()
 
 
-def _merge(parts):
-    """One SynthesisResult of views computed in several calls on the same input (the 3DPN part is identical)."""
-    first = parts[0]
-    cat = {key: torch.cat([getattr(p, key) for p in parts], dim=1)
-           for key in ("views", "bone_thickness", "tissue_thickness", "unrefined", "view_window")}
-    cat["azimuth_deg"] = torch.cat([p.azimuth_deg for p in parts])
-    cat["elevation_deg"] = torch.cat([p.elevation_deg for p in parts])
-    return dataclasses.replace(first, **cat)
-
-
 class Cancelled(Exception):
     """The study was dropped (session ended, server stopping) while it computed."""
 
@@ -164,17 +151,19 @@ def _first_line(error: BaseException) -> str:
 
 
 def _synthesize(model, study: Study, radiograph: Radiograph, elevation_sweep: bool):
+    """Every view of the grid in one call (the 3DPN runs once), reporting progress per group of views."""
     azimuths, elevations = view_grid(elevation_sweep)
     study.azimuth_deg, study.elevation_deg = azimuths, elevations
     grid = [(a, e) for e in elevations for a in azimuths]
-    steps = [grid[i:i + VIEWS_PER_STEP] for i in range(0, len(grid), VIEWS_PER_STEP)]
-    parts = []
-    for number, step in enumerate(steps, start=1):
+
+    def view_progress(done: int, total: int) -> None:  # total counts the input view, computed first
         _check(study)
-        parts.append(model.synthesize([radiograph], [a for a, _ in step], [e for _, e in step], check_view=False))
-        study.update(progress=SYNTHESIS_END * number / len(steps),
-                     stage=f"novel views {min(number * VIEWS_PER_STEP, len(grid))} of {len(grid)}")
-    return _merge(parts)
+        study.update(progress=SYNTHESIS_END * done / total,
+                     stage=f"novel views {max(0, done - 1)} of {len(grid)}")
+
+    _check(study)
+    return model.synthesize([radiograph], [a for a, _ in grid], [e for _, e in grid], check_view=False,
+                            view_progress=view_progress)
 
 
 def _cache_images(study: Study, result, suppression) -> None:
