@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from evaluation.test_simulated import write_all_exports, write_prior_export
 from xraysyn.cli import app
-from xraysyn.evaluation.simulated import OUTPUT_FILES
+from xraysyn.evaluation.simulated import OUTPUT_FILES, PAIRED_FILES
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_the_command_writes_the_results_and_prints_table1(exports, tmp_path):
     models = [option for name, path in exports.items() for option in ("--model", f"{name}={path}")]
     result = _run(["--data", "phantom", *models, "--cases", "1", "--views", "2", "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES + PAIRED_FILES)
     assert "# Table 1 (simulated)" in result.output and "| refiner |" in result.output
     assert (out / "table1.md").read_text(encoding="utf-8") in result.output
     again = _run(["--data", "phantom", *models[:2], "--cases", "1", "--views", "2", "--out", str(out),

@@ -43,7 +43,7 @@ def test_tables_and_numbers(setup):
     root, images, models = setup
     out = root / "out"
     result = evaluate_real(models, [images], out, views=3, features=_features(), progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "fig4.png", "per_image.csv",
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "fig4.png", "paired.csv", "per_image.csv",
                                                       "table1_real.csv", "table1_real.md"]
     assert [row["model"] for row in result["rows"]] == list(models)
     assert len(result["images"]) == 3
@@ -59,6 +59,15 @@ def test_tables_and_numbers(setup):
     record = json.loads((out / "evaluation.json").read_text())
     assert len(record["models"]["XraySyn"]["sha256"]) == 64
     assert "| XraySyn without M |" in (out / "table1_real.md").read_text()
+    # paired against the first model, per image, from the per-image numbers
+    with open(out / "paired.csv", newline="") as handle:
+        paired = {(row["model"], row["column"]): row for row in csv.DictReader(handle)}
+    assert set(paired) == {(m, c) for m in ("XraySyn without M", "3DPN") for c in ("psnr_t", "ssim_t")}
+    differences = np.subtract(result["models"]["3DPN"]["ssim_t"], result["models"]["XraySyn"]["ssim_t"])
+    assert float(paired[("3DPN", "ssim_t")]["mean"]) == pytest.approx(differences.mean(), rel=1e-9, abs=1e-12)
+    assert int(paired[("3DPN", "ssim_t")]["wins"]) == int((differences > 0).sum())
+    assert "## Paired against XraySyn" in (out / "table1_real.md").read_text()
+    assert record["paired"]["reference"] == "XraySyn"
 
 
 def test_bad_settings_write_nothing(setup):

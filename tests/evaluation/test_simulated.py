@@ -274,7 +274,7 @@ def test_refiner_input_is_the_one_the_refiner_trained_on(exports):
 # ------------------------------------------------------------------------------------------ outputs
 def test_outputs_and_table_layouts(evaluation):
     out = evaluation.out_dir
-    assert sorted(p.name for p in out.iterdir()) == sorted(simulated.OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(simulated.OUTPUT_FILES + simulated.PAIRED_FILES)
     table4 = (out / "table4.md").read_text(encoding="utf-8")
     header = next(line for line in table4.splitlines() if line.startswith("| model"))
     assert header == "| model | -9.0° | +0.0° | +9.0° |"  # one column per T' view
@@ -300,6 +300,33 @@ def test_outputs_and_table_layouts(evaluation):
     assert record["per_case"]["refiner"]["bone"] is None
     header = "| model | I^T | t_bone^T | t_tissue^T | I^T' | t_bone^T' | t_tissue^T' |"
     assert evaluation.table1_markdown.count(header) == 2  # the PSNR and the SSIM table
+
+
+def test_paired_differences_against_the_first_model_follow_the_per_case_file(evaluation):
+    out = evaluation.out_dir
+    with open(out / "per_case.csv", encoding="utf-8") as handle:
+        per_case = list(csv.DictReader(handle))
+    with open(out / "paired.csv", encoding="utf-8") as handle:
+        paired = {(row["model"], row["column"]): row for row in csv.DictReader(handle)}
+    reference = next(iter(evaluation.models))
+    assert {row["reference"] for row in paired.values()} == {reference}
+    assert {model for model, _ in paired} == set(evaluation.models) - {reference}
+    for (model, column), row in paired.items():
+        metric, quantity, where = column.split("_")
+
+        def per_case_value(name, case):
+            values = [float(r[f"{metric}_{quantity}"]) for r in per_case if r["model"] == name and r["case"] == case
+                      and (r["view"] == "T") == (where == "T")]
+            return float(np.mean(values))
+
+        differences = np.array([per_case_value(model, c) - per_case_value(reference, c) for c in evaluation.case_ids])
+        assert float(row["mean"]) == pytest.approx(differences.mean(), rel=1e-9, abs=1e-12)
+        assert int(row["wins"]) == int((differences > 0).sum()) and int(row["cases"]) == CASES
+    assert ("refiner", "psnr_bone_T") not in paired  # the 2D Refiner has no thickness maps
+    text = (out / "paired.md").read_text(encoding="utf-8")
+    assert f"# Paired differences against {reference}" in text and text.count("| model | I^T |") == 2
+    record = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert record["paired"]["reference"] == reference
 
 
 def test_an_existing_results_folder_needs_overwrite(exports, evaluation):

@@ -12,7 +12,8 @@ row) and per radiograph: the views at the input view T and at ``views`` azimuths
   covariances are rank-deficient and FID is biased upwards; compare models on the same images only.
 
 Outputs: ``table1_real.md`` / ``.csv``, ``per_image.csv``, ``fig4.png`` (rows: the input and each model; columns:
-a few views) and ``evaluation.json`` (every number, the model files with their SHA-256, the images, settings).
+a few views), with two or more models ``paired.csv`` (PSNR / SSIM at T per radiograph against the first model,
+:mod:`xraysyn.evaluation.paired`; also a table in ``table1_real.md``) and ``evaluation.json`` (every number, the model files with their SHA-256, the images, settings).
 """
 
 from __future__ import annotations
@@ -132,14 +133,35 @@ def evaluate_real(models: dict[str, str | os.PathLike], radiographs: list[str | 
     notes = [f"{len(images)} radiographs; {views} novel views over ±{max_azimuth_deg:g}° azimuth each; PSNR/SSIM of "
              "the synthesised input view against the input through the display window of −log I (range 1); FID of "
              f"the {len(images) * views} novel views against the {len(images)} inputs."]
+    sections = [("Table 1 (real radiographs)", rows, columns)]
+    paired = None
+    if len(loaded) > 1:
+        from xraysyn.evaluation.paired import paired_columns
+
+        reference = next(iter(loaded))
+        paired = paired_columns({name: {"psnr_t": numbers[name]["psnr_t"], "ssim_t": numbers[name]["ssim_t"]}
+                                 for name in loaded}, reference)
+        sections.append((f"Paired against {reference}", [
+            {"model": name, "psnr_t": d["psnr_t"].text(".2f"), "ssim_t": d["ssim_t"].text(".3f")}
+            for name, d in paired.items()], columns[:3]))
+        notes.append(f"Paired: per radiograph, model − {reference}: mean ± standard error (radiographs where the "
+                     "model scores higher / radiographs, two-sided exact sign-test p).")
     with staged_output_folder(out_dir, overwrite=overwrite) as folder:
-        write_markdown(folder / "table1_real.md", [("Table 1 (real radiographs)", rows, columns)],
-                       title="Evaluation on real radiographs", notes=notes)
+        write_markdown(folder / "table1_real.md", sections, title="Evaluation on real radiographs", notes=notes)
+        if paired is not None:
+            write_csv(folder / "paired.csv", [
+                {"model": name, "reference": reference, "column": key, "cases": value.cases, **value.to_json()}
+                for name, d in paired.items() for key, value in d.items()],
+                [Column(k) for k in ("model", "reference", "column", "cases", "mean", "standard_error", "wins",
+                                     "losses", "ties", "sign_test_p")])
         write_csv(folder / "table1_real.csv", rows, columns)
         write_csv(folder / "per_image.csv", per_image, [Column("model"), Column("image"), Column("psnr_t", format=".3f"),
                                                         Column("ssim_t", format=".4f")])
         _figure(folder / "fig4.png", list(inputs_shown), shown, azimuth.tolist())
         record = {"models": numbers, "images": names, "skipped": skipped, "views": views,
-                  "max_azimuth_deg": max_azimuth_deg, "device": device}
+                  "max_azimuth_deg": max_azimuth_deg, "device": device,
+                  "paired": None if paired is None else {
+                      "reference": reference,
+                      "models": {name: {k: v.to_json() for k, v in d.items()} for name, d in paired.items()}}}
         (folder / "evaluation.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return {"rows": rows, "models": numbers, "images": names, "skipped": skipped}

@@ -79,6 +79,8 @@ EVALUATION_FORMAT = "xraysyn-evaluation-simulated-1"
 DEVICES = ("auto", "cpu", "cuda")
 #: Output file names.
 OUTPUT_FILES = ("table1.md", "table1.csv", "table4.md", "table4.csv", "per_case.csv", "fig3.png", "evaluation.json")
+#: Written besides when two or more models are evaluated: each against the first (:mod:`xraysyn.evaluation.paired`).
+PAIRED_FILES = ("paired.md", "paired.csv")
 
 
 class EvaluationError(ValueError):
@@ -445,7 +447,7 @@ def evaluate_simulated(models: dict[str, str | os.PathLike], data: list[str], *,
         max_azimuth_deg: in (0, 90) degrees.
         device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``.
         out_dir: the results folder (``table1.md``/``.csv``, ``table4.md``/``.csv``, ``per_case.csv``, ``fig3.png``,
-            ``evaluation.json``), written as a whole (:func:`xraysyn.outputs.staged_output_folder`).
+            ``evaluation.json``; with two or more models also ``paired.md``/``.csv``), written as a whole (:func:`xraysyn.outputs.staged_output_folder`).
         overwrite: replace an existing non-empty ``out_dir``.
         progress: a tqdm bar over cases × models.
 
@@ -578,6 +580,44 @@ def _table1_rows(result: SimulatedEvaluation, loaded: list[EvaluatedModel]) -> l
     return rows
 
 
+def _paired(result: SimulatedEvaluation, loaded: list[EvaluatedModel]) -> dict:
+    """Every model against the first, per Table 1 column (``{metric}_{quantity}_{where}``), over the cases."""
+    from xraysyn.evaluation.paired import paired_columns
+
+    scores = {}
+    for model in loaded:
+        columns = {}
+        for (quantity, where) in TABLE1_HEADERS:
+            values = result.scores[model.name][quantity]
+            for metric in METRICS:
+                columns[f"{metric}_{quantity}_{where}"] = (
+                    None if values is None else
+                    values[metric][:, 0] if where == "T" else values[metric][:, 1:].mean(axis=1))
+        scores[model.name] = columns
+    return paired_columns(scores, loaded[0].name)
+
+
+def _write_paired(folder: Path, paired: dict, reference: str, cases: int) -> None:
+    from xraysyn.evaluation.tables import Column, write_csv, write_markdown
+
+    sections = []
+    for metric in METRICS:
+        rows = [{"model": name, **{key: value.text(METRIC_FORMATS[metric])
+                                   for key, value in columns.items() if value is not None and key.startswith(metric)}}
+                for name, columns in paired.items()]
+        sections.append((METRIC_TITLES[metric], rows, [Column("model")] + [
+            Column(f"{metric}_{q}_{w}", header) for (q, w), header in TABLE1_HEADERS.items()]))
+    write_markdown(folder / "paired.md", sections, title=f"Paired differences against {reference}", notes=[
+        f"Per held-out case, model − {reference} (T': the mean over the T' views of each case), over {cases} cases: "
+        "mean ± standard error, (cases where the model scores higher / cases, two-sided exact sign-test p). "
+        "The same cases for every model, so these differences are far less noisy than Table 1's spreads."])
+    long = [{"model": name, "reference": reference, "column": key, "cases": value.cases, **value.to_json()}
+            for name, columns in paired.items() for key, value in columns.items() if value is not None]
+    write_csv(folder / "paired.csv", long, [Column(k) for k in ("model", "reference", "column", "cases", "mean",
+                                                                "standard_error", "wins", "losses", "ties",
+                                                                "sign_test_p")])
+
+
 def _table4_rows(result: SimulatedEvaluation, loaded: list[EvaluatedModel]) -> tuple[list[dict], list[dict]]:
     """Wide rows (one per model, a column per T' view) and long rows (one per model and T' view)."""
     from xraysyn.evaluation.tables import MeanStd
@@ -695,6 +735,14 @@ def _write_outputs(folder: Path, result: SimulatedEvaluation, loaded: list[Evalu
                         Column("azimuth_deg")] + [Column(f"{m}_{q}") for q in QUANTITIES for m in METRICS]
     write_csv(folder / "per_case.csv", _per_case_rows(result, loaded), per_case_columns)
     _write_figure(folder / "fig3.png", result, loaded, max_azimuth)
-    text = evaluation_json(result, settings, {"table1": _json_rows(table1), "table4": _json_rows(long)})
+    tables = {"table1": _json_rows(table1), "table4": _json_rows(long)}
+    if len(loaded) > 1:
+        paired = _paired(result, loaded)
+        _write_paired(folder, paired, loaded[0].name, len(result.case_ids))
+        tables["paired"] = {"reference": loaded[0].name,
+                            "models": {name: {key: None if value is None else value.to_json()
+                                              for key, value in columns.items()}
+                                       for name, columns in paired.items()}}
+    text = evaluation_json(result, settings, tables)
     atomic_write(folder / "evaluation.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return table1_text
