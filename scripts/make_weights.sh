@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the shipped weights (src/xraysyn/weights/xraysyn-cpu64.pt) with the project's own commands, and with
-# BASELINES=1 the ablation baselines of the evaluation (MODEL_CARD.md). CPU presets: about 1 h (stage 1) + 50 min
+# BASELINES=1 the ablation baselines of the evaluation (MODEL_CARD.md). CPU presets: about 30 min (stage 1) + 1 h
 # (stage 2) on 2 idle cores; baselines about 1 h more. Runs go to $RUNS (default runs/, ignored by git); an
 # interrupted run continues where it stopped when the script is started again.
 #
