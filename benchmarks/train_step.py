@@ -129,7 +129,7 @@ from xraysyn.physics import ct2xray, radiograph_from_thickness
 from xraysyn.train.distributed import ProcessGroup
 from xraysyn.train.loop import ignore_interrupts_in_worker, learning_rate_factor
 from xraysyn.train.gan_losses import lsgan_discriminator_loss, lsgan_generator_loss
-from xraysyn.train.losses import ct_loss, mask_loss, stage1_generator_loss, xray_view_loss
+from xraysyn.train.losses import ct_loss, mask_loss, soft_dice_loss, stage1_generator_loss, xray_view_loss
 from xraysyn.train.prior import PriorTask
 from xraysyn.train.refine import RefineTask
 from xraysyn.train.prior_config import PRESETS, SimulationConfig, preset_config
@@ -346,7 +346,8 @@ def split_times(task: PriorTask, batch: dict, reps: int) -> dict:
     ct_normalized, predicted_hu, predicted_mask = leaves
     xray_t, xray_t_prime = xray_terms(predicted_hu, predicted_mask)
     total = stage1_generator_loss(config.loss, ct=ct_loss(ct_normalized, task.hu_scale.to_normalized(ct_hu)),
-                                  mask=mask_loss(predicted_mask, bone), xray_t=xray_t, xray_t_prime=xray_t_prime)
+                                  mask=mask_loss(predicted_mask, bone), mask_dice=soft_dice_loss(predicted_mask, bone),
+                                  xray_t=xray_t, xray_t_prime=xray_t_prime)
     total.backward()
     seeds = [leaf.grad for leaf in leaves]
     del outputs, leaves, ct_normalized, predicted_hu, predicted_mask, total
