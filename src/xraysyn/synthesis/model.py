@@ -52,7 +52,7 @@ BONE_MASK_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 4
 CPU_BATCH_SIZE = 1
 #: Thickness-map pixels per 2DRN pass on the CPU (views are refined in passes of this many pixels, 8 views of the
-#: cpu64 model's 64² maps): measured fastest on 2 cores, 2x faster than all 21 views at once (docs/benchmarks.md).
+#: cpu64 model's 64² maps): the 2DRN alone measured fastest so on 2 cores (docs/benchmarks.md).
 CPU_REFINE_PIXELS_PER_PASS = 8 * 64 * 64
 #: Views per group when :meth:`XraySyn.synthesize` reports ``view_progress`` (the 3DPN still runs once per input).
 VIEWS_PER_PROGRESS_STEP = 7
