@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["PairedDifference", "sign_test_p", "paired_columns"]
+__all__ = ["PairedDifference", "sign_test_p", "paired_columns", "paired_json", "write_paired_csv"]
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -94,3 +94,26 @@ def paired_columns(scores: dict[str, dict[str, Sequence[float] | None]], referen
         out[name] = {column: None if values is None or base.get(column) is None
                      else PairedDifference.of(values, base[column]) for column, values in columns.items()}
     return out
+
+
+#: Columns of ``paired.csv``: one row per model and compared column.
+CSV_COLUMNS = ("model", "reference", "column", "cases", "mean", "standard_error", "wins", "losses", "ties",
+               "sign_test_p")
+
+
+def paired_json(paired: dict[str, dict[str, PairedDifference | None]], reference: str) -> dict:
+    """:func:`paired_columns`'s result as JSON-ready data: ``{"reference": …, "models": {model: {column: … or
+    None}}}``."""
+    return {"reference": reference,
+            "models": {name: {column: None if value is None else value.to_json() for column, value in columns.items()}
+                       for name, columns in paired.items()}}
+
+
+def write_paired_csv(path, paired: dict[str, dict[str, PairedDifference | None]], reference: str):
+    """``paired.csv`` (:data:`CSV_COLUMNS`, one row per model and column either model has) of
+    :func:`paired_columns`'s result, atomically; returns the path."""
+    from xraysyn.evaluation.tables import Column, write_csv
+
+    rows = [{"model": name, "reference": reference, "column": column, "cases": value.cases, **value.to_json()}
+            for name, columns in paired.items() for column, value in columns.items() if value is not None]
+    return write_csv(path, rows, [Column(key) for key in CSV_COLUMNS])

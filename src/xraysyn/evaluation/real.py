@@ -13,7 +13,8 @@ row) and per radiograph: the views at the input view T and at ``views`` azimuths
 
 Outputs: ``table1_real.md`` / ``.csv``, ``per_image.csv``, ``fig4.png`` (rows: the input and each model; columns:
 a few views), with two or more models ``paired.csv`` (PSNR / SSIM at T per radiograph against the first model,
-:mod:`xraysyn.evaluation.paired`; also a table in ``table1_real.md``) and ``evaluation.json`` (every number, the model files with their SHA-256, the images, settings).
+:mod:`xraysyn.evaluation.paired`; also a table in ``table1_real.md``) and ``evaluation.json`` (every number, the
+model files with their SHA-256, the images, settings).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def evaluate_real(models: dict[str, str | os.PathLike], radiographs: list[str | 
     sections = [("Table 1 (real radiographs)", rows, columns)]
     paired = None
     if len(loaded) > 1:
-        from xraysyn.evaluation.paired import paired_columns
+        from xraysyn.evaluation.paired import paired_columns, paired_json, write_paired_csv
 
         reference = next(iter(loaded))
         paired = paired_columns({name: {"psnr_t": numbers[name]["psnr_t"], "ssim_t": numbers[name]["ssim_t"]}
@@ -149,19 +150,13 @@ def evaluate_real(models: dict[str, str | os.PathLike], radiographs: list[str | 
     with staged_output_folder(out_dir, overwrite=overwrite) as folder:
         write_markdown(folder / "table1_real.md", sections, title="Evaluation on real radiographs", notes=notes)
         if paired is not None:
-            write_csv(folder / "paired.csv", [
-                {"model": name, "reference": reference, "column": key, "cases": value.cases, **value.to_json()}
-                for name, d in paired.items() for key, value in d.items()],
-                [Column(k) for k in ("model", "reference", "column", "cases", "mean", "standard_error", "wins",
-                                     "losses", "ties", "sign_test_p")])
+            write_paired_csv(folder / "paired.csv", paired, reference)
         write_csv(folder / "table1_real.csv", rows, columns)
         write_csv(folder / "per_image.csv", per_image, [Column("model"), Column("image"), Column("psnr_t", format=".3f"),
                                                         Column("ssim_t", format=".4f")])
         _figure(folder / "fig4.png", list(inputs_shown), shown, azimuth.tolist())
         record = {"models": numbers, "images": names, "skipped": skipped, "views": views,
                   "max_azimuth_deg": max_azimuth_deg, "device": device,
-                  "paired": None if paired is None else {
-                      "reference": reference,
-                      "models": {name: {k: v.to_json() for k, v in d.items()} for name, d in paired.items()}}}
+                  "paired": None if paired is None else paired_json(paired, reference)}
         (folder / "evaluation.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return {"rows": rows, "models": numbers, "images": names, "skipped": skipped}

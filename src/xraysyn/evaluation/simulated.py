@@ -447,7 +447,8 @@ def evaluate_simulated(models: dict[str, str | os.PathLike], data: list[str], *,
         max_azimuth_deg: in (0, 90) degrees.
         device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``.
         out_dir: the results folder (``table1.md``/``.csv``, ``table4.md``/``.csv``, ``per_case.csv``, ``fig3.png``,
-            ``evaluation.json``; with two or more models also ``paired.md``/``.csv``), written as a whole (:func:`xraysyn.outputs.staged_output_folder`).
+            ``evaluation.json``; with two or more models also ``paired.md``/``.csv``), written as a whole
+            (:func:`xraysyn.outputs.staged_output_folder`).
         overwrite: replace an existing non-empty ``out_dir``.
         progress: a tqdm bar over cases × models.
 
@@ -598,7 +599,8 @@ def _paired(result: SimulatedEvaluation, loaded: list[EvaluatedModel]) -> dict:
 
 
 def _write_paired(folder: Path, paired: dict, reference: str, cases: int) -> None:
-    from xraysyn.evaluation.tables import Column, write_csv, write_markdown
+    from xraysyn.evaluation.paired import write_paired_csv
+    from xraysyn.evaluation.tables import Column, write_markdown
 
     sections = []
     for metric in METRICS:
@@ -611,11 +613,7 @@ def _write_paired(folder: Path, paired: dict, reference: str, cases: int) -> Non
         f"Per held-out case, model − {reference} (T': the mean over the T' views of each case), over {cases} cases: "
         "mean ± standard error, (cases where the model scores higher / cases, two-sided exact sign-test p). "
         "The same cases for every model, so these differences are far less noisy than Table 1's spreads."])
-    long = [{"model": name, "reference": reference, "column": key, "cases": value.cases, **value.to_json()}
-            for name, columns in paired.items() for key, value in columns.items() if value is not None]
-    write_csv(folder / "paired.csv", long, [Column(k) for k in ("model", "reference", "column", "cases", "mean",
-                                                                "standard_error", "wins", "losses", "ties",
-                                                                "sign_test_p")])
+    write_paired_csv(folder / "paired.csv", paired, reference)
 
 
 def _table4_rows(result: SimulatedEvaluation, loaded: list[EvaluatedModel]) -> tuple[list[dict], list[dict]]:
@@ -737,12 +735,11 @@ def _write_outputs(folder: Path, result: SimulatedEvaluation, loaded: list[Evalu
     _write_figure(folder / "fig3.png", result, loaded, max_azimuth)
     tables = {"table1": _json_rows(table1), "table4": _json_rows(long)}
     if len(loaded) > 1:
+        from xraysyn.evaluation.paired import paired_json
+
         paired = _paired(result, loaded)
         _write_paired(folder, paired, loaded[0].name, len(result.case_ids))
-        tables["paired"] = {"reference": loaded[0].name,
-                            "models": {name: {key: None if value is None else value.to_json()
-                                              for key, value in columns.items()}
-                                       for name, columns in paired.items()}}
+        tables["paired"] = paired_json(paired, loaded[0].name)
     text = evaluation_json(result, settings, tables)
     atomic_write(folder / "evaluation.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return table1_text
